@@ -1,0 +1,1 @@
+"""TinyMind model package: config, network, LoRA, tokenizer, checkpoints and generation."""

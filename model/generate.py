@@ -1,0 +1,142 @@
+"""THE sampling loop: eval_model.py, the web demo and any server call these functions.
+
+A preallocated KV cache holds the prompt, so each new token costs one single-position forward.
+Temperature (0 = greedy), top-k, top-p (Holtzman et al. 2019), repetition penalty (Keskar et al. 2019,
+CTRL, sec. 4.1), stop tokens, batches of prompts (left-padded), a seed, and streaming that yields text
+pieces only at character boundaries.
+
+    from model.generate import chat
+    for piece in chat(model, tokenizer, [{"role": "user", "content": "hi"}], temperature=0.7):
+        print(piece, end="", flush=True)
+"""
+import time
+
+import torch
+
+from .model import KVCache
+from .tokenizer import encode_chat
+
+
+def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seen=None,
+                generator=None):
+    """logits (B, V) float32 -> next token ids (B,)."""
+    if repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum - sorted_logits.softmax(dim=-1) >= top_p     # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_steps(model, prompts, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
+                   repetition_penalty=1.0, stop_ids=(), seed=None, pad_id=0):
+    """Yield the next token of every sequence, (B,) long tensor per step, -1 once a sequence stopped."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    B = len(prompts)
+    lengths = [len(p) for p in prompts]
+    if min(lengths) == 0:
+        raise ValueError("every prompt needs at least one token")
+    L = max(lengths)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros((B, L + max_new_tokens), dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):                    # left padding keeps every last token at L - 1
+        input_ids[i, L - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+        attn[i, L - len(p):] = True
+    attn[:, L:] = True
+    padded = min(lengths) != L
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    vocab = model.config.vocab_size
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros((B, vocab), dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            seen[i, torch.tensor(p, dtype=torch.long, device=device)] = True
+    stop = torch.tensor(sorted(set(stop_ids)) or [-2], device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = KVCache(model.config, B, L + max_new_tokens, device, dtype)
+    logits = model(input_ids, attention_mask=attn[:, :L] if padded else None, kv_cache=cache,
+                   last_only=True).logits[:, -1].float()
+    for step in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
+        token = torch.where(done, torch.full_like(token, -1), token)
+        done = done | torch.isin(token, stop)
+        yield token
+        if bool(done.all()) or step == max_new_tokens - 1:
+            return
+        fed = token.clamp(min=0).unsqueeze(1)                       # (B, 1)
+        if seen is not None:
+            seen.scatter_(1, fed, True)
+        logits = model(fed, attention_mask=attn[:, :L + step + 1] if padded else None,
+                       kv_cache=cache, last_only=True).logits[:, -1].float()
+
+
+def generate(model, prompts, max_new_tokens=256, stop_ids=(), **sampling):
+    """Batch of token-id prompts -> the new tokens of each, stop token excluded."""
+    out = [[] for _ in prompts]
+    stop_ids = set(stop_ids)
+    for token in generate_steps(model, prompts, max_new_tokens, stop_ids=stop_ids, **sampling):
+        for i, t in enumerate(token.tolist()):
+            if t >= 0 and t not in stop_ids:
+                out[i].append(t)
+    return out
+
+
+class StreamDecoder:
+    """Turns tokens into text pieces, holding back an incomplete UTF-8 character (e.g. one Chinese
+    character split over byte-fallback tokens) until it is whole."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids, self.prefix, self.read = [], 0, 0
+
+    def push(self, token_id):
+        self.ids.append(int(token_id))
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix:])
+        if len(text) > len(before) and not text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return text[len(before):]
+        return ""
+
+
+def stream_generate(model, tokenizer, prompt_ids, max_new_tokens=256, stats=None, **sampling):
+    """Yield text pieces of one reply as they decode. stats (a dict), if given, receives prompt_tokens,
+    new_tokens, seconds and tokens_per_s when the reply ends."""
+    decoder = StreamDecoder(tokenizer)
+    stop_ids = tokenizer.stop_ids
+    n, t0 = 0, time.perf_counter()
+    for token in generate_steps(model, [prompt_ids], max_new_tokens, stop_ids=stop_ids,
+                                pad_id=tokenizer.pad_id, **sampling):
+        t = int(token[0])
+        if t < 0 or t in stop_ids:
+            break
+        n += 1
+        piece = decoder.push(t)
+        if piece:
+            yield piece
+    if stats is not None:
+        dt = time.perf_counter() - t0
+        stats.update(prompt_tokens=len(prompt_ids), new_tokens=n, seconds=dt,
+                     tokens_per_s=n / dt if dt > 0 else 0.0)
+
+
+def chat(model, tokenizer, messages, system_prompt=None, max_new_tokens=256, stats=None, **sampling):
+    """Stream the assistant's reply to a conversation, formatted with THE chat template."""
+    ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True, system_prompt=system_prompt)
+    return stream_generate(model, tokenizer, ids, max_new_tokens, stats=stats, **sampling)

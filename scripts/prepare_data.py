@@ -1,0 +1,376 @@
+"""Dataset tools: validate, stats, mix, split, dedupe and shuffle JSONL training data.
+
+    python scripts/prepare_data.py validate dataset/*.jsonl
+    python scripts/prepare_data.py stats dataset/sft.jsonl --max_seq_len 512
+    python scripts/prepare_data.py mix dataset/music.jsonl:15 dataset/identity.jsonl:4 -o dataset/lora_mix.jsonl
+    python scripts/prepare_data.py split my.jsonl --val_ratio 0.05      # -> my_train.jsonl, my_val.jsonl
+    python scripts/prepare_data.py dedupe my.jsonl -o my_dedup.jsonl
+    python scripts/prepare_data.py shuffle my.jsonl -o my_shuffled.jsonl --seed 42
+
+Every command streams its files line by line, so memory stays flat on a multi-GB file: shuffles go
+through seeded random bucket files on disk, deduplication through hash-partitioned bucket files, and
+exact-count sampling (fractions, splits) through selection sampling (Knuth, TAOCP vol. 2, 3.4.2 S).
+Outputs are written to a temporary file and renamed into place, so a failed run leaves nothing behind.
+Accepted formats are listed in dataset/formats.py; mix writes the canonical MiniMind form.
+"""
+import argparse
+import hashlib
+import heapq
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import unicodedata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
+
+from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl, open_atomic  # noqa: E402
+from model.errors import UserError, run_cli  # noqa: E402
+
+BUCKET_BYTES = 64 << 20  # one shuffle/dedupe bucket held in memory at a time
+MAX_BUCKETS = 256        # open temp files at once; buckets grow beyond BUCKET_BYTES past 16 GB
+
+
+# ----------------------------------------------------------------------------- streaming helpers
+
+def read_records(path, kind="any", skip_bad=False, report=None):
+    """Yield (lineno, record) of a file, checked by dataset/formats.py."""
+    return iter_jsonl(path, skip_bad=skip_bad, kind=kind, on_bad=report)
+
+
+def count_lines(path, kind="any", skip_bad=False):
+    """Number of good records in a file (one streaming pass)."""
+    return sum(1 for _ in read_records(path, kind, skip_bad))
+
+
+def select_indices(n, k, rng):
+    """Yield True/False for each of n items so that exactly k are True, uniformly (selection sampling)."""
+    chosen = 0
+    for seen in range(n):
+        take = rng.random() * (n - seen) < (k - chosen)
+        chosen += take
+        yield take
+
+
+def shuffle_lines(lines, total_bytes, rng, tmp_dir, bucket_bytes=BUCKET_BYTES):
+    """Yield the given text lines (each ending in newline) in a seeded random order.
+
+    Each line goes to a random bucket file, then each bucket is shuffled in memory: a uniform random
+    permutation whose memory is one bucket, whatever the input size.
+    """
+    n_buckets = max(1, min(MAX_BUCKETS, math.ceil(total_bytes / bucket_bytes)))
+    if n_buckets == 1:
+        buf = list(lines)
+        rng.shuffle(buf)
+        yield from buf
+        return
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".shuffle") as d:
+        files = [open(os.path.join(d, f"{i}.txt"), "w+", encoding="utf-8", newline="\n") for i in range(n_buckets)]
+        try:
+            for line in lines:
+                files[rng.randrange(n_buckets)].write(line)
+            for f in files:
+                f.seek(0)
+                buf = f.readlines()
+                rng.shuffle(buf)
+                yield from buf
+                buf = None
+        finally:
+            for f in files:
+                f.close()
+
+
+def dedupe_key(record, mode):
+    """Hash of a record for deduplication: exact JSON, or whitespace/case/width-normalised text."""
+    if mode == "exact":
+        s = dumps(record)
+    else:
+        if "text" in record and "conversations" not in record:
+            s = record["text"]
+        else:
+            s = "\x1e".join(m["role"] + "\x1f" + m["content"] for m in record["conversations"])
+        s = " ".join(unicodedata.normalize("NFKC", s).lower().split())
+    return hashlib.blake2b(s.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def duplicate_linenos(records, total_bytes, tmp_dir, mode, bucket_bytes=BUCKET_BYTES):
+    """Yield, in increasing order, the line numbers of records that repeat an earlier record.
+
+    Keys are partitioned by hash into bucket files; each bucket fits in memory and finds its own
+    repeats; the sorted per-bucket lists are merged lazily.
+    """
+    n_buckets = max(1, min(MAX_BUCKETS, math.ceil(total_bytes / 4 / bucket_bytes)))
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".dedupe") as d:
+        parts = [open(os.path.join(d, f"{i}.txt"), "w+", encoding="ascii") for i in range(n_buckets)]
+        try:
+            for lineno, rec in records:
+                key = dedupe_key(rec, mode)
+                parts[int(key[:8], 16) % n_buckets].write(f"{key} {lineno}\n")
+            drops = []
+            for i, f in enumerate(parts):
+                f.seek(0)
+                seen = set()
+                drop = open(os.path.join(d, f"{i}.drop"), "w+", encoding="ascii")
+                for row in f:
+                    key, lineno = row.split()
+                    if key in seen:
+                        drop.write(lineno + "\n")
+                    else:
+                        seen.add(key)
+                seen = None
+                drop.seek(0)
+                drops.append(drop)
+            try:
+                yield from heapq.merge(*[(int(x) for x in dr) for dr in drops])
+            finally:
+                for dr in drops:
+                    dr.close()
+        finally:
+            for f in parts:
+                f.close()
+
+
+def parse_weight(spec):
+    """'file.jsonl:4' -> (file, 4.0); 'file.jsonl:0.5' -> (file, 0.5); 'file.jsonl' -> (file, 1.0)."""
+    path, sep, w = spec.rpartition(":")
+    if sep and re.fullmatch(r"\d+(\.\d*)?|\.\d+", w.rstrip("x")):
+        weight = float(w.rstrip("x"))
+        if weight <= 0:
+            raise UserError(f"{spec}: the weight must be positive; write FILE:4 (4 copies) or FILE:0.5 (half)")
+        return path, weight
+    return spec, 1.0
+
+
+def file_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_validate(args):
+    n_problems, n_files_bad = 0, 0
+    for path in args.files:
+        problems = []
+
+        def report(msg):
+            problems.append(msg)
+            if len(problems) <= args.max_errors:
+                print(f"error: {msg}", file=sys.stderr)
+
+        kind = args.kind
+        try:
+            if kind == "auto":
+                kind = detect_kind(path)
+            n = count_lines_reporting(path, kind, report)
+        except UserError as e:  # file-level problem: missing, directory, empty
+            report(str(e))
+            n = 0
+        if problems:
+            n_files_bad += 1
+            n_problems += len(problems)
+            if len(problems) > args.max_errors:
+                print(f"error: {path}: ... {len(problems) - args.max_errors} more problems not shown",
+                      file=sys.stderr)
+            print(f"FAIL {path}: {n:,} good records, {len(problems):,} problems")
+        else:
+            print(f"ok   {path}: {n:,} records ({kind})")
+    if n_problems:
+        raise UserError(f"{n_problems:,} problems in {n_files_bad} of {len(args.files)} files; fix the lines listed above")
+
+
+def count_lines_reporting(path, kind, report):
+    reader = read_records(path, kind, skip_bad=True, report=report)
+    n = sum(1 for _ in reader)
+    return n
+
+
+def cmd_stats(args):
+    try:
+        from model.tokenizer import encode_chat, load_default_tokenizer
+    except ImportError as e:
+        raise UserError(f"the project tokenizer is not available ({e}); run from a complete TinyMind checkout")
+    tok = load_default_tokenizer()
+    edges = [64, 128, 256, 512, 1024, 2048, 4096]
+    for path in args.files:
+        kind = detect_kind(path) if args.kind == "auto" else args.kind
+        n = turns = tokens = longest = over = n_system = 0
+        hist = [0] * (len(edges) + 1)
+        for _, rec in read_records(path, kind, args.skip_bad):
+            if "conversations" in rec:
+                msgs = rec["conversations"]
+                n_system += msgs[0]["role"] == "system"
+                turns += sum(m["role"] == "user" for m in msgs)
+                ids, _ = encode_chat(tok, msgs, add_generation_prompt=msgs[-1]["role"] == "user")
+                length = len(ids)
+            else:
+                length = len(tok.encode(rec["text"])) + 1  # + eos between documents
+            n += 1
+            tokens += length
+            longest = max(longest, length)
+            over += length > args.max_seq_len
+            hist[sum(length > e for e in edges)] += 1
+            if args.limit and n >= args.limit:
+                break
+        print(f"{path} ({kind})")
+        print(f"  samples     {n:,}" + (f" (first {args.limit:,} only)" if args.limit and n >= args.limit else ""))
+        if kind != "text":
+            print(f"  user turns  {turns:,} ({turns / max(n, 1):.2f} per sample), {n_system:,} with a system message")
+        print(f"  tokens      {tokens:,} (mean {tokens / max(n, 1):.1f}, max {longest:,})")
+        print(f"  > max_seq_len {args.max_seq_len}: {over:,} ({100 * over / max(n, 1):.1f}%)")
+        print("  length histogram (tokens)")
+        lows = [0] + edges
+        width = max(hist) or 1
+        for i, c in enumerate(hist):
+            label = f"{lows[i] + 1}-{edges[i]}" if i < len(edges) else f">{edges[-1]}"
+            print(f"    {label:>10} {c:>9,} {'#' * round(40 * c / width)}")
+
+
+def cmd_mix(args):
+    rng = random.Random(args.seed)
+    specs = [parse_weight(s) for s in args.inputs]
+    out = Path(args.output)
+    total_bytes = sum(file_size(p) * math.ceil(w) for p, w in specs)
+    counts = {}
+
+    def lines():
+        for path, weight in specs:
+            whole, frac = int(weight), weight - int(weight)
+            n = count_lines(path, args.kind, args.skip_bad) if frac > 0 else 0
+            picks = select_indices(n, round(frac * n), rng) if frac > 0 else None
+            written = 0
+            for _, rec in read_records(path, args.kind, args.skip_bad):
+                copies = whole + (next(picks) if picks is not None else 0)
+                line = dumps(rec) + "\n"
+                for _ in range(copies):
+                    written += 1
+                    yield line
+            counts[path] = written
+
+    with open_atomic(out) as f:
+        for line in (shuffle_lines(lines(), total_bytes, rng, out.parent, args.bucket_bytes)
+                     if not args.no_shuffle else lines()):
+            f.write(line)
+    for path, weight in specs:
+        print(f"{path}: x{weight:g} -> {counts.get(path, 0):,} lines")
+    print(f"wrote {out} ({sum(counts.values()):,} lines)")
+
+
+def cmd_split(args):
+    src = Path(args.file)
+    stem = src.with_suffix("") if src.suffix == ".jsonl" else src
+    out_train = Path(args.train_out or f"{stem}_train.jsonl")
+    out_val = Path(args.val_out or f"{stem}_val.jsonl")
+    if not 0 < args.val_ratio < 1:
+        raise UserError(f"--val_ratio {args.val_ratio}: must be between 0 and 1, e.g. 0.05")
+    n = count_lines(src, args.kind, args.skip_bad)
+    k = max(1, round(n * args.val_ratio)) if n > 1 else 0
+    picks = select_indices(n, k, random.Random(args.seed))
+    with open_atomic(out_train) as ft, open_atomic(out_val) as fv:
+        for _, rec in read_records(src, args.kind, args.skip_bad):
+            (fv if next(picks) else ft).write(dumps(rec) + "\n")
+    print(f"wrote {out_train} ({n - k:,} lines) and {out_val} ({k:,} lines)")
+
+
+def cmd_dedupe(args):
+    src = Path(args.file)
+    out = Path(args.output or src)
+    records = read_records(src, args.kind, args.skip_bad)
+    drops = duplicate_linenos(records, file_size(src), out.parent, args.mode, args.bucket_bytes)
+    next_drop = next(drops, None)
+    kept = dropped = 0
+    with open_atomic(out) as f:
+        for lineno, rec in read_records(src, args.kind, args.skip_bad):
+            if lineno == next_drop:
+                dropped += 1
+                next_drop = next(drops, None)
+                continue
+            kept += 1
+            f.write(dumps(rec) + "\n")
+    print(f"wrote {out}: kept {kept:,}, removed {dropped:,} duplicates ({args.mode})")
+
+
+def cmd_shuffle(args):
+    src = Path(args.file)
+    out = Path(args.output or src)
+    rng = random.Random(args.seed)
+    lines = (dumps(rec) + "\n" for _, rec in read_records(src, args.kind, args.skip_bad))
+    n = 0
+    with open_atomic(out) as f:
+        for line in shuffle_lines(lines, file_size(src), rng, out.parent, args.bucket_bytes):
+            f.write(line)
+            n += 1
+    print(f"wrote {out} ({n:,} lines, seed {args.seed})")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, kind_default="any"):
+        sp.add_argument("--kind", choices=KINDS + ("auto",), default=kind_default,
+                        help="what each line must be: chat (ends with assistant), prompt, text, any, "
+                             "or auto (from the file's first line)")
+        sp.add_argument("--skip_bad", action="store_true", help="skip and count bad lines instead of stopping")
+        sp.add_argument("--seed", type=int, default=42, help="random seed for shuffling and sampling")
+        sp.add_argument("--bucket_bytes", type=int, default=BUCKET_BYTES, help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("validate", help="report every bad line (file:line: what is wrong); exit 2 if any")
+    sp.add_argument("files", nargs="+")
+    sp.add_argument("--kind", choices=KINDS + ("auto",), default="auto",
+                    help="auto: text/chat/prompt decided by each file's first line")
+    sp.add_argument("--max_errors", type=int, default=50, help="problems printed per file")
+    sp.set_defaults(fn=cmd_validate)
+
+    sp = sub.add_parser("stats", help="samples, turns, tokens, a length histogram, how many exceed max_seq_len")
+    sp.add_argument("files", nargs="+")
+    sp.add_argument("--max_seq_len", type=int, default=512)
+    sp.add_argument("--limit", type=int, default=0, help="only the first N samples (0 = all)")
+    common(sp, "auto")
+    sp.set_defaults(fn=cmd_stats)
+
+    sp = sub.add_parser("mix", help="FILE:N repeats a file N times, FILE:0.3 samples 30%%; shuffled")
+    sp.add_argument("inputs", nargs="+", metavar="FILE[:WEIGHT]")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--no_shuffle", action="store_true", help="keep files in order")
+    common(sp)
+    sp.set_defaults(fn=cmd_mix)
+
+    sp = sub.add_parser("split", help="seeded train/validation split")
+    sp.add_argument("file")
+    sp.add_argument("--val_ratio", type=float, default=0.05)
+    sp.add_argument("--train_out", help="default: FILE_train.jsonl")
+    sp.add_argument("--val_out", help="default: FILE_val.jsonl")
+    common(sp)
+    sp.set_defaults(fn=cmd_split)
+
+    sp = sub.add_parser("dedupe", help="drop repeated records, keeping the first")
+    sp.add_argument("file")
+    sp.add_argument("-o", "--output", help="default: rewrite FILE in place")
+    sp.add_argument("--mode", choices=("exact", "normalized"), default="normalized",
+                    help="normalized also ignores whitespace, case and full/half width")
+    common(sp)
+    sp.set_defaults(fn=cmd_dedupe)
+
+    sp = sub.add_parser("shuffle", help="seeded shuffle of one file")
+    sp.add_argument("file")
+    sp.add_argument("-o", "--output", help="default: rewrite FILE in place")
+    common(sp)
+    sp.set_defaults(fn=cmd_shuffle)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,59 @@
+"""Train the sentencepiece BPE tokenizer (byte fallback, ChatML control tokens) on JSONL text.
+
+    python trainer/train_tokenizer.py --data_path dataset/pretrain.jsonl --vocab_size 6400
+
+Reads {"text": ...} lines and conversation lines alike (every message's content is used) and writes
+model/tokenizer.model (or --out_dir/tokenizer.model) atomically.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.errors import UserError, run_cli  # noqa: E402
+from model.tokenizer import train_tokenizer  # noqa: E402
+
+
+def resolve_path(p):
+    """Relative to the current directory, else to trainer/ (so ../dataset works from both places)."""
+    path = Path(p)
+    if not path.is_absolute() and not path.exists() and (Path(__file__).parent / path).exists():
+        path = Path(__file__).parent / path
+    return path
+
+
+def iter_texts(path, max_chars):
+    from dataset.formats import iter_jsonl
+    total = 0
+    for _, record in iter_jsonl(path, kind="any"):
+        if "text" in record:
+            text = record["text"]
+        else:
+            text = "\n".join(m["content"] for m in record["conversations"])
+        total += len(text)
+        yield text
+        if max_chars and total >= max_chars:
+            return
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data_path", default="../dataset/pretrain.jsonl", help="JSONL corpus")
+    ap.add_argument("--vocab_size", type=int, default=6400, help="pieces in the vocabulary")
+    ap.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "model"),
+                    help="folder for tokenizer.model")
+    ap.add_argument("--max_chars", type=int, default=50_000_000, help="stop reading after this many characters")
+    ap.add_argument("--seed", type=int, default=42, help="sentencepiece's random seed")
+    args = ap.parse_args(argv)
+    path = resolve_path(args.data_path)
+    if not path.is_file():
+        raise UserError(f"{args.data_path}: no such file; pass --data_path with a JSONL corpus")
+    out = Path(args.out_dir) / "tokenizer.model"
+    tok = train_tokenizer(iter_texts(path, args.max_chars), args.vocab_size, out, seed=args.seed)
+    print(f"wrote {out} ({tok.vocab_size} pieces)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

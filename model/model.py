@@ -121,12 +121,18 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)                              # (B, n_kv, S, hd)
-        if self.n_kv_head != self.n_head:
-            rep = self.n_head // self.n_kv_head
+        rep = self.n_head // self.n_kv_head
+        if mask is None and T == 1 and rep > 1:
+            # decoding one token: the query heads that share a kv head become rows of one query, so
+            # keys and values are read once and never copied (the cache is only ever sliced)
+            q = q.view(B, self.n_kv_head, rep, self.head_dim)                         # (B, n_kv, rep, hd)
+            y = F.scaled_dot_product_attention(q, k, v)                               # (B, n_kv, rep, hd)
+            return self.o_proj(y.reshape(B, 1, self.n_head * self.head_dim))
+        if rep > 1:
             k = k.repeat_interleave(rep, dim=1)                                       # (B, n_head, S, hd)
             v = v.repeat_interleave(rep, dim=1)
-        # mask None: plain causal when q and k have the same length, or one new token attending to all
-        # cached ones; otherwise a boolean (B, 1, T, S) mask built by the model.
+        # mask None: plain causal when q and k have the same length; otherwise a boolean (B, 1, T, S)
+        # mask built by the model.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
             dropout_p=self.dropout if self.training else 0.0)

@@ -152,6 +152,8 @@ BACKENDS = {"sentencepiece": SentencePieceTokenizer}
 def load_tokenizer_from_state(state):
     kind = state.get("type") if isinstance(state, dict) else None
     if kind not in BACKENDS:
+        from . import hf_tokenizer  # noqa: F401  registers the imported-model backends (hf_json, gguf_bpe, ...)
+    if kind not in BACKENDS:
         raise UserError(f"unknown tokenizer type {kind!r} in checkpoint; known: {', '.join(BACKENDS)}")
     return BACKENDS[kind].from_state(state)
 

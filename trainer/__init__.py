@@ -1,0 +1,1 @@
+"""TinyMind trainers: thin stage entry points over one shared loop (trainer/loop.py)."""

@@ -1,0 +1,203 @@
+"""Training configuration: one dataclass, a comment per field, turned into argparse flags of the same names.
+
+Library module, used by the entry points:
+    from trainer.args import parse_args
+    cfg = parse_args("lora")          # python trainer/train_lora.py --help lists the flags
+
+Also the path rules every trainer shares: an input path is resolved against the current directory and,
+failing that, against trainer/ (so `--data_path ../dataset/music.jsonl` works from the repository root and
+from inside trainer/); outputs default to <repo>/out whatever the current directory.
+"""
+import argparse
+import inspect
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from model.checkpoint import checkpoint_name, default_out_dir
+from model.errors import UserError
+
+TRAINER_DIR = Path(__file__).resolve().parent
+ALL = ("pretrain", "full_sft", "lora")
+CHAT = ("full_sft", "lora")
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_path: str = ""                  # training JSONL (relative: to the current dir, else to trainer/)
+    val_data: str = ""                   # validation JSONL; empty = hold out --val_ratio of --data_path
+    val_ratio: float = 0.05              # fraction of the training file held out for validation (0 = none)
+    max_seq_len: int = 512               # tokens per sample (pretrain: packed window length)
+    skip_bad: bool = False               # skip and count malformed lines instead of stopping at the first
+    padding: str = "dynamic"             # dynamic: pad to the batch's longest sample; max_length: to max_seq_len
+    loss_on: str = "assistant"           # assistant: loss on replies only; all: on every token
+    system_prompt: str = ""              # system message added to conversations that have none
+    # model
+    preset: str = "small"                # model preset for pretraining: tiny, small, base, moe
+    tokenizer: str = ""                  # tokenizer.model for pretraining; empty = model/tokenizer.model
+    hidden_size: int = 0                 # pretrain: model width (0 = preset's); fine-tuning: picks the base file
+    num_hidden_layers: int = 0           # pretrain: number of blocks (0 = preset's)
+    use_moe: bool = False                # pretrain: mixture-of-experts MLP; fine-tuning: picks the *_moe base file
+    base: str = ""                       # checkpoint to start from; empty = out/{previous stage}_{hidden}.pth
+    # LoRA
+    lora_name: str = "lora_music"        # adapter name: saved as out/lora/{lora_name}_{hidden}.pth
+    lora_rank: int = 8                   # LoRA rank r
+    lora_alpha: float = 16.0             # LoRA alpha; scaling = alpha / r (alpha / sqrt(r) with rsLoRA)
+    lora_dropout: float = 0.0            # dropout on the LoRA branch input
+    lora_targets: str = LORA_TARGETS     # comma list of linear-layer names to adapt
+    use_rslora: bool = False             # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)
+    # optimisation
+    epochs: int = 1                      # passes over the training data
+    max_steps: int = 0                   # optimizer steps to run; > 0 overrides --epochs (data repeats)
+    batch_size: int = 16                 # samples per micro-batch per process
+    accumulation_steps: int = 1          # micro-batches per optimizer step
+    learning_rate: float = 5e-4          # peak learning rate (after warmup; cosine decay to 10% of it)
+    weight_decay: float = 0.1            # AdamW decay on matrices only (not on norms and biases)
+    warmup_iters: int = -1               # linear warmup steps; -1 = 3% of the run's steps
+    grad_clip: float = 1.0               # clip the global gradient norm to this (0 = off)
+    seed: int = 42                       # seed for initialisation, data order and the validation split
+    # hardware
+    device: str = ""                     # cpu, cuda, cuda:1; empty = cuda when available (torchrun: LOCAL_RANK)
+    dtype: str = "auto"                  # auto = bfloat16 on CUDA when supported, else float16; CPU: float32
+    num_workers: int = 0                 # DataLoader worker processes
+    # outputs
+    out_dir: str = ""                    # output folder; empty = <repo>/out
+    log_interval: int = 10               # log a line every this many steps
+    eval_interval: int = 100             # validation loss every this many steps (and at the end; 0 = end only)
+    eval_batches: int = 50               # at most this many validation batches per evaluation (0 = all)
+    save_interval: int = 500             # save the checkpoint and a resumable state every this many steps
+    keep_last: int = 2                   # training states kept in out/state/{run}/ (older ones deleted)
+    resume: bool = False                 # continue from the newest state in out/state/{run}/ if there is one
+    use_wandb: bool = False              # log the same metrics to Weights & Biases (files under out/wandb)
+    wandb_project: str = "TinyMind"      # W&B project name
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# flags that exist only for some stages (the rest exist for all)
+ONLY = {"loss_on": CHAT, "system_prompt": CHAT, "base": CHAT, "padding": CHAT,
+        "preset": ("pretrain",), "tokenizer": ("pretrain",), "num_hidden_layers": ("pretrain",),
+        **{f: ("lora",) for f in ("lora_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                                 "use_rslora")}}
+CHOICES = {"loss_on": ("assistant", "all"), "padding": ("dynamic", "max_length"),
+           "dtype": ("auto", "bfloat16", "float16", "float32"), "preset": ("tiny", "small", "base", "moe")}
+# MiniMind-like defaults per stage
+STAGE_DEFAULTS = {
+    "pretrain": dict(data_path="../dataset/pretrain.jsonl", batch_size=32, learning_rate=5e-4, epochs=1),
+    "full_sft": dict(data_path="../dataset/sft.jsonl", val_data="../dataset/sft_val.jsonl", batch_size=16,
+                     learning_rate=1e-4, epochs=2),
+    "lora": dict(data_path="../dataset/music.jsonl", batch_size=16, learning_rate=5e-4, epochs=5),
+}
+
+
+def field_comments():
+    """{field name: its trailing comment} read from the TrainConfig source: the comments are the help."""
+    src = inspect.getsource(TrainConfig)
+    return dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.+)$", src, flags=re.M))
+
+
+def build_parser(stage, description=None):
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    helps, defaults = field_comments(), {**TrainConfig().to_dict(), **STAGE_DEFAULTS[stage]}
+    for f in fields(TrainConfig):
+        if stage not in ONLY.get(f.name, ALL):
+            continue
+        default, kw = defaults[f.name], dict(help=helps.get(f.name, "").replace("%", "%%"))
+        if f.type in (bool, "bool"):
+            # real booleans: --use_wandb sets it, --no_use_wandb clears it (listed when the default is on)
+            ap.add_argument(f"--{f.name}", action="store_true", default=default, **kw)
+            ap.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
+                            help=f"turn --{f.name} off" if default else argparse.SUPPRESS)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+            ap.add_argument(f"--{f.name}", type=typ, default=default, choices=CHOICES.get(f.name), **kw)
+    return ap
+
+
+def parse_args(stage, argv=None, description=None):
+    """Flags -> TrainConfig for one stage (fields a stage does not use keep their defaults)."""
+    ns = build_parser(stage, description).parse_args(argv)
+    cfg = TrainConfig(**{**STAGE_DEFAULTS[stage], **vars(ns)})
+    for name in ("batch_size", "accumulation_steps", "max_seq_len", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
+    if cfg.epochs < 1 and cfg.max_steps < 1:
+        raise UserError("--epochs must be at least 1 (or give --max_steps)")
+    if not 0 <= cfg.val_ratio < 1:
+        raise UserError(f"--val_ratio must be in [0, 1) (got {cfg.val_ratio})")
+    return resolve_config(cfg, stage)
+
+
+def resolve_config(cfg, stage):
+    """Fill in what the defaults leave open (paths, device, dtype), so the printed and stored config says
+    exactly what ran. The stage's default validation file is used only with its default training file
+    (and when it exists); otherwise --val_ratio of the training file is held out."""
+    import torch
+    defaults = STAGE_DEFAULTS[stage]
+    if cfg.val_data and cfg.val_data == defaults.get("val_data"):
+        # the shipped validation file goes with the shipped training file only
+        if cfg.data_path != defaults["data_path"] or not resolve_path(cfg.val_data).exists():
+            cfg.val_data = ""
+    cfg.out_dir = str(out_dir(cfg))
+    cfg.data_path = str(resolve_path(cfg.data_path).resolve())
+    cfg.val_data = str(resolve_path(cfg.val_data).resolve()) if cfg.val_data else ""
+    cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not cfg.device.startswith("cuda"):
+        cfg.dtype = "float32"          # autocast is for CUDA only; CPU trains in float32
+    elif cfg.dtype == "auto":
+        cfg.dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
+    return cfg
+
+
+def format_config(cfg):
+    """The resolved config, one `name: value` per line, as printed at the start of every run."""
+    return "\n".join(f"  {k}: {v!r}" for k, v in cfg.to_dict().items())
+
+
+def resolve_path(p):
+    """Relative to the current directory, else to trainer/ (so ../dataset works from both places)."""
+    path = Path(p).expanduser()
+    if not path.is_absolute() and not path.exists() and (TRAINER_DIR / path).exists():
+        path = TRAINER_DIR / path
+    return path
+
+
+def out_dir(cfg):
+    return Path(cfg.out_dir).expanduser().resolve() if cfg.out_dir else default_out_dir()
+
+
+MAKERS = {"pretrain": "python trainer/train_pretrain.py", "full_sft": "python trainer/train_full_sft.py"}
+
+
+def find_base(cfg, parent):
+    """The checkpoint a fine-tuning stage starts from: --base, else out/{parent}_{hidden}.pth, else the only
+    {parent}_*.pth in out/. A missing file is one line naming it and the command that makes it."""
+    if cfg.base:
+        path = resolve_path(cfg.base)
+        if not path.exists():
+            raise UserError(f"--base {cfg.base}: file not found")
+        return path.resolve()
+    out = out_dir(cfg)
+    if cfg.hidden_size:
+        path = out / checkpoint_name(parent, cfg.hidden_size, cfg.use_moe)
+    else:
+        found = sorted(p for p in out.glob(f"{parent}_*.pth") if p.stem.endswith("_moe") == cfg.use_moe)
+        if len(found) == 1:
+            return found[0].resolve()
+        if len(found) > 1:
+            raise UserError(f"several {parent} checkpoints in {out} ({', '.join(p.name for p in found)}); "
+                            "choose one with --hidden_size or --base")
+        path = out / checkpoint_name(parent, 512, cfg.use_moe)
+    if not path.exists():
+        raise UserError(f"{path}: base checkpoint not found; make it with `{MAKERS[parent]}` "
+                        f"(same --hidden_size/--out_dir) or pass --base PATH")
+    return path.resolve()
+
+
+def resolve_inputs(cfg):
+    """(training data path, validation data path or None) of a resolved config."""
+    return Path(cfg.data_path), (Path(cfg.val_data) if cfg.val_data else None)

@@ -1,0 +1,118 @@
+"""DDP plumbing from the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE); a single process when absent.
+
+Library module; a run on N processes of one machine:
+    torchrun --nproc_per_node 2 trainer/train_full_sft.py
+"""
+import itertools
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+from torch.utils.data import DistributedSampler, Sampler
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+
+def setup_distributed(device=""):
+    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU) and pick this rank's device."""
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if not device:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            from model.errors import UserError
+            raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if world_size > 1 or dev.index is None:
+            dev = torch.device("cuda", local_rank if world_size > 1 else 0)
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not tdist.is_initialized():
+        tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size,
+                                 **({"device_id": dev} if dev.type == "cuda" else {}))
+    return Dist(rank, local_rank, world_size, dev)
+
+
+def seed_everything(seed):
+    """The same seed on every rank: identical initialisation (DDP broadcasts rank 0's weights anyway)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def all_reduce_sum(t, dist):
+    """Sum a tensor over ranks in place (no-op in a single process); returns it."""
+    if dist.enabled:
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_objects(obj, dist):
+    """[obj of rank 0, obj of rank 1, ...] (a one-element list in a single process)."""
+    if not dist.enabled:
+        return [obj]
+    out = [None] * dist.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(dist):
+    if dist.enabled:
+        tdist.barrier()
+
+
+def cleanup_distributed():
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+class ResumableSampler(Sampler):
+    """DistributedSampler's order for an epoch (seeded by seed + epoch; rank r takes every world_size-th
+    sample), optionally starting `skip` samples in, so a resumed run sees exactly what the interrupted
+    one had not seen yet."""
+
+    def __init__(self, dataset, dist, shuffle, seed):
+        self.inner = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
+                                        shuffle=shuffle, seed=seed)
+        self.skip = 0
+
+    def set_epoch(self, epoch, skip=0):
+        self.inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.inner), self.skip, None)
+
+    def __len__(self):
+        return max(0, len(self.inner) - self.skip)
+
+
+def rng_state():
+    """This process's random generators (python, torch, CUDA), for an exact resume."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,66 @@
+"""LoRA fine-tuning: a full-SFT model stays frozen while low-rank adapters on its linear layers train.
+
+    python trainer/train_lora.py --lora_name lora_music --data_path ../dataset/music.jsonl --epochs 5
+    python trainer/train_lora.py --lora_targets q_proj,v_proj --lora_rank 16 --use_rslora
+    torchrun --nproc_per_node 2 trainer/train_lora.py --lora_name lora_music
+
+The base (default out/full_sft_{hidden}.pth, or --base) gives the model config and tokenizer. Writes only the
+adapter, out/lora/{lora_name}_{hidden}.pth, which records its base's path and sha256 (eval_model.py
+--lora_name loads it onto that base), plus out/logs/{lora_name}_{hidden}.jsonl and .png.
+"""
+import sys
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
+
+from dataset.lm_dataset import collate_chat  # noqa: E402
+from model.checkpoint import build_model, checkpoint_name, file_sha256, load_checkpoint  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.errors import run_cli  # noqa: E402
+from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
+from model.tokenizer import load_tokenizer_from_state  # noqa: E402
+from trainer.args import find_base, format_config, out_dir, parse_args  # noqa: E402
+from trainer.distributed import cleanup_distributed, seed_everything, setup_distributed  # noqa: E402
+from trainer.loop import train  # noqa: E402
+from trainer.train_full_sft import load_chat_sets  # noqa: E402
+
+
+def main(argv=None):
+    cfg = parse_args("lora", argv, __doc__.splitlines()[0])
+    dist = setup_distributed(cfg.device)
+    say = print if dist.is_main else (lambda *a, **k: None)
+    say("train config:\n" + format_config(cfg))
+    seed_everything(cfg.seed)
+
+    # read and check every input before anything is written
+    base = find_base(cfg, "full_sft")
+    ckpt = load_checkpoint(base)
+    config, tokenizer = ModelConfig.from_dict(ckpt["config"]), load_tokenizer_from_state(ckpt["tokenizer"])
+    train_set, val_set, data_path, info = load_chat_sets(cfg, tokenizer, say)
+    model = build_model(config, ckpt["model"], where=str(base))    # the base, loaded strictly, then wrapped
+    lora_cfg = LoRAConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                          targets=cfg.lora_targets, use_rslora=cfg.use_rslora)
+    wrapped = apply_lora(model, lora_cfg)                            # freezes everything else
+    n_train, n_all = model.num_parameters(trainable_only=True), model.num_parameters()
+    say(f"base {base}: LoRA r={lora_cfg.r} on {len(wrapped)} layers ({', '.join(lora_cfg.targets)}); "
+        f"trainable {n_train:,} / {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")
+
+    path = out_dir(cfg) / checkpoint_name("lora", config.hidden_size, config.use_moe, lora_name=cfg.lora_name)
+    base_sha = file_sha256(base)
+
+    def save_model(m, meta):
+        save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, meta)
+        return path
+
+    collate = partial(collate_chat, pad_id=tokenizer.pad_id,
+                      pad_to=cfg.max_seq_len if cfg.padding == "max_length" else None)
+    meta = {"stage": "lora", "parent": str(base), "parent_sha256": base_sha, "val_path": info["val_path"],
+            "val_lines": info["val_lines"], "data_path": str(data_path)}
+    final = train(cfg, model, train_set, collate, save_model, path.stem, dist, val_set=val_set, meta=meta)
+    cleanup_distributed()
+    say(f"saved {final}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

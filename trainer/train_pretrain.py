@@ -1,0 +1,66 @@
+"""Pretrain a TinyMind model from scratch on {"text": ...} JSONL, packed into full max_seq_len windows.
+
+    python trainer/train_pretrain.py                                  # small preset, dataset/pretrain.jsonl
+    python trainer/train_pretrain.py --preset tiny --epochs 2 --max_seq_len 256
+    torchrun --nproc_per_node 2 trainer/train_pretrain.py
+
+Writes out/pretrain_{hidden}.pth (the start of trainer/train_full_sft.py), out/logs/pretrain_{hidden}.jsonl
+and .png, and resumable states in out/state/pretrain_{hidden}/.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
+
+from dataset.lm_dataset import PretrainDataset, collate_pretrain, load_split  # noqa: E402
+from model.checkpoint import checkpoint_name, save_checkpoint  # noqa: E402
+from model.config import get_preset  # noqa: E402
+from model.errors import run_cli  # noqa: E402
+from model.model import TinyMindForCausalLM  # noqa: E402
+from model.tokenizer import load_default_tokenizer  # noqa: E402
+from trainer.args import format_config, out_dir, parse_args, resolve_inputs, resolve_path  # noqa: E402
+from trainer.distributed import cleanup_distributed, seed_everything, setup_distributed  # noqa: E402
+from trainer.loop import train  # noqa: E402
+
+
+def main(argv=None):
+    cfg = parse_args("pretrain", argv, __doc__.splitlines()[0])
+    dist = setup_distributed(cfg.device)
+    say = print if dist.is_main else (lambda *a, **k: None)
+    say("train config:\n" + format_config(cfg))
+    seed_everything(cfg.seed)
+
+    # read and check every input before anything is written
+    tokenizer = load_default_tokenizer(resolve_path(cfg.tokenizer)) if cfg.tokenizer else load_default_tokenizer()
+    data_path, val_path = resolve_inputs(cfg)
+    train_texts, val_texts, info = load_split(data_path, val_path, cfg.val_ratio, cfg.seed, "text", cfg.skip_bad)
+    if info["n_bad"]:
+        say(f"skipped {info['n_bad']} bad lines (--skip_bad)")
+    train_set = PretrainDataset([r["text"] for r in train_texts], tokenizer, cfg.max_seq_len)
+    val_set = PretrainDataset([r["text"] for r in val_texts], tokenizer, cfg.max_seq_len) if val_texts else None
+    say(f"{data_path}: {train_set.n_tokens:,} tokens in {len(train_set):,} windows of {cfg.max_seq_len}")
+
+    overrides = {k: getattr(cfg, k) for k in ("hidden_size", "num_hidden_layers") if getattr(cfg, k)}
+    if cfg.use_moe:
+        overrides["use_moe"] = True
+    config = get_preset(cfg.preset, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_id,
+                        pad_token_id=tokenizer.pad_id, **overrides)
+    model = TinyMindForCausalLM(config)
+    say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {config.num_hidden_layers} layers, "
+        f"hidden {config.hidden_size}{', MoE' if config.use_moe else ''}")
+
+    path = out_dir(cfg) / checkpoint_name("pretrain", config.hidden_size, config.use_moe)
+
+    def save_model(m, meta):
+        save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
+        return path
+
+    meta = {"stage": "pretrain", "parent": None, "parent_sha256": None, "val_path": info["val_path"],
+            "val_lines": info["val_lines"], "data_path": str(data_path)}
+    final = train(cfg, model, train_set, collate_pretrain, save_model, path.stem, dist, val_set=val_set, meta=meta)
+    cleanup_distributed()
+    say(f"saved {final}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

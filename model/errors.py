@@ -2,6 +2,7 @@
 
 Every command-line entry point runs its main() through run_cli(main).
 """
+import os
 import sys
 
 
@@ -14,7 +15,8 @@ def run_cli(main, *args, **kwargs):
     try:
         return main(*args, **kwargs)
     except UserError as e:
-        sys.stderr.write(f"error: {e}\n")
+        if os.environ.get("RANK", "0") == "0":     # under torchrun every rank fails; one prints
+            sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

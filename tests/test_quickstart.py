@@ -1,0 +1,68 @@
+"""scripts/quickstart.py end to end with a tiny budget on a slice of the shipped data, then once more to show
+finished stages are reused, then the headline user command on its outputs.
+
+    pytest tests/test_quickstart.py
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICE = {"pretrain.jsonl": 200, "sft.jsonl": 120, "sft_val.jsonl": 16, "identity.jsonl": 80,
+         "identity_test.jsonl": 6, "music.jsonl": 60, "music_test.jsonl": 6}
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """The first lines of each shipped file (the whole pipeline, but seconds per stage)."""
+    out = tmp_path / "data"
+    out.mkdir()
+    for name, n in SLICE.items():
+        src = ROOT / "dataset" / name
+        if not src.exists():
+            pytest.skip(f"{src} not built yet (python scripts/build_data.py)")
+        with open(src, encoding="utf-8") as f:
+            lines = [next(f) for _ in range(n)]
+        (out / name).write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+def quickstart(out, data_dir):
+    return subprocess.run([sys.executable, "scripts/quickstart.py", "--minutes", "0.1", "--out_dir", str(out),
+                           "--data_dir", str(data_dir), "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_quickstart_tiny_budget(tmp_path, data_dir):
+    out = tmp_path / "out"
+    res = quickstart(out, data_dir)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for f in ("pretrain_64.pth", "full_sft_64.pth", "lora/lora_music_64.pth", "data/identity_music.jsonl",
+              "logs/pretrain_64.jsonl", "logs/lora_music_64.jsonl", "quickstart_summary.md"):
+        assert (out / f).exists(), f
+    summary = (out / "quickstart_summary.md").read_text()
+    assert "| lora_music_64 |" in summary and "identity, held-out phrasings" in summary
+    assert "music, held-out questions" in summary
+    rep = json.loads((out / "eval" / "identity_lora_music_64.json").read_text())
+    assert rep["n"] == 6 and rep["model"]["adapter"]
+    assert "python eval_model.py --lora_name lora_music --model_mode 1" in res.stdout
+    assert "streamlit run scripts/web_demo.py" in res.stdout
+
+    again = quickstart(out, data_dir)               # everything reused: no training, no tests rerun
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reusing ") == 6 and "$ " not in again.stdout
+
+    chat = subprocess.run([sys.executable, "eval_model.py", "--lora_name", "lora_music", "--model_mode", "1",
+                           "--out_dir", str(out), "--max_new_tokens", "4"], input="Who are you?\n",
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert "> Who are you?" in chat.stdout
+
+
+def test_bad_budget_is_one_line():
+    res = subprocess.run([sys.executable, "scripts/quickstart.py", "--minutes", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip() == "error: --minutes must be positive (got 0.0)"

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # repo root
 from model.errors import UserError, run_cli  # noqa: E402
 
 # share of the --minutes budget spent training each stage; the rest is start-up, data and the tests
-SHARE = {"pretrain": 0.50, "full_sft": 0.20, "lora": 0.12}
+SHARE = {"pretrain": 0.46, "full_sft": 0.18, "lora": 0.22}
 # CPU shapes by budget (>= 8 min, >= 3 min, less) and their training tokens/s on an idle 2-core CPU
 CPU_SHAPES = [dict(preset="small", hidden=256, layers=2, seq=256, batch=16),
               dict(preset="tiny", hidden=128, layers=2, seq=256, batch=16),
@@ -215,7 +215,7 @@ class Pipeline:
         mix = out / "data" / "identity_music.jsonl"
         n_id, n_mu = (sum(1 for ln in open(files[f], encoding="utf-8") if ln.strip())
                       for f in ("identity.jsonl", "music.jsonl"))
-        rep = max(1, round(0.6 * n_mu / max(1, n_id)))      # identity about 40% of the mix
+        rep = max(1, round(1.5 * n_mu / max(1, n_id)))      # identity about 60% of the mix
         self.run("mix", [py, "scripts/prepare_data.py", "mix", f"{files['identity.jsonl']}:{rep}",
                          f"{files['music.jsonl']}:1", "-o", mix, "--seed", a.seed],
                  mix, f"mix identity x{rep} + music x1 -> {mix.relative_to(out.parent) if out.parent in mix.parents else mix}")

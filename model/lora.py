@@ -53,6 +53,46 @@ class LoRAConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+class LoRAFunction(torch.autograd.Function):
+    """y = x W^T + b + s (x A^T) B^T with its gradients, the additions done inside the matrix multiplies.
+
+    The same math autograd would do for the plain expression, but each sum of a base term and a low-rank
+    term is an in-place addmm into the base term instead of a separate pass over an (N, out) or (N, in)
+    tensor, and the scale s rides on addmm's alpha: forward and backward each save one full elementwise
+    pass per wrapped layer. Used when there is no LoRA dropout and no autocast (see LoRALinear.forward).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])                                            # (N, in)
+        h = x2 @ lora_a.t()                                                      # (N, r)
+        y = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())  # (N, out)
+        y.addmm_(h, lora_b.t(), alpha=scaling)                                   # += s * h B^T
+        ctx.save_for_backward(x2, h, weight, lora_a, lora_b)
+        ctx.scaling, ctx.shape, ctx.has_bias = scaling, shape, bias is not None
+        return y.view(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, h, weight, lora_a, lora_b = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad_y.reshape(-1, grad_y.shape[-1])                                 # (N, out)
+        gh = g @ lora_b                                                          # (N, r), unscaled
+        grad_x = grad_w = grad_b = grad_a = grad_lb = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ weight).addmm_(gh, lora_a, alpha=s).view(ctx.shape)   # g W + s gh A
+        if ctx.needs_input_grad[1]:
+            grad_w = g.t() @ x2
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        if ctx.needs_input_grad[3]:
+            grad_a = torch.mm(gh.t(), x2).mul_(s)                                # s gh^T x
+        if ctx.needs_input_grad[4]:
+            grad_lb = torch.mm(g.t(), h).mul_(s)                                 # s g^T h
+        return grad_x, grad_w, grad_b, grad_a, grad_lb, None
+
+
 class LoRALinear(nn.Module):
     """y = base(x) + scaling * B(A(dropout(x))), with A: in -> r, B: r -> out.
 
@@ -79,10 +119,16 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x):
-        y = self.base(x)
         if self.merged:
-            return y
-        # A and B share the base's dtype (autocast handles mixed precision), so no casts here
+            return self.base(x)
+        fused = (isinstance(self.lora_dropout, nn.Identity) or not self.training) \
+            and not torch.is_autocast_enabled(x.device.type) and x.dtype == self.base.weight.dtype
+        if fused:
+            return LoRAFunction.apply(x, self.base.weight, self.base.bias, self.lora_A.weight,
+                                      self.lora_B.weight, self.scaling)
+        # the general path (dropout on the LoRA input, or autocast): A and B share the base's dtype and
+        # autocast handles mixed precision, so no casts here
+        y = self.base(x)
         h = F.linear(self.lora_dropout(x), self.lora_A.weight)                 # (..., r)
         # scale the rank-r activations, not the (..., out) ones: r/out times fewer multiplications
         return y + F.linear(h * self.scaling, self.lora_B.weight)             # (..., out)

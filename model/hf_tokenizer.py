@@ -7,7 +7,6 @@ backend serialises itself to bytes and strings (to_state) so a checkpoint stays 
 loads with torch.load(weights_only=True); model.tokenizer.BACKENDS maps the state's "type" back here.
 """
 import json
-import re
 
 from .errors import UserError
 from .tokenizer import BACKENDS, ChatTemplate, SentencePieceTokenizer, Tokenizer
@@ -178,7 +177,7 @@ BACKENDS.update({HFTokenizer.type_name: HFTokenizer, GGUFBPETokenizer.type_name:
 def sentencepiece_to_hf_json(sp_tokenizer):
     """An HF tokenizer.json equivalent to a sentencepiece BPE model with byte fallback: vocabulary and
     scores from the model, merges recovered from them (best score first, as sentencepiece merges)."""
-    from tokenizers import AddedToken, Regex, Tokenizer as _Tok, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer as _Tok, decoders, models, normalizers, pre_tokenizers
     sp = sp_tokenizer.sp
     n = sp.get_piece_size()
     pieces = [sp.id_to_piece(i) for i in range(n)]

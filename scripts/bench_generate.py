@@ -7,7 +7,6 @@ Both run the same weights (TinyMind's state dict loaded into LlamaForCausalLM) i
 greedy, no stop token, so both produce the same number of tokens. Prints a table.
 """
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,16 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.config import get_preset  # noqa: E402
 from model.generate import generate  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
+from bench_common import cpu_name  # noqa: E402
 
 
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def to_hf(model):

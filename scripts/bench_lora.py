@@ -25,16 +25,9 @@ from model.config import get_preset
 from model.errors import UserError, run_cli
 from model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, count_parameters
 from model.model import TinyMindForCausalLM
+from bench_common import cpu_name  # noqa: E402
 
 
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_tinymind(config, lora):

@@ -7,7 +7,6 @@ training tokens/s (rank 8 on all seven projections, AdamW over LoRA weights only
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,16 +20,9 @@ from model.checkpoint import default_out_dir, load_model  # noqa: E402
 from model.errors import UserError, run_cli  # noqa: E402
 from model.generate import generate  # noqa: E402
 from model.tokenizer import encode_chat  # noqa: E402
+from bench_common import cpu_name  # noqa: E402
 
 
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_decode(model, tokenizer, new_tokens, repeats):

@@ -16,7 +16,6 @@ Accepted formats are listed in dataset/formats.py; mix writes the canonical Mini
 import argparse
 import hashlib
 import heapq
-import json
 import math
 import os
 import random

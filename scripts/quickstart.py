@@ -11,7 +11,6 @@ of this machine's training speed. Outputs: out/ (checkpoints, logs, eval reports
 """
 import argparse
 import json
-import math
 import os
 import random
 import shlex

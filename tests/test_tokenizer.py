@@ -25,6 +25,7 @@ def test_trained_tokenizer_round_trips_and_is_deterministic(tmp_path):
     a = train_tokenizer(texts, vocab_size=400, out_path=tmp_path / "a.model")
     b = train_tokenizer(texts, vocab_size=400, out_path=tmp_path / "b.model")
     assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
+    assert b.sha256 == a.sha256
     assert a.vocab_size == 400
     assert a.decode(a.encode(MIXED)) == MIXED               # unseen characters go through byte fallback
     assert a.special_tokens["<|im_end|>"] == 4 and a.pad_id == 1 and a.eos_id == 2

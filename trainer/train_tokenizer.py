@@ -6,7 +6,6 @@ Reads {"text": ...} lines and conversation lines alike (every message's content 
 model/tokenizer.model (or --out_dir/tokenizer.model) atomically.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -1,0 +1,18 @@
+"""What the benchmark scripts share: the machine line printed beside every table.
+
+Library module for scripts/bench_*.py (they run as `python scripts/bench_x.py`, so this folder is on
+sys.path).
+"""
+import platform
+from pathlib import Path
+
+
+def cpu_name():
+    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -158,13 +158,10 @@ def load(args):
 
 
 def load_adapter_model(args, path):
-    from model.lora import load_adapter, load_model_with_adapter, merge_lora
-    # the recorded base, as recorded, else under this --out_dir (the repo's out/ is tried by model.lora)
-    recorded = Path(load_adapter(path)["base"].get("path", ""))
-    out_dir = Path(args.out_dir).expanduser() if args.out_dir else default_out_dir()
-    base_path = next((p for p in (recorded, repo_root() / recorded, out_dir / recorded.name) if p.is_file()), None)
-    model, tokenizer, base_ckpt, adapter = load_model_with_adapter(path, base_path=base_path, device=args.device,
-                                                                   force=args.force)
+    from model.lora import load_model_with_adapter, merge_lora
+    out_dir = Path(args.out_dir).expanduser() if args.out_dir else None     # where else the base may be
+    model, tokenizer, base_ckpt, adapter = load_model_with_adapter(path, device=args.device, force=args.force,
+                                                                   out_dir=out_dir)
     merge_lora(model)                                  # same outputs, no extra matmuls per token
     model.eval()
     base = adapter.get("base", {}).get("path", "?")

@@ -293,7 +293,7 @@ def load_adapter(path):
     return obj
 
 
-def _config_diff(a, b):
+def config_diff(a, b):
     a, b = ModelConfig.from_dict(a).to_dict(), ModelConfig.from_dict(b).to_dict()
     return [f"{k} {a[k]} vs {b[k]}" for k in a if k not in _CONFIG_FIELDS_IGNORED and a[k] != b[k]]
 
@@ -303,7 +303,7 @@ def check_adapter(adapter, base_ckpt, base_path, force=False):
     different base file (sha256) unless force. Shapes are checked again when the weights load."""
     from .tokenizer import load_tokenizer_from_state
     name = adapter.get("file", "adapter")
-    diff = _config_diff(adapter["config"], base_ckpt["config"])
+    diff = config_diff(adapter["config"], base_ckpt["config"])
     if diff:
         raise UserError(f"{name} does not fit {base_path}: model config differs (adapter vs base: "
                         f"{'; '.join(diff[:4])}); pass the base it was trained on with --base")
@@ -337,29 +337,31 @@ def attach_adapter(model, adapter):
     return model
 
 
-def find_base(adapter, base_path=None):
+def find_base(adapter, base_path=None, out_dir=None):
     """The base checkpoint: base_path if given, else the adapter's recorded base, tried as recorded
-    (relative to the current folder, then the repository) and then in the repo's out/."""
+    (relative to the current folder, then the repository) and then by name in out_dir (default: the
+    repo's out/)."""
     name = adapter.get("file", "adapter")
     if base_path is not None:
         if not Path(base_path).is_file():
             raise UserError(f"{base_path}: base checkpoint not found")
         return Path(base_path)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
     recorded = Path(adapter["base"]["path"])
-    candidates = [recorded, repo_root() / recorded, default_out_dir() / recorded.name]
+    candidates = [recorded, repo_root() / recorded, out_dir / recorded.name]
     for p in candidates:
         if p.is_file():
             return p
     raise UserError(f"{name}: its base checkpoint {recorded} was not found (also looked in "
-                    f"{default_out_dir()}); pass it with --base PATH")
+                    f"{out_dir}); pass it with --base PATH")
 
 
-def load_model_with_adapter(adapter_path, base_path=None, device="cpu", force=False):
+def load_model_with_adapter(adapter_path, base_path=None, device="cpu", force=False, out_dir=None):
     """-> (model in eval mode with the adapter attached, unmerged; tokenizer; base checkpoint dict with
-    "path" added; adapter dict)."""
+    "path" added; adapter dict). out_dir: where else to look for the recorded base (see find_base)."""
     from .tokenizer import load_tokenizer_from_state
     adapter = load_adapter(adapter_path)
-    base = find_base(adapter, base_path)
+    base = find_base(adapter, base_path, out_dir)
     base_ckpt = load_checkpoint(base)
     base_ckpt["path"] = str(base)
     check_adapter(adapter, base_ckpt, base, force)

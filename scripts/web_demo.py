@@ -17,20 +17,14 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 from model.chat_session import find_adapters, find_checkpoints, inside, model_info, trim_history  # noqa: E402
-from model.checkpoint import ADAPTER_FORMAT, default_out_dir, load_model, read_pth  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
+from model.checkpoint import ADAPTER_FORMAT, default_out_dir, file_sha256, load_model, read_pth  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generate import chat, stream_generate  # noqa: E402
+from model.lora import config_diff  # noqa: E402
 
 OUT_DIR = Path(os.environ.get("TINYMIND_OUT_DIR") or default_out_dir()).resolve()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NO_ADAPTER = "(none)"
-
-
-def same_config(a, b):
-    """Equal model configs, ignoring fields that do not change what the network computes."""
-    a, b = ModelConfig.from_dict(a).to_dict(), ModelConfig.from_dict(b).to_dict()
-    return all(a[k] == b[k] for k in a if k not in ("dropout", "aux_loss_coef", "model_type"))
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
@@ -40,14 +34,18 @@ def load_chat_model(base_path, base_mtime, adapter_path=None, adapter_mtime=None
     model, tokenizer, ckpt = load_model(base_path, device=DEVICE)
     adapter = None
     if adapter_path:
-        from model.lora import attach_adapter, load_adapter, merge_lora
+        from model.lora import attach_adapter, check_adapter, load_adapter, merge_lora
         adapter = load_adapter(adapter_path)
+        # config and tokenizer must fit (the list offers only such adapters); another base file is
+        # allowed here and shown in the sidebar
+        check_adapter(adapter, ckpt, base_path, force=True)
         model = attach_adapter(model, adapter)
         merge_lora(model)
         model.eval()
     info = model_info(model, ckpt, adapter, path=Path(base_path).name,
                       adapter_path=Path(adapter_path).name if adapter_path else None)
     info["tokenizer_sha256"] = tokenizer.sha256
+    info["sha256"] = file_sha256(base_path)
     return model, tokenizer, info
 
 
@@ -61,7 +59,7 @@ def adapter_header(path, mtime):
     if not isinstance(obj, dict) or obj.get("format") != ADAPTER_FORMAT:
         return None
     return {"config": obj.get("config", {}), "tokenizer_sha256": obj.get("tokenizer_sha256"),
-            "base": (obj.get("base") or {}).get("path", "")}
+            "base": (obj.get("base") or {}).get("path", ""), "base_sha256": (obj.get("base") or {}).get("sha256")}
 
 
 def listed(paths):
@@ -81,7 +79,7 @@ def compatible_adapters(info):
     for rel in listed(find_adapters(OUT_DIR)):
         path = inside(OUT_DIR, rel)
         head = adapter_header(str(path), path.stat().st_mtime)
-        if head and head["tokenizer_sha256"] == info["tokenizer_sha256"] and same_config(head["config"], info["config"]):
+        if head and head["tokenizer_sha256"] == info["tokenizer_sha256"] and not config_diff(head["config"], info["config"]):
             names.append(rel)
     return names
 
@@ -132,8 +130,8 @@ def main():
         if adapter_rel != NO_ADAPTER:
             adapter_path = inside(OUT_DIR, adapter_rel)
             head = adapter_header(str(adapter_path), adapter_path.stat().st_mtime)
-            if Path(head["base"]).name != base_path.name:
-                sb.caption(f"note: this adapter was trained on {Path(head['base']).name}")
+            if head["base_sha256"] != info["sha256"]:
+                sb.caption(f"note: this adapter was trained on {Path(head['base']).name}, not on this file")
             model, tokenizer, info = load_chat_model(str(base_path), base_path.stat().st_mtime,
                                                      str(adapter_path), adapter_path.stat().st_mtime)
     except UserError as e:

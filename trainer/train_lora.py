@@ -9,34 +9,23 @@ adapter, out/lora/{lora_name}_{hidden}.pth, which records its base's path and sh
 --lora_name loads it onto that base), plus out/logs/{lora_name}_{hidden}.jsonl and .png.
 """
 import sys
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from dataset.lm_dataset import collate_chat  # noqa: E402
-from model.checkpoint import build_model, checkpoint_name, file_sha256, load_checkpoint  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
+from model.checkpoint import build_model, checkpoint_name, file_sha256  # noqa: E402
 from model.errors import run_cli  # noqa: E402
 from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
-from model.tokenizer import load_tokenizer_from_state  # noqa: E402
-from trainer.args import find_base, format_config, out_dir, parse_args  # noqa: E402
-from trainer.distributed import cleanup_distributed, seed_everything, setup_distributed  # noqa: E402
+from trainer.args import out_dir  # noqa: E402
+from trainer.distributed import cleanup_distributed  # noqa: E402
 from trainer.loop import train  # noqa: E402
-from trainer.train_full_sft import load_chat_sets  # noqa: E402
+from trainer.stage import chat_collate, load_base, load_chat_sets, stage_meta, start_run  # noqa: E402
 
 
 def main(argv=None):
-    cfg = parse_args("lora", argv, __doc__.splitlines()[0])
-    dist = setup_distributed(cfg.device)
-    say = print if dist.is_main else (lambda *a, **k: None)
-    say("train config:\n" + format_config(cfg))
-    seed_everything(cfg.seed)
-
+    cfg, dist, say = start_run("lora", argv, __doc__.splitlines()[0])
     # read and check every input before anything is written
-    base = find_base(cfg, "full_sft")
-    ckpt = load_checkpoint(base)
-    config, tokenizer = ModelConfig.from_dict(ckpt["config"]), load_tokenizer_from_state(ckpt["tokenizer"])
+    base, ckpt, config, tokenizer = load_base(cfg, "full_sft")
     train_set, val_set, data_path, info = load_chat_sets(cfg, tokenizer, say)
     model = build_model(config, ckpt["model"], where=str(base))    # the base, loaded strictly, then wrapped
     lora_cfg = LoRAConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -53,11 +42,9 @@ def main(argv=None):
         save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, meta)
         return path
 
-    collate = partial(collate_chat, pad_id=tokenizer.pad_id,
-                      pad_to=cfg.max_seq_len if cfg.padding == "max_length" else None)
-    meta = {"stage": "lora", "parent": str(base), "parent_sha256": base_sha, "val_path": info["val_path"],
-            "val_lines": info["val_lines"], "data_path": str(data_path)}
-    final = train(cfg, model, train_set, collate, save_model, path.stem, dist, val_set=val_set, meta=meta)
+    meta = stage_meta("lora", data_path, info, base, base_sha)
+    final = train(cfg, model, train_set, chat_collate(cfg, tokenizer), save_model, path.stem, dist,
+                  val_set=val_set, meta=meta)
     cleanup_distributed()
     say(f"saved {final}")
 

@@ -18,18 +18,14 @@ from model.config import get_preset  # noqa: E402
 from model.errors import run_cli  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
 from model.tokenizer import load_default_tokenizer  # noqa: E402
-from trainer.args import format_config, out_dir, parse_args, resolve_inputs, resolve_path  # noqa: E402
-from trainer.distributed import cleanup_distributed, seed_everything, setup_distributed  # noqa: E402
+from trainer.args import out_dir, resolve_inputs, resolve_path  # noqa: E402
+from trainer.distributed import cleanup_distributed  # noqa: E402
 from trainer.loop import train  # noqa: E402
+from trainer.stage import stage_meta, start_run  # noqa: E402
 
 
 def main(argv=None):
-    cfg = parse_args("pretrain", argv, __doc__.splitlines()[0])
-    dist = setup_distributed(cfg.device)
-    say = print if dist.is_main else (lambda *a, **k: None)
-    say("train config:\n" + format_config(cfg))
-    seed_everything(cfg.seed)
-
+    cfg, dist, say = start_run("pretrain", argv, __doc__.splitlines()[0])
     # read and check every input before anything is written
     tokenizer = load_default_tokenizer(resolve_path(cfg.tokenizer)) if cfg.tokenizer else load_default_tokenizer()
     data_path, val_path = resolve_inputs(cfg)
@@ -55,8 +51,7 @@ def main(argv=None):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
         return path
 
-    meta = {"stage": "pretrain", "parent": None, "parent_sha256": None, "val_path": info["val_path"],
-            "val_lines": info["val_lines"], "data_path": str(data_path)}
+    meta = stage_meta("pretrain", data_path, info)
     final = train(cfg, model, train_set, collate_pretrain, save_model, path.stem, dist, val_set=val_set, meta=meta)
     cleanup_distributed()
     say(f"saved {final}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import ADAPTER_FORMAT, FORMAT, build_model, load_checkpoint, read_pth
+from .checkpoint import FORMAT, build_model, load_checkpoint
 from .config import ModelConfig
 from .errors import UserError
 from .hf_tokenizer import (GGUFBPETokenizer, HFTokenizer, SentencePieceHFTokenizer, chat_template_from_jinja,
@@ -439,23 +439,13 @@ def export_hf(ckpt, out_dir, dtype=None):
 
 # ---------------------------------------------------------------- export a LoRA adapter to PEFT
 
-def read_adapter(path):
-    obj = read_pth(path)
-    if not isinstance(obj, dict) or obj.get("format") != ADAPTER_FORMAT:
-        fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise UserError(f"{path}: not a TinyMind LoRA adapter (format {fmt!r}); adapters come from trainer/train_lora.py")
-    for key in ("lora", "lora_config", "config"):
-        if key not in obj:
-            raise UserError(f"{path}: adapter has no {key!r} entry; re-create it")
-    return obj
-
-
 def export_peft(adapter, out_dir, base_model_name_or_path=""):
     """A TinyMind adapter (path or dict) -> adapter_config.json + adapter_model.safetensors for
     peft.PeftModel.from_pretrained(base, out_dir) on the --to_hf export of its base."""
     from safetensors.torch import save_file
     if not isinstance(adapter, dict):
-        adapter = read_adapter(adapter)
+        from .lora import load_adapter
+        adapter = load_adapter(adapter)
     lcfg = adapter["lora_config"]
     config = ModelConfig.from_dict(adapter["config"])
     hf_config_dict(config)                  # refuses what --to_hf cannot export either

@@ -25,13 +25,8 @@ from bench_common import cpu_name  # noqa: E402
 
 def to_hf(model):
     from transformers import LlamaConfig, LlamaForCausalLM
-    c = model.config
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
-        head_dim=c.head_dim))
+    from model.convert import hf_config_dict
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(model.config)))
     hf.load_state_dict(model.state_dict(), strict=True)
     return hf.eval()
 

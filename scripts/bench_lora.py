@@ -39,14 +39,9 @@ def build_tinymind(config, lora):
 def build_peft(config, lora):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
-    hf_config = LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim, max_position_embeddings=config.max_position_embeddings,
-        rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps,
-        tie_word_embeddings=config.tie_word_embeddings, attention_bias=config.attention_bias,
-        mlp_bias=config.mlp_bias, attn_implementation="sdpa")
+    from model.convert import hf_config_dict
+    # the same shapes through the exporter's config mapping
+    hf_config = LlamaConfig(**hf_config_dict(config), attn_implementation="sdpa")
     model = LlamaForCausalLM(hf_config)
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=list(lora.targets), use_rslora=lora.use_rslora, bias="none")

@@ -78,10 +78,11 @@ def do_export_hf(args):
 
 
 def do_export_peft(args):
-    from model.convert import export_hf, export_peft, read_adapter
+    from model.convert import export_hf, export_peft
+    from model.lora import load_adapter
     if not args.adapter:
         raise UserError("--to_peft needs --adapter FILE (a LoRA adapter from trainer/train_lora.py)")
-    adapter = read_adapter(args.adapter)
+    adapter = load_adapter(args.adapter)
     out = Path(args.to_peft)
     base_dir = ""
     if args.ckpt:

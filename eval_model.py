@@ -15,10 +15,8 @@ default and write a JSON report under out/eval/.
 import argparse
 import json
 import os
-import re
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # repo root
@@ -30,6 +28,7 @@ from model.checkpoint import ADAPTER_FORMAT, default_out_dir, load_model, read_p
 from model.errors import UserError, run_cli  # noqa: E402
 from model.generate import chat, generate, stream_generate  # noqa: E402
 from model.tokenizer import encode_chat  # noqa: E402
+from dataset.scoring import identity_verdict, task_verdict  # noqa: E402
 
 STAGES = {0: "pretrain", 1: "full_sft"}
 MAKE_CMD = {"pretrain": "python trainer/train_pretrain.py --hidden_size {h}",
@@ -44,14 +43,6 @@ PROMPTS = {
                  "推荐一本好书。", "What is a piano?"],
 }
 
-# Assistants a model must not claim to be (lower case; matched as substrings of the lowered answer).
-OTHER_ASSISTANTS = ["chatgpt", "gpt-4", "gpt-3", "gpt4", "openai", "claude", "anthropic", "qwen", "通义",
-                    "文心", "ernie", "gemini", "bard", "llama", "deepseek", "kimi", "豆包", "智谱", "星火", "copilot",
-                    "mistral", "minimind", "siri", "alexa", "小爱", "天猫精灵"]
-NEGATION = re.compile(r"\b(not|no|never|neither|nor|unlike|isn't|aren't|wasn't|rather than|instead of|"
-                      r"other than|different from|unrelated)\b|n't|不是|并非|不|没有|无关|而非|非")
-CLAUSE_SPLIT = re.compile(r"[.!?;,:。！？；，：\n]")
-ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def parse_args(argv=None):
@@ -93,7 +84,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# ----------------------------------------------------------------------------- loading
 
 def resolve_user_path(path):
     """A path as given, else relative to the repository root."""
@@ -182,7 +172,6 @@ def check_shape(args, ckpt, path):
               "using the checkpoint's", file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------- prompts and scoring
 
 def read_conversations(path, kind="any"):
     """JSONL records (any accepted format) -> list of dicts with "conversations"."""
@@ -226,43 +215,6 @@ def auto_prompts(args, info, n=8):
     return PROMPTS["pretrain" if info.get("stage") == "pretrain" else "full_sft"]
 
 
-def normalize(text):
-    """For answer matching: full-width -> half-width (NFKC), lower case, no punctuation, no articles."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text)
-    text = ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def claims_other(answer, name):
-    """The other assistant the answer claims to be, or None (mentions in a negated clause are fine)."""
-    lowered = unicodedata.normalize("NFKC", answer).lower()
-    for clause in CLAUSE_SPLIT.split(lowered):
-        for other in OTHER_ASSISTANTS:
-            if other in clause and other not in name.lower() and not NEGATION.search(clause):
-                return other
-    return None
-
-
-def identity_verdict(answer, name):
-    if name.lower() not in unicodedata.normalize("NFKC", answer).lower():
-        return False, f"does not say {name}"
-    other = claims_other(answer, name)
-    if other:
-        return False, f"claims to be {other}"
-    return True, "ok"
-
-
-def task_verdict(answer, refs):
-    got = normalize(answer)
-    for ref in refs:
-        r = normalize(ref)
-        if r and r in got:
-            return True, ref
-    return False, None
-
-
-# ----------------------------------------------------------------------------- running
 
 def sampling(args, test=False):
     temperature = args.temperature if args.temperature is not None else (0.0 if test else 0.85)

@@ -50,7 +50,8 @@ def fetch_smollm2(cache_dir):
 
 
 def do_import(args):
-    from model.convert import import_gguf, import_hf
+    from model.convert import import_hf
+    from model.convert_gguf import import_gguf
     dtype = DTYPES[args.dtype]
     if args.from_hf:
         source = Path(args.from_hf)

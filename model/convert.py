@@ -29,7 +29,6 @@ from .tokenizer import SentencePieceTokenizer
 SUPPORTED_HF = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 
 
-# ---------------------------------------------------------------- Hugging Face import
 
 def _read_json(path, required=True):
     path = Path(path)
@@ -206,7 +205,6 @@ def load_hf_model(d, device="cpu", dtype=None):
     return model, tokenizer, ckpt
 
 
-# ---------------------------------------------------------------- export to transformers
 
 def _write_dir_atomically(out_dir, write):
     """Write into a temporary sibling folder, then move it into place (never a half-written model)."""
@@ -328,7 +326,6 @@ def export_hf(ckpt, out_dir, dtype=None):
     return Path(out_dir)
 
 
-# ---------------------------------------------------------------- export a LoRA adapter to PEFT
 
 def export_peft(adapter, out_dir, base_model_name_or_path=""):
     """A TinyMind adapter (path or dict) -> adapter_config.json + adapter_model.safetensors for

@@ -78,7 +78,6 @@ MUSIC_RX = re.compile(
 MUSIC_EXCLUDE_RX = re.compile(r"\b(film|movie|painting|tv|cartoon|sitcom|come out)\b", re.I)
 
 
-# ----------------------------------------------------------------------------- fetching
 
 def run(cmd, cwd=None):
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
@@ -126,7 +125,6 @@ def fetch_all(cache_dir):
     return dirs
 
 
-# ----------------------------------------------------------------------------- small text helpers
 
 def find(root, pattern):
     """Sorted files under root matching a glob (the package folder name inside archives varies)."""
@@ -215,7 +213,6 @@ def open_cc(dirs):
     return OpenCC("t2s").convert
 
 
-# ----------------------------------------------------------------------------- pretraining text
 
 def pretrain_docs(dirs, cc):
     """{group: [document, ...]} of raw documents, each group in a fixed order."""
@@ -308,7 +305,6 @@ def build_pretrain(dirs, rng, size, cc, stats):
     return [{"text": t} for t in lines]
 
 
-# ----------------------------------------------------------------------------- question answering
 
 def load_arrow(path):
     import pyarrow.ipc as ipc
@@ -502,7 +498,6 @@ def build_sft(dirs, rng, size, stats):
     return convs[n_val:], convs[:n_val]
 
 
-# ----------------------------------------------------------------------------- music
 
 def article(word):
     w = word.lower()
@@ -627,7 +622,6 @@ def build_music(dirs, rng, size, stats):
     return train, test
 
 
-# ----------------------------------------------------------------------------- driver
 
 def write_jsonl(path, records):
     with open_atomic(path) as f:

@@ -35,7 +35,6 @@ MAX_BUCKETS = 256        # open temp files at once; buckets grow beyond BUCKET_B
 FILE_BUFFER = 4096       # write buffer per bucket file: peak memory ~ MAX_BUCKETS * 4 KB + one bucket
 
 
-# ----------------------------------------------------------------------------- streaming helpers
 
 def read_records(path, kind="any", skip_bad=False, report=None):
     """Yield (lineno, record) of a file, checked by dataset/formats.py."""
@@ -155,7 +154,6 @@ def file_size(path):
         return 0
 
 
-# ----------------------------------------------------------------------------- commands
 
 def cmd_validate(args):
     n_problems, n_files_bad = 0, 0

@@ -24,7 +24,6 @@ Library module, no command; used as
     for lineno, record in iter_jsonl("dataset/sft.jsonl", kind="chat"): ...
 """
 import json
-import os
 from pathlib import Path
 
 from model.errors import UserError
@@ -263,32 +262,3 @@ def detect_kind(path):
 def dumps(record):
     """The one JSON-line formatting used for every file TinyMind writes (stable bytes, UTF-8 text)."""
     return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
-
-
-def open_atomic(path):
-    """Open a temporary file next to `path` for writing; see AtomicWriter."""
-    return AtomicWriter(path)
-
-
-class AtomicWriter:
-    """Write text to a temp file in the target's folder and os.replace it into place on success only."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise UserError(f"{path}: is a directory; give a file name for the output")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        self.f = None
-
-    def __enter__(self):
-        self.f = open(self.tmp, "w", encoding="utf-8", newline="\n")
-        return self.f
-
-    def __exit__(self, exc_type, exc, tb):
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False

@@ -8,7 +8,6 @@ config, parent checkpoint path and sha256, creation time)}. Saved atomically, lo
     model, tokenizer, ckpt = load_model("out/full_sft_512.pth")
 """
 import hashlib
-import os
 import pickle
 import time
 import zipfile
@@ -16,27 +15,12 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .config import ModelConfig
 from .errors import UserError
 
 FORMAT = "tinymind-checkpoint-v1"
 ADAPTER_FORMAT = "tinymind-lora-v1"
-
-
-def repo_root():
-    return Path(__file__).resolve().parents[1]
-
-
-def default_out_dir():
-    return repo_root() / "out"
-
-
-def checkpoint_name(stage, hidden_size, use_moe=False, lora_name=None):
-    """MiniMind's file names: pretrain_512.pth, full_sft_512.pth, lora/lora_music_512.pth (+ _moe)."""
-    suffix = "_moe" if use_moe else ""
-    if stage == "lora":
-        return f"lora/{lora_name}_{hidden_size}{suffix}.pth"
-    return f"{stage}_{hidden_size}{suffix}.pth"
 
 
 def file_sha256(path):
@@ -48,16 +32,9 @@ def file_sha256(path):
 
 
 def atomic_torch_save(obj, path):
-    """torch.save to a temporary name in the same folder, then os.replace: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """torch.save through model.atomic: a temporary name, fsync, rename; never a half-written file."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_checkpoint(path, model_state, config, tokenizer, meta=None):
@@ -87,10 +64,14 @@ def read_pth(path, map_location="cpu"):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    obj = read_pth(path, map_location)
+    return check_checkpoint(read_pth(path, map_location), path)
+
+
+def check_checkpoint(obj, path):
+    """obj (what read_pth gave for path) if it is a full TinyMind checkpoint, else one clear line."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        hint = " (it is a LoRA adapter: pass it as --lora_name/--adapter)" if fmt == ADAPTER_FORMAT else ""
+        hint = " (it is a LoRA adapter, not a full checkpoint)" if fmt == ADAPTER_FORMAT else ""
         raise UserError(f"{path}: not a TinyMind checkpoint (format {fmt!r}){hint}")
     for key in ("model", "config", "tokenizer", "meta"):
         if key not in obj:
@@ -115,8 +96,13 @@ def build_model(config, state_dict=None, device="cpu", dtype=None, where="checkp
 
 def load_model(path, device="cpu", dtype=None):
     """Checkpoint file -> (model in eval mode, tokenizer, checkpoint dict)."""
-    from .tokenizer import load_tokenizer_from_state
     ckpt = load_checkpoint(path)
+    return (*model_from_checkpoint(ckpt, device, dtype, where=str(path)), ckpt)
+
+
+def model_from_checkpoint(ckpt, device="cpu", dtype=None, where="checkpoint"):
+    """A checked checkpoint dict -> (model in eval mode, tokenizer)."""
+    from .tokenizer import load_tokenizer_from_state
     config = ModelConfig.from_dict(ckpt["config"])
-    model = build_model(config, ckpt["model"], device, dtype, where=str(path)).eval()
-    return model, load_tokenizer_from_state(ckpt["tokenizer"]), ckpt
+    model = build_model(config, ckpt["model"], device, dtype, where=where).eval()
+    return model, load_tokenizer_from_state(ckpt["tokenizer"])

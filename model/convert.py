@@ -12,13 +12,11 @@ tokenizers, chat templates and GGUF's quantisation and Q/K row order.
     state, config, tokenizer = import_hf("path/to/hf_model")
 """
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import write_files
 from .checkpoint import FORMAT, build_model, load_checkpoint
 from .config import ModelConfig
 from .errors import UserError
@@ -205,31 +203,6 @@ def load_hf_model(d, device="cpu", dtype=None):
     return model, tokenizer, ckpt
 
 
-
-def _write_dir_atomically(out_dir, write):
-    """Write into a temporary sibling folder, then move it into place (never a half-written model)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        for p in [tmp, *tmp.iterdir()]:      # mkdtemp and some writers make private files; use the umask
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
-        if out_dir.exists():
-            if not out_dir.is_dir():
-                raise UserError(f"{out_dir}: exists and is not a directory")
-            for p in tmp.iterdir():          # replace our files, keep anything else the user put there
-                os.replace(p, out_dir / p.name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def hf_config_dict(config, dtype="float32"):
     """config.json for transformers: Qwen2ForCausalLM for an imported Qwen2, else LlamaForCausalLM."""
     if config.use_moe:
@@ -314,16 +287,10 @@ def export_hf(ckpt, out_dir, dtype=None):
     stops = sorted(tokenizer.stop_ids)
     gen = {"bos_token_id": cfg["bos_token_id"], "eos_token_id": stops if len(stops) > 1 else stops[0],
            "pad_token_id": tokenizer.pad_id, "do_sample": False}
-    files = hf_tokenizer_files(tokenizer)
-
-    def write(tmp):
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-    _write_dir_atomically(out_dir, write)
-    return Path(out_dir)
+    files = {"model.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+             "config.json": json.dumps(cfg, indent=2), "generation_config.json": json.dumps(gen, indent=2),
+             **hf_tokenizer_files(tokenizer)}
+    return write_files(out_dir, files)       # files of the user's already in out_dir are kept
 
 
 
@@ -332,7 +299,7 @@ def export_peft(adapter, out_dir, base_model_name_or_path=""):
     peft.PeftModel.from_pretrained(base, out_dir) on the --to_hf export of its base."""
     from safetensors.torch import save_file
     if not isinstance(adapter, dict):
-        from .lora import load_adapter
+        from .adapter import load_adapter
         adapter = load_adapter(adapter)
     lcfg = adapter["lora_config"]
     config = ModelConfig.from_dict(adapter["config"])
@@ -351,9 +318,6 @@ def export_peft(adapter, out_dir, base_model_name_or_path=""):
                 "use_rslora": bool(lcfg.get("use_rslora", False)), "bias": "none", "fan_in_fan_out": False,
                 "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
                 "base_model_name_or_path": str(base_model_name_or_path or "")}
-
-    def write(tmp):
-        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (tmp / "adapter_config.json").write_text(json.dumps(peft_cfg, indent=2))
-    _write_dir_atomically(out_dir, write)
-    return Path(out_dir)
+    return write_files(out_dir, {
+        "adapter_model.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+        "adapter_config.json": json.dumps(peft_cfg, indent=2)})

@@ -1,23 +1,8 @@
-"""User-facing errors: one clear line, a non-zero exit, no traceback.
-
-Every command-line entry point runs its main() through run_cli(main).
+"""The one exception type for a user's mistake. Library code raises it with a message that names the
+file, line, field or value and says what to do; the command-line entry points (cli.run_cli) print it as
+one line and exit 2.
 """
-import os
-import sys
 
 
 class UserError(Exception):
-    """A mistake in the user's input (a file, a line, a flag): the message says what and what to do."""
-
-
-def run_cli(main, *args, **kwargs):
-    """Run main(); turn a UserError into 'error: ...' on stderr and exit status 2."""
-    try:
-        return main(*args, **kwargs)
-    except UserError as e:
-        if os.environ.get("RANK", "0") == "0":     # under torchrun every rank fails; one prints
-            sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+    """A mistake in the user's input (a file, a line, a value): the message says what and what to do."""

@@ -136,7 +136,20 @@ def stream_generate(model, tokenizer, prompt_ids, max_new_tokens=256, stats=None
                      tokens_per_s=n / dt if dt > 0 else 0.0)
 
 
-def chat(model, tokenizer, messages, system_prompt=None, max_new_tokens=256, stats=None, **sampling):
-    """Stream the assistant's reply to a conversation, formatted with THE chat template."""
+def build_prompt(tokenizer, messages, system_prompt=None, continuation=False):
+    """THE prompt of every caller (terminal, web demo, tests, server): the conversation in THE chat
+    template, ending where the assistant's reply starts. continuation=True is for a pretrained model,
+    which continues text: the last message's text after the BOS token (for tokenizers that have one,
+    as the chat template puts it too), no template."""
+    if continuation:
+        bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+        return bos + tokenizer.encode(messages[-1]["content"])
     ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True, system_prompt=system_prompt)
+    return ids
+
+
+def chat(model, tokenizer, messages, system_prompt=None, max_new_tokens=256, stats=None, continuation=False,
+         **sampling):
+    """Stream the assistant's reply to a conversation (prompt from build_prompt)."""
+    ids = build_prompt(tokenizer, messages, system_prompt, continuation)
     return stream_generate(model, tokenizer, ids, max_new_tokens, stats=stats, **sampling)

@@ -4,14 +4,13 @@ model's jinja chat template and TinyMind's ChatTemplate.
 
 Used by model/convert.py (`python scripts/convert_model.py --from_hf DIR | --from_gguf FILE`). Every
 backend serialises itself to bytes and strings (to_state) so a checkpoint stays self-contained and
-loads with torch.load(weights_only=True); model.tokenizer.BACKENDS maps the state's "type" back here.
+loads with torch.load(weights_only=True); model.tokenizer.BACKENDS maps the state's "type" back here
+(this module builds on model/tokenizer_base.py and never imports model/tokenizer.py).
 """
 import json
 
 from .errors import UserError
-from .tokenizer import BACKENDS, ChatTemplate, SentencePieceTokenizer, Tokenizer
-
-WHITESPACE_MARK = "\u2581"
+from .tokenizer_base import WHITESPACE_MARK, ChatTemplate, SentencePieceTokenizer, Tokenizer
 
 
 class HFTokenizer(Tokenizer):
@@ -166,10 +165,6 @@ class SentencePieceHFTokenizer(SentencePieceTokenizer):
     def from_state(cls, state):
         return cls(state["model"], state["eos_token"], state["pad_token"] or None, state["bos_token"] or None,
                    state["add_bos"], ChatTemplate.from_dict(state["chat_template"]))
-
-
-BACKENDS.update({HFTokenizer.type_name: HFTokenizer, GGUFBPETokenizer.type_name: GGUFBPETokenizer,
-                 SentencePieceHFTokenizer.type_name: SentencePieceHFTokenizer})
 
 
 # ---- sentencepiece -> tokenizer.json (for export to transformers) ----

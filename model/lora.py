@@ -2,31 +2,22 @@
 
 LoRALinear wraps an existing nn.Linear (composition: a real module, so torch.compile, DDP, state_dict()
 and print(model) all see it). apply_lora wraps the targeted layers and freezes everything else; merge,
-unmerge and merged_state_dict fold the low-rank update into the base weights; save_adapter/load_adapter
-write and read an adapter file that records what it was trained on, and check_adapter refuses a base it
-does not fit.
+unmerge and merged_state_dict fold the low-rank update into the base weights. The adapter file (what it
+records, checking it against a base, attaching it) is model/adapter.py.
 
-    from model.lora import LoRAConfig, apply_lora, load_model_with_adapter
+    from model.lora import LoRAConfig, apply_lora
     apply_lora(model, LoRAConfig(r=8, alpha=16))                  # before building the optimizer
-    model, tok, base_ckpt, adapter = load_model_with_adapter("out/lora/lora_music_512.pth")
 """
 import math
-import time
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import (ADAPTER_FORMAT, atomic_torch_save, build_model, default_out_dir, file_sha256,
-                         load_checkpoint, read_pth, repo_root)
-from .config import ModelConfig
 from .errors import UserError
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# config fields that do not change the function the base computes, so they may differ
-_CONFIG_FIELDS_IGNORED = {"dropout", "aux_loss_coef", "model_type"}
 
 
 @dataclass
@@ -188,16 +179,16 @@ def apply_lora(model, cfg: LoRAConfig):
     if _lora_modules(model):
         raise ValueError("apply_lora: the model already has LoRA layers")
     if not isinstance(cfg.r, int) or cfg.r < 1:
-        raise UserError(f"--lora_rank must be a positive integer, got {cfg.r!r}")
+        raise UserError(f"LoRA rank must be a positive integer, got {cfg.r!r}")
     if not cfg.alpha > 0:
-        raise UserError(f"--lora_alpha must be positive, got {cfg.alpha!r}")
+        raise UserError(f"LoRA alpha must be positive, got {cfg.alpha!r}")
     if not 0 <= cfg.dropout < 1:
-        raise UserError(f"--lora_dropout must be in [0, 1), got {cfg.dropout!r}")
+        raise UserError(f"LoRA dropout must be in [0, 1), got {cfg.dropout!r}")
     available = linear_names(model)
     unknown = [t for t in cfg.targets if t not in available]
     if unknown or not cfg.targets:
         what = f"unknown name(s) {', '.join(unknown)}" if unknown else "no layer named"
-        raise UserError(f"--lora_targets: {what}; this model's linear layers are {', '.join(available)} "
+        raise UserError(f"LoRA targets: {what}; this model's linear layers are {', '.join(available)} "
                         f"(default: {','.join(DEFAULT_TARGETS)})")
     shared = {}   # a weight used by two modules (tied lm_head) cannot take a merge on one side only
     for n, p in model.named_parameters(remove_duplicate=False):
@@ -209,7 +200,7 @@ def apply_lora(model, cfg: LoRAConfig):
             continue
         owners = shared[id(module.weight)]
         if len(owners) > 1:
-            raise UserError(f"--lora_targets: {name} shares its weight with {', '.join(owners)} "
+            raise UserError(f"LoRA targets: {name} shares its weight with {', '.join(owners)} "
                             "(tie_word_embeddings); leave it out of the targets")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -261,110 +252,3 @@ def merged_state_dict(model):
 def lora_state_dict(model):
     """{name: tensor} of the lora_A / lora_B weights only."""
     return {k: v for k, v in unwrap_model(model).state_dict().items() if ".lora_A." in k or ".lora_B." in k}
-
-
-def save_adapter(path, model, cfg, base_path, base_sha256, model_config, tokenizer_sha256, meta=None):
-    """Write an adapter file (atomically): the LoRA weights plus what they were trained on."""
-    meta = dict(meta or {})
-    meta.setdefault("stage", "lora")
-    meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    obj = {"format": ADAPTER_FORMAT,
-           "lora": {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()},
-           "lora_config": cfg.to_dict(),
-           "base": {"path": str(base_path), "sha256": base_sha256},
-           "config": model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config),
-           "tokenizer_sha256": tokenizer_sha256,
-           "meta": meta}
-    atomic_torch_save(obj, path)
-
-
-def load_adapter(path):
-    """Read an adapter file -> its dict (plus "file": the path it was read from). One clear line on a
-    missing, corrupt or foreign file."""
-    obj = read_pth(path)
-    fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-    if fmt != ADAPTER_FORMAT:
-        hint = " (it is a full checkpoint: pass it as --base)" if fmt == "tinymind-checkpoint-v1" else ""
-        raise UserError(f"{path}: not a TinyMind LoRA adapter (format {fmt!r}){hint}")
-    for key in ("lora", "lora_config", "base", "config", "tokenizer_sha256"):
-        if key not in obj:
-            raise UserError(f"{path}: adapter has no {key!r} entry; re-create it with trainer/train_lora.py")
-    obj["file"] = str(path)
-    return obj
-
-
-def config_diff(a, b):
-    a, b = ModelConfig.from_dict(a).to_dict(), ModelConfig.from_dict(b).to_dict()
-    return [f"{k} {a[k]} vs {b[k]}" for k in a if k not in _CONFIG_FIELDS_IGNORED and a[k] != b[k]]
-
-
-def check_adapter(adapter, base_ckpt, base_path, force=False):
-    """Refuse a base the adapter was not trained on: a different model config or tokenizer always, a
-    different base file (sha256) unless force. Shapes are checked again when the weights load."""
-    from .tokenizer import load_tokenizer_from_state
-    name = adapter.get("file", "adapter")
-    diff = config_diff(adapter["config"], base_ckpt["config"])
-    if diff:
-        raise UserError(f"{name} does not fit {base_path}: model config differs (adapter vs base: "
-                        f"{'; '.join(diff[:4])}); pass the base it was trained on with --base")
-    tok_sha = load_tokenizer_from_state(base_ckpt["tokenizer"]).sha256
-    if tok_sha != adapter["tokenizer_sha256"]:
-        raise UserError(f"{name} does not fit {base_path}: tokenizer differs (sha256 "
-                        f"{adapter['tokenizer_sha256'][:12]} vs {tok_sha[:12]}); pass the base it was trained on")
-    want = adapter["base"].get("sha256")
-    if not force and want:
-        got = file_sha256(base_path)
-        if got != want:
-            raise UserError(f"{name} was trained on {adapter['base'].get('path')} (sha256 {want[:12]}), "
-                            f"but {base_path} has sha256 {got[:12]}; pass the right --base, or --force to "
-                            "use this one anyway")
-
-
-def attach_adapter(model, adapter):
-    """Apply the adapter's LoRA config to model and load its weights strictly (names and shapes)."""
-    name = adapter.get("file", "adapter")
-    apply_lora(model, LoRAConfig.from_dict(adapter["lora_config"]))
-    want = lora_state_dict(model)
-    got = adapter["lora"]
-    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    if missing or unexpected:
-        raise UserError(f"{name}: LoRA weights do not match the model (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
-    for k, v in got.items():
-        if tuple(v.shape) != tuple(want[k].shape):
-            raise UserError(f"{name}: {k} has shape {tuple(v.shape)}, the model needs {tuple(want[k].shape)}")
-    unwrap_model(model).load_state_dict(got, strict=False)
-    return model
-
-
-def find_base(adapter, base_path=None, out_dir=None):
-    """The base checkpoint: base_path if given, else the adapter's recorded base, tried as recorded
-    (relative to the current folder, then the repository) and then by name in out_dir (default: the
-    repo's out/)."""
-    name = adapter.get("file", "adapter")
-    if base_path is not None:
-        if not Path(base_path).is_file():
-            raise UserError(f"{base_path}: base checkpoint not found")
-        return Path(base_path)
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
-    recorded = Path(adapter["base"]["path"])
-    candidates = [recorded, repo_root() / recorded, out_dir / recorded.name]
-    for p in candidates:
-        if p.is_file():
-            return p
-    raise UserError(f"{name}: its base checkpoint {recorded} was not found (also looked in "
-                    f"{out_dir}); pass it with --base PATH")
-
-
-def load_model_with_adapter(adapter_path, base_path=None, device="cpu", force=False, out_dir=None):
-    """-> (model in eval mode with the adapter attached, unmerged; tokenizer; base checkpoint dict with
-    "path" added; adapter dict). out_dir: where else to look for the recorded base (see find_base)."""
-    from .tokenizer import load_tokenizer_from_state
-    adapter = load_adapter(adapter_path)
-    base = find_base(adapter, base_path, out_dir)
-    base_ckpt = load_checkpoint(base)
-    base_ckpt["path"] = str(base)
-    check_adapter(adapter, base_ckpt, base, force)
-    model = build_model(ModelConfig.from_dict(base_ckpt["config"]), base_ckpt["model"], where=str(base))
-    attach_adapter(model, adapter)
-    return model.to(device).eval(), load_tokenizer_from_state(base_ckpt["tokenizer"]), base_ckpt, adapter

@@ -6,153 +6,30 @@ conversations with encode_chat() below, so training and use can never drift apar
     ids, mask = encode_chat(tok, [{"role": "user", "content": "hi"},
                                   {"role": "assistant", "content": "hello"}])
 
-A backend is any Tokenizer subclass registered in BACKENDS; it serialises itself to a plain dict
-(to_state) that checkpoints carry, so one .pth file is self-contained.
+A backend is a Tokenizer subclass (model/tokenizer_base.py, model/hf_tokenizer.py) listed in BACKENDS; it
+serialises itself to a plain dict (to_state) that checkpoints carry, so one .pth file is self-contained.
 """
-import hashlib
 import io
-import json
-import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
+from .atomic import write_bytes
 from .errors import UserError
+from .hf_tokenizer import GGUFBPETokenizer, HFTokenizer, SentencePieceHFTokenizer
+# the interface and TinyMind's own backend live in tokenizer_base (hf_tokenizer builds on them too);
+# callers import them from here
+from .tokenizer_base import SPECIAL_TOKENS, ChatTemplate, SentencePieceTokenizer, Tokenizer  # noqa: F401
 
 DEFAULT_TOKENIZER_PATH = Path(__file__).resolve().parent / "tokenizer.model"
-SPECIAL_TOKENS = {"unk": "<unk>", "pad": "<|pad|>", "eos": "<|endoftext|>",
-                  "im_start": "<|im_start|>", "im_end": "<|im_end|>"}
 ROLES = ("system", "user", "assistant")
-WHITESPACE_MARK = "\u2581"
 
 
-@dataclass
-class ChatTemplate:
-    """A chat format as prefix/suffix strings, general enough for ChatML, Llama-3 and Zephyr styles.
-
-    One message renders as role_prefix.format(role=role) + content + end + sep. `end` carries loss on
-    assistant turns (the model must learn to stop); `sep` does not. Special-token strings inside these
-    fields are parsed to their ids; message content never is.
-    """
-    name: str = "chatml"
-    bos: str = ""                                 # text before the first message ("<s>" for some models)
-    role_prefix: str = "<|im_start|>{role}\n"     # opens a message
-    end: str = "<|im_end|>"                       # closes a message (and stops generation)
-    sep: str = "\n"                               # between messages, no loss
-    default_system: Optional[str] = None          # system message used when a conversation has none
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(**d)
-
-
-class Tokenizer:
-    """The interface every backend provides."""
-    vocab_size: int
-    eos_id: int
-    pad_id: int
-    bos_id: Optional[int] = None
-    special_tokens: dict          # string -> id of every special token
-    chat_template: ChatTemplate
-
-    def encode(self, text):
-        """Text -> ids. Never produces a special token from the text itself."""
-        raise NotImplementedError
-
-    def decode(self, ids):
-        raise NotImplementedError
-
-    def to_state(self):
-        """A dict of plain types (bytes, str, numbers) from which load_tokenizer_from_state rebuilds it."""
-        raise NotImplementedError
-
-    def encode_special(self, text):
-        """Text in which special-token strings become their ids (for template strings only)."""
-        if not text:
-            return []
-        names = sorted(self.special_tokens, key=len, reverse=True)
-        ids = []
-        for part in re.split("(" + "|".join(map(re.escape, names)) + ")", text):
-            if part in self.special_tokens:
-                ids.append(self.special_tokens[part])
-            elif part:
-                ids.extend(self.encode(part))
-        return ids
-
-    @property
-    def stop_ids(self):
-        """Ids that end a generated reply: the template's end token and end-of-text."""
-        stops = {self.eos_id}
-        end = self.encode_special(self.chat_template.end)
-        if len(end) == 1:
-            stops.add(end[0])
-        return stops
-
-    @property
-    def sha256(self):
-        state = self.to_state()
-        h = hashlib.sha256()
-        for key in sorted(state):
-            value = state[key]
-            h.update(key.encode())
-            h.update(value if isinstance(value, bytes) else json.dumps(value, sort_keys=True).encode())
-        return h.hexdigest()
-
-
-class SentencePieceTokenizer(Tokenizer):
-    """A sentencepiece BPE model with byte fallback: any text round-trips exactly."""
-
-    def __init__(self, model_bytes, chat_template=None):
-        import sentencepiece as spm
-        self.model_bytes = bytes(model_bytes)
-        self.sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
-        self.vocab_size = self.sp.get_piece_size()
-        self.special_tokens = {}
-        for piece in SPECIAL_TOKENS.values():
-            i = self.sp.piece_to_id(piece)
-            if self.sp.id_to_piece(i) == piece:
-                self.special_tokens[piece] = i
-        self.eos_id = self.special_tokens.get(SPECIAL_TOKENS["eos"], self.sp.eos_id())
-        self.pad_id = self.special_tokens.get(SPECIAL_TOKENS["pad"], max(self.sp.pad_id(), 0))
-        self.bos_id = None
-        self.chat_template = chat_template or ChatTemplate()
-
-    def encode(self, text):
-        # sentencepiece reads a literal U+2581 as its whitespace marker; spell it in byte tokens instead
-        if WHITESPACE_MARK not in text:
-            return self.sp.encode(text, out_type=int)
-        mark = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in WHITESPACE_MARK.encode()]
-        ids = []
-        for i, part in enumerate(text.split(WHITESPACE_MARK)):
-            if i:
-                ids.extend(mark)
-            if part:
-                ids.extend(self.sp.encode(part, out_type=int))
-        return ids
-
-    def decode(self, ids):
-        return self.sp.decode([int(i) for i in ids])
-
-    def to_state(self):
-        return {"type": "sentencepiece", "model": self.model_bytes,
-                "chat_template": self.chat_template.to_dict()}
-
-    @classmethod
-    def from_state(cls, state):
-        return cls(state["model"], ChatTemplate.from_dict(state["chat_template"]))
-
-
-# type name -> class with from_state(state); other backends (HF tokenizer.json, GGUF vocab) register here
-BACKENDS = {"sentencepiece": SentencePieceTokenizer}
+# the "type" a tokenizer state carries -> the backend class whose from_state rebuilds it
+BACKENDS = {cls.type_name: cls for cls in (SentencePieceTokenizer, HFTokenizer, GGUFBPETokenizer,
+                                           SentencePieceHFTokenizer)}
 
 
 def load_tokenizer_from_state(state):
     kind = state.get("type") if isinstance(state, dict) else None
-    if kind not in BACKENDS:
-        from . import hf_tokenizer  # noqa: F401  registers the imported-model backends (hf_json, gguf_bpe, ...)
     if kind not in BACKENDS:
         raise UserError(f"unknown tokenizer type {kind!r} in checkpoint; known: {', '.join(BACKENDS)}")
     return BACKENDS[kind].from_state(state)
@@ -172,7 +49,6 @@ def train_tokenizer(texts, vocab_size=6400, out_path=DEFAULT_TOKENIZER_PATH, see
     Identity normalisation, no dummy prefix and byte fallback make decode(encode(x)) == x; the chat
     markers are control symbols, so user text can never forge them.
     """
-    import os
     import sentencepiece as spm
     spm.set_random_generator_seed(seed)
 
@@ -193,11 +69,7 @@ def train_tokenizer(texts, vocab_size=6400, out_path=DEFAULT_TOKENIZER_PATH, see
         pad_piece=SPECIAL_TOKENS["pad"], eos_piece=SPECIAL_TOKENS["eos"],
         control_symbols=[SPECIAL_TOKENS["im_start"], SPECIAL_TOKENS["im_end"]],
         minloglevel=2)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out_path)
+    write_bytes(out_path, buf.getvalue())
     return SentencePieceTokenizer(buf.getvalue())
 
 

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 import torch
 
 from model.config import get_preset
-from model.errors import UserError, run_cli
+from model.errors import UserError
+from cli import run_cli
 from model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, count_parameters
 from model.model import TinyMindForCausalLM
 from bench_common import cpu_name  # noqa: E402

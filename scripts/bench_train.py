@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
 import torch  # noqa: E402
 
-from model.checkpoint import repo_root  # noqa: E402
+from model.paths import repo_root  # noqa: E402
 from model.config import get_preset  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
 from model.tokenizer import load_default_tokenizer  # noqa: E402
@@ -65,7 +65,8 @@ def main(argv=None):
     from model.lora import LoRAConfig, apply_lora
     from trainer.args import TrainConfig
     from trainer.distributed import Dist
-    from trainer.loop import accumulate_gradients, make_optimizer
+    from trainer.components import make_optimizer
+    from trainer.step import accumulate_gradients
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with tempfile.TemporaryDirectory() as tmp:

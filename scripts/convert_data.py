@@ -16,8 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from dataset.formats import KINDS, dumps, iter_jsonl, normalize_record, open_atomic  # noqa: E402
-from model.errors import UserError, run_cli  # noqa: E402
+from dataset.formats import KINDS, dumps, iter_jsonl, normalize_record  # noqa: E402
+from model.atomic import atomic_open  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from cli import run_cli  # noqa: E402
 
 
 def is_json_array(path):
@@ -56,7 +58,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     bad = []
     n = 0
-    with open_atomic(args.output) as f:
+    with atomic_open(args.output) as f:
         for path in args.inputs:
             records = (iter_json_array(path, args.kind, args.skip_bad, bad.append) if is_json_array(path)
                        else iter_jsonl(path, skip_bad=args.skip_bad, kind=args.kind, on_bad=bad.append))

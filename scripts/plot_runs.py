@@ -11,15 +11,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from model.checkpoint import default_out_dir  # noqa: E402
-from model.errors import UserError, run_cli  # noqa: E402
-from trainer.loop import plot_curves  # noqa: E402
+from model.paths import out_dir  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from cli import run_cli  # noqa: E402
+from trainer.runlog import plot_curves  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("logs", nargs="+", help="out/logs/{run}.jsonl files")
-    ap.add_argument("-o", "--output", default=str(default_out_dir() / "logs" / "runs.png"), help="PNG to write")
+    ap.add_argument("-o", "--output", default=str(out_dir() / "logs" / "runs.png"), help="PNG to write")
     ap.add_argument("--labels", default="", help="comma list of legend names (default: file names)")
     args = ap.parse_args(argv)
     for p in args.logs:

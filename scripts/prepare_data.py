@@ -14,27 +14,20 @@ Outputs are written to a temporary file and renamed into place, so a failed run 
 Accepted formats are listed in dataset/formats.py; mix writes the canonical MiniMind form.
 """
 import argparse
-import hashlib
-import heapq
 import math
 import os
 import random
 import re
 import sys
-import tempfile
-import unicodedata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl, open_atomic  # noqa: E402
-from model.errors import UserError, run_cli  # noqa: E402
-
-BUCKET_BYTES = 64 << 20  # one shuffle/dedupe bucket held in memory at a time
-MAX_BUCKETS = 256        # open temp files at once; buckets grow beyond BUCKET_BYTES past 16 GB
-FILE_BUFFER = 4096       # write buffer per bucket file: peak memory ~ MAX_BUCKETS * 4 KB + one bucket
-
-
+from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl  # noqa: E402
+from dataset.streaming import BUCKET_BYTES, duplicate_linenos, select_indices, shuffle_lines  # noqa: E402
+from model.atomic import atomic_open  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from cli import run_cli  # noqa: E402
 
 def read_records(path, kind="any", skip_bad=False, report=None):
     """Yield (lineno, record) of a file, checked by dataset/formats.py."""
@@ -44,96 +37,6 @@ def read_records(path, kind="any", skip_bad=False, report=None):
 def count_lines(path, kind="any", skip_bad=False):
     """Number of good records in a file (one streaming pass)."""
     return sum(1 for _ in read_records(path, kind, skip_bad))
-
-
-def select_indices(n, k, rng):
-    """Yield True/False for each of n items so that exactly k are True, uniformly (selection sampling)."""
-    chosen = 0
-    for seen in range(n):
-        take = rng.random() * (n - seen) < (k - chosen)
-        chosen += take
-        yield take
-
-
-def shuffle_lines(lines, total_bytes, rng, tmp_dir, bucket_bytes=BUCKET_BYTES):
-    """Yield the given text lines (each ending in newline) in a seeded random order.
-
-    Each line goes to a random bucket file, then each bucket is shuffled in memory: a uniform random
-    permutation whose memory is one bucket plus a small write buffer per bucket, whatever the input size.
-    """
-    n_buckets = max(1, min(MAX_BUCKETS, math.ceil(total_bytes / bucket_bytes)))
-    if n_buckets == 1:
-        buf = list(lines)
-        rng.shuffle(buf)
-        yield from buf
-        return
-    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".shuffle") as d:
-        files = [open(os.path.join(d, str(i)), "w+b", buffering=FILE_BUFFER) for i in range(n_buckets)]
-        try:
-            for line in lines:
-                files[rng.randrange(n_buckets)].write(line.encode("utf-8"))
-            for f in files:
-                f.seek(0)
-                buf = f.readlines()
-                f.close()
-                rng.shuffle(buf)
-                for b in buf:
-                    yield b.decode("utf-8")
-                buf = None
-        finally:
-            for f in files:
-                f.close()
-
-
-def dedupe_key(record, mode):
-    """Hash of a record for deduplication: exact JSON, or whitespace/case/width-normalised text."""
-    if mode == "exact":
-        s = dumps(record)
-    else:
-        if "text" in record and "conversations" not in record:
-            s = record["text"]
-        else:
-            s = "\x1e".join(m["role"] + "\x1f" + m["content"] for m in record["conversations"])
-        s = " ".join(unicodedata.normalize("NFKC", s).lower().split())
-    return hashlib.blake2b(s.encode("utf-8"), digest_size=12).hexdigest()
-
-
-def duplicate_linenos(records, total_bytes, tmp_dir, mode, bucket_bytes=BUCKET_BYTES):
-    """Yield, in increasing order, the line numbers of records that repeat an earlier record.
-
-    Keys are partitioned by hash into bucket files; each bucket fits in memory and finds its own
-    repeats; the sorted per-bucket lists are merged lazily.
-    """
-    n_buckets = max(1, min(MAX_BUCKETS, math.ceil(total_bytes / 4 / bucket_bytes)))
-    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".dedupe") as d:
-        parts = [open(os.path.join(d, f"{i}.txt"), "w+b", buffering=FILE_BUFFER) for i in range(n_buckets)]
-        try:
-            for lineno, rec in records:
-                key = dedupe_key(rec, mode)
-                parts[int(key[:8], 16) % n_buckets].write(f"{key} {lineno}\n".encode("ascii"))
-            drops = []
-            for i, f in enumerate(parts):
-                f.seek(0)
-                seen = set()
-                drop = open(os.path.join(d, f"{i}.drop"), "w+b", buffering=FILE_BUFFER)
-                for row in f:
-                    key, lineno = row.split()
-                    if key in seen:
-                        drop.write(lineno + b"\n")
-                    else:
-                        seen.add(key)
-                f.close()
-                seen = None
-                drop.seek(0)
-                drops.append(drop)
-            try:
-                yield from heapq.merge(*[(int(x) for x in dr) for dr in drops])
-            finally:
-                for dr in drops:
-                    dr.close()
-        finally:
-            for f in parts:
-                f.close()
 
 
 def parse_weight(spec):
@@ -248,7 +151,7 @@ def cmd_mix(args):
                     yield line
             counts[i] = written
 
-    with open_atomic(out) as f:
+    with atomic_open(out) as f:
         for line in (shuffle_lines(lines(), total_bytes, rng, out.parent, args.bucket_bytes)
                      if not args.no_shuffle else lines()):
             f.write(line)
@@ -267,7 +170,7 @@ def cmd_split(args):
     n = count_lines(src, args.kind, args.skip_bad)
     k = max(1, round(n * args.val_ratio)) if n > 1 else 0
     picks = select_indices(n, k, random.Random(args.seed))
-    with open_atomic(out_train) as ft, open_atomic(out_val) as fv:
+    with atomic_open(out_train) as ft, atomic_open(out_val) as fv:
         for _, rec in read_records(src, args.kind, args.skip_bad):
             (fv if next(picks) else ft).write(dumps(rec) + "\n")
     print(f"wrote {out_train} ({n - k:,} lines) and {out_val} ({k:,} lines)")
@@ -280,7 +183,7 @@ def cmd_dedupe(args):
     drops = duplicate_linenos(records, file_size(src), out.parent, args.mode, args.bucket_bytes)
     next_drop = next(drops, None)
     kept = dropped = 0
-    with open_atomic(out) as f:
+    with atomic_open(out) as f:
         for lineno, rec in read_records(src, args.kind, args.skip_bad):
             if lineno == next_drop:
                 dropped += 1
@@ -297,7 +200,7 @@ def cmd_shuffle(args):
     rng = random.Random(args.seed)
     lines = (dumps(rec) + "\n" for _, rec in read_records(src, args.kind, args.skip_bad))
     n = 0
-    with open_atomic(out) as f:
+    with atomic_open(out) as f:
         for line in shuffle_lines(lines, file_size(src), rng, out.parent, args.bucket_bytes):
             f.write(line)
             n += 1

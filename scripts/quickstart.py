@@ -11,7 +11,6 @@ of this machine's training speed. Outputs: out/ (checkpoints, logs, eval reports
 """
 import argparse
 import json
-import os
 import random
 import shlex
 import subprocess
@@ -22,7 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # repo root
 
-from model.errors import UserError, run_cli  # noqa: E402
+from cli import run_cli  # noqa: E402
+from model.atomic import write_text  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.paths import (adapter_path, checkpoint_path, data_path, log_path, out_dir, quickstart_files,  # noqa: E402
+                         report_path, run_name)
 
 # share of the --minutes budget spent training each stage; the rest is start-up, data and the tests
 SHARE = {"pretrain": 0.46, "full_sft": 0.18, "lora": 0.22}
@@ -38,7 +41,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0, help="time budget; scales model size and steps")
-    p.add_argument("--out_dir", default=str(ROOT / "out"), help="where everything is written")
+    p.add_argument("--out_dir", default=None, help="where everything is written (default: $TINYMIND_OUT_DIR, "
+                   "else <repo>/out)")
     p.add_argument("--data_dir", default=str(ROOT / "dataset"),
                    help="pretrain.jsonl, sft.jsonl, identity.jsonl, identity_test.jsonl, music.jsonl, music_test.jsonl")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
@@ -55,10 +59,10 @@ class Pipeline:
     def __init__(self, args):
         import torch
         self.args = args
-        self.out = Path(args.out_dir).expanduser().resolve()
+        self.out = out_dir(args.out_dir)
         self.data = Path(args.data_dir).expanduser().resolve()
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.state_path = self.out / "quickstart.json"
+        self.state_path, self.summary_path = quickstart_files(self.out)
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() and not args.force else {}
         self.rerun = args.force          # once a stage runs, every later stage runs too
         self.t0 = time.time()
@@ -148,10 +152,7 @@ class Pipeline:
         return self.state[stage]
 
     def save_state(self):
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(".quickstart.json.tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.state_path)
+        write_text(self.state_path, json.dumps(self.state, indent=1))
 
     def need(self, name):
         path = self.data / name
@@ -165,12 +166,7 @@ class Pipeline:
         lines = [ln for ln in src.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if len(lines) > n:
             lines = random.Random(self.args.seed).sample(lines, n)
-        path = self.out / "data" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_text(data_path(self.out, name), "".join(ln + "\n" for ln in lines))
 
     def main(self):
         py, a, p = sys.executable, self.args, self.plan
@@ -180,8 +176,8 @@ class Pipeline:
         print(f"quickstart: {a.minutes:g}-minute budget on {self.device}; model: hidden {h}, {p['layers']} layers, "
               f"max_seq_len {p['seq']}; outputs in {out}", flush=True)
         common = ["--out_dir", out, "--device", self.device, "--seed", a.seed, "--log_interval", 10]
-        paths = {"pretrain": out / f"pretrain_{h}.pth", "full_sft": out / f"full_sft_{h}.pth",
-                 "lora": out / "lora" / f"{LORA}_{h}.pth"}
+        paths = {"pretrain": checkpoint_path(out, "pretrain", h), "full_sft": checkpoint_path(out, "full_sft", h),
+                 "lora": adapter_path(out, LORA, h)}
         speed = self.speed or 1.0
 
         tok = ROOT / "model" / "tokenizer.model"
@@ -211,7 +207,7 @@ class Pipeline:
                               "--save_interval", 10 ** 9],
                  paths["full_sft"], f"full SFT on {files['sft.jsonl'].name} ({steps} steps)")
 
-        mix = out / "data" / "identity_music.jsonl"
+        mix = data_path(out, "identity_music.jsonl")
         n_id, n_mu = (sum(1 for ln in open(files[f], encoding="utf-8") if ln.strip())
                       for f in ("identity.jsonl", "music.jsonl"))
         rep = max(1, round(1.5 * n_mu / max(1, n_id)))      # identity about 60% of the mix
@@ -235,22 +231,22 @@ class Pipeline:
                                                                           "music_test_sample.jsonl")
         ev = [py, "eval_model.py", "--out_dir", out, "--device", self.device, "--hidden_size", h,
               "--batch_size", 32, "--max_new_tokens", 48 if few else 64]
-        rep = out / "eval"
-        reports = {"id_sft": rep / f"identity_full_sft_{h}.json", "id_lora": rep / f"identity_{LORA}_{h}.json",
-                   "mu_trained": rep / f"task_{trained.stem}_{LORA}_{h}.json",
-                   "mu_held": rep / f"task_{held.stem}_{LORA}_{h}.json"}
+        sft, lora = run_name(paths["full_sft"]), run_name(paths["lora"])
+        reports = {"id_sft": report_path(out, "identity", sft), "id_lora": report_path(out, "identity", lora),
+                   "mu_trained": report_path(out, f"task_{trained.stem}", lora),
+                   "mu_held": report_path(out, f"task_{held.stem}", lora)}
         self.run("eval_sft", ev + ["--model_mode", 1, "--identity_test", ident], reports["id_sft"],
                  "identity test: the full SFT model")
         self.run("eval_lora", ev + ["--lora_name", LORA, "--identity_test", ident, "--task_test", trained,
                                     "--task_test", held], reports["mu_held"],
                  f"identity and music tests: {LORA} (music: trained and held-out questions)")
-        self.summary(paths, reports, h)
+        self.summary(paths, reports)
 
     # ------------------------------------------------------------------ summary
 
     def log_stats(self, run):
         """(steps, final train loss, final val loss) from out/logs/{run}.jsonl."""
-        path = self.out / "logs" / f"{run}.jsonl"
+        path = log_path(self.out, run)
         steps, loss, val = 0, None, None
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -260,12 +256,13 @@ class Pipeline:
                 val = row["val_loss"] if "val_loss" in row else val
         return steps, loss, val
 
-    def summary(self, paths, reports, h):
+    def summary(self, paths, reports):
         def num(x):
             return "-" if x is None else f"{x:.3f}"
 
         rows = ["| stage | steps | train loss | val loss | time |", "|---|---:|---:|---:|---:|"]
-        for stage, run in (("pretrain", f"pretrain_{h}"), ("full_sft", f"full_sft_{h}"), ("lora", f"{LORA}_{h}")):
+        for stage in ("pretrain", "full_sft", "lora"):
+            run = run_name(paths[stage])
             steps, loss, val = self.log_stats(run)
             secs = self.state.get(stage, {}).get("seconds")
             rows.append(f"| {run} | {steps} | {num(loss)} | {num(val)} | {fmt_time(secs) if secs else '-'} |")
@@ -280,11 +277,8 @@ class Pipeline:
         total = time.time() - self.t0
         rows += ["", f"device {self.device}, budget {self.args.minutes:g} min, this run took {fmt_time(total)}"]
         table = "\n".join(rows)
-        dest = self.out / "quickstart_summary.md"
-        tmp = dest.with_name(".quickstart_summary.md.tmp")
-        tmp.write_text(table + "\n", encoding="utf-8")
-        os.replace(tmp, dest)
-        default_out = self.out == (ROOT / "out").resolve()
+        dest = write_text(self.summary_path, table + "\n")
+        default_out = self.out == out_dir()
         od = "" if default_out else f" --out_dir {shlex.quote(str(self.out))}"
         env = "" if default_out else f"TINYMIND_OUT_DIR={shlex.quote(str(self.out))} "
         print("\n=== summary (also in " + str(dest) + ")\n" + table)

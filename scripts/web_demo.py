@@ -7,7 +7,6 @@ The sidebar lists the checkpoints in out/ and the LoRA adapters in out/lora/ tha
 (same model config and tokenizer). The chosen files are loaded once and cached; replies stream from THE
 sampling loop (model/generate.py) with the sidebar's settings. Only files inside out/ are ever opened.
 """
-import os
 import sys
 from pathlib import Path
 
@@ -16,37 +15,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
-from model.chat_session import find_adapters, find_checkpoints, inside, model_info, trim_history  # noqa: E402
-from model.checkpoint import ADAPTER_FORMAT, default_out_dir, file_sha256, load_model, read_pth  # noqa: E402
+from chat.history import trim_history  # noqa: E402
+from model.adapter import adapter_fits, is_adapter  # noqa: E402
+from model.checkpoint import file_sha256, read_pth  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from model.generate import chat, stream_generate  # noqa: E402
-from model.lora import config_diff  # noqa: E402
+from model.generate import chat  # noqa: E402
+from model.inference import load_for_inference  # noqa: E402
+from model.paths import find_adapters, find_checkpoints, inside, out_dir  # noqa: E402
 
-OUT_DIR = Path(os.environ.get("TINYMIND_OUT_DIR") or default_out_dir()).resolve()
+OUT_DIR = out_dir()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NO_ADAPTER = "(none)"
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
 def load_chat_model(base_path, base_mtime, adapter_path=None, adapter_mtime=None):
-    """(model, tokenizer, info) for a base checkpoint plus an optional adapter (merged in); cached on the
-    paths and modification times, so a retrained file is reloaded."""
-    model, tokenizer, ckpt = load_model(base_path, device=DEVICE)
-    adapter = None
+    """model.inference.Loaded for a base checkpoint plus an optional adapter (merged in); cached on the
+    paths and modification times, so a retrained file is reloaded. The adapter must fit the base (the
+    list offers only such adapters); another base file than its recorded one is allowed here (force) and
+    noted in the sidebar."""
     if adapter_path:
-        from model.lora import attach_adapter, check_adapter, load_adapter, merge_lora
-        adapter = load_adapter(adapter_path)
-        # config and tokenizer must fit (the list offers only such adapters); another base file is
-        # allowed here and shown in the sidebar
-        check_adapter(adapter, ckpt, base_path, force=True)
-        model = attach_adapter(model, adapter)
-        merge_lora(model)
-        model.eval()
-    info = model_info(model, ckpt, adapter, path=Path(base_path).name,
-                      adapter_path=Path(adapter_path).name if adapter_path else None)
-    info["tokenizer_sha256"] = tokenizer.sha256
-    info["sha256"] = file_sha256(base_path)
-    return model, tokenizer, info
+        loaded = load_for_inference(adapter=adapter_path, base=base_path, force=True, device=DEVICE)
+    else:
+        loaded = load_for_inference(ckpt=base_path, device=DEVICE)
+    loaded.info["sha256"] = file_sha256(base_path)
+    return loaded
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -56,7 +49,7 @@ def adapter_header(path, mtime):
         obj = read_pth(path)
     except UserError:
         return None
-    if not isinstance(obj, dict) or obj.get("format") != ADAPTER_FORMAT:
+    if not is_adapter(obj):
         return None
     return {"config": obj.get("config", {}), "tokenizer_sha256": obj.get("tokenizer_sha256"),
             "base": (obj.get("base") or {}).get("path", ""), "base_sha256": (obj.get("base") or {}).get("sha256")}
@@ -79,7 +72,7 @@ def compatible_adapters(info):
     for rel in listed(find_adapters(OUT_DIR)):
         path = inside(OUT_DIR, rel)
         head = adapter_header(str(path), path.stat().st_mtime)
-        if head and head["tokenizer_sha256"] == info["tokenizer_sha256"] and not config_diff(head["config"], info["config"]):
+        if head and not adapter_fits(head, info["config"], info["tokenizer_sha256"]):
             names.append(rel)
     return names
 
@@ -109,75 +102,83 @@ def sidebar_settings():
     )
 
 
-def main():
-    st.set_page_config(page_title="TinyMind", page_icon="🤖")
-    st.title("TinyMind chat")
-    st.session_state.setdefault("messages", [])
-    st.session_state.setdefault("last_stats", None)
-
+def choose_model(sb):
+    """The sidebar's checkpoint and adapter choice -> the loaded model (model.inference.Loaded)."""
     checkpoints = listed(find_checkpoints(OUT_DIR))
     if not checkpoints:
         show_empty_page()
-    sb = st.sidebar
     sb.header("Model")
     default = next((i for i, n in enumerate(checkpoints) if n.startswith("full_sft")), 0)
     base_rel = sb.selectbox("Checkpoint (out/)", checkpoints, index=default, key="base")
     try:
         base_path = inside(OUT_DIR, base_rel)
-        model, tokenizer, info = load_chat_model(str(base_path), base_path.stat().st_mtime)
-        adapters = compatible_adapters(info)
+        loaded = load_chat_model(str(base_path), base_path.stat().st_mtime)
+        adapters = compatible_adapters(loaded.info)
         adapter_rel = sb.selectbox("LoRA adapter (out/lora/)", [NO_ADAPTER] + adapters, key="adapter")
         if adapter_rel != NO_ADAPTER:
             adapter_path = inside(OUT_DIR, adapter_rel)
             head = adapter_header(str(adapter_path), adapter_path.stat().st_mtime)
-            if head["base_sha256"] != info["sha256"]:
+            if head["base_sha256"] != loaded.info["sha256"]:
                 sb.caption(f"note: this adapter was trained on {Path(head['base']).name}, not on this file")
-            model, tokenizer, info = load_chat_model(str(base_path), base_path.stat().st_mtime,
-                                                     str(adapter_path), adapter_path.stat().st_mtime)
+            loaded = load_chat_model(str(base_path), base_path.stat().st_mtime,
+                                     str(adapter_path), adapter_path.stat().st_mtime)
     except UserError as e:
         st.error(str(e))
         st.stop()
+    return loaded
 
+
+def show_model_info(sb, info):
+    with sb.expander("Model info"):
+        st.write(f"**{info['parameters'] / 1e6:.2f}M parameters** · stage `{info['stage']}` · "
+                 f"step {info['step']} · {DEVICE}")
+        if info.get("adapter"):
+            a = info["adapter"]
+            st.write(f"adapter `{Path(a['path']).name}` (trained on `{Path(a['base'] or '?').name}`, "
+                     f"step {a['step']})")
+        st.json(info["config"], expanded=False)
+
+
+def answer(loaded, prompt, history_turns, system, settings):
+    """Show the user's prompt and stream the reply; both join the session's messages."""
+    st.session_state.messages.append({"role": "user", "content": prompt})
+    with st.chat_message("user"):
+        st.markdown(prompt)
+    history = trim_history(st.session_state.messages[:-1], history_turns)
+    messages = history + [{"role": "user", "content": prompt}]
+    stats = {}
+    with st.chat_message("assistant"):
+        pieces = chat(loaded.model, loaded.tokenizer, messages, system_prompt=system or None, stats=stats,
+                      continuation=loaded.continuation, **settings)
+        reply = st.write_stream(pieces)
+        if not isinstance(reply, str):
+            reply = "".join(str(x) for x in reply)
+    st.session_state.messages.append({"role": "assistant", "content": reply})
+    st.session_state.last_stats = stats
+
+
+def main():
+    st.set_page_config(page_title="TinyMind", page_icon="🤖")
+    st.title("TinyMind chat")
+    st.session_state.setdefault("messages", [])
+    st.session_state.setdefault("last_stats", None)
+    sb = st.sidebar
+    loaded = choose_model(sb)
     settings = sidebar_settings()
     history_turns = sb.slider("History turns kept", 0, 10, 2, key="history_turns")
     system = sb.text_area("System prompt / persona", "", key="system",
                           placeholder="e.g. You are TinyMind, a friendly music expert.").strip()
     sb.button("Clear chat", on_click=clear_chat, key="clear")
     speed_slot = sb.empty()
-    with sb.expander("Model info"):
-        st.write(f"**{info['parameters'] / 1e6:.2f}M parameters** · stage `{info['stage']}` · "
-                 f"step {info['step']} · {DEVICE}")
-        if info.get("adapter"):
-            a = info["adapter"]
-            st.write(f"adapter `{a['path']}` (trained on `{a['base']}`, step {a['step']})")
-        st.json(info["config"], expanded=False)
-
-    pretrain = info["stage"] == "pretrain"
-    if pretrain:
+    show_model_info(sb, loaded.info)
+    if loaded.continuation:
         st.caption("A pretrained model continues your text (no chat template, no history).")
     for m in st.session_state.messages:
         with st.chat_message(m["role"]):
             st.markdown(m["content"])
-
     prompt = st.chat_input("Ask TinyMind something")
     if prompt:
-        st.session_state.messages.append({"role": "user", "content": prompt})
-        with st.chat_message("user"):
-            st.markdown(prompt)
-        history = trim_history(st.session_state.messages[:-1], history_turns)
-        messages = history + [{"role": "user", "content": prompt}]
-        stats = {}
-        with st.chat_message("assistant"):
-            if pretrain:
-                ids = tokenizer.encode(prompt)
-                pieces = stream_generate(model, tokenizer, ids, stats=stats, **settings)
-            else:
-                pieces = chat(model, tokenizer, messages, system_prompt=system or None, stats=stats, **settings)
-            answer = st.write_stream(pieces)
-            if not isinstance(answer, str):
-                answer = "".join(str(x) for x in answer)
-        st.session_state.messages.append({"role": "assistant", "content": answer})
-        st.session_state.last_stats = stats
+        answer(loaded, prompt, history_turns, system, settings)
     stats = st.session_state.last_stats
     if stats:
         speed_slot.metric("Last reply", f"{stats['tokens_per_s']:.1f} tok/s",

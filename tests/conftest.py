@@ -1,12 +1,13 @@
-"""Shared pytest fixtures: the repo root on sys.path, a tiny model config and a tiny checkpoint."""
-import sys
-from pathlib import Path
+"""Shared pytest set-up: the repo root on sys.path, the cuda/slow markers, and fixtures over the factories in
+tests/factories.py (a tiny checkpoint, a LoRA adapter on it, a chat JSONL file, one CPU thread).
 
+    python -m pytest -q tests/
+"""
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from factories import default_tokenizer, make_adapter, make_checkpoint, write_chat
+from model.config import get_preset
 
 
 def pytest_configure(config):
@@ -24,23 +25,38 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from model.tokenizer import load_default_tokenizer
-    return load_default_tokenizer()
+    return default_tokenizer()
 
 
 @pytest.fixture
 def tiny_config(tokenizer):
-    from model.config import get_preset
     return get_preset("tiny", vocab_size=tokenizer.vocab_size)
 
 
 @pytest.fixture
-def tiny_checkpoint(tmp_path, tiny_config, tokenizer):
-    """A saved tiny full-SFT-stage checkpoint with random weights; returns its path."""
-    from model.checkpoint import save_checkpoint
-    from model.model import TinyMindForCausalLM
-    torch.manual_seed(0)
-    model = TinyMindForCausalLM(tiny_config)
-    path = tmp_path / "out" / "full_sft_64.pth"
-    save_checkpoint(path, model.state_dict(), tiny_config, tokenizer, {"stage": "full_sft", "step": 0})
+def tiny_checkpoint(tmp_path):
+    """A saved tiny full-SFT-stage checkpoint with random weights (out/full_sft_64.pth); returns its path."""
+    return make_checkpoint(tmp_path / "out" / "full_sft_64.pth")
+
+
+@pytest.fixture
+def tiny_adapter(tmp_path, tiny_checkpoint):
+    """A LoRA adapter with non-zero B recorded on tiny_checkpoint (out/lora/lora_test_64.pth); returns its path."""
+    path = tmp_path / "out" / "lora" / "lora_test_64.pth"
+    make_adapter(path, tiny_checkpoint)
     return path
+
+
+@pytest.fixture
+def chat_data(tmp_path):
+    """chat.jsonl with 24 short random conversations; returns its path."""
+    return write_chat(tmp_path / "chat.jsonl")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch CPU thread for the test (tiny models run no slower, and runs do not oversubscribe)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

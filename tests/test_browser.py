@@ -15,9 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from factories import REPO as ROOT, make_checkpoint
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 DRIVER = "/usr/bin/chromedriver"
 
@@ -55,17 +54,11 @@ def wait_until(check, timeout, what):
 
 
 @pytest.fixture
-def server(tmp_path, tokenizer):
+def server(tmp_path):
     """URL of `streamlit run scripts/web_demo.py` on a tiny checkpoint; the server is killed afterwards."""
     need_browser()
-    from model.checkpoint import save_checkpoint
-    from model.config import get_preset
-    from model.model import TinyMindForCausalLM
     out = tmp_path / "out"
-    cfg = get_preset("tiny", vocab_size=tokenizer.vocab_size)
-    torch.manual_seed(0)
-    save_checkpoint(out / "full_sft_64.pth", TinyMindForCausalLM(cfg).state_dict(), cfg, tokenizer,
-                    {"stage": "full_sft", "step": 1})
+    make_checkpoint(out / "full_sft_64.pth")
     port = free_port()
     env = {**os.environ, "TINYMIND_OUT_DIR": str(out), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     log = open(tmp_path / "streamlit.log", "w")

@@ -3,16 +3,11 @@
     python -m pytest tests/test_build_data.py -q
 """
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dataset.formats import iter_jsonl  # noqa: E402
-from scripts import build_data, make_identity  # noqa: E402
+from dataset.formats import iter_jsonl
+from scripts import build_data, make_identity
 
 OUTPUTS = ["pretrain.jsonl", "sft.jsonl", "sft_val.jsonl", "music.jsonl", "music_test.jsonl",
            "identity.jsonl", "identity_test.jsonl"]

@@ -5,7 +5,8 @@ import sys
 import pytest
 import torch
 
-from model.checkpoint import checkpoint_name, load_checkpoint, load_model, save_checkpoint
+from model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from model.paths import checkpoint_name
 from model.errors import UserError
 
 
@@ -49,7 +50,7 @@ def test_bad_files_give_one_line(tmp_path, tiny_checkpoint, damage):
 def test_truncated_checkpoint_cli_message(tmp_path, tiny_checkpoint):
     bad = tmp_path / "cut.pth"
     bad.write_bytes(tiny_checkpoint.read_bytes()[:-100])
-    code = ("import sys; sys.path.insert(0, %r); from model.errors import run_cli; "
+    code = ("import sys; sys.path.insert(0, %r); from cli import run_cli; "
             "from model.checkpoint import load_model; run_cli(load_model, %r)" % (str(sys.path[0]), str(bad)))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 2

@@ -322,11 +322,9 @@ def test_import_gguf(tmp_path, bpe_json, qtype):
 
 
 def test_export_peft_matches(tmp_path, bpe_json):
-    try:
-        from model.lora import LoRAConfig, apply_lora, save_adapter
-    except ImportError as e:
-        pytest.skip(f"model/lora.py not importable yet ({e})")
+    from factories import make_adapter
     from model.convert import export_hf, export_peft, import_hf
+    from model.lora import LoRAConfig
     from transformers import AutoModelForCausalLM
     peft = pytest.importorskip("peft")
     from tokenizers import Tokenizer
@@ -336,20 +334,12 @@ def test_export_peft_matches(tmp_path, bpe_json):
     write_hf_tokenizer(src, bpe_json)
     state, config, tok = import_hf(src)
     save_checkpoint(tmp_path / "base.pth", state, config, tok, {"stage": "imported"})
-    model = ours(state, config)
     cfg = LoRAConfig(r=4, alpha=8, targets=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
-    apply_lora(model, cfg)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    save_adapter(tmp_path / "a.pth", model, cfg, tmp_path / "base.pth", "0" * 64, config, tok.sha256)
+    model = make_adapter(tmp_path / "a.pth", tmp_path / "base.pth", cfg, seed=3)
     base_dir = export_hf(tmp_path / "base.pth", tmp_path / "hf_base")
     out = export_peft(tmp_path / "a.pth", tmp_path / "peft", base_dir)
     hf = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out).eval()
     x = ids_batch(vocab)
-    model.eval()
     with torch.no_grad():
         got, ref, base = model(x).logits, hf(x).logits, ours(state, config)(x).logits
     assert (got - base).abs().max() > 1e-3                                   # the adapter does something

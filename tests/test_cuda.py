@@ -8,19 +8,18 @@ import sys
 import pytest
 import torch
 
-from test_train_stages import REPO, make_base, run, write_chat
+from factories import REPO, make_checkpoint, make_model, run_python
 
 pytestmark = pytest.mark.cuda
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_mixed_precision_training_keeps_fp32_checkpoints(tmp_path, dtype):
+def test_mixed_precision_training_keeps_fp32_checkpoints(tmp_path, chat_data, dtype):
     from model.checkpoint import load_checkpoint
-    base = make_base(tmp_path / "out" / "pretrain_64.pth", stage="pretrain")
-    data = write_chat(tmp_path / "chat.jsonl")
-    r = run(["trainer/train_full_sft.py", "--base", str(base), "--data_path", str(data), "--out_dir",
-             str(tmp_path / "out"), "--device", "cuda", "--dtype", dtype, "--max_steps", "6",
-             "--batch_size", "4", "--max_seq_len", "64", "--log_interval", "1"], cwd=REPO)
+    base = make_checkpoint(tmp_path / "out" / "pretrain_64.pth", stage="pretrain")
+    r = run_python(["trainer/train_full_sft.py", "--base", str(base), "--data_path", str(chat_data), "--out_dir",
+                    str(tmp_path / "out"), "--device", "cuda", "--dtype", dtype, "--max_steps", "6",
+                    "--batch_size", "4", "--max_seq_len", "64", "--log_interval", "1"], cwd=REPO)
     assert "saved" in r.stdout.strip().splitlines()[-1]
     ckpt = load_checkpoint(tmp_path / "out" / "full_sft_64.pth")
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values())
@@ -28,25 +27,17 @@ def test_mixed_precision_training_keeps_fp32_checkpoints(tmp_path, dtype):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def test_nccl_ddp_on_one_gpu(tmp_path):
-    base = make_base(tmp_path / "out" / "full_sft_64.pth")
-    data = write_chat(tmp_path / "chat.jsonl")
-    run(["-m", "torch.distributed.run", "--nproc_per_node", "1", "trainer/train_lora.py", "--base", str(base),
-         "--data_path", str(data), "--out_dir", str(tmp_path / "out"), "--device", "cuda",
-         "--lora_name", "gpu", "--max_steps", "4", "--batch_size", "4", "--max_seq_len", "64"], cwd=REPO)
+def test_nccl_ddp_on_one_gpu(tmp_path, chat_data):
+    base = make_checkpoint(tmp_path / "out" / "full_sft_64.pth")
+    run_python(["-m", "torch.distributed.run", "--nproc_per_node", "1", "trainer/train_lora.py", "--base",
+                str(base), "--data_path", str(chat_data), "--out_dir", str(tmp_path / "out"), "--device", "cuda",
+                "--lora_name", "gpu", "--max_steps", "4", "--batch_size", "4", "--max_seq_len", "64"], cwd=REPO)
     assert (tmp_path / "out" / "lora" / "gpu_64.pth").exists()
 
 
 def test_generation_on_cuda_equals_cpu(tokenizer):
-    from model.config import get_preset
     from model.generate import generate
-    from model.model import TinyMindForCausalLM
-    torch.manual_seed(0)
-    model = TinyMindForCausalLM(get_preset("tiny", vocab_size=tokenizer.vocab_size, tie_word_embeddings=False))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
+    model = make_model(tokenizer.vocab_size, std=0.3, tie_word_embeddings=False)
     prompts = [tokenizer.encode("hello there"), tokenizer.encode("音乐")]
     cpu = generate(model.eval(), prompts, max_new_tokens=12)
     gpu = generate(model.cuda(), prompts, max_new_tokens=12)

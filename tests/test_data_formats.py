@@ -3,15 +3,11 @@
     python -m pytest tests/test_data_formats.py -q
 """
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dataset.formats import iter_jsonl, normalize_record  # noqa: E402
-from model.errors import UserError  # noqa: E402
+from dataset.formats import iter_jsonl, normalize_record
+from model.errors import UserError
 
 CANON = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 

@@ -6,37 +6,24 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
 import eval_model
-from model.errors import run_cli
-
-ROOT = Path(__file__).resolve().parents[1]
+from chat.terminal import PROMPTS, auto_prompts
+from cli import run_cli
+from dataset.scoring import identity_verdict, task_verdict
+from factories import REPO as ROOT, make_adapter, make_checkpoint, write_chat
 
 
 @pytest.fixture
-def out(tmp_path, tokenizer):
+def out(tmp_path):
     """out/ with a tiny full-SFT checkpoint and an adapter trained (recorded) on it."""
-    from model.checkpoint import file_sha256, save_checkpoint
-    from model.config import get_preset
-    from model.lora import LoRAConfig, apply_lora, save_adapter
-    from model.model import TinyMindForCausalLM
     out = tmp_path / "out"
-    cfg = get_preset("tiny", vocab_size=tokenizer.vocab_size)
-    torch.manual_seed(0)
-    model = TinyMindForCausalLM(cfg)
-    base = out / "full_sft_64.pth"
-    save_checkpoint(base, model.state_dict(), cfg, tokenizer, {"stage": "full_sft", "step": 5})
-    val = tmp_path / "val.jsonl"
-    val.write_text(json.dumps({"conversations": [{"role": "user", "content": "What is a lute?"},
-                                                 {"role": "assistant", "content": "A string instrument."}]}) + "\n")
-    lcfg = LoRAConfig(r=4, alpha=8)
-    apply_lora(model, lcfg)
-    save_adapter(out / "lora" / "lora_music_64.pth", model, lcfg, base, file_sha256(base), cfg, tokenizer.sha256,
-                 {"step": 2, "val_path": str(val), "train_config": {"val_data": None}})
+    base = make_checkpoint(out / "full_sft_64.pth", meta={"step": 5})
+    val = write_chat(tmp_path / "val.jsonl", n=1)
+    make_adapter(out / "lora" / "lora_music_64.pth", base,
+                 meta={"step": 2, "val_path": str(val), "train_config": {"val_data": None}})
     return out
 
 
@@ -53,7 +40,7 @@ def run(argv, capsys, stdin=None, monkeypatch=None):
 
 
 def test_identity_verdicts():
-    ok = eval_model.identity_verdict
+    ok = identity_verdict
     assert ok("I'm TinyMind, made by the TinyMind project.", "TinyMind")[0]
     assert ok("No, I'm not ChatGPT. I'm TinyMind.", "TinyMind")[0]
     assert ok("I am tinymind; I'm not Claude and I'm not related to OpenAI.", "TinyMind")[0]
@@ -67,7 +54,7 @@ def test_identity_verdicts():
 
 
 def test_task_verdicts():
-    ok = eval_model.task_verdict
+    ok = task_verdict
     assert ok("The answer is Johann Sebastian Bach!", ["J. S. Bach", "Johann Sebastian Bach"])[0]
     assert ok("它是《月光奏鸣曲》。", ["月光奏鸣曲"])[0]
     assert ok("ＢＥＥＴＨＯＶＥＮ wrote it", ["Beethoven"])[0]                  # full-width -> half-width
@@ -113,12 +100,12 @@ def test_lora_on_recorded_base_with_mode_warning(out, capsys):
 
 
 def test_auto_prompts_from_adapter_val_data(out):
-    args = eval_model.parse_args(["--out_dir", str(out), "--lora_name", "lora_music"])
-    _, _, info, label = eval_model.load(args)
-    assert label == "lora_music_64"
-    assert eval_model.auto_prompts(args, info) == ["What is a lute?"]
-    info.pop("adapter")
-    assert eval_model.auto_prompts(args, info) == eval_model.PROMPTS["full_sft"]
+    loaded = eval_model.load(eval_model.parse_args(["--out_dir", str(out), "--lora_name", "lora_music"]))
+    assert loaded.label == "lora_music_64"
+    val = json.loads((out.parent / "val.jsonl").read_text())
+    assert auto_prompts(loaded) == [val["conversations"][0]["content"]]
+    loaded.info.pop("adapter")
+    assert auto_prompts(loaded) == PROMPTS["chat"]
 
 
 def test_identity_and_task_tests_write_reports(out, tmp_path, capsys):

@@ -1,29 +1,33 @@
-"""THE sampling loop: greedy determinism, KV cache == recompute, batching, stop tokens, streaming."""
+"""THE sampling loop: greedy determinism, KV cache == recompute, batching, repetition penalty, stop tokens,
+streaming, chat.
+
+    python -m pytest tests/test_generate.py -q
+"""
+import pytest
 import torch
 
-from model.config import ModelConfig
-from model.generate import StreamDecoder, chat, generate, stream_generate
-from model.model import TinyMindForCausalLM
+from factories import make_model
+from model.generate import StreamDecoder, chat, generate, sample_next, stream_generate
+from model.tokenizer import encode_chat
 
 
 def peaky_model(vocab, seed=0):
     """A random model with large logits, so greedy decoding wanders instead of repeating one token."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=False)
-    model = TinyMindForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    return model
+    return make_model(vocab, seed, std=0.3, tie_word_embeddings=False)
 
 
-def greedy_without_cache(model, prompt, n):
+def greedy_without_cache(model, prompt, n, repetition_penalty=1.0):
+    """Greedy decoding by full recompute, no KV cache. The penalty as CTRL (Keskar et al. 2019, sec. 4.1)
+    defines it: the logit of every token already in the sequence, prompt included, is divided by the
+    penalty when positive and multiplied by it when negative."""
     ids, out = list(prompt), []
     for _ in range(n):
         with torch.no_grad():
-            t = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        seen = torch.tensor(sorted(set(ids)))
+        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / repetition_penalty,
+                                   logits[seen] * repetition_penalty)
+        t = int(logits.argmax())
         out.append(t)
         ids.append(t)
     return out
@@ -56,10 +60,18 @@ def test_sampling_is_seedable_and_top_k_1_is_greedy():
 
 
 def test_repetition_penalty_reduces_repeats():
+    """A model whose greedy output repeats tokens: the penalty must change the output, to the one the CTRL
+    rule gives step by step, with strictly fewer repeats. And the rule on both signs of a seen logit."""
     model = peaky_model(300, seed=3)
     plain = generate(model, [[1, 2, 3]], max_new_tokens=40)[0]
     penalised = generate(model, [[1, 2, 3]], max_new_tokens=40, repetition_penalty=2.0)[0]
-    assert len(set(penalised)) >= len(set(plain))
+    assert len(set(plain)) < len(plain)                                   # a case that repeats
+    assert penalised == greedy_without_cache(model, [1, 2, 3], 40, repetition_penalty=2.0)
+    assert len(set(penalised)) > len(set(plain))
+    seen = torch.tensor([[True, False]])
+    for logits in ([3.0, 2.0], [-1.0, -1.5]):                   # 3 / 2 < 2 and -1 * 2 < -1.5: token 1 wins
+        assert sample_next(torch.tensor([logits]), seen=seen).item() == 0
+        assert sample_next(torch.tensor([logits]), repetition_penalty=2.0, seen=seen).item() == 1
 
 
 def test_stops_at_im_end(tokenizer):
@@ -89,9 +101,16 @@ def test_stream_never_splits_a_character(tokenizer):
 
 
 def test_chat_streams_and_reports_speed(tokenizer):
+    """chat() streams, in pieces, what generate() makes of the chat-template prompt, decoded by the tokenizer;
+    its stats count the prompt and the new tokens, and the speed is their ratio to the time taken."""
     model = peaky_model(tokenizer.vocab_size)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi 音乐"}]
     stats = {}
-    pieces = list(chat(model, tokenizer, [{"role": "user", "content": "hi"}], max_new_tokens=8, stats=stats))
-    assert stats["new_tokens"] <= 8 and stats["tokens_per_s"] > 0
-    assert "".join(pieces) == "".join(chat(model, tokenizer, [{"role": "user", "content": "hi"}],
-                                            max_new_tokens=8))
+    pieces = list(chat(model, tokenizer, messages, max_new_tokens=12, stats=stats))
+    prompt, _ = encode_chat(tokenizer, messages, add_generation_prompt=True)
+    new = generate(model, [prompt], max_new_tokens=12, stop_ids=tokenizer.stop_ids)[0]
+    assert len(new) > 1 and len(pieces) > 1 and all(pieces)             # a reply, streamed in pieces
+    assert "".join(pieces) == tokenizer.decode(new)
+    assert stats["prompt_tokens"] == len(prompt) and stats["new_tokens"] == len(new)
+    assert stats["seconds"] > 0
+    assert stats["tokens_per_s"] == pytest.approx(len(new) / stats["seconds"])

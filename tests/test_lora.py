@@ -4,36 +4,22 @@ and scripts/merge_lora.py end to end.
     python -m pytest tests/test_lora.py -q
 """
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from model.checkpoint import file_sha256, load_checkpoint, load_model, save_checkpoint
-from model.config import ModelConfig, get_preset
+from factories import REPO, make_adapter, make_checkpoint, make_model, randomize_lora_B, run_python
+from model.adapter import attach_adapter, check_adapter, load_adapter, load_model_with_adapter
+from model.checkpoint import file_sha256, load_checkpoint, load_model
+from model.config import get_preset
 from model.errors import UserError
-from model.lora import (DEFAULT_TARGETS, LoRAConfig, LoRALinear, apply_lora, attach_adapter, check_adapter,
-                        count_parameters, load_adapter, load_model_with_adapter, lora_state_dict, merge_lora,
-                        merged_state_dict, save_adapter, unmerge_lora)
+from model.lora import (DEFAULT_TARGETS, LoRAConfig, LoRAFunction, LoRALinear, apply_lora, count_parameters,
+                        lora_state_dict, merge_lora, merged_state_dict, unmerge_lora)
 from model.model import TinyMindForCausalLM
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return TinyMindForCausalLM(get_preset("tiny", vocab_size=300, **overrides)).eval()
-
-
-def randomize_lora_B(model, seed=1):
-    """LoRA B starts at zero; give it values so the adapter changes the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, LoRALinear):
-                m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+    return make_model(300, seed, **overrides)
 
 
 def ids(B=2, T=12, vocab=300, seed=0):
@@ -126,53 +112,79 @@ def test_rslora_scaling():
     assert model.model.layers[0].self_attn.q_proj.scaling == pytest.approx(8 / 16)
 
 
-def test_unknown_target_names_the_flag_and_the_choices():
-    with pytest.raises(UserError) as e:
+@pytest.mark.parametrize("bias", [False, True])
+def test_lora_function_gradcheck(bias):
+    """LoRAFunction's hand-written forward and backward against x W^T + b + s (x A^T) B^T and finite
+    differences, in float64, x of shape (B, T, in) and B non-zero: every input trainable, then LoRA training
+    (frozen base weight and bias), then also an input that needs no gradient (the first wrapped layer)."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+    x, w, a, b = rand(2, 3, 5), rand(4, 5), rand(2, 5), rand(4, 2)          # in 5, out 4, r 2
+    bias_t = rand(4) if bias else None
+    s = 1.5
+    want = x @ w.t() + (bias_t if bias else 0) + s * (x @ a.t()) @ b.t()
+    torch.testing.assert_close(LoRAFunction.apply(x, w, bias_t, a, b, s), want, rtol=1e-12, atol=1e-12)
+    frozen_bias = bias_t.detach() if bias else None
+    for inputs in [(x, w, bias_t, a, b, s), (x, w.detach(), frozen_bias, a, b, s),
+                   (x.detach(), w.detach(), frozen_bias, a, b, s)]:
+        assert torch.autograd.gradcheck(LoRAFunction.apply, inputs)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_lora_linear_without_dropout_takes_lora_function(bias):
+    """No dropout (or dropout in eval mode): the fused LoRAFunction path, with the output and gradients of
+    the plain expression base(x) + s * B(A x). Dropout in training takes the general path."""
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 24, bias=bias), r=4, alpha=8)
+    torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "LoRAFunctionBackward"
+    ref = layer.base(x) + layer.scaling * layer.lora_B(layer.lora_A(x))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    wrt = [x, *layer.parameters()]
+    dy = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad(y, wrt, dy), torch.autograd.grad(ref, wrt, dy)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    dropped = LoRALinear(torch.nn.Linear(16, 24, bias=bias), r=4, alpha=8, dropout=0.1)
+    assert type(dropped.train()(x).grad_fn).__name__ != "LoRAFunctionBackward"
+    assert type(dropped.eval()(x).grad_fn).__name__ == "LoRAFunctionBackward"
+
+
+def test_unknown_target_names_the_choices():
+    with pytest.raises(UserError) as e:       # the trainer adds the flag's name (tests/test_train_bad_input.py)
         apply_lora(tiny_model(), LoRAConfig(targets="q_proj,qkv"))
     msg = str(e.value)
-    assert "--lora_targets" in msg and "qkv" in msg and "down_proj" in msg and "\n" not in msg
-
-
-# adapter files ------------------------------------------------------------------------------------------
-
-def make_adapter(tmp_path, base_path, tokenizer, cfg=LoRAConfig()):
-    """A base checkpoint's model with a trained-looking adapter, saved; returns (model, adapter path)."""
-    model, _, ckpt = load_model(base_path)
-    apply_lora(model, cfg)
-    randomize_lora_B(model)
-    path = tmp_path / "out" / "lora" / "lora_test_64.pth"
-    save_adapter(path, model, cfg, base_path, file_sha256(base_path), ModelConfig.from_dict(ckpt["config"]),
-                 tokenizer.sha256, {"step": 3, "train_config": {"data_path": "x.jsonl"}})
-    return model, path
+    assert "LoRA targets" in msg and "qkv" in msg and "down_proj" in msg and "\n" not in msg
 
 
 def test_adapter_round_trip(tmp_path, tiny_checkpoint, tokenizer):
-    model, path = make_adapter(tmp_path, tiny_checkpoint, tokenizer)
+    path = tmp_path / "out" / "lora" / "lora_test_64.pth"
+    model = make_adapter(path, tiny_checkpoint)
     x = ids(vocab=tokenizer.vocab_size)
     loaded, tok, base_ckpt, adapter = load_model_with_adapter(path)
     assert torch.equal(logits(loaded, x), logits(model, x))
+    assert not torch.allclose(logits(loaded, x), logits(load_model(tiny_checkpoint)[0], x))   # B is not zero
     assert adapter["meta"]["stage"] == "lora" and set(adapter["lora"]) == set(lora_state_dict(model))
     assert tok.sha256 == tokenizer.sha256 and base_ckpt["path"] == str(tiny_checkpoint)
     assert not list(path.parent.glob("*.tmp*"))                        # written atomically
 
 
-def test_adapter_refuses_another_base_config(tmp_path, tiny_checkpoint, tokenizer, tiny_config):
-    _, path = make_adapter(tmp_path, tiny_checkpoint, tokenizer)
-    other_cfg = ModelConfig.from_dict({**tiny_config.to_dict(), "hidden_size": 32, "intermediate_size": 0,
-                                       "head_dim": 0})
-    other = tmp_path / "other.pth"
-    save_checkpoint(other, TinyMindForCausalLM(other_cfg).state_dict(), other_cfg, tokenizer, {})
+def test_adapter_refuses_another_base_config(tmp_path, tiny_adapter):
+    path = tiny_adapter
+    other = make_checkpoint(tmp_path / "other.pth", hidden=32)
     with pytest.raises(UserError) as e:
         load_model_with_adapter(path, base_path=other, force=True)     # force never skips this
     msg = str(e.value)
     assert str(path) in msg and str(other) in msg and "hidden_size 64 vs 32" in msg and "\n" not in msg
 
 
-def test_adapter_refuses_changed_base_unless_forced(tmp_path, tiny_checkpoint, tokenizer, tiny_config):
-    _, path = make_adapter(tmp_path, tiny_checkpoint, tokenizer)
-    torch.manual_seed(5)
-    retrained = tmp_path / "retrained.pth"
-    save_checkpoint(retrained, TinyMindForCausalLM(tiny_config).state_dict(), tiny_config, tokenizer, {})
+def test_adapter_refuses_changed_base_unless_forced(tmp_path, tiny_adapter):
+    path = tiny_adapter
+    retrained = make_checkpoint(tmp_path / "retrained.pth", seed=5)
     with pytest.raises(UserError) as e:
         load_model_with_adapter(path, base_path=retrained)
     assert "sha256" in str(e.value) and "--force" in str(e.value) and str(retrained) in str(e.value)
@@ -180,9 +192,8 @@ def test_adapter_refuses_changed_base_unless_forced(tmp_path, tiny_checkpoint, t
     assert isinstance(model.model.layers[0].self_attn.q_proj, LoRALinear)
 
 
-def test_adapter_shapes_checked_even_when_forced(tmp_path, tiny_checkpoint, tokenizer):
-    _, path = make_adapter(tmp_path, tiny_checkpoint, tokenizer)
-    adapter = load_adapter(path)
+def test_adapter_shapes_checked_even_when_forced(tiny_adapter, tiny_checkpoint):
+    adapter = load_adapter(tiny_adapter)
     key = next(iter(adapter["lora"]))
     adapter["lora"][key] = adapter["lora"][key][:, :-1]
     model, _, ckpt = load_model(tiny_checkpoint)
@@ -191,16 +202,15 @@ def test_adapter_shapes_checked_even_when_forced(tmp_path, tiny_checkpoint, toke
         attach_adapter(model, adapter)
 
 
-def test_adapter_refuses_another_tokenizer(tmp_path, tiny_checkpoint, tokenizer):
-    _, path = make_adapter(tmp_path, tiny_checkpoint, tokenizer)
-    adapter = load_adapter(path)
+def test_adapter_refuses_another_tokenizer(tiny_adapter, tiny_checkpoint):
+    adapter = load_adapter(tiny_adapter)
     adapter["tokenizer_sha256"] = "0" * 64
     with pytest.raises(UserError, match="tokenizer differs"):
         check_adapter(adapter, load_checkpoint(tiny_checkpoint), tiny_checkpoint, force=True)
 
 
-def test_corrupt_or_foreign_adapter_is_one_line(tmp_path, tiny_checkpoint, tokenizer):
-    _, path = make_adapter(tmp_path, tiny_checkpoint, tokenizer)
+def test_corrupt_or_foreign_adapter_is_one_line(tmp_path, tiny_adapter, tiny_checkpoint):
+    path = tiny_adapter
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     for bad, expect in [(path, "corrupt"), (tiny_checkpoint, "not a TinyMind LoRA adapter"),
@@ -210,14 +220,11 @@ def test_corrupt_or_foreign_adapter_is_one_line(tmp_path, tiny_checkpoint, token
         assert expect in str(e.value) and str(bad) in str(e.value) and "\n" not in str(e.value)
 
 
-def test_missing_recorded_base_names_the_file(tmp_path, tiny_checkpoint, tokenizer):
-    _, path = make_adapter(tmp_path, tiny_checkpoint, tokenizer)
+def test_missing_recorded_base_names_the_file(tmp_path, tiny_adapter, tiny_checkpoint):
     tiny_checkpoint.rename(tmp_path / "moved.pth")
     with pytest.raises(UserError, match="--base"):
-        load_model_with_adapter(path)
+        load_model_with_adapter(tiny_adapter)
 
-
-# parity with peft ---------------------------------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("use_rslora", [False, True])
@@ -255,15 +262,13 @@ def test_logits_equal_peft(use_rslora):
     assert diff < 1e-5
 
 
-# scripts/merge_lora.py ----------------------------------------------------------------------------------
-
 def run_merge(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "merge_lora.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return run_python(["scripts/merge_lora.py", *map(str, args)], cwd=REPO, check=False)
 
 
 def test_merge_cli_end_to_end(tmp_path, tiny_checkpoint, tokenizer):
-    model, path = make_adapter(tmp_path, tiny_checkpoint, tokenizer)
+    path = tmp_path / "out" / "lora" / "lora_test_64.pth"
+    model = make_adapter(path, tiny_checkpoint)
     r = run_merge("--adapter", path)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out" / "lora_test_merged_64.pth"
@@ -272,13 +277,11 @@ def test_merge_cli_end_to_end(tmp_path, tiny_checkpoint, tokenizer):
     x = ids(vocab=tokenizer.vocab_size)
     torch.testing.assert_close(logits(merged, x), logits(model.eval(), x), atol=1e-5, rtol=1e-5)
     meta = ckpt["meta"]
-    assert meta["stage"] == "merged" and meta["parent"]["sha256"] == file_sha256(tiny_checkpoint)
+    assert meta["stage"] == "merged" and meta["parent_sha256"] == file_sha256(tiny_checkpoint)
     assert meta["adapter"]["sha256"] == file_sha256(path) and tok.sha256 == tokenizer.sha256
 
     # a base whose bytes changed: one line, exit 2, nothing written
-    torch.manual_seed(7)
-    changed = tmp_path / "changed.pth"
-    save_checkpoint(changed, TinyMindForCausalLM(model.config).state_dict(), model.config, tokenizer, {})
+    changed = make_checkpoint(tmp_path / "changed.pth", seed=7)
     r = run_merge("--adapter", path, "--base", changed, "--out", tmp_path / "bad.pth")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "--force" in r.stderr and not (tmp_path / "bad.pth").exists()

@@ -9,27 +9,17 @@ import sys
 import tracemalloc
 import types
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from model.errors import UserError  # noqa: E402
-from scripts import convert_data, prepare_data  # noqa: E402
+from factories import REPO, write_jsonl
+from model.errors import UserError
+from scripts import convert_data, prepare_data
 
 
 def chat(i, answer=None):
     return {"conversations": [{"role": "user", "content": f"question {i}"},
                               {"role": "assistant", "content": answer or f"answer {i}"}]}
-
-
-def write_jsonl(path, records):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
-    return path
 
 
 def read_jsonl(path):
@@ -61,7 +51,7 @@ def test_validate_ok_and_bad(tmp_path, capsys):
 
 def test_validate_cli_exit_code_and_one_line(tmp_path):
     r = subprocess.run([sys.executable, "scripts/prepare_data.py", "validate", str(tmp_path / "nope.jsonl"), str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True)
+                       cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()

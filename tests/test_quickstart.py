@@ -6,11 +6,10 @@ finished stages are reused, then the headline user command on its outputs.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from factories import REPO
 SLICE = {"pretrain.jsonl": 200, "sft.jsonl": 120, "sft_val.jsonl": 16, "identity.jsonl": 80,
          "identity_test.jsonl": 6, "music.jsonl": 60, "music_test.jsonl": 6}
 
@@ -21,7 +20,7 @@ def data_dir(tmp_path):
     out = tmp_path / "data"
     out.mkdir()
     for name, n in SLICE.items():
-        src = ROOT / "dataset" / name
+        src = REPO / "dataset" / name
         if not src.exists():
             pytest.skip(f"{src} not built yet (python scripts/build_data.py)")
         with open(src, encoding="utf-8") as f:
@@ -33,7 +32,7 @@ def data_dir(tmp_path):
 def quickstart(out, data_dir):
     return subprocess.run([sys.executable, "scripts/quickstart.py", "--minutes", "0.1", "--out_dir", str(out),
                            "--data_dir", str(data_dir), "--device", "cpu"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_quickstart_tiny_budget(tmp_path, data_dir):
@@ -57,12 +56,12 @@ def test_quickstart_tiny_budget(tmp_path, data_dir):
 
     chat = subprocess.run([sys.executable, "eval_model.py", "--lora_name", "lora_music", "--model_mode", "1",
                            "--out_dir", str(out), "--max_new_tokens", "4"], input="Who are you?\n",
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert chat.returncode == 0, chat.stderr
     assert "> Who are you?" in chat.stdout
 
 
 def test_bad_budget_is_one_line():
-    res = subprocess.run([sys.executable, "scripts/quickstart.py", "--minutes", "0"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "scripts/quickstart.py", "--minutes", "0"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.strip() == "error: --minutes must be positive (got 0.0)"

@@ -4,18 +4,14 @@ written to out/. CPU; the inputs are checked before any output exists, so these 
     pytest tests/test_train_bad_input.py
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli import run_cli
+from factories import FAST, REPO, make_checkpoint, run_python, write_chat
 
-from test_train_stages import FAST, REPO, make_base, one_thread, write_chat  # noqa: E402,F401
-from model.errors import run_cli  # noqa: E402
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 GOOD = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 BAD_LINES = {
@@ -48,7 +44,7 @@ def files_in(folder):
 
 @pytest.fixture
 def base(tmp_path):
-    return make_base(tmp_path / "bases" / "full_sft_64.pth")
+    return make_checkpoint(tmp_path / "bases" / "full_sft_64.pth")
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
@@ -82,16 +78,16 @@ def test_bad_file(tmp_path, base, capsys, case):
     assert files_in(out) == []
 
 
-def test_pretrain_rejects_conversations(tmp_path, capsys):
-    data = write_chat(tmp_path / "chat.jsonl", n=3)
+def test_pretrain_rejects_conversations(tmp_path, chat_data, capsys):
+    data = chat_data
     out = tmp_path / "out"
     err = run_main("pretrain", ["--preset", "tiny", "--data_path", str(data), "--out_dir", str(out), *FAST], capsys)
     assert f"{data}:1" in err and "pretraining" in err
     assert files_in(out) == []
 
 
-def test_unknown_lora_target(tmp_path, base, capsys):
-    data = write_chat(tmp_path / "chat.jsonl", n=3)
+def test_unknown_lora_target(tmp_path, base, chat_data, capsys):
+    data = chat_data
     out = tmp_path / "out"
     err = run_main("lora", ["--base", str(base), "--data_path", str(data), "--out_dir", str(out),
                             "--lora_targets", "q_proj,qkv_proj", *FAST], capsys)
@@ -99,8 +95,8 @@ def test_unknown_lora_target(tmp_path, base, capsys):
     assert files_in(out) == []
 
 
-def test_missing_base_names_file_and_command(tmp_path, capsys):
-    data = write_chat(tmp_path / "chat.jsonl", n=3)
+def test_missing_base_names_file_and_command(tmp_path, chat_data, capsys):
+    data = chat_data
     out = tmp_path / "out"
     err = run_main("lora", ["--data_path", str(data), "--out_dir", str(out), *FAST], capsys)
     assert str(out / "full_sft_512.pth") in err and "python trainer/train_full_sft.py" in err
@@ -121,7 +117,7 @@ def test_adapter_given_as_base_and_state_for_another_base(tmp_path, base, capsys
     err = run_main("lora", ["--base", str(adapter), "--data_path", str(data), "--out_dir", str(out), *FAST], capsys)
     assert str(adapter) in err and "adapter" in err
     # resuming LoRA training on a different base than the saved state was made from
-    other = make_base(tmp_path / "other" / "full_sft_64.pth", seed=1)
+    other = make_checkpoint(tmp_path / "other" / "full_sft_64.pth", seed=1)
     err = run_main("lora", ["--base", str(other), "--data_path", str(data), "--out_dir", str(out), "--resume",
                             *FAST], capsys)
     assert "another base checkpoint" in err and "step_1.pth" in err
@@ -143,8 +139,7 @@ def test_real_command_line_prints_one_line(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps(GOOD) + "\n{oops\n", encoding="utf-8")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "trainer/train_pretrain.py", "--data_path", str(data), "--out_dir", str(out)],
-                       cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = run_python(["trainer/train_pretrain.py", "--data_path", str(data), "--out_dir", str(out)], REPO, check=False)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert r.stderr.startswith(f"error: {data}:1:") or r.stderr.startswith(f"error: {data}:2:"), r.stderr
     assert "Traceback" not in r.stderr and not out.exists()

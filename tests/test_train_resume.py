@@ -5,17 +5,14 @@ uninterrupted run (model, optimizer, scaler, schedule, RNG and data position res
 """
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from factories import FAST, make_checkpoint, write_chat
+from model.checkpoint import load_checkpoint
 
-from test_train_stages import FAST, make_base, one_thread, write_chat  # noqa: E402,F401
-from model.checkpoint import load_checkpoint  # noqa: E402
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("stage", ["full_sft", "lora"])
@@ -23,7 +20,7 @@ def test_resume_equals_uninterrupted(tmp_path, stage):
     import trainer.train_full_sft as ts
     import trainer.train_lora as tl
     main, extra = (ts.main, []) if stage == "full_sft" else (tl.main, ["--lora_dropout", "0.1", "--lora_name", "r"])
-    base = make_base(tmp_path / "base.pth", dropout=0.1)          # dropout: the RNG state matters
+    base = make_checkpoint(tmp_path / "base.pth", dropout=0.1)          # dropout: the RNG state matters
     data = write_chat(tmp_path / "chat.jsonl", n=26)
     a, b = tmp_path / "a", tmp_path / "b"
     # 24 training samples, batch 2 x accumulation 2: 6 steps per epoch; 10 steps cross an epoch boundary

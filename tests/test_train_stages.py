@@ -4,76 +4,16 @@ updates, non-finite loss, wandb offline, plots). CPU, tiny model, a few steps.
     pytest tests/test_train_stages.py
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from factories import (FAST, REPO, default_tokenizer, make_checkpoint, make_model, run_python, words, write_chat,
+                       write_text)
+from model.checkpoint import file_sha256, load_checkpoint
 
-from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
-from model.config import get_preset  # noqa: E402
-from model.model import TinyMindForCausalLM  # noqa: E402
-from model.tokenizer import load_default_tokenizer  # noqa: E402
-
-WORDS = "the cat sat on a mat music song guitar piano note chord rhythm melody 音乐 歌曲 吉他 tempo".split()
-FAST = ["--max_seq_len", "64", "--batch_size", "4", "--log_interval", "1", "--eval_interval", "3",
-        "--device", "cpu", "--dtype", "float32"]
-
-
-def words(rng, lo, hi):
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
-
-
-def write_chat(path, n=24, seed=0):
-    import random
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            conv = [{"role": "user", "content": words(rng, 2, 8)}, {"role": "assistant", "content": words(rng, 2, 20)}]
-            f.write(json.dumps({"conversations": conv}, ensure_ascii=False) + "\n")
-    return path
-
-
-def write_text(path, n=60, seed=0):
-    import random
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            f.write(json.dumps({"text": words(rng, 10, 40)}, ensure_ascii=False) + "\n")
-    return path
-
-
-def make_base(path, dropout=0.0, stage="full_sft", seed=0):
-    """A tiny untrained checkpoint, as trainer/train_pretrain.py or train_full_sft.py would save it."""
-    tok = load_default_tokenizer()
-    torch.manual_seed(seed)
-    cfg = get_preset("tiny", vocab_size=tok.vocab_size, dropout=dropout)
-    save_checkpoint(path, TinyMindForCausalLM(cfg).state_dict(), cfg, tok, {"stage": stage})
-    return path
-
-
-def run(args, cwd, env=None, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
-    if check:
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_three_stages_from_repo_root_and_trainer_dir(tmp_path):
@@ -81,25 +21,25 @@ def test_three_stages_from_repo_root_and_trainer_dir(tmp_path):
     ../dataset/... resolves against trainer/ from the repo root and against the cwd from trainer/,
     and outputs go to <repo>/out by default."""
     repo = tmp_path / "repo"
-    for folder in ("model", "dataset", "trainer"):
+    for folder in ("model", "dataset", "trainer", "cli"):
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.jsonl"))
     write_text(repo / "dataset" / "pretrain.jsonl")
     write_chat(repo / "dataset" / "sft.jsonl", n=24)
     write_chat(repo / "dataset" / "music.jsonl", n=16, seed=1)
     out = repo / "out"
 
-    r = run(["trainer/train_pretrain.py", "--preset", "tiny", "--max_steps", "4", *FAST], cwd=repo)
+    r = run_python(["trainer/train_pretrain.py", "--preset", "tiny", "--max_steps", "4", *FAST], cwd=repo)
     assert r.stdout.strip().splitlines()[-1] == f"saved {out / 'pretrain_64.pth'}"
     assert "train config:" in r.stdout and "step 4/4 | loss " in r.stdout and " tok/s | eta " in r.stdout
-    r = run(["train_full_sft.py", "--max_steps", "3", *FAST], cwd=repo / "trainer")   # finds pretrain_64.pth
+    r = run_python(["train_full_sft.py", "--max_steps", "3", *FAST], cwd=repo / "trainer")   # finds pretrain_64.pth
     assert r.stdout.strip().splitlines()[-1] == f"saved {out / 'full_sft_64.pth'}"
-    r = run(["trainer/train_lora.py", "--lora_name", "lora_music", "--data_path", "../dataset/music.jsonl",
-             "--epochs", "1", *FAST], cwd=repo)
+    r = run_python(["trainer/train_lora.py", "--lora_name", "lora_music", "--data_path",
+                    "../dataset/music.jsonl", "--epochs", "1", *FAST], cwd=repo)
     adapter_path = out / "lora" / "lora_music_64.pth"
     assert r.stdout.strip().splitlines()[-1] == f"saved {adapter_path}"
     assert "trainable" in r.stdout
-    r = run(["train_lora.py", "--lora_name", "lora_b", "--data_path", "../dataset/music.jsonl", "--epochs", "1",
-             *FAST], cwd=repo / "trainer")
+    r = run_python(["train_lora.py", "--lora_name", "lora_b", "--data_path", "../dataset/music.jsonl",
+                    "--epochs", "1", *FAST], cwd=repo / "trainer")
     assert (out / "lora" / "lora_b_64.pth").exists()
 
     pre, sft = load_checkpoint(out / "pretrain_64.pth"), load_checkpoint(out / "full_sft_64.pth")
@@ -119,16 +59,17 @@ def test_three_stages_from_repo_root_and_trainer_dir(tmp_path):
 
 
 def test_lora_training_changes_only_lora_weights(tmp_path, monkeypatch):
+    import trainer.stage as stage
     import trainer.train_lora as tl
-    base = make_base(tmp_path / "base.pth")
+    base = make_checkpoint(tmp_path / "base.pth")
     data = write_chat(tmp_path / "chat.jsonl", n=16)
     seen = {}
 
     def spy(cfg, model, *args, **kw):
         seen["model"] = model
         return orig(cfg, model, *args, **kw)
-    orig = tl.train
-    monkeypatch.setattr(tl, "train", spy)
+    orig = stage.train
+    monkeypatch.setattr(stage, "train", spy)
     tl.main(["--base", str(base), "--data_path", str(data), "--out_dir", str(tmp_path / "out"), "--max_steps", "3",
              "--learning_rate", "1e-2", *FAST])
     before = load_checkpoint(base)["model"]
@@ -158,16 +99,15 @@ def test_accumulation_gives_the_big_batch_gradient():
     from functools import partial
     from dataset.lm_dataset import ChatDataset, collate_chat
     from trainer.distributed import Dist
-    from trainer.loop import accumulate_gradients
+    from trainer.step import accumulate_gradients
     import random
-    tok = load_default_tokenizer()
+    tok = default_tokenizer()
     rng = random.Random(0)
     convs = [[{"role": "user", "content": words(rng, 1, 5)}, {"role": "assistant", "content": words(rng, 1, 30)}]
              for _ in range(4)]
     ds = ChatDataset(convs, tok, max_seq_len=64)
     collate = partial(collate_chat, pad_id=tok.pad_id)
-    torch.manual_seed(0)
-    model = TinyMindForCausalLM(get_preset("tiny", vocab_size=tok.vocab_size))
+    model = make_model(tok.vocab_size).train()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
 
     def grads(sizes):
@@ -192,9 +132,9 @@ def test_accumulation_gives_the_big_batch_gradient():
 
 
 def test_non_finite_loss_stops_with_one_line(tmp_path, capsys):
-    from model.errors import run_cli
+    from cli import run_cli
     import trainer.train_full_sft as ts
-    base = make_base(tmp_path / "base.pth")
+    base = make_checkpoint(tmp_path / "base.pth")
     data = write_chat(tmp_path / "chat.jsonl", n=40)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
@@ -211,7 +151,7 @@ def test_wandb_offline(tmp_path, monkeypatch):
     import trainer.train_full_sft as ts
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    base = make_base(tmp_path / "base.pth")
+    base = make_checkpoint(tmp_path / "base.pth")
     data = write_chat(tmp_path / "chat.jsonl", n=8)
     out = tmp_path / "out"
     ts.main(["--base", str(base), "--data_path", str(data), "--out_dir", str(out), "--max_steps", "2", "--use_wandb",
@@ -228,7 +168,7 @@ def test_plot_runs_overlays_runs(tmp_path):
                      + json.dumps({"step": 5, "val_loss": scale}) + "\n")
         logs.append(str(p))
     png = tmp_path / "runs.png"
-    run(["scripts/plot_runs.py", *logs, "-o", str(png)], cwd=REPO)
+    run_python(["scripts/plot_runs.py", *logs, "-o", str(png)], cwd=REPO)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

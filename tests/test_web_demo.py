@@ -1,39 +1,14 @@
 """The Streamlit web demo, driven by Streamlit's own testing API (no browser): pytest tests/test_web_demo.py"""
-from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "scripts" / "web_demo.py")
+from factories import REPO, make_adapter, make_checkpoint  # noqa: E402
+from model.lora import LoRAConfig  # noqa: E402
 
-
-def save_tiny(out_dir, tokenizer, name="full_sft_64.pth", stage="full_sft", seed=0, **overrides):
-    from model.checkpoint import save_checkpoint
-    from model.config import get_preset
-    from model.model import TinyMindForCausalLM
-    cfg = get_preset("tiny", vocab_size=tokenizer.vocab_size, **overrides)
-    torch.manual_seed(seed)
-    model = TinyMindForCausalLM(cfg)
-    path = Path(out_dir) / name
-    save_checkpoint(path, model.state_dict(), cfg, tokenizer, {"stage": stage, "step": 7})
-    return path, model, cfg
-
-
-def save_adapter_for(out_dir, tokenizer, base_path, cfg, name):
-    from model.checkpoint import file_sha256
-    from model.lora import LoRAConfig, apply_lora, save_adapter
-    from model.model import TinyMindForCausalLM
-    model = TinyMindForCausalLM(cfg)
-    lcfg = LoRAConfig(r=4, alpha=8)
-    apply_lora(model, lcfg)
-    path = Path(out_dir) / "lora" / name
-    save_adapter(path, model, lcfg, base_path, file_sha256(base_path) if Path(base_path).exists() else "0" * 64,
-                 cfg, tokenizer.sha256, {"step": 3})
-    return path
+APP = str(REPO / "scripts" / "web_demo.py")
 
 
 def app(monkeypatch, out_dir):
@@ -55,13 +30,13 @@ def test_empty_out_dir_says_which_command(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def out_dir(tmp_path, tokenizer):
+def out_dir(tmp_path):
     out = tmp_path / "out"
-    base, _, cfg = save_tiny(out, tokenizer)
-    save_adapter_for(out, tokenizer, base, cfg, "lora_ok_64.pth")
+    base = make_checkpoint(out / "full_sft_64.pth", meta={"step": 7})
+    make_adapter(out / "lora" / "lora_ok_64.pth", base, lora=LoRAConfig(r=4, alpha=64))
     # another shape: must not be offered for full_sft_64.pth
-    _, _, other = save_tiny(tmp_path / "elsewhere", tokenizer, num_hidden_layers=3)
-    save_adapter_for(out, tokenizer, tmp_path / "elsewhere" / "full_sft_64.pth", other, "lora_bad_64.pth")
+    other = make_checkpoint(tmp_path / "elsewhere" / "full_sft_64.pth", num_hidden_layers=3)
+    make_adapter(out / "lora" / "lora_bad_64.pth", other)
     return out
 
 
@@ -103,18 +78,37 @@ def test_chat_controls_and_clear(monkeypatch, out_dir, tokenizer):
     assert not [m for m in at.chat_message]
 
 
+def greedy_reply(out_dir, prompt, **source):
+    """The reply the demo must give, computed without the app (the same loader, greedy)."""
+    from model.generate import chat
+    from model.inference import load_for_inference
+    m = load_for_inference(**source, out=out_dir)
+    return "".join(chat(m.model, m.tokenizer, [{"role": "user", "content": prompt}], max_new_tokens=12,
+                        temperature=0.0))
+
+
 def test_adapter_is_loaded_and_shown(monkeypatch, out_dir):
     at = app(monkeypatch, out_dir)
+    at.sidebar.number_input(key="max_new_tokens").set_value(12)
+    at.sidebar.slider(key="temperature").set_value(0.0)
+    at.sidebar.slider(key="history_turns").set_value(0)
+    at.chat_input[0].set_value("hi").run()
+    without = at.session_state.messages[-1]["content"]
     at.sidebar.selectbox(key="adapter").set_value("lora/lora_ok_64.pth").run()
     assert not at.exception
     info = " ".join(m.value for m in at.sidebar.markdown)
     assert "lora_ok_64.pth" in info and "full_sft" in info
     at.chat_input[0].set_value("hi").run()
-    assert not at.exception and reply_text(at) is not None
+    assert not at.exception
+    with_adapter = at.session_state.messages[-1]["content"]
+    # the adapter (non-zero B) is really applied: its reply is the adapter's, not the base's
+    assert without == greedy_reply(out_dir, "hi", ckpt=out_dir / "full_sft_64.pth")
+    assert with_adapter == greedy_reply(out_dir, "hi", adapter=out_dir / "lora" / "lora_ok_64.pth")
+    assert with_adapter != without
 
 
 def test_only_files_inside_out_dir(tmp_path):
-    from model.chat_session import inside
+    from model.paths import inside
     from model.errors import UserError
     out = tmp_path / "out"
     out.mkdir()

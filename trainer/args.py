@@ -4,9 +4,9 @@ Library module, used by the entry points:
     from trainer.args import parse_args
     cfg = parse_args("lora")          # python trainer/train_lora.py --help lists the flags
 
-Also the path rules every trainer shares: an input path is resolved against the current directory and,
-failing that, against trainer/ (so `--data_path ../dataset/music.jsonl` works from the repository root and
-from inside trainer/); outputs default to <repo>/out whatever the current directory.
+Paths follow model/paths.py: an input is found relative to the current folder, else to trainer/ (so
+`--data_path ../dataset/music.jsonl` works from the repository root and from inside trainer/); outputs go
+to --out_dir, else $TINYMIND_OUT_DIR, else <repo>/out, whatever the current folder.
 """
 import argparse
 import inspect
@@ -14,13 +14,13 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from model.checkpoint import checkpoint_name, default_out_dir
+from model import paths
 from model.errors import UserError
+from model.lora import DEFAULT_TARGETS
 
-TRAINER_DIR = Path(__file__).resolve().parent
 ALL = ("pretrain", "full_sft", "lora")
 CHAT = ("full_sft", "lora")
-LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+LORA_TARGETS = ",".join(DEFAULT_TARGETS)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class TrainConfig:
     dtype: str = "auto"                  # auto = bfloat16 on CUDA when supported, else float16; CPU: float32
     num_workers: int = 0                 # DataLoader worker processes
     # outputs
-    out_dir: str = ""                    # output folder; empty = <repo>/out
+    out_dir: str = ""                    # output folder; empty = $TINYMIND_OUT_DIR, else <repo>/out
     log_interval: int = 10               # log a line every this many steps
     eval_interval: int = 100             # validation loss every this many steps (and at the end; 0 = end only)
     eval_batches: int = 50               # at most this many validation batches per evaluation (0 = all)
@@ -129,6 +129,13 @@ def parse_args(stage, argv=None, description=None):
         raise UserError("--epochs must be at least 1 (or give --max_steps)")
     if not 0 <= cfg.val_ratio < 1:
         raise UserError(f"--val_ratio must be in [0, 1) (got {cfg.val_ratio})")
+    if stage == "lora":
+        if cfg.lora_rank < 1:
+            raise UserError(f"--lora_rank must be a positive integer (got {cfg.lora_rank})")
+        if not cfg.lora_alpha > 0:
+            raise UserError(f"--lora_alpha must be positive (got {cfg.lora_alpha})")
+        if not 0 <= cfg.lora_dropout < 1:
+            raise UserError(f"--lora_dropout must be in [0, 1) (got {cfg.lora_dropout})")
     return resolve_config(cfg, stage)
 
 
@@ -140,11 +147,11 @@ def resolve_config(cfg, stage):
     defaults = STAGE_DEFAULTS[stage]
     if cfg.val_data and cfg.val_data == defaults.get("val_data"):
         # the shipped validation file goes with the shipped training file only
-        if cfg.data_path != defaults["data_path"] or not resolve_path(cfg.val_data).exists():
+        if cfg.data_path != defaults["data_path"] or not paths.resolve_input(cfg.val_data).exists():
             cfg.val_data = ""
-    cfg.out_dir = str(out_dir(cfg))
-    cfg.data_path = str(resolve_path(cfg.data_path).resolve())
-    cfg.val_data = str(resolve_path(cfg.val_data).resolve()) if cfg.val_data else ""
+    cfg.out_dir = str(paths.out_dir(cfg.out_dir))
+    cfg.data_path = str(paths.resolve_input(cfg.data_path).resolve())
+    cfg.val_data = str(paths.resolve_input(cfg.val_data).resolve()) if cfg.val_data else ""
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not cfg.device.startswith("cuda"):
         cfg.dtype = "float32"          # autocast is for CUDA only; CPU trains in float32
@@ -158,44 +165,15 @@ def format_config(cfg):
     return "\n".join(f"  {k}: {v!r}" for k, v in cfg.to_dict().items())
 
 
-def resolve_path(p):
-    """Relative to the current directory, else to trainer/ (so ../dataset works from both places)."""
-    path = Path(p).expanduser()
-    if not path.is_absolute() and not path.exists() and (TRAINER_DIR / path).exists():
-        path = TRAINER_DIR / path
-    return path
-
-
-def out_dir(cfg):
-    return Path(cfg.out_dir).expanduser().resolve() if cfg.out_dir else default_out_dir()
-
-
-MAKERS = {"pretrain": "python trainer/train_pretrain.py", "full_sft": "python trainer/train_full_sft.py"}
-
-
 def find_base(cfg, parent):
-    """The checkpoint a fine-tuning stage starts from: --base, else out/{parent}_{hidden}.pth, else the only
-    {parent}_*.pth in out/. A missing file is one line naming it and the command that makes it."""
+    """The checkpoint a fine-tuning stage starts from: --base, else out/{parent}_{hidden}.pth (the one
+    there when --hidden_size is not given). A missing file is one line naming it and how to make it."""
     if cfg.base:
-        path = resolve_path(cfg.base)
-        if not path.exists():
+        path = paths.resolve_input(cfg.base)
+        if not path.is_file():
             raise UserError(f"--base {cfg.base}: file not found")
         return path.resolve()
-    out = out_dir(cfg)
-    if cfg.hidden_size:
-        path = out / checkpoint_name(parent, cfg.hidden_size, cfg.use_moe)
-    else:
-        found = sorted(p for p in out.glob(f"{parent}_*.pth") if p.stem.endswith("_moe") == cfg.use_moe)
-        if len(found) == 1:
-            return found[0].resolve()
-        if len(found) > 1:
-            raise UserError(f"several {parent} checkpoints in {out} ({', '.join(p.name for p in found)}); "
-                            "choose one with --hidden_size or --base")
-        path = out / checkpoint_name(parent, 512, cfg.use_moe)
-    if not path.exists():
-        raise UserError(f"{path}: base checkpoint not found; make it with `{MAKERS[parent]}` "
-                        f"(same --hidden_size/--out_dir) or pass --base PATH")
-    return path.resolve()
+    return paths.find_stage_checkpoint(cfg.out_dir, parent, cfg.hidden_size or None, cfg.use_moe)
 
 
 def resolve_inputs(cfg):

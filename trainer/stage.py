@@ -8,7 +8,9 @@ from model.checkpoint import file_sha256, load_checkpoint
 from model.config import ModelConfig
 from model.tokenizer import load_tokenizer_from_state
 from trainer.args import find_base, format_config, parse_args, resolve_inputs
-from trainer.distributed import seed_everything, setup_distributed
+from model import paths
+from trainer.distributed import cleanup_distributed, seed_everything, setup_distributed
+from trainer.loop import train
 
 
 def start_run(stage, argv, description):
@@ -56,3 +58,13 @@ def stage_meta(stage, data_path, info, base=None, base_sha=None):
         base_sha = file_sha256(base)
     return {"stage": stage, "parent": str(base) if base is not None else None, "parent_sha256": base_sha,
             "val_path": info["val_path"], "val_lines": info["val_lines"], "data_path": str(data_path)}
+
+
+def finish_run(cfg, dist, say, model, train_set, val_set, collate, save_model, path, meta):
+    """Train (trainer/loop.py) with logs and states named after the artefact `path`, leave the process
+    group, and say where the result is."""
+    final = train(cfg, model, train_set, collate, save_model, paths.run_name(path), dist, val_set=val_set,
+                  meta=meta)
+    cleanup_distributed()
+    say(f"saved {final}")
+    return final

@@ -12,12 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from model.checkpoint import build_model, checkpoint_name, save_checkpoint  # noqa: E402
-from model.errors import run_cli  # noqa: E402
-from trainer.args import out_dir  # noqa: E402
-from trainer.distributed import cleanup_distributed  # noqa: E402
-from trainer.loop import train  # noqa: E402
-from trainer.stage import chat_collate, load_base, load_chat_sets, stage_meta, start_run  # noqa: E402
+from model import paths  # noqa: E402
+from model.checkpoint import build_model, save_checkpoint  # noqa: E402
+from cli import run_cli  # noqa: E402
+from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run  # noqa: E402
 
 
 def main(argv=None):
@@ -28,17 +26,14 @@ def main(argv=None):
     model = build_model(config, ckpt["model"], where=str(base))
     say(f"base {base}: {model.num_parameters() / 1e6:.2f}M parameters, all trained")
 
-    path = out_dir(cfg) / checkpoint_name("full_sft", config.hidden_size, config.use_moe)
+    path = paths.checkpoint_path(cfg.out_dir, "full_sft", config.hidden_size, config.use_moe)
 
     def save_model(m, meta):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
         return path
 
     meta = stage_meta("full_sft", data_path, info, base)
-    final = train(cfg, model, train_set, chat_collate(cfg, tokenizer), save_model, path.stem, dist,
-                  val_set=val_set, meta=meta)
-    cleanup_distributed()
-    say(f"saved {final}")
+    finish_run(cfg, dist, say, model, train_set, val_set, chat_collate(cfg, tokenizer), save_model, path, meta)
 
 
 if __name__ == "__main__":

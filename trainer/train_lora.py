@@ -13,13 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from model.checkpoint import build_model, checkpoint_name, file_sha256  # noqa: E402
-from model.errors import run_cli  # noqa: E402
-from model.lora import LoRAConfig, apply_lora, save_adapter  # noqa: E402
-from trainer.args import out_dir  # noqa: E402
-from trainer.distributed import cleanup_distributed  # noqa: E402
-from trainer.loop import train  # noqa: E402
-from trainer.stage import chat_collate, load_base, load_chat_sets, stage_meta, start_run  # noqa: E402
+from model import paths  # noqa: E402
+from model.checkpoint import build_model, file_sha256  # noqa: E402
+from cli import run_cli  # noqa: E402
+from model.adapter import save_adapter  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.lora import LoRAConfig, apply_lora  # noqa: E402
+from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run  # noqa: E402
 
 
 def main(argv=None):
@@ -30,12 +30,15 @@ def main(argv=None):
     model = build_model(config, ckpt["model"], where=str(base))    # the base, loaded strictly, then wrapped
     lora_cfg = LoRAConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                           targets=cfg.lora_targets, use_rslora=cfg.use_rslora)
-    wrapped = apply_lora(model, lora_cfg)                            # freezes everything else
+    try:
+        wrapped = apply_lora(model, lora_cfg)                        # freezes everything else
+    except UserError as e:                                           # rank etc. were checked with the flags
+        raise UserError(f"--lora_targets {cfg.lora_targets}: {e}") from None
     n_train, n_all = model.num_parameters(trainable_only=True), model.num_parameters()
     say(f"base {base}: LoRA r={lora_cfg.r} on {len(wrapped)} layers ({', '.join(lora_cfg.targets)}); "
         f"trainable {n_train:,} / {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")
 
-    path = out_dir(cfg) / checkpoint_name("lora", config.hidden_size, config.use_moe, lora_name=cfg.lora_name)
+    path = paths.adapter_path(cfg.out_dir, cfg.lora_name, config.hidden_size, config.use_moe)
     base_sha = file_sha256(base)
 
     def save_model(m, meta):
@@ -43,10 +46,7 @@ def main(argv=None):
         return path
 
     meta = stage_meta("lora", data_path, info, base, base_sha)
-    final = train(cfg, model, train_set, chat_collate(cfg, tokenizer), save_model, path.stem, dist,
-                  val_set=val_set, meta=meta)
-    cleanup_distributed()
-    say(f"saved {final}")
+    finish_run(cfg, dist, say, model, train_set, val_set, chat_collate(cfg, tokenizer), save_model, path, meta)
 
 
 if __name__ == "__main__":

@@ -13,21 +13,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
 from dataset.lm_dataset import PretrainDataset, collate_pretrain, load_split  # noqa: E402
-from model.checkpoint import checkpoint_name, save_checkpoint  # noqa: E402
+from model import paths  # noqa: E402
+from model.checkpoint import save_checkpoint  # noqa: E402
 from model.config import get_preset  # noqa: E402
-from model.errors import run_cli  # noqa: E402
+from cli import run_cli  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
 from model.tokenizer import load_default_tokenizer  # noqa: E402
-from trainer.args import out_dir, resolve_inputs, resolve_path  # noqa: E402
-from trainer.distributed import cleanup_distributed  # noqa: E402
-from trainer.loop import train  # noqa: E402
-from trainer.stage import stage_meta, start_run  # noqa: E402
+from trainer.args import resolve_inputs  # noqa: E402
+from trainer.stage import finish_run, stage_meta, start_run  # noqa: E402
 
 
 def main(argv=None):
     cfg, dist, say = start_run("pretrain", argv, __doc__.splitlines()[0])
     # read and check every input before anything is written
-    tokenizer = load_default_tokenizer(resolve_path(cfg.tokenizer)) if cfg.tokenizer else load_default_tokenizer()
+    tokenizer = load_default_tokenizer(paths.resolve_input(cfg.tokenizer)) if cfg.tokenizer else load_default_tokenizer()
     data_path, val_path = resolve_inputs(cfg)
     train_texts, val_texts, info = load_split(data_path, val_path, cfg.val_ratio, cfg.seed, "text", cfg.skip_bad)
     if info["n_bad"]:
@@ -45,16 +44,14 @@ def main(argv=None):
     say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {config.num_hidden_layers} layers, "
         f"hidden {config.hidden_size}{', MoE' if config.use_moe else ''}")
 
-    path = out_dir(cfg) / checkpoint_name("pretrain", config.hidden_size, config.use_moe)
+    path = paths.checkpoint_path(cfg.out_dir, "pretrain", config.hidden_size, config.use_moe)
 
     def save_model(m, meta):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
         return path
 
     meta = stage_meta("pretrain", data_path, info)
-    final = train(cfg, model, train_set, collate_pretrain, save_model, path.stem, dist, val_set=val_set, meta=meta)
-    cleanup_distributed()
-    say(f"saved {final}")
+    finish_run(cfg, dist, say, model, train_set, val_set, collate_pretrain, save_model, path, meta)
 
 
 if __name__ == "__main__":

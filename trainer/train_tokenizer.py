@@ -11,16 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.errors import UserError, run_cli  # noqa: E402
+from cli import run_cli  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.paths import resolve_input  # noqa: E402
 from model.tokenizer import train_tokenizer  # noqa: E402
-
-
-def resolve_path(p):
-    """Relative to the current directory, else to trainer/ (so ../dataset works from both places)."""
-    path = Path(p)
-    if not path.is_absolute() and not path.exists() and (Path(__file__).parent / path).exists():
-        path = Path(__file__).parent / path
-    return path
 
 
 def iter_texts(path, max_chars):
@@ -46,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--max_chars", type=int, default=50_000_000, help="stop reading after this many characters")
     ap.add_argument("--seed", type=int, default=42, help="sentencepiece's random seed")
     args = ap.parse_args(argv)
-    path = resolve_path(args.data_path)
+    path = resolve_input(args.data_path)
     if not path.is_file():
         raise UserError(f"{args.data_path}: no such file; pass --data_path with a JSONL corpus")
     out = Path(args.out_dir) / "tokenizer.model"

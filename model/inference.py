@@ -1,0 +1,78 @@
+"""THE way to load a model for inference: a TinyMind checkpoint, a checkpoint plus a LoRA adapter (on the
+base the adapter records, or one given), or an imported model (a Hugging Face folder, a GGUF file, or a
+converted .pth). eval_model.py, the web demo, and every evaluator, chat engine or server call this.
+
+Library module, no command:
+    from model.inference import load_for_inference
+    m = load_for_inference(ckpt="out/full_sft_512.pth")                 # or adapter=..., hf_path=...
+    m.model, m.tokenizer, m.info, m.label, m.continuation
+Finding the file for a name (--lora_name, --model_mode) is model/paths.py; building the prompt is
+model.generate.build_prompt(m.tokenizer, messages, system, m.continuation).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+from .adapter import is_adapter, load_model_with_adapter
+from .checkpoint import check_checkpoint, model_from_checkpoint, read_pth
+from .lora import merge_lora
+
+
+@dataclass
+class Loaded:
+    model: object           # in eval mode, on the asked device
+    tokenizer: object
+    info: dict              # what was loaded: checkpoint, stage, step, parameters, config, tokenizer_sha256[, adapter]
+    label: str              # a short name for reports and logs (full_sft_512, lora_music_512, smollm2_135m)
+
+    @property
+    def continuation(self):
+        """A pretrained model continues text: no chat template, no history."""
+        return self.info.get("stage") == "pretrain"
+
+    def describe(self):
+        info = self.info
+        text = f"{info['checkpoint']} ({info['stage']}, {info['parameters'] / 1e6:.2f}M parameters)"
+        return text + (f" + adapter {info['adapter']['path']}" if info.get("adapter") else "")
+
+
+def load_for_inference(ckpt=None, adapter=None, hf_path=None, base=None, merge=True, device="cpu", dtype=None,
+                       force=False, out=None):
+    """Exactly one of: ckpt (a .pth: a full checkpoint, or an adapter, which then loads onto its base),
+    adapter (an adapter .pth), hf_path (a Hugging Face model folder, imported in memory). base: the
+    checkpoint an adapter goes on (default: the one it records, also looked for in out); force: accept a
+    base file other than the recorded one (config and tokenizer must still fit). merge folds the adapter
+    into the weights: the same outputs, no extra matmuls per token."""
+    if sum(x is not None for x in (ckpt, adapter, hf_path)) != 1:
+        raise ValueError("load_for_inference: give exactly one of ckpt, adapter, hf_path")
+    if hf_path is not None:
+        from .convert import load_hf_model       # imported only when asked for
+        model, tokenizer, c = load_hf_model(hf_path, device=device, dtype=dtype)
+        return Loaded(model.eval(), tokenizer, describe(model, c, tokenizer, hf_path), Path(hf_path).name)
+    if ckpt is not None:
+        obj = read_pth(ckpt)
+        if not is_adapter(obj):
+            c = check_checkpoint(obj, ckpt)
+            model, tokenizer = model_from_checkpoint(c, device, dtype, where=str(ckpt))
+            return Loaded(model, tokenizer, describe(model, c, tokenizer, ckpt), Path(ckpt).stem)
+        adapter = ckpt
+    model, tokenizer, base_ckpt, a = load_model_with_adapter(adapter, base, device=device, force=force, out_dir=out)
+    if merge:
+        merge_lora(model)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    info = describe(model.eval(), base_ckpt, tokenizer, base_ckpt["path"], a, adapter)
+    return Loaded(model, tokenizer, info, Path(adapter).stem)
+
+
+def describe(model, ckpt, tokenizer, path, adapter=None, adapter_path=None):
+    """A plain dict describing a loaded model (for printing, reports and the demo's info panel)."""
+    meta = ckpt.get("meta", {})
+    info = {"checkpoint": str(path), "stage": meta.get("stage", "?"), "step": meta.get("step"),
+            "parameters": model.num_parameters(),
+            "config": dict(ckpt.get("config", {})), "tokenizer_sha256": tokenizer.sha256}
+    if adapter is not None:
+        info["adapter"] = {"path": str(adapter_path), "base": adapter.get("base", {}).get("path"),
+                           "step": adapter.get("meta", {}).get("step"),
+                           "lora_config": adapter.get("lora_config"), "meta": adapter.get("meta", {})}
+    return info
+

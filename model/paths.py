@@ -1,0 +1,215 @@
+"""THE out/ layout: where the output folder is, what every file in it is called, and how to find one.
+
+    out/pretrain_512.pth, out/full_sft_512.pth          full checkpoints ({stage}_{hidden}[_moe].pth)
+    out/lora/lora_music_512.pth                         LoRA adapters ({lora_name}_{hidden}[_moe].pth)
+    out/lora_music_merged_512.pth                       an adapter merged into its base (scripts/merge_lora.py)
+    out/logs/{run}.jsonl, out/logs/{run}.png            every logged step, loss curves ({run} = file stem)
+    out/state/{run}/step_N.pth                          resumable training states
+    out/eval/{test}_{label}.json                        test reports
+    out/data/                                           data the tools derive (mixes, samples)
+    out/quickstart.json, out/quickstart_summary.md      what the quickstart ran, its summary table
+
+The folder is --out_dir where a tool has it, else $TINYMIND_OUT_DIR, else <repo>/out: every tool, the
+trainers, eval_model.py, the web demo and the quickstart alike. Nobody else builds or globs these names.
+
+Library module, no command:
+    from model.paths import out_dir, checkpoint_path, find_stage_checkpoint
+    base = find_stage_checkpoint(out_dir(), "full_sft", hidden_size=512)
+"""
+import os
+import re
+from pathlib import Path
+
+from .errors import UserError
+
+OUT_ENV = "TINYMIND_OUT_DIR"
+DEFAULT_HIDDEN = 512                  # MiniMind's default width: the name picked when several are there
+NAME_RE = re.compile(r"^(?P<stem>.+)_(?P<hidden>\d+)(?P<moe>_moe)?\.pth$")
+# how each kind of file is made (the "make it with ..." hint of every "not found" message)
+MAKERS = {"pretrain": "python trainer/train_pretrain.py", "full_sft": "python trainer/train_full_sft.py",
+          "lora": "python trainer/train_lora.py"}
+
+
+def repo_root():
+    return Path(__file__).resolve().parents[1]
+
+
+def out_dir(override=None):
+    """The output folder: override (a --out_dir value) if given, else $TINYMIND_OUT_DIR, else <repo>/out."""
+    chosen = override or os.environ.get(OUT_ENV) or repo_root() / "out"
+    return Path(chosen).expanduser().resolve()
+
+
+def resolve_input(path):
+    """An input file as the user gave it: relative to the current folder, else to trainer/ (so that
+    `--data_path ../dataset/music.jsonl` works from the repository root and from trainer/), else to the
+    repository root. A path found nowhere is returned as given, for the caller's 'not found' line."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    for base in (repo_root() / "trainer", repo_root()):
+        if (base / p).exists():
+            return base / p
+    return p
+
+
+def checkpoint_name(stage, hidden_size, use_moe=False, lora_name=None):
+    """MiniMind's file names: pretrain_512.pth, full_sft_512.pth, lora/lora_music_512.pth (+ _moe)."""
+    suffix = "_moe" if use_moe else ""
+    if stage == "lora":
+        return f"lora/{lora_name}_{hidden_size}{suffix}.pth"
+    return f"{stage}_{hidden_size}{suffix}.pth"
+
+
+def parse_name(path):
+    """out/full_sft_512_moe.pth -> ("full_sft", 512, True); None for a name not in this layout."""
+    m = NAME_RE.match(Path(path).name)
+    return (m["stem"], int(m["hidden"]), bool(m["moe"])) if m else None
+
+
+def checkpoint_path(out, stage, hidden_size, use_moe=False):
+    return Path(out) / checkpoint_name(stage, hidden_size, use_moe)
+
+
+def adapter_path(out, lora_name, hidden_size, use_moe=False):
+    return Path(out) / checkpoint_name("lora", hidden_size, use_moe, lora_name=lora_name)
+
+
+def merged_path(adapter, hidden_size, use_moe=False):
+    """out/lora/lora_music_512.pth -> out/lora_music_merged_512.pth (the size suffix stays last)."""
+    adapter = Path(adapter)
+    folder = adapter.parent.parent if adapter.parent.name == "lora" else adapter.parent
+    parsed = parse_name(adapter)
+    if parsed and parsed[1] == hidden_size and parsed[2] == use_moe:
+        return folder / checkpoint_name(f"{parsed[0]}_merged", hidden_size, use_moe)
+    return folder / f"{adapter.stem}_merged.pth"
+
+
+def run_name(artefact):
+    """The name a run's logs and states go under: the stem of the file it writes (lora_music_512)."""
+    return Path(artefact).stem
+
+
+def log_path(out, run):
+    return Path(out) / "logs" / f"{run}.jsonl"
+
+
+def state_dir(out, run):
+    return Path(out) / "state" / run
+
+
+def report_path(out, test, label):
+    return Path(out) / "eval" / f"{test}_{label}.json"
+
+
+def data_path(out, name):
+    return Path(out) / "data" / name
+
+
+def quickstart_files(out):
+    """(the quickstart's record of what ran, its summary table)."""
+    return Path(out) / "quickstart.json", Path(out) / "quickstart_summary.md"
+
+
+def is_weights_file(path):
+    """A finished .pth file (not a hidden temporary left by an atomic write)."""
+    path = Path(path)
+    return path.is_file() and path.suffix == ".pth" and not path.name.startswith(".")
+
+
+def find_checkpoints(out):
+    """Full-model checkpoints directly in out, sorted by name."""
+    out = Path(out)
+    return sorted(p for p in out.glob("*.pth") if is_weights_file(p)) if out.is_dir() else []
+
+
+def find_adapters(out):
+    """LoRA adapters in out/lora, sorted by name."""
+    return find_checkpoints(Path(out) / "lora")
+
+
+def candidates(folder, stem, use_moe=None):
+    """Files folder/{stem}_{hidden}[_moe].pth -> [(hidden_size, path)] (use_moe None: either kind)."""
+    found = []
+    for p in find_checkpoints(folder):
+        parsed = parse_name(p)
+        if parsed and parsed[0] == stem and (use_moe is None or parsed[2] == use_moe):
+            found.append((parsed[1], p))
+    return found
+
+
+def make_hint(stage, hidden_size=None, lora_name=None):
+    """The command that makes a missing file, for the end of a 'not found' line."""
+    cmd = MAKERS[stage]
+    if stage == "lora":
+        cmd += f" --lora_name {lora_name or 'lora_music'} --data_path ../dataset/music.jsonl"
+    if hidden_size and hidden_size != DEFAULT_HIDDEN:
+        cmd += f" --hidden_size {hidden_size}"
+    return f"`{cmd}`"
+
+
+def pick(found, hidden_size, what, flag_hint):
+    """One path of [(hidden, path)]: the given --hidden_size, else the only one, else the 512 one.
+    None when there is nothing to pick; several without a way to choose is one line saying how."""
+    if hidden_size:
+        return next((p for h, p in found if h == hidden_size), None)
+    if len(found) == 1:
+        return found[0][1]
+    default = next((p for h, p in found if h == DEFAULT_HIDDEN), None)
+    if default is None and found:
+        raise UserError(f"several {what} ({', '.join(p.name for _, p in found)}); choose one with {flag_hint}")
+    return default
+
+
+def find_stage_checkpoint(out, stage, hidden_size=None, use_moe=False, flag_hint="--hidden_size or --base"):
+    """out/{stage}_{hidden}[_moe].pth: the given size, else the only one there, else the 512 one. Missing:
+    one line naming the file and the command that makes it."""
+    out = Path(out)
+    found = candidates(out, stage, use_moe)
+    path = pick(found, hidden_size, f"{stage} checkpoints in {out}", flag_hint)
+    if path is None:
+        want = checkpoint_path(out, stage, hidden_size or DEFAULT_HIDDEN, use_moe)
+        others = f" (there: {', '.join(p.name for _, p in found)})" if found else ""
+        raise UserError(f"{want}: checkpoint not found{others}; make it with {make_hint(stage, hidden_size)} "
+                        "(same --hidden_size/--out_dir) or run `python scripts/quickstart.py`")
+    return path.resolve()
+
+
+def find_adapter(out, lora_name, hidden_size=None):
+    """out/lora/{lora_name}_{hidden}[_moe].pth, picked like find_stage_checkpoint."""
+    out = Path(out)
+    found = candidates(out / "lora", lora_name)
+    path = pick(found, hidden_size, f"adapters named {lora_name!r} in {out / 'lora'}", "--hidden_size")
+    if path is None:
+        have = ", ".join(p.stem for p in find_adapters(out)) or "none"
+        what = (f"no adapter {lora_name!r} with hidden size {hidden_size}" if found
+                else f"no adapter named {lora_name!r}")
+        raise UserError(f"{what} in {out / 'lora'} (adapters there: {have}); train one with "
+                        f"{make_hint('lora', hidden_size, lora_name)}")
+    return path.resolve()
+
+
+def find_adapter_base(adapter, base_path=None, out=None):
+    """The base an adapter loads onto: base_path if given, else the base it records, tried as recorded,
+    relative to the repository, then by name in out (default: out_dir())."""
+    name = adapter.get("file", "adapter")
+    if base_path is not None:
+        if not Path(base_path).is_file():
+            raise UserError(f"{base_path}: base checkpoint not found")
+        return Path(base_path)
+    out = Path(out) if out is not None else out_dir()
+    recorded = Path(adapter["base"]["path"])
+    for p in (recorded, repo_root() / recorded, out / recorded.name):
+        if p.is_file():
+            return p
+    raise UserError(f"{name}: its base checkpoint {recorded} was not found (also looked in {out}); "
+                    "pass it with --base PATH")
+
+
+def inside(out, path):
+    """path resolved, refused unless it lies inside out (symlinks and '..' included)."""
+    root = Path(out).resolve()
+    p = (root / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+    if p != root and root not in p.parents:
+        raise UserError(f"{path}: only files under {root} can be opened")
+    return p

@@ -1,0 +1,125 @@
+"""Test factories: tiny models, checkpoints, LoRA adapters and chat data built in the test, plus the helpers
+for running the trainers (REPO, FAST, run_python). Plain functions; tests/conftest.py wraps the common ones
+in fixtures (tiny_checkpoint, tiny_adapter, chat_data, one_thread).
+
+    from factories import make_adapter, make_checkpoint, write_chat
+"""
+import functools
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from model.checkpoint import file_sha256, load_model, save_checkpoint  # noqa: E402
+from model.config import get_preset  # noqa: E402
+from model.adapter import save_adapter  # noqa: E402
+from model.lora import LoRAConfig, LoRALinear, apply_lora  # noqa: E402
+from model.model import TinyMindForCausalLM  # noqa: E402
+from model.tokenizer import load_default_tokenizer  # noqa: E402
+
+# trainer flags for a run of a few seconds on CPU
+FAST = ["--max_seq_len", "64", "--batch_size", "4", "--log_interval", "1", "--eval_interval", "3",
+        "--device", "cpu", "--dtype", "float32"]
+WORDS = "the cat sat on a mat music song guitar piano note chord rhythm melody 音乐 歌曲 吉他 tempo".split()
+
+
+@functools.lru_cache(maxsize=1)
+def default_tokenizer():
+    """The shipped tokenizer, read once per test session."""
+    return load_default_tokenizer()
+
+
+def make_model(vocab_size=None, seed=0, std=None, **overrides):
+    """A random model of the tiny preset (2 layers, width 64), in eval mode. vocab_size defaults to the
+    shipped tokenizer's. std: redraw every matrix from N(0, std); large logits make greedy decoding wander
+    instead of repeating one token."""
+    vocab_size = vocab_size or default_tokenizer().vocab_size
+    torch.manual_seed(seed)
+    model = TinyMindForCausalLM(get_preset("tiny", vocab_size=vocab_size, **overrides)).eval()
+    if std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, std)
+    return model
+
+
+def make_checkpoint(path, stage="full_sft", hidden=64, seed=0, meta=None, **overrides):
+    """A tiny untrained checkpoint with the shipped tokenizer, as a trainer would save it; returns path.
+    overrides are ModelConfig fields (dropout=0.1, num_hidden_layers=3, ...)."""
+    model = make_model(seed=seed, hidden_size=hidden, **overrides)
+    save_checkpoint(path, model.state_dict(), model.config, default_tokenizer(),
+                    {"stage": stage, "step": 0, **(meta or {})})
+    return Path(path)
+
+
+def randomize_lora_B(model, seed=1, std=0.1):
+    """LoRA B starts at zero; give it values so the adapter changes the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * std)
+    return model
+
+
+def make_adapter(path, base_path, lora=None, seed=1, meta=None, config=None):
+    """Save a LoRA adapter on base_path whose lora_B is non-zero (applying it changes the logits); returns
+    the wrapped model (eval mode) whose weights the file holds. A base_path that does not exist is recorded
+    as it is (sha256 of zeros); config then gives the model's shape."""
+    lora = lora or LoRAConfig(r=4, alpha=8)
+    if Path(base_path).exists():
+        model, tok, _ = load_model(base_path)
+        base_sha, tok_sha = file_sha256(base_path), tok.sha256
+    else:
+        model, base_sha, tok_sha = TinyMindForCausalLM(config).eval(), "0" * 64, default_tokenizer().sha256
+    apply_lora(model, lora)
+    randomize_lora_B(model, seed)
+    save_adapter(path, model, lora, base_path, base_sha, model.config, tok_sha,
+                 {"step": 3, "train_config": {"data_path": "x.jsonl"}, **(meta or {})})
+    return model
+
+
+def words(rng, lo, hi):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def write_jsonl(path, rows):
+    """One JSON record a line; a str row is written as it is (a broken line for a bad-input test)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+    return path
+
+
+def write_chat(path, n=24, seed=0):
+    """n MiniMind-format conversations (one user turn, one assistant reply) of random words; returns path."""
+    rng = random.Random(seed)
+    return write_jsonl(path, [{"conversations": [{"role": "user", "content": words(rng, 2, 8)},
+                                                 {"role": "assistant", "content": words(rng, 2, 20)}]}
+                              for _ in range(n)])
+
+
+def write_text(path, n=60, seed=0):
+    """n pretraining records {"text": ...} of random words; returns path."""
+    rng = random.Random(seed)
+    return write_jsonl(path, [{"text": words(rng, 10, 40)} for _ in range(n)])
+
+
+def run_python(args, cwd, env=None, check=True):
+    """python *args in cwd with one CPU thread; asserts exit 0 (showing the output's tail) unless check=False."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r

@@ -1,0 +1,129 @@
+"""The run log of a training run: THE log-line format, out/logs/{run}.jsonl, the tqdm bar, wandb and the
+loss-curve PNG. No torch here, so plotting needs none (scripts/plot_runs.py overlays several runs).
+
+Library module; trainer/loop.py drives it, on every rank (only rank 0 writes or prints):
+    log = RunLog(out, run_name, cfg, total, (step, tokens_seen), dist.is_main, resumed, header="run ...")
+    log.step_done(step, epoch, loss_sum, n_targets, step_loss, lr, tokens_seen)
+    log.record_val(step, val_loss)
+    log.close_bar(); ...; log.close()          # the PNG next to the jsonl, wandb.finish()
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+from model import paths
+from model.atomic import atomic_path, write_text
+
+
+def format_eta(seconds):
+    s = int(seconds)
+    return f"{s}s" if s < 60 else f"{s // 60}m" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def log_line(step, total, loss=None, lr=None, tok_per_s=None, eta=None, val_loss=None):
+    """THE log-line format: `step 100/2000 | loss 2.1234 | lr 3.0e-04 | 52,000 tok/s | eta 3m`."""
+    parts = [f"step {step}/{total}"]
+    parts += [f"loss {loss:.4f}"] if loss is not None else []
+    parts += [f"val_loss {val_loss:.4f}"] if val_loss is not None else []
+    parts += [f"lr {lr:.1e}"] if lr is not None else []
+    parts += [f"{tok_per_s:,.0f} tok/s"] if tok_per_s is not None else []
+    parts += [f"eta {format_eta(eta)}"] if eta is not None else []
+    return " | ".join(parts)
+
+
+def plot_curves(jsonl_paths, png_path, labels=None):
+    """Train loss (and validation loss, dashed) against step for out/logs/*.jsonl files -> one PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, path in enumerate(jsonl_paths):
+        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        name = labels[i] if labels else Path(path).stem
+        train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+        line = ax.plot(*zip(*train), label=f"{name} train")[0] if train else None
+        if val:
+            ax.plot(*zip(*val), "o--", color=line.get_color() if line else None, label=f"{name} val")
+    ax.set(xlabel="step", ylabel="loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    # the temporary name has no .png suffix, so the format is given
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+class RunLog:
+    """What a run reports: a line every cfg.log_interval steps (and at the last), each validation loss,
+    the bar in between. Every rank keeps the loss window and the clocks; rank 0 alone prints and writes."""
+
+    def __init__(self, out, run_name, cfg, total, start, main, resumed=False, header=""):
+        """start: (step, tokens_seen) the run begins at (not 0 for a resumed one)."""
+        self.path, self.cfg, self.total, self.main = paths.log_path(out, run_name), cfg, total, main
+        self.start_step, self.tokens_at_log = start
+        self.last_loss, self.val_loss, self.wandb = float("nan"), None, None
+        if main:
+            print(header)
+            # a new run starts a fresh log; a resumed one keeps the lines up to its step
+            old = self.path.read_text(encoding="utf-8").splitlines() if resumed and self.path.exists() else []
+            write_text(self.path, "".join(f"{s}\n" for s in old if json.loads(s)["step"] <= self.start_step))
+            if cfg.use_wandb:
+                import wandb
+                wandb_dir = Path(out) / "wandb"
+                wandb_dir.mkdir(parents=True, exist_ok=True)
+                wandb.init(project=cfg.wandb_project, name=run_name, config=cfg.to_dict(), dir=str(wandb_dir))
+                self.wandb = wandb
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=self.start_step, disable=not sys.stderr.isatty(),
+                            dynamic_ncols=True, unit="step")
+            self.emit = print if self.bar.disable else self.bar.write
+        self.t0 = self.t_log = time.time()
+        self.window = [0.0, 0.0]            # summed loss and target tokens since the last line
+
+    def record(self, row, line):
+        """One row of the jsonl (and of wandb) and its line on the terminal."""
+        if self.main:
+            self.emit(line)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.wandb:
+                self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def step_done(self, step, epoch, loss_sum, n_targets, step_loss, lr, tokens_seen):
+        """After optimizer step `step`: the bar, and every log_interval steps a line with the mean loss per
+        target token since the last line, tokens per second and the time left."""
+        self.window = [self.window[0] + loss_sum, self.window[1] + n_targets]
+        if self.main:
+            self.bar.update(1)
+            rate = (tokens_seen - self.tokens_at_log) / max(time.time() - self.t_log, 1e-9)
+            self.bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.1e}", tok_s=f"{rate:,.0f}")
+        if step % self.cfg.log_interval == 0 or step == self.total:
+            now = time.time()
+            self.last_loss = self.window[0] / max(self.window[1], 1.0)
+            tok_s = (tokens_seen - self.tokens_at_log) / max(now - self.t_log, 1e-9)
+            eta = (now - self.t0) / (step - self.start_step) * (self.total - step)
+            self.record({"step": step, "epoch": epoch, "loss": self.last_loss, "lr": lr, "tok_per_s": round(tok_s),
+                         "tokens": tokens_seen}, log_line(step, self.total, self.last_loss, lr, tok_s, eta))
+            self.t_log, self.tokens_at_log, self.window = now, tokens_seen, [0.0, 0.0]
+
+    def record_val(self, step, val_loss):
+        self.val_loss = val_loss
+        self.record({"step": step, "val_loss": val_loss}, log_line(step, self.total, val_loss=val_loss))
+
+    def summary(self):
+        """What every save records about the run so far."""
+        return {"final_loss": self.last_loss, "val_loss": self.val_loss,
+                "train_time_s": round(time.time() - self.t0, 1)}
+
+    def close_bar(self):
+        if self.main:
+            self.bar.close()
+
+    def close(self):
+        """The loss-curve PNG next to the jsonl; the end of the wandb run."""
+        if self.main:
+            plot_curves([self.path], self.path.with_suffix(".png"))
+            if self.wandb:
+                self.wandb.finish()

@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # repo root
 
 import torch  # noqa: E402
 
-from chat.terminal import auto_prompts, converse, read_prompts_file, tty_prompts  # noqa: E402
-from cli import run_cli  # noqa: E402
+from chat.terminal import auto_prompts, converse, read_prompts_file, stdin_prompts, tty_prompts  # noqa: E402
+from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
 from evaluation.qa import read_test_file, run_identity_test, run_task_test  # noqa: E402
 from model import paths  # noqa: E402
+from model.atomic import check_writable  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.inference import load_for_inference  # noqa: E402
 
@@ -33,7 +34,7 @@ DEFAULT_IDENTITY_TEST = paths.repo_root() / "dataset" / "identity_test.jsonl"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lora_name", default=None, help="adapter out/lora/{lora_name}_{hidden}.pth (e.g. lora_music)")
     p.add_argument("--model_mode", type=int, choices=(0, 1), default=None,
@@ -46,7 +47,7 @@ def parse_args(argv=None):
                    help="picks *_{hidden}.pth; default: the one candidate in out/ if exactly one, else 512")
     p.add_argument("--num_hidden_layers", type=int, default=None,
                    help="only checked: the checkpoint records its own shape")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1")
     p.add_argument("--temperature", type=float, default=None,
                    help="0 = greedy (default 0.85 for chat, 0 for --identity_test/--task_test)")
     p.add_argument("--top_p", type=float, default=0.85)
@@ -68,7 +69,26 @@ def parse_args(argv=None):
                    help="JSON report path when one test runs (default out/eval/{test}_{model}.json)")
     p.add_argument("--batch_size", type=int, default=16, help="questions answered together in the tests")
     p.add_argument("--force", action="store_true", help="load an adapter even if its base file changed")
-    return p.parse_args(argv)
+    return check_args(p.parse_args(argv))
+
+
+def check_args(args):
+    """Every value range-checked before anything is loaded: one line naming the flag."""
+    check_device(args.device)
+    if args.temperature is not None:
+        check_range("--temperature", args.temperature, 0.0)
+    check_range("--top_p", args.top_p, 0.0, 1.0, low_open=True)
+    check_range("--top_k", args.top_k, 0, integer=True)
+    check_range("--repetition_penalty", args.repetition_penalty, 0.0, low_open=True)
+    check_range("--batch_size", args.batch_size, 1, integer=True)
+    for flag in ("max_new_tokens", "hidden_size", "num_hidden_layers"):
+        if getattr(args, flag) is not None:
+            check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
+    if args.history_cnt is not None:
+        check_range("--history_cnt", args.history_cnt, 0, integer=True)
+    if args.report:
+        check_writable(paths.resolve_input(args.report))
+    return args
 
 
 def load(args):
@@ -132,6 +152,10 @@ def main(argv=None):
         raise UserError("--report names one file: give it with a single --identity_test or --task_test")
     if args.prompts_file:
         read_prompts_file(args.prompts_file)
+    if identity or tasks:
+        check_writable(paths.report_path(paths.out_dir(args.out_dir), "test", "model"))
+    interactive = not args.prompt and sys.stdin is not None and sys.stdin.isatty()
+    piped = None if args.prompt or interactive or identity or tasks else stdin_prompts(sys.stdin)
     loaded = load(args)
     print(f"model: {loaded.describe()} on {args.device}", file=sys.stderr)
     chat_args = (sampling(args), args.system)
@@ -141,8 +165,8 @@ def main(argv=None):
             converse(loaded, args.prompt, *chat_args, args.history_cnt or 0)
     elif args.prompt:
         converse(loaded, args.prompt, *chat_args, args.history_cnt or 0)
-    elif not sys.stdin.isatty():
-        converse(loaded, sys.stdin, *chat_args, args.history_cnt or 0)
+    elif piped is not None:
+        converse(loaded, piped, *chat_args, args.history_cnt or 0)
     else:
         print("automatic test:")
         converse(loaded, auto_prompts(loaded, args.prompts_file), *chat_args, 0)

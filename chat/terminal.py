@@ -4,6 +4,8 @@ keyboard), streaming each reply, keeping a bounded history; and the prompts of t
 Library module; the command is eval_model.py:
     python eval_model.py --lora_name lora_music --model_mode 1
 """
+import io
+
 from chat.history import trim_history
 from evaluation.qa import first_user, read_conversations
 from model.errors import UserError
@@ -79,6 +81,16 @@ def converse(loaded, prompts, sampling, system=None, history_turns=0, interactiv
         answer = reply(loaded, messages, system, sampling)
         history = messages + [{"role": "assistant", "content": answer}]
         print()
+
+
+def stdin_prompts(stdin):
+    """Prompts piped in, one a line; bytes that are not UTF-8 become U+FFFD instead of stopping the run."""
+    if stdin is None:
+        raise UserError("no standard input (it is closed): give --prompt TEXT, pipe prompts in, or run "
+                        "in a terminal")
+    if hasattr(stdin, "buffer"):
+        stdin = io.TextIOWrapper(stdin.buffer, encoding="utf-8", errors="replace")
+    return stdin
 
 
 def tty_prompts():

@@ -24,6 +24,7 @@ Library module, no command; used as
     for lineno, record in iter_jsonl("dataset/sft.jsonl", kind="chat"): ...
 """
 import json
+import re
 from pathlib import Path
 
 from model.errors import UserError
@@ -35,6 +36,9 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
                   "system": "system"}
 ALPACA_KEYS = ("instruction", "input", "output", "system", "history")
+# JSON's spelling of a UTF-16 surrogate; decoded UTF-8 bytes never hold one (Python's codec refuses them)
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+SURROGATE_FIX = "fix or remove that \\u escape (a surrogate must come as a high+low pair)"
 FIX_CHAT = 'each line should be {"conversations": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}'
 
 
@@ -100,6 +104,9 @@ def _from_role_list(items, where, role_key, content_key, role_map=None):
         if role_key not in m or content_key not in m:
             raise _bad(where, f"message {i} lacks {role_key!r} or {content_key!r}", FIX_CHAT)
         role = m[role_key]
+        if not isinstance(role, str):
+            raise _bad(where, f"message {i} {role_key!r} is {type(role).__name__}, not a string",
+                       "use one of system, user, assistant (or ShareGPT human, gpt, system)")
         if role_map is not None:
             if role not in role_map:
                 raise _bad(where, f"message {i} has unknown ShareGPT speaker {role!r}",
@@ -122,7 +129,11 @@ def _from_alpaca(obj, where):
     if not instruction.strip():
         raise _bad(where, "Alpaca 'instruction' is empty", "fill in the instruction or drop the line")
     messages = [{"role": "system", "content": system}] if system.strip() else []
-    for j, pair in enumerate(obj.get("history") or []):
+    history = obj.get("history") or []
+    if not isinstance(history, list):
+        raise _bad(where, f"Alpaca 'history' is {type(history).__name__}, not a list of [question, answer] pairs",
+                   'write "history": [["q", "a"], ...] or drop it')
+    for j, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise _bad(where, f"Alpaca history item {j} is not a [question, answer] pair of strings",
                        'write "history": [["q", "a"], ...]')
@@ -134,11 +145,54 @@ def _from_alpaca(obj, where):
     return messages
 
 
+def _field_name(path):
+    """A field's place in a record as one would write it: conversations[1].content, history[0][1]."""
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" if k.isidentifier() else f"[{k!r}]"
+                   for k in path).lstrip(".") or "the line"
+
+
+def check_encodable(obj, where):
+    """UserError naming the field if any string (or key) in obj cannot be written as UTF-8.
+
+    JSON can spell an unpaired UTF-16 surrogate ("\\ud800"); Python then holds a str that no UTF-8 file
+    and no tokenizer can take. The walk is iterative: a record nested as deep as json.loads allows is fine.
+    """
+    stack = [((), obj)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for k, v in reversed(value.items()):     # reversed: the first bad field is the one named
+                if not _encodable(k):
+                    raise _bad(where, f"a key of {_field_name(path)} ({ascii(k)}) holds an unpaired UTF-16 "
+                               "surrogate, which is not text", SURROGATE_FIX)
+                stack.append((path + (k,), v))
+        elif isinstance(value, list):
+            stack.extend((path + (i,), v) for i, v in reversed(list(enumerate(value))))
+        elif isinstance(value, str) and not _encodable(value):
+            i = next(i for i, c in enumerate(value) if not _encodable(c))
+            raise _bad(where, f"{_field_name(path)} holds an unpaired UTF-16 surrogate ({ascii(value[i])[1:-1]} "
+                       f"at character {i + 1}), which is not text", SURROGATE_FIX)
+
+
+def _encodable(text):
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def normalize_record(obj, where, kind="any"):
     """Return the canonical form of one parsed JSON record, or raise UserError naming `where`.
 
     The result is {"text": str} or {"conversations": [...]} plus any unknown top-level keys of `obj`.
     """
+    check_encodable(obj, where)
+    return _normalize(obj, where, kind)
+
+
+def _normalize(obj, where, kind):
+    """normalize_record for a record whose strings are known to be encodable."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     if not isinstance(obj, dict):
@@ -233,7 +287,12 @@ class JsonlReader:
                     except json.JSONDecodeError as e:
                         raise UserError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); "
                                         "each line must be one complete JSON object")
-                    record = normalize_record(obj, where, self.kind)
+                    except RecursionError:
+                        raise UserError(f"{where}: JSON nested too deeply to read (hundreds of levels of "
+                                        "[ or {); flatten the record") from None
+                    if SURROGATE_ESCAPE.search(raw):     # only a \uD800-\uDFFF escape makes one
+                        check_encodable(obj, where)
+                    record = _normalize(obj, where, self.kind)
                 except UserError as e:
                     if not self.skip_bad:
                         raise

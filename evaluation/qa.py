@@ -43,8 +43,10 @@ def read_test_file(path, kind):
 def answer_batch(loaded, questions, sampling, system=None, batch_size=16):
     """Answers (text) to a list of message lists, in batches of batch_size."""
     tok, answers = loaded.tokenizer, []
+    window = loaded.model.config.max_position_embeddings
     for i in range(0, len(questions), batch_size):
-        chunk = [build_prompt(tok, q, system, loaded.continuation) for q in questions[i:i + batch_size]]
+        chunk = [build_prompt(tok, q, system, loaded.continuation, window, sampling.get("max_new_tokens", 0))
+                 for q in questions[i:i + batch_size]]
         outs = generate(loaded.model, chunk, stop_ids=tok.stop_ids, pad_id=tok.pad_id, **sampling)
         answers.extend(tok.decode(o).strip() for o in outs)
         print(f"  {min(i + batch_size, len(questions))}/{len(questions)} answered", file=sys.stderr, flush=True)

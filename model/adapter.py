@@ -12,7 +12,8 @@ Library module, no command:
 """
 import time
 
-from .checkpoint import ADAPTER_FORMAT, FORMAT, atomic_torch_save, build_model, file_sha256, load_checkpoint, read_pth
+from .checkpoint import (ADAPTER_FORMAT, FORMAT, atomic_torch_save, build_model, config_from_dict, file_sha256,
+                         load_checkpoint, read_pth)
 from .config import ModelConfig
 from .errors import UserError
 from .lora import LoRAConfig, apply_lora, lora_state_dict, unwrap_model
@@ -53,6 +54,11 @@ def load_adapter(path):
     for key in REQUIRED:
         if key not in obj:
             raise UserError(f"{path}: adapter has no {key!r} entry; re-create it with trainer/train_lora.py")
+    config_from_dict(obj["config"], path)           # a garbage model config is one line here, not later
+    if not isinstance(obj["lora_config"], dict) or not isinstance(obj["lora"], dict) \
+            or not isinstance(obj["base"], dict) or not isinstance(obj["tokenizer_sha256"], str):
+        raise UserError(f"{path}: adapter entries are damaged (lora, lora_config, base, tokenizer_sha256); "
+                        "re-create it with trainer/train_lora.py")
     obj["file"] = str(path)
     return obj
 

@@ -110,11 +110,14 @@ def refuse_folder(path):
         raise UserError(f"{path}: is a directory; give a file name for the output")
 
 
-def check_writable(path):
-    """Refuse an output path that cannot be written (a folder where a file goes, a read-only folder)
-    before any work starts: one line naming the path."""
+def check_writable(path, folder=False):
+    """Refuse an output path that cannot be written (a folder where a file goes, a file where a folder
+    goes, a read-only folder) before any work starts: one line naming the path."""
     path = Path(path)
-    refuse_folder(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; give a folder name for the output")
+    if not folder:
+        refuse_folder(path)
     folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
     if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{path}: cannot write there ({folder} is not a writable folder); "

@@ -33,10 +33,19 @@ class ModelConfig:
     model_type: str = "tinymind"          # informational: "llama", "qwen2", "mistral" for imports
 
     def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer (got {getattr(self, name)!r})")
         if self.intermediate_size <= 0:
             self.intermediate_size = 64 * ((int(self.hidden_size * 8 / 3) + 63) // 64)
         if self.head_dim <= 0:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                                 f"{self.num_attention_heads}")
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.head_dim % 2:       # rope rotates pairs of dimensions
+            raise ValueError(f"head_dim {self.head_dim} (hidden_size / num_attention_heads) must be even "
+                             "for rotary embeddings")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.num_experts_per_tok > self.num_experts:

@@ -10,11 +10,16 @@ pieces only at character boundaries.
         print(piece, end="", flush=True)
 """
 import time
+import warnings
 
 import torch
 
 from .model import KVCache
 from .tokenizer import encode_chat
+
+
+class WindowWarning(UserWarning):
+    """A prompt or a reply length was cut to fit the model's context window."""
 
 
 def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seen=None,
@@ -49,7 +54,14 @@ def generate_steps(model, prompts, max_new_tokens=256, temperature=0.0, top_k=0,
     lengths = [len(p) for p in prompts]
     if min(lengths) == 0:
         raise ValueError("every prompt needs at least one token")
-    L = max(lengths)
+    L, window = max(lengths), model.config.max_position_embeddings
+    if L >= window:
+        raise ValueError(f"a prompt of {L} tokens leaves no room in the {window}-token window; "
+                         "cut it first (build_prompt does)")
+    if L + max_new_tokens > window:       # rope and the cache are defined for `window` positions only
+        warnings.warn(f"max_new_tokens {max_new_tokens} capped to {window - L}: the prompt has {L} tokens "
+                      f"and the model's window is {window}", WindowWarning, stacklevel=2)
+        max_new_tokens = window - L
     input_ids = torch.full((B, L), pad_id, dtype=torch.long, device=device)
     attn = torch.zeros((B, L + max_new_tokens), dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):                    # left padding keeps every last token at L - 1
@@ -136,20 +148,36 @@ def stream_generate(model, tokenizer, prompt_ids, max_new_tokens=256, stats=None
                      tokens_per_s=n / dt if dt > 0 else 0.0)
 
 
-def build_prompt(tokenizer, messages, system_prompt=None, continuation=False):
+def build_prompt(tokenizer, messages, system_prompt=None, continuation=False, window=None, max_new_tokens=0):
     """THE prompt of every caller (terminal, web demo, tests, server): the conversation in THE chat
     template, ending where the assistant's reply starts. continuation=True is for a pretrained model,
     which continues text: the last message's text after the BOS token (for tokenizers that have one,
-    as the chat template puts it too), no template."""
+    as the chat template puts it too), no template.
+
+    With window (the model's max_position_embeddings), a prompt that leaves no room for max_new_tokens
+    (at most half the window) is cut from the left, after the BOS token and the system prompt, with a
+    WindowWarning: the oldest turns go first."""
+    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     if continuation:
-        bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-        return bos + tokenizer.encode(messages[-1]["content"])
-    ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True, system_prompt=system_prompt)
+        ids, head = bos + tokenizer.encode(messages[-1]["content"]), len(bos)
+    else:
+        ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True, system_prompt=system_prompt)
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        head = len(encode_chat(tokenizer, system, system_prompt=system_prompt)[0])
+    if window is None:
+        return ids
+    budget = window - min(max(max_new_tokens, 1), window // 2)
+    if len(ids) > budget:
+        head = head if head < budget // 2 else len(bos)       # a system prompt too long to keep is cut too
+        warnings.warn(f"prompt of {len(ids)} tokens cut to {budget} from the left (the model's window is "
+                      f"{window} tokens, {window - budget} kept for the reply)", WindowWarning, stacklevel=2)
+        ids = ids[:head] + ids[len(ids) - (budget - head):]
     return ids
 
 
 def chat(model, tokenizer, messages, system_prompt=None, max_new_tokens=256, stats=None, continuation=False,
          **sampling):
-    """Stream the assistant's reply to a conversation (prompt from build_prompt)."""
-    ids = build_prompt(tokenizer, messages, system_prompt, continuation)
+    """Stream the assistant's reply to a conversation (prompt from build_prompt, cut to the window)."""
+    ids = build_prompt(tokenizer, messages, system_prompt, continuation, model.config.max_position_embeddings,
+                       max_new_tokens)
     return stream_generate(model, tokenizer, ids, max_new_tokens, stats=stats, **sampling)

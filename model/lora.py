@@ -44,6 +44,14 @@ class LoRAConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+class LoRAConfigError(UserError):
+    """A LoRAConfig value this model cannot take; .field names it (r, alpha, dropout, targets)."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field = field
+
+
 class LoRAFunction(torch.autograd.Function):
     """y = x W^T + b + s (x A^T) B^T with its gradients, the additions done inside the matrix multiplies.
 
@@ -179,17 +187,24 @@ def apply_lora(model, cfg: LoRAConfig):
     if _lora_modules(model):
         raise ValueError("apply_lora: the model already has LoRA layers")
     if not isinstance(cfg.r, int) or cfg.r < 1:
-        raise UserError(f"LoRA rank must be a positive integer, got {cfg.r!r}")
+        raise LoRAConfigError("r", f"LoRA rank must be a positive integer, got {cfg.r!r}")
     if not cfg.alpha > 0:
-        raise UserError(f"LoRA alpha must be positive, got {cfg.alpha!r}")
+        raise LoRAConfigError("alpha", f"LoRA alpha must be positive, got {cfg.alpha!r}")
     if not 0 <= cfg.dropout < 1:
-        raise UserError(f"LoRA dropout must be in [0, 1), got {cfg.dropout!r}")
+        raise LoRAConfigError("dropout", f"LoRA dropout must be in [0, 1), got {cfg.dropout!r}")
     available = linear_names(model)
     unknown = [t for t in cfg.targets if t not in available]
     if unknown or not cfg.targets:
         what = f"unknown name(s) {', '.join(unknown)}" if unknown else "no layer named"
-        raise UserError(f"LoRA targets: {what}; this model's linear layers are {', '.join(available)} "
-                        f"(default: {','.join(DEFAULT_TARGETS)})")
+        raise LoRAConfigError("targets", f"LoRA targets: {what}; this model's linear layers are "
+                              f"{', '.join(available)} (default: {','.join(DEFAULT_TARGETS)})")
+    targeted = [(n, m) for n, m in model.named_modules()
+                if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in cfg.targets]
+    name, narrow = min(targeted, key=lambda nm: min(nm[1].in_features, nm[1].out_features))
+    width = min(narrow.in_features, narrow.out_features)
+    if cfg.r > width:   # B @ A then has rank at most `width`: the rest is only memory and time
+        raise LoRAConfigError("r", f"LoRA rank {cfg.r} is above the width of the layers it adapts ({name} is "
+                              f"{narrow.out_features}x{narrow.in_features}); use at most {width} (8-64 is usual)")
     shared = {}   # a weight used by two modules (tied lm_head) cannot take a merge on one side only
     for n, p in model.named_parameters(remove_duplicate=False):
         shared.setdefault(id(p), []).append(n)
@@ -200,8 +215,8 @@ def apply_lora(model, cfg: LoRAConfig):
             continue
         owners = shared[id(module.weight)]
         if len(owners) > 1:
-            raise UserError(f"LoRA targets: {name} shares its weight with {', '.join(owners)} "
-                            "(tie_word_embeddings); leave it out of the targets")
+            raise LoRAConfigError("targets", f"LoRA targets: {name} shares its weight with {', '.join(owners)} "
+                                  "(tie_word_embeddings); leave it out of the targets")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora))

@@ -10,6 +10,8 @@ A backend is a Tokenizer subclass (model/tokenizer_base.py, model/hf_tokenizer.p
 serialises itself to a plain dict (to_state) that checkpoints carry, so one .pth file is self-contained.
 """
 import io
+import re
+from dataclasses import fields
 from pathlib import Path
 
 from .atomic import write_bytes
@@ -28,11 +30,45 @@ BACKENDS = {cls.type_name: cls for cls in (SentencePieceTokenizer, HFTokenizer, 
                                            SentencePieceHFTokenizer)}
 
 
-def load_tokenizer_from_state(state):
-    kind = state.get("type") if isinstance(state, dict) else None
-    if kind not in BACKENDS:
-        raise UserError(f"unknown tokenizer type {kind!r} in checkpoint; known: {', '.join(BACKENDS)}")
-    return BACKENDS[kind].from_state(state)
+def load_tokenizer_from_state(state, where="checkpoint"):
+    """A tokenizer state (a checkpoint's "tokenizer" entry) -> the tokenizer. A state that is not one
+    gives one line naming `where` (the file) and the entry, whatever the damage."""
+    def bad(what):
+        return UserError(f"{where}: the 'tokenizer' entry {what}; re-create the file (train or convert again)")
+
+    if not isinstance(state, dict):
+        raise bad(f"is {type(state).__name__}, not a tokenizer's state (a dict)")
+    kind = state.get("type")
+    if not isinstance(kind, str) or kind not in BACKENDS:
+        raise bad(f"has the unknown tokenizer type {kind!r} (known: {', '.join(BACKENDS)})")
+    model = state.get("model", b"?")
+    if not isinstance(model, bytes):
+        raise bad(f"holds {type(model).__name__} as its model, not the tokenizer model's bytes")
+    if not model:   # sentencepiece would load b"" as an uninitialised processor that logs, not raises
+        raise bad("holds an empty model (0 bytes)")
+    check_chat_template(state.get("chat_template"), bad)
+    try:
+        return BACKENDS[kind].from_state(state)
+    except MemoryError:
+        raise
+    except KeyError as e:
+        raise bad(f"({kind}) lacks the field {e.args[0]!r}") from None
+    except Exception as e:      # the bytes come from a file: any failure to rebuild them is damage
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise bad(f"({kind}) cannot be rebuilt ({type(e).__name__}: {first})") from None
+
+
+def check_chat_template(template, bad):
+    """Raise bad(what) unless template is a ChatTemplate dict: known fields, strings (default_system may
+    be None)."""
+    if not isinstance(template, dict):
+        raise bad(f"has a chat_template of type {type(template).__name__}, not a dict")
+    known = {f.name for f in fields(ChatTemplate)}
+    for key, value in template.items():
+        if key not in known:
+            raise bad(f"has an unknown chat_template field {key!r} (known: {', '.join(sorted(known))})")
+        if not (isinstance(value, str) or (key == "default_system" and value is None)):
+            raise bad(f"has chat_template.{key} of type {type(value).__name__}, not a string")
 
 
 def load_default_tokenizer(path=DEFAULT_TOKENIZER_PATH):
@@ -40,37 +76,94 @@ def load_default_tokenizer(path=DEFAULT_TOKENIZER_PATH):
     if not path.is_file():
         raise UserError(f"{path}: tokenizer not found; train one with "
                         "`python trainer/train_tokenizer.py --data_path dataset/pretrain.jsonl`")
-    return SentencePieceTokenizer(path.read_bytes())
+    try:
+        return SentencePieceTokenizer(path.read_bytes())
+    except Exception as e:   # sentencepiece raises RuntimeError or its own parse errors on a foreign file
+        raise UserError(f"{path}: not a sentencepiece tokenizer model ({type(e).__name__}); pass a "
+                        "tokenizer.model written by trainer/train_tokenizer.py") from None
 
 
 def train_tokenizer(texts, vocab_size=6400, out_path=DEFAULT_TOKENIZER_PATH, seed=42, max_sentences=2_000_000):
     """Train a sentencepiece BPE model on an iterable of strings and write it atomically to out_path.
 
     Identity normalisation, no dummy prefix and byte fallback make decode(encode(x)) == x; the chat
-    markers are control symbols, so user text can never forge them.
+    markers are control symbols, so user text can never forge them. A vocab_size the corpus cannot fill
+    (or that cannot hold the fixed pieces) and an error raised by texts (a bad data line) are one line.
     """
     import sentencepiece as spm
+    check_vocab_size(vocab_size)
     spm.set_random_generator_seed(seed)
+    raised = []
 
     def sentences():
-        for text in texts:
-            for line in text.split("\n"):       # a newline is always the byte token <0x0A>
-                if line.strip():
-                    yield line[:4000]
+        try:
+            for text in texts:
+                for line in text.split("\n"):       # a newline is always the byte token <0x0A>
+                    if line.strip():
+                        yield line[:4000]
+        except BaseException as e:              # sentencepiece would wrap it in a RuntimeError
+            raised.append(e)
+            raise
 
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=sentences(), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
-        byte_fallback=True, character_coverage=0.9995, normalization_rule_name="identity",
-        add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
-        allow_whitespace_only_pieces=True, max_sentence_length=16384,
-        input_sentence_size=max_sentences, shuffle_input_sentence=True, num_threads=1,
-        unk_id=0, pad_id=1, eos_id=2, bos_id=-1, unk_piece=SPECIAL_TOKENS["unk"],
-        pad_piece=SPECIAL_TOKENS["pad"], eos_piece=SPECIAL_TOKENS["eos"],
-        control_symbols=[SPECIAL_TOKENS["im_start"], SPECIAL_TOKENS["im_end"]],
-        minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences(), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+            byte_fallback=True, character_coverage=0.9995, normalization_rule_name="identity",
+            add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
+            allow_whitespace_only_pieces=True, max_sentence_length=16384,
+            input_sentence_size=max_sentences, shuffle_input_sentence=True, num_threads=1,
+            unk_id=0, pad_id=1, eos_id=2, bos_id=-1, unk_piece=SPECIAL_TOKENS["unk"],
+            pad_piece=SPECIAL_TOKENS["pad"], eos_piece=SPECIAL_TOKENS["eos"],
+            control_symbols=[SPECIAL_TOKENS["im_start"], SPECIAL_TOKENS["im_end"]],
+            minloglevel=2)
+    except RuntimeError as e:
+        if raised:
+            raise raised[0] from None   # the reader's own error (a UserError names the file and line)
+        raise vocab_size_error(e, vocab_size) or e
     write_bytes(out_path, buf.getvalue())
     return SentencePieceTokenizer(buf.getvalue())
+
+
+# the pieces every TinyMind tokenizer holds whatever the corpus: 256 byte-fallback pieces and the special
+# tokens; sentencepiece also wants a piece per distinct character of the corpus, so at least one more
+FIXED_PIECES = 256 + len(SPECIAL_TOKENS)
+MIN_VOCAB_SIZE = FIXED_PIECES + 1
+MAX_VOCAB_SIZE = 2**31 - 1          # sentencepiece stores it in an int32
+
+
+def check_vocab_size(vocab_size):
+    """One line unless MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE (before any data is read)."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise UserError(f"--vocab_size {vocab_size!r}: not an integer; 6400 is the default")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(f"--vocab_size {vocab_size}: too small; a tokenizer needs at least {MIN_VOCAB_SIZE} pieces "
+                        f"(256 byte pieces, {len(SPECIAL_TOKENS)} special tokens, one per distinct character of "
+                        "the corpus); 6400 is the default")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(f"--vocab_size {vocab_size}: above sentencepiece's limit of {MAX_VOCAB_SIZE}; "
+                        "6400 is the default")
+
+
+def vocab_size_error(err, vocab_size):
+    """sentencepiece's failure for a vocab_size this corpus cannot give, as a UserError (else None)."""
+    msg = str(err)
+    few = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
+    if few:
+        need = int(few.group(1))
+        return UserError(f"--vocab_size {vocab_size}: too small for this corpus, which needs at least {need} "
+                         f"pieces ({FIXED_PIECES} fixed ones and {need - FIXED_PIECES} distinct characters); "
+                         f"pass --vocab_size {need} or more")
+    many = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", msg)
+    if many:
+        return UserError(f"--vocab_size {vocab_size}: too large for this corpus, which allows at most "
+                         f"{many.group(1)} pieces; pass --vocab_size {many.group(1)} or less, or train on more text")
+    if "!sentences_.empty()" in msg:
+        return UserError("the corpus has no text to train on; pass --data_path with non-empty lines")
+    if "vocab size too" in msg.lower() or "vocab_size" in msg:
+        return UserError(f"--vocab_size {vocab_size}: sentencepiece refused it for this corpus "
+                         f"({msg.strip().splitlines()[0][:160]}); lower --vocab_size")
+    return None
 
 
 def encode_chat(tokenizer, messages, add_generation_prompt=False, system_prompt=None):

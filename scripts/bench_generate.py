@@ -6,7 +6,6 @@
 Both run the same weights (TinyMind's state dict loaded into LlamaForCausalLM) in the same process,
 greedy, no stop token, so both produce the same number of tokens. Prints a table.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cli import ArgumentParser  # noqa: E402
 from model.config import get_preset  # noqa: E402
 from model.generate import generate  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
@@ -41,7 +41,7 @@ def best_of(fn, repeats):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small", help="model preset (tiny/small/base/moe)")
     ap.add_argument("--prompt_len", type=int, default=64, help="prompt tokens")
     ap.add_argument("--new_tokens", type=int, default=256, help="tokens to decode")

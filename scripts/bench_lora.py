@@ -7,7 +7,6 @@ warm-up steps, then timed steps. Prints the command, the machine and a table.
     python scripts/bench_lora.py                          # small preset, batch 8 x 256, all threads
     python scripts/bench_lora.py --steps 5 --threads 2
 """
-import argparse
 import os
 import platform
 import shlex
@@ -23,7 +22,7 @@ import torch
 
 from model.config import get_preset
 from model.errors import UserError
-from cli import run_cli
+from cli import ArgumentParser, run_cli
 from model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, count_parameters
 from model.model import TinyMindForCausalLM
 from bench_common import cpu_name  # noqa: E402
@@ -70,7 +69,7 @@ class Trainer:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="small", help="model preset (model.config.PRESETS)")
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
 from model.paths import out_dir  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from cli import run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
 from model.generate import generate  # noqa: E402
 from model.tokenizer import encode_chat  # noqa: E402
 from bench_common import cpu_name  # noqa: E402
@@ -64,7 +64,7 @@ def bench_lora(model, batch_size, seq_len, steps, warmup):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=str(out_dir() / "smollm2_135m.pth"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--new_tokens", type=int, default=64)

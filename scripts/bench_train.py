@@ -9,7 +9,6 @@ files are missing): the same shuffled batches, padded both ways, the two modes a
 a busy machine slows both alike. The mean step time times the steps of one epoch is the time per epoch.
 The base is freshly initialised (speed does not depend on its weights). Target: >= 3x for dynamic padding.
 """
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
 import torch  # noqa: E402
 
+from cli import ArgumentParser  # noqa: E402
 from model.paths import repo_root  # noqa: E402
 from model.config import get_preset  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
@@ -54,7 +54,7 @@ def make_mix(folder):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small", help="model preset of the base")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps measured per padding mode")
     ap.add_argument("--batch_size", type=int, default=16, help="samples per step")

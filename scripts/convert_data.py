@@ -9,7 +9,6 @@ dumps usually are). Accepted record formats: MiniMind conversations, OpenAI {"me
 (see dataset/formats.py). Output: {"conversations": [{"role", "content"}, ...]} or {"text"} lines;
 extra top-level keys are kept. The output is written atomically.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 from dataset.formats import KINDS, dumps, iter_jsonl, normalize_record  # noqa: E402
 from model.atomic import atomic_open  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from cli import run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
 
 
 def is_json_array(path):
@@ -50,7 +49,7 @@ def iter_json_array(path, kind, skip_bad, on_bad):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="JSONL or JSON-list files in any accepted format")
     p.add_argument("-o", "--output", required=True, help="canonical JSONL to write")
     p.add_argument("--kind", choices=KINDS, default="any", help="chat: every record must end with an assistant reply")

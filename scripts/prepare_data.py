@@ -27,7 +27,7 @@ from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl  # noqa: E402
 from dataset.streaming import BUCKET_BYTES, duplicate_linenos, select_indices, shuffle_lines  # noqa: E402
 from model.atomic import atomic_open  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from cli import run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
 
 def read_records(path, kind="any", skip_bad=False, report=None):
     """Yield (lineno, record) of a file, checked by dataset/formats.py."""
@@ -208,7 +208,7 @@ def cmd_shuffle(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # repo root
 
-from cli import run_cli  # noqa: E402
-from model.atomic import write_text  # noqa: E402
+from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
+from model.atomic import check_writable, write_text  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.paths import (adapter_path, checkpoint_path, data_path, log_path, out_dir, quickstart_files,  # noqa: E402
                          report_path, run_name)
@@ -38,7 +38,7 @@ LORA = "lora_music"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0, help="time budget; scales model size and steps")
     p.add_argument("--out_dir", default=None, help="where everything is written (default: $TINYMIND_OUT_DIR, "
@@ -290,8 +290,9 @@ class Pipeline:
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.minutes <= 0:
-        raise UserError(f"--minutes must be positive (got {args.minutes})")
+    check_range("--minutes", args.minutes, 0.0, low_open=True)
+    check_device(args.device)
+    check_writable(quickstart_files(out_dir(args.out_dir))[0])
     Pipeline(args).main()
 
 

@@ -1,23 +1,36 @@
 """Chat with your trained TinyMind models in the browser.
 
-    streamlit run scripts/web_demo.py
+    streamlit run scripts/web_demo.py                                   # from the repository root
     TINYMIND_OUT_DIR=/path/to/out streamlit run scripts/web_demo.py     # another output folder
+    streamlit run scripts/web_demo.py --server.address 0.0.0.0          # open to the network, on purpose
 
 The sidebar lists the checkpoints in out/ and the LoRA adapters in out/lora/ that fit the chosen base
-(same model config and tokenizer). The chosen files are loaded once and cached; replies stream from THE
-sampling loop (model/generate.py) with the sidebar's settings. Only files inside out/ are ever opened.
+(same model config and tokenizer); a file that does not load (damaged, foreign, unreadable) is left out
+with a note. The chosen files are loaded once and cached; replies stream from THE sampling loop
+(model/generate.py) with the sidebar's settings. Only files inside out/ are ever opened.
+
+The server's settings are .streamlit/config.toml, which Streamlit reads from the folder it starts in: this
+machine only, no error details in the browser, no usage statistics, no file watcher. Started from another
+folder without --server.address, Streamlit listens on every interface, so the page then refuses to serve.
+A visitor sees one line for any failure; details go to the server's stderr.
 """
+import os
+import re
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
 import streamlit as st  # noqa: E402
 import torch  # noqa: E402
+from streamlit import config as st_config  # noqa: E402
 
 from chat.history import trim_history  # noqa: E402
-from model.adapter import adapter_fits, is_adapter  # noqa: E402
-from model.checkpoint import file_sha256, read_pth  # noqa: E402
+from model.adapter import adapter_fits, attach_adapter, is_adapter, load_adapter  # noqa: E402
+from model.checkpoint import build_model, check_checkpoint, file_sha256, model_from_checkpoint, read_pth  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generate import chat  # noqa: E402
 from model.inference import load_for_inference  # noqa: E402
@@ -26,14 +39,29 @@ from model.paths import find_adapters, find_checkpoints, inside, out_dir  # noqa
 OUT_DIR = out_dir()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NO_ADAPTER = "(none)"
+GENERIC_ERROR = "Something went wrong on the server; the details are in its log."
+# checking a file builds its network on the meta device, where loading weights copies nothing; torch says so
+warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+
+
+def log_error(what):
+    """what, and the exception being handled with its traceback, to the server's stderr (never the page)."""
+    print(f"web_demo: {what}", file=sys.stderr)
+    traceback.print_exc(file=sys.stderr)
+
+
+def stamp(path):
+    """What tells a new version of a file from the old one: size, modification and status-change times."""
+    s = Path(path).stat()
+    return s.st_size, s.st_mtime_ns, s.st_ctime_ns
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
-def load_chat_model(base_path, base_mtime, adapter_path=None, adapter_mtime=None):
+def load_chat_model(base_path, base_stamp, adapter_path=None, adapter_stamp=None):
     """model.inference.Loaded for a base checkpoint plus an optional adapter (merged in); cached on the
-    paths and modification times, so a retrained file is reloaded. The adapter must fit the base (the
-    list offers only such adapters); another base file than its recorded one is allowed here (force) and
-    noted in the sidebar."""
+    paths and stamps, so a retrained file is reloaded. The adapter must fit the base (the list offers only
+    such adapters); another base file than its recorded one is allowed here (force) and noted in the
+    sidebar."""
     if adapter_path:
         loaded = load_for_inference(adapter=adapter_path, base=base_path, force=True, device=DEVICE)
     else:
@@ -42,17 +70,40 @@ def load_chat_model(base_path, base_mtime, adapter_path=None, adapter_mtime=None
     return loaded
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def adapter_header(path, mtime):
-    """What decides whether an adapter fits a base: its model config, tokenizer hash and recorded base."""
+def short_reason(err, path):
+    """A UserError's line without its file and its advice, cut short: 'not a readable checkpoint'."""
+    text = re.split(r" \(|; ", str(err).removeprefix(f"{path}: "), maxsplit=1)[0].strip()
+    return (text[:67] + "...") if len(text) > 70 else (text or "not readable")
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def file_header(path, version, adapter=False):
+    """What the sidebar needs of a file of out/ (adapter=True: of out/lora/), found by reading it and
+    building its network on the meta device (shapes only: no memory, no time), so that only files that
+    load are offered: {"config", "tokenizer_sha256", "base", "base_sha256"} (the last three for an
+    adapter), else {"error": one short phrase}. version: stamp(path), so a changed file is read again."""
     try:
-        obj = read_pth(path)
-    except UserError:
-        return None
-    if not is_adapter(obj):
-        return None
-    return {"config": obj.get("config", {}), "tokenizer_sha256": obj.get("tokenizer_sha256"),
-            "base": (obj.get("base") or {}).get("path", ""), "base_sha256": (obj.get("base") or {}).get("sha256")}
+        if not os.access(path, os.R_OK):
+            return {"error": "no read permission"}
+        obj = load_adapter(path) if adapter else read_pth(path)
+        if is_adapter(obj):
+            with torch.device("meta"):
+                attach_adapter(build_model(ModelConfig.from_dict(obj["config"]), device="meta"), obj)
+            if not isinstance(obj["tokenizer_sha256"], str):
+                raise TypeError(f"tokenizer_sha256 is {type(obj['tokenizer_sha256']).__name__}")
+            base = obj["base"]
+            return {"config": obj["config"], "tokenizer_sha256": obj["tokenizer_sha256"],
+                    "base": str(base.get("path") or ""), "base_sha256": base.get("sha256")}
+        ckpt = check_checkpoint(obj, path)
+        with torch.device("meta"):
+            model_from_checkpoint(ckpt, device="meta", where=path)
+        return {"config": ckpt["config"]}
+    except UserError as e:
+        print(f"web_demo: skipped {e}", file=sys.stderr)
+        return {"error": short_reason(e, path)}
+    except Exception:       # noqa: BLE001 - whatever a damaged file raises, it is not offered
+        log_error(f"skipped {path}: damaged contents")
+        return {"error": "damaged contents"}
 
 
 def listed(paths):
@@ -67,14 +118,26 @@ def listed(paths):
     return names
 
 
-def compatible_adapters(info):
-    names = []
-    for rel in listed(find_adapters(OUT_DIR)):
+def readable_files(paths, adapter=False):
+    """({name relative to OUT_DIR: file_header} of the files that load, [(name, why)] of those that do not)."""
+    good, bad = {}, []
+    for rel in listed(paths):
         path = inside(OUT_DIR, rel)
-        head = adapter_header(str(path), path.stat().st_mtime)
-        if head and not adapter_fits(head, info["config"], info["tokenizer_sha256"]):
-            names.append(rel)
-    return names
+        try:
+            head = file_header(str(path), stamp(path), adapter)
+        except OSError:         # gone since the listing
+            continue
+        if "error" in head:
+            bad.append((rel, head["error"]))
+        else:
+            good[rel] = head
+    return good, bad
+
+
+def show_skipped(sb, skipped):
+    if skipped:
+        files = "; ".join(f"`{rel}` ({why})" for rel, why in skipped)
+        sb.caption(f"skipped {len(skipped)} unreadable file{'s' * (len(skipped) > 1)}: {files}")
 
 
 def clear_chat():
@@ -102,29 +165,43 @@ def sidebar_settings():
     )
 
 
-def choose_model(sb):
-    """The sidebar's checkpoint and adapter choice -> the loaded model (model.inference.Loaded)."""
-    checkpoints = listed(find_checkpoints(OUT_DIR))
-    if not checkpoints:
-        show_empty_page()
-    sb.header("Model")
-    default = next((i for i, n in enumerate(checkpoints) if n.startswith("full_sft")), 0)
-    base_rel = sb.selectbox("Checkpoint (out/)", checkpoints, index=default, key="base")
+def load_or_stop(base_path, adapter_path=None):
+    """load_chat_model, or why it cannot as one line on the page, which then stops (the sidebar's lists
+    stay, to choose another file)."""
     try:
-        base_path = inside(OUT_DIR, base_rel)
-        loaded = load_chat_model(str(base_path), base_path.stat().st_mtime)
-        adapters = compatible_adapters(loaded.info)
-        adapter_rel = sb.selectbox("LoRA adapter (out/lora/)", [NO_ADAPTER] + adapters, key="adapter")
-        if adapter_rel != NO_ADAPTER:
-            adapter_path = inside(OUT_DIR, adapter_rel)
-            head = adapter_header(str(adapter_path), adapter_path.stat().st_mtime)
-            if head["base_sha256"] != loaded.info["sha256"]:
-                sb.caption(f"note: this adapter was trained on {Path(head['base']).name}, not on this file")
-            loaded = load_chat_model(str(base_path), base_path.stat().st_mtime,
-                                     str(adapter_path), adapter_path.stat().st_mtime)
-    except UserError as e:
+        if adapter_path is None:
+            return load_chat_model(str(base_path), stamp(base_path))
+        return load_chat_model(str(base_path), stamp(base_path), str(adapter_path), stamp(adapter_path))
+    except (UserError, OSError) as e:
+        print(f"web_demo: {e}", file=sys.stderr)
         st.error(str(e))
         st.stop()
+
+
+def choose_model(sb):
+    """The sidebar's checkpoint and adapter choice -> the loaded model (model.inference.Loaded)."""
+    checkpoints, skipped = readable_files(find_checkpoints(OUT_DIR))
+    adapters, bad = readable_files(find_adapters(OUT_DIR), adapter=True)
+    skipped += bad
+    if not checkpoints:
+        show_skipped(sb, skipped)
+        show_empty_page()
+    sb.header("Model")
+    show_skipped(sb, skipped)
+    names = list(checkpoints)
+    default = next((i for i, n in enumerate(names) if n.startswith("full_sft")), 0)
+    base_rel = sb.selectbox("Checkpoint (out/)", names, index=default, key="base")
+    base_path = inside(OUT_DIR, base_rel)
+    loaded = load_or_stop(base_path)
+    info = loaded.info
+    fitting = [rel for rel, head in adapters.items()
+               if not adapter_fits(head, info["config"], info["tokenizer_sha256"])]
+    adapter_rel = sb.selectbox("LoRA adapter (out/lora/)", [NO_ADAPTER] + fitting, key="adapter")
+    if adapter_rel != NO_ADAPTER:
+        head = adapters[adapter_rel]
+        if head["base_sha256"] != info["sha256"]:
+            sb.caption(f"note: this adapter was trained on {Path(head['base']).name}, not on this file")
+        loaded = load_or_stop(base_path, inside(OUT_DIR, adapter_rel))
     return loaded
 
 
@@ -157,9 +234,25 @@ def answer(loaded, prompt, history_turns, system, settings):
     st.session_state.last_stats = stats
 
 
+def refuse_if_exposed():
+    """Stop when Streamlit listens on every network interface because nobody chose an address: it was
+    started outside the repository root, so .streamlit/config.toml was not read, and without
+    --server.address. Any address given (flag, environment, a config file) is a choice and is kept."""
+    if st_config.is_manually_set("server.address"):
+        return
+    print("web_demo: refusing to serve: listening on every network interface (no server.address set)",
+          file=sys.stderr)
+    st.error("This demo is open to other machines: it was started outside the repository root, so "
+             ".streamlit/config.toml (this machine only) was not read. Stop it and run "
+             "`streamlit run scripts/web_demo.py` from the repository root, or add "
+             "`--server.address 127.0.0.1` (`--server.address 0.0.0.0` opens it to the network on purpose).")
+    st.stop()
+
+
 def main():
     st.set_page_config(page_title="TinyMind", page_icon="🤖")
     st.title("TinyMind chat")
+    refuse_if_exposed()
     st.session_state.setdefault("messages", [])
     st.session_state.setdefault("last_stats", None)
     sb = st.sidebar
@@ -185,4 +278,17 @@ def main():
                           f"{stats['new_tokens']} tokens in {stats['seconds']:.2f} s", delta_color="off")
 
 
-main()
+def run():
+    """main(): a user's mistake as its one line, anything else as a generic line; the details (and the
+    traceback) go to the server's stderr, never to the visitor."""
+    try:
+        main()
+    except UserError as e:
+        print(f"web_demo: {e}", file=sys.stderr)
+        st.error(str(e))
+    except Exception:       # noqa: BLE001 - st.stop() and st.rerun() are BaseExceptions and pass
+        log_error("the page failed")
+        st.error(GENERIC_ERROR)
+
+
+run()

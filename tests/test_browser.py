@@ -1,11 +1,16 @@
-"""The web demo in a real headless browser: streamlit serves scripts/web_demo.py on a free port with a tiny
-checkpoint, Chromium (Debian's chromium + chromium-driver) types a message and waits for the answer, and
-a screenshot is saved. Skips without Chromium, unless env CI is set (then it fails).
+"""The web demo served for real: streamlit serves scripts/web_demo.py on a free port with a tiny checkpoint
+and no other settings than the shipped .streamlit/config.toml. It answers on 127.0.0.1 and refuses another
+address of this machine (no browser needed). Chromium (Debian's chromium + chromium-driver) types a message
+and waits for the answer, and a screenshot is saved; that test skips without Chromium, unless env CI is set
+(then it fails).
 
     apt-get install -y chromium chromium-driver && pytest tests/test_browser.py
     TINYMIND_SCREENSHOT=/tmp/demo.png pytest tests/test_browser.py      # keep the screenshot
 """
+import contextlib
+import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -53,26 +58,27 @@ def wait_until(check, timeout, what):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture
-def server(tmp_path):
-    """URL of `streamlit run scripts/web_demo.py` on a tiny checkpoint; the server is killed afterwards."""
-    need_browser()
+@contextlib.contextmanager
+def streamlit_server(tmp_path):
+    """Port of `streamlit run scripts/web_demo.py` run from the repository root on a tiny checkpoint, with
+    no settings but a free port (the shipped .streamlit/config.toml decides the rest: never start it
+    elsewhere here, where unconfigured streamlit looks up this machine's public address on the internet),
+    once it answers on 127.0.0.1; the server is killed afterwards."""
     out = tmp_path / "out"
     make_checkpoint(out / "full_sft_64.pth")
     port = free_port()
-    env = {**os.environ, "TINYMIND_OUT_DIR": str(out), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
+    env["TINYMIND_OUT_DIR"] = str(out)
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "scripts/web_demo.py",
-                             "--server.headless", "true", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
+                             "--server.headless", "true", "--server.port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: proc.poll() is not None and "exited"
-                   or urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok", 60,
-                   "the streamlit server")
+                   or urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok",
+                   60, "the streamlit server")
         assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
-        yield url
+        yield port
     finally:
         proc.terminate()
         try:
@@ -81,6 +87,48 @@ def server(tmp_path):
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """URL of the web demo for the browser."""
+    need_browser()
+    with streamlit_server(tmp_path) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def own_address():
+    """An IPv4 address of this machine that is not loopback, or None. Connecting a UDP socket picks the
+    interface of the default route and sends nothing (192.0.2.1 is a documentation address, RFC 5737)."""
+    found = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            found.append(s.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        found += socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        pass
+    try:
+        found += re.findall(r"inet (\d+\.\d+\.\d+\.\d+)", subprocess.run(["ip", "-4", "addr"], text=True,
+                                                                      capture_output=True).stdout)
+    except OSError:
+        pass
+    return next((a for a in found if not ipaddress.ip_address(a).is_loopback and not ipaddress.ip_address(a)
+                 .is_unspecified), None)
+
+
+def test_default_server_answers_only_on_this_machine(tmp_path):
+    address = own_address()
+    if address is None:
+        pytest.skip("this machine has no network address but loopback")
+    with streamlit_server(tmp_path) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, port), timeout=5).close()
 
 
 def test_chat_in_headless_chromium(server, tmp_path):

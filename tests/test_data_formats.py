@@ -127,3 +127,69 @@ def test_all_bad_with_skip_is_not_called_empty(tmp_path):
     p = write(tmp_path, ["{oops"])
     reader = iter_jsonl(p, skip_bad=True)
     assert list(reader) == [] and reader.n_bad == 1
+
+
+# a JSON line that json.loads accepts but whose text no UTF-8 file or tokenizer can hold, in every field
+SURROGATE = "\\ud800"
+SURROGATE_LINES = {
+    "content": ('{"conversations": [{"role": "user", "content": "hi %s"}, {"role": "assistant", "content": "x"}]}',
+                "conversations[0].content"),
+    "text": ('{"text": "abc %s"}', "text"),
+    "instruction": ('{"instruction": "q %s", "output": "a"}', "instruction"),
+    "system": ('{"instruction": "q", "output": "a", "system": "%s"}', "system"),
+    "history": ('{"instruction": "q", "output": "a", "history": [["q0", "a0 %s"]]}', "history[0][1]"),
+    "sharegpt": ('{"conversations": [{"from": "human", "value": "%s"}, {"from": "gpt", "value": "a"}]}',
+                 "conversations[0].value"),
+    "openai_part": ('{"messages": [{"role": "user", "content": [{"type": "text", "text": "%s"}]}, '
+                    '{"role": "assistant", "content": "a"}]}', "messages[0].content[0].text"),
+    "passthrough": ('{"text": "ok", "answers": ["fine", "bad %s"]}', "answers[1]"),
+    "low_half": ('{"text": "x \\udc00 y"}', "text"),
+    "key": ('{"text": "ok", "note%s": 1}', "a key of the line"),
+    "odd_key": ('{"text": "ok", "a b\\n": "%s"}', "['a b\\n']"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SURROGATE_LINES))
+def test_unpaired_surrogate_is_refused_with_its_field(tmp_path, case):
+    template, field = SURROGATE_LINES[case]
+    line = template.replace("%s", SURROGATE)
+    p = write(tmp_path, [CANON, line])
+    with pytest.raises(UserError) as e:
+        list(iter_jsonl(p, kind="any"))
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:2: {field}") and "surrogate" in msg and "\n" not in msg, msg
+    msg.encode("utf-8")                 # the message itself can be printed
+    with pytest.raises(UserError, match="surrogate"):   # the same through normalize_record (convert_data's path)
+        normalize_record(json.loads(line), "f:1")
+
+
+def test_surrogate_pair_and_escaped_backslash_are_fine(tmp_path):
+    p = write(tmp_path, ['{"text": "emoji \\ud83d\\ude00 and a literal \\\\ud800"}'])
+    assert list(iter_jsonl(p, kind="text")) == [(1, {"text": "emoji \U0001F600 and a literal \\ud800"})]
+
+
+def test_deeply_nested_json_is_one_line(tmp_path):
+    p = write(tmp_path, [CANON, '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+    with pytest.raises(UserError) as e:
+        list(iter_jsonl(p))
+    assert str(e.value).startswith(f"{p}:2: JSON nested too deeply") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("history,fragment", [
+    (5, "'history' is int"), ("q a", "'history' is str"), ({"q": "a"}, "'history' is dict"), (True, "is bool"),
+    ([["q", "a", "extra"]], "history item 0"), ([["q", 1]], "history item 0"), (["q", "a"], "history item 0"),
+])
+def test_alpaca_history_of_the_wrong_type(history, fragment):
+    with pytest.raises(UserError) as e:
+        normalize_record({"instruction": "q", "output": "a", "history": history}, "f.jsonl:3", kind="chat")
+    msg = str(e.value)
+    assert msg.startswith("f.jsonl:3: ") and fragment in msg and '"history": [["q", "a"], ...]' in msg
+
+
+@pytest.mark.parametrize("speaker", [["human"], {"a": 1}, 3, None])
+def test_speaker_that_is_not_a_string(speaker):
+    for key, content in (("from", "value"), ("role", "content")):
+        obj = {"conversations": [{key: speaker, content: "hi"}, {key: "gpt" if key == "from" else "assistant",
+                                                               content: "a"}]}
+        with pytest.raises(UserError, match=f"message 0 '{key}' is"):
+            normalize_record(obj, "f:1", kind="chat")

@@ -1,8 +1,10 @@
-"""Tokenizer round-trip, special tokens, and THE chat template's loss mask."""
+"""Tokenizer round-trip, special tokens, THE chat template's loss mask, and training's one-line errors."""
+import json
+
 import pytest
 
 from model.errors import UserError
-from model.tokenizer import ChatTemplate, SentencePieceTokenizer, encode_chat, train_tokenizer
+from model.tokenizer import MIN_VOCAB_SIZE, ChatTemplate, SentencePieceTokenizer, encode_chat, train_tokenizer
 
 MIXED = ("Hello, world!  Tabs\tand\nnew lines 你好，世界！今天天气很好。😀🎵🇨🇳 café naïve "
          "x\u2581y  多个   空格 <|im_end|> 1234567 ∑∫ \u00a0end ")
@@ -81,3 +83,61 @@ def test_other_template_plugs_in(tokenizer):
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "b"
     assert ids[[k for k, m in enumerate(mask) if m][-1]] == tok.eos_id
     assert tok.sha256 != tokenizer.sha256
+
+
+TEXTS = ["the quick brown fox jumps over the lazy dog", "music: piano, guitar, violin"] * 20
+
+
+@pytest.mark.parametrize("vocab_size", [0, -1, 10, 261, 2**31, True, 6400.5])
+def test_vocab_size_out_of_range_is_refused_before_reading(tmp_path, vocab_size):
+    def never():
+        raise AssertionError("the corpus was read")
+        yield
+    with pytest.raises(UserError) as e:
+        train_tokenizer(never(), vocab_size=vocab_size, out_path=tmp_path / "t.model")
+    assert str(e.value).startswith("--vocab_size ") and "\n" not in str(e.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_smallest_vocab_size_is_the_real_minimum(tmp_path):
+    # 256 byte pieces + 5 special tokens + one per distinct character: one character gives exactly MIN_VOCAB_SIZE
+    tok = train_tokenizer(["aaaa"] * 10, vocab_size=MIN_VOCAB_SIZE, out_path=tmp_path / "t.model")
+    assert tok.vocab_size == MIN_VOCAB_SIZE == 262
+
+
+def test_vocab_size_the_corpus_cannot_give(tmp_path):
+    with pytest.raises(UserError) as e:
+        train_tokenizer(TEXTS, vocab_size=100_000, out_path=tmp_path / "t.model")
+    largest = int(str(e.value).split("allows at most ")[1].split()[0])
+    assert "too large for this corpus" in str(e.value) and f"--vocab_size {largest} or less" in str(e.value)
+    assert train_tokenizer(TEXTS, vocab_size=largest, out_path=tmp_path / "t.model").vocab_size == largest
+    with pytest.raises(UserError, match="too large"):
+        train_tokenizer(TEXTS, vocab_size=largest + 1, out_path=tmp_path / "u.model")
+    many_chars = ["".join(chr(0x4E00 + 7 * i + j) for j in range(7)) for i in range(40)]   # 280 characters
+    with pytest.raises(UserError, match=r"too small for this corpus, which needs at least 541 pieces"):
+        train_tokenizer(many_chars, vocab_size=300, out_path=tmp_path / "v.model")
+    assert [p.name for p in tmp_path.iterdir()] == ["t.model"]
+
+
+def test_error_raised_by_the_corpus_arrives_unwrapped(tmp_path):
+    def texts():
+        yield "some text"
+        raise UserError("data.jsonl:2: malformed JSON; fix it")
+    with pytest.raises(UserError) as e:
+        train_tokenizer(texts(), vocab_size=300, out_path=tmp_path / "t.model")
+    assert str(e.value) == "data.jsonl:2: malformed JSON; fix it"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("vocab_size,fragment", [("10", "--vocab_size 10: too small"),
+                                                 ("100000", "--vocab_size 100000: too large for this corpus"),
+                                                 ("300", ":3: malformed JSON")])
+def test_train_tokenizer_cli_one_line(tmp_path, vocab_size, fragment):
+    from factories import REPO, run_python
+    data = tmp_path / "corpus.jsonl"
+    lines = [json.dumps({"text": t}) for t in TEXTS[:2]] + (["{broken"] if vocab_size == "300" else [])
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    r = run_python(["trainer/train_tokenizer.py", "--data_path", str(data), "--vocab_size", vocab_size,
+                    "--out_dir", str(tmp_path / "tok")], REPO, check=False)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert fragment in r.stderr and not (tmp_path / "tok" / "tokenizer.model").exists()

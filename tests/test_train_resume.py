@@ -35,7 +35,9 @@ def test_resume_equals_uninterrupted(tmp_path, stage):
     (b / "state" / run).mkdir(parents=True)
     shutil.copy(a / "state" / run / "step_4.pth", b / "state" / run / "step_4.pth")
     main(args + ["--out_dir", str(b), "--resume"])
-    steps = [json.loads(x)["step"] for x in (b / "logs" / f"{run}.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (b / "logs" / f"{run}.jsonl").read_text().splitlines()]
+    assert rows[0]["config"]["resume"] is True and rows[0]["step"] == 4     # the log opens with what ran
+    steps = [r["step"] for r in rows[1:]]
     assert min(steps) == 5 and max(steps) == 10, steps          # it really continued from step 4
 
     if stage == "full_sft":

@@ -30,7 +30,9 @@ def test_three_stages_from_repo_root_and_trainer_dir(tmp_path):
 
     r = run_python(["trainer/train_pretrain.py", "--preset", "tiny", "--max_steps", "4", *FAST], cwd=repo)
     assert r.stdout.strip().splitlines()[-1] == f"saved {out / 'pretrain_64.pth'}"
-    assert "train config:" in r.stdout and "step 4/4 | loss " in r.stdout and " tok/s | eta " in r.stdout
+    assert "train config (what differs from the defaults" in r.stdout and "  preset: 'tiny'" in r.stdout
+    assert "  lora_rank:" not in r.stdout                   # a default is not printed (it is in the log)
+    assert "step 4/4 | loss " in r.stdout and " tok/s | eta " in r.stdout
     r = run_python(["train_full_sft.py", "--max_steps", "3", *FAST], cwd=repo / "trainer")   # finds pretrain_64.pth
     assert r.stdout.strip().splitlines()[-1] == f"saved {out / 'full_sft_64.pth'}"
     r = run_python(["trainer/train_lora.py", "--lora_name", "lora_music", "--data_path",

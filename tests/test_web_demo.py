@@ -1,20 +1,51 @@
 """The Streamlit web demo, driven by Streamlit's own testing API (no browser): pytest tests/test_web_demo.py"""
+import builtins
+import os
+import shutil
 
 import pytest
 
 pytest.importorskip("streamlit")
+import torch  # noqa: E402
+from streamlit import config as st_config  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from factories import REPO, make_adapter, make_checkpoint  # noqa: E402
+from model.checkpoint import read_pth  # noqa: E402
+from model.errors import UserError  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
 
 APP = str(REPO / "scripts" / "web_demo.py")
+GENERIC_ERROR = "Something went wrong on the server; the details are in its log."
 
 
-def app(monkeypatch, out_dir):
+@pytest.fixture(autouse=True)
+def restore_config():
+    """After each test (and after monkeypatch has restored the current folder), Streamlit's settings as
+    they were."""
+    yield
+    st_config.get_config_options(force_reparse=True)
+
+
+def read_config(monkeypatch, folder, flags=None):
+    """Streamlit's settings as `streamlit run` started in folder reads them (.streamlit/config.toml there),
+    with flags ({"server.address": ...}) given on its command line."""
+    monkeypatch.chdir(folder)
+    st_config.get_config_options(force_reparse=True, options_from_flags=flags or {})
+
+
+def app(monkeypatch, out_dir, folder=REPO, flags=None):
+    """The demo as `streamlit run scripts/web_demo.py` from folder (default: the repository root) runs it."""
     monkeypatch.setenv("TINYMIND_OUT_DIR", str(out_dir))
+    read_config(monkeypatch, folder, flags)
     at = AppTest.from_file(APP, default_timeout=60)
     return at.run()
+
+
+def page_text(at):
+    """Everything the page shows as text (main area and sidebar)."""
+    parts = [e.value for kind in (at.markdown, at.caption, at.error, at.warning, at.code) for e in kind]
+    return "\n".join(parts + [e.message + str(e.stack_trace) for e in at.exception])
 
 
 def reply_text(at):
@@ -118,3 +149,121 @@ def test_only_files_inside_out_dir(tmp_path):
     for bad in ("../secret.pth", str(tmp_path / "secret.pth"), "link.pth"):
         with pytest.raises(UserError):
             inside(out, bad)
+
+
+def test_shipped_config_keeps_the_demo_private(monkeypatch):
+    from streamlit.config import ShowErrorDetailsConfigOptions
+    read_config(monkeypatch, REPO)
+    assert st_config.get_where_defined("server.address") == str(REPO / ".streamlit" / "config.toml")
+    assert st_config.get_option("server.address") == "127.0.0.1"
+    # a value this streamlit knows, and the one that shows neither traceback nor message nor type
+    assert ShowErrorDetailsConfigOptions(st_config.get_option("client.showErrorDetails")) == "none"
+    assert st_config.get_option("browser.gatherUsageStats") is False
+    assert st_config.get_option("server.fileWatcherType") == "none"
+
+
+def test_started_elsewhere_refuses_to_serve(monkeypatch, out_dir, tmp_path):
+    # from another folder the config is not read and streamlit listens on every interface
+    at = app(monkeypatch, out_dir, folder=tmp_path)
+    assert not at.exception
+    assert "--server.address 127.0.0.1" in at.error[0].value and "repository root" in at.error[0].value
+    assert not at.chat_input and not at.sidebar.selectbox
+    # an address given on purpose is kept: --server.address 0.0.0.0
+    at = app(monkeypatch, out_dir, folder=tmp_path, flags={"server.address": "0.0.0.0"})
+    assert not at.exception and not at.error and at.chat_input
+
+
+def deny_reading(monkeypatch, path):
+    """path without read permission; as root (who reads anything) the refusal the OS gives others is faked."""
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        real_open, real_access = builtins.open, os.access
+
+        def fake_open(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(path):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: os.fspath(p) != str(path)
+                            and real_access(p, mode, **kw))
+
+
+def damage(out_dir, monkeypatch):
+    """One unreadable file of each kind in out/ and out/lora/; -> their names as the sidebar gives them."""
+    good, ok = out_dir / "full_sft_64.pth", out_dir / "lora" / "lora_ok_64.pth"
+    (out_dir / "garbage_64.pth").write_bytes(os.urandom(4000))
+    (out_dir / "notes_64.pth").write_text("a text file, not a checkpoint\n")
+    (out_dir / "pretrain_64.pth").write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    for name, key, value in (("badcfg_64.pth", "config", "garbage"),
+                             ("badtok_64.pth", "tokenizer", {"type": "sentencepiece", "model": b"junk"})):
+        obj = read_pth(good)
+        obj[key] = value
+        torch.save(obj, out_dir / name)
+    for name, key, value in (("lora_cfg_64.pth", "config", {"hidden_size": "x"}),
+                             ("lora_weights_64.pth", "lora", {"nope": torch.zeros(2)})):
+        obj = read_pth(ok)
+        obj[key] = value
+        torch.save(obj, out_dir / "lora" / name)
+    (out_dir / "lora" / "lora_cut_64.pth").write_bytes(ok.read_bytes()[:-200])
+    shutil.copy(ok, out_dir / "lora" / "lora_locked_64.pth")
+    deny_reading(monkeypatch, out_dir / "lora" / "lora_locked_64.pth")
+    return ["badcfg_64.pth", "badtok_64.pth", "garbage_64.pth", "notes_64.pth", "pretrain_64.pth",
+            "lora/lora_cfg_64.pth", "lora/lora_cut_64.pth", "lora/lora_locked_64.pth", "lora/lora_weights_64.pth"]
+
+
+def test_unreadable_files_are_skipped_with_a_note(monkeypatch, out_dir):
+    bad = damage(out_dir, monkeypatch)
+    at = app(monkeypatch, out_dir)
+    assert not at.exception and not at.error
+    assert at.sidebar.selectbox(key="base").options == ["full_sft_64.pth"]
+    assert at.sidebar.selectbox(key="adapter").options == ["(none)", "lora/lora_ok_64.pth"]
+    note = next(c.value for c in at.sidebar.caption if c.value.startswith("skipped"))
+    assert note.startswith(f"skipped {len(bad)} unreadable files: ")
+    assert all(f"`{name}` (" in note for name in bad), note
+    assert "lora_bad_64" not in note       # readable, only not for this base: left out without a note
+    assert "no read permission" in note and "Traceback" not in page_text(at)
+    # the good files still work, with and without the adapter
+    at.sidebar.number_input(key="max_new_tokens").set_value(2)
+    at.chat_input[0].set_value("hi").run()
+    assert not at.exception and at.session_state.last_stats["new_tokens"] >= 1
+    at.sidebar.selectbox(key="adapter").set_value("lora/lora_ok_64.pth").run()
+    at.chat_input[0].set_value("hi").run()
+    assert not at.exception and not at.error and len(at.session_state.messages) == 4
+
+
+def test_only_unreadable_files_says_which_command(monkeypatch, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "full_sft_64.pth").write_text("not a checkpoint")
+    at = app(monkeypatch, out)
+    assert not at.exception
+    assert any("python scripts/quickstart.py" in c.value for c in at.code)
+    assert any(c.value.startswith("skipped 1 unreadable file: `full_sft_64.pth`") for c in at.sidebar.caption)
+
+
+@pytest.mark.parametrize("error", [UserError, PermissionError])
+def test_a_load_failure_is_one_line(monkeypatch, out_dir, capsys, error):
+    line = f"{out_dir / 'full_sft_64.pth'}: cannot be loaded"
+
+    def refuse(**kwargs):
+        raise error(line)
+    monkeypatch.setattr("model.inference.load_for_inference", refuse)
+    at = app(monkeypatch, out_dir)
+    assert not at.exception
+    assert [e.value for e in at.error] == [line]
+    assert at.sidebar.selectbox(key="base").options == ["full_sft_64.pth"]     # another can be chosen
+    assert line in capsys.readouterr().err
+
+
+def test_an_unexpected_failure_shows_no_details(monkeypatch, out_dir, capsys):
+    def crash(*args, **kwargs):
+        raise RuntimeError("internal detail 4242")
+        yield
+    at = app(monkeypatch, out_dir)
+    monkeypatch.setattr("model.generate.chat", crash)
+    at.chat_input[0].set_value("hi").run()
+    assert not at.exception
+    assert at.error[-1].value == GENERIC_ERROR
+    assert "4242" not in page_text(at) and "Traceback" not in page_text(at)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: internal detail 4242" in err

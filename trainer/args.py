@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from cli import ArgumentParser, check_device, check_range
 from model import paths
 from model.errors import UserError
 from model.lora import DEFAULT_TARGETS
@@ -38,7 +39,7 @@ class TrainConfig:
     preset: str = "small"                # model preset for pretraining: tiny, small, base, moe
     tokenizer: str = ""                  # tokenizer.model for pretraining; empty = model/tokenizer.model
     hidden_size: int = 0                 # pretrain: model width (0 = preset's); fine-tuning: picks the base file
-    num_hidden_layers: int = 0           # pretrain: number of blocks (0 = preset's)
+    num_hidden_layers: int = 0           # pretrain: number of blocks (0 = preset's); fine-tuning: checks the base
     use_moe: bool = False                # pretrain: mixture-of-experts MLP; fine-tuning: picks the *_moe base file
     base: str = ""                       # checkpoint to start from; empty = out/{previous stage}_{hidden}.pth
     # LoRA
@@ -62,6 +63,7 @@ class TrainConfig:
     device: str = ""                     # cpu, cuda, cuda:1; empty = cuda when available (torchrun: LOCAL_RANK)
     dtype: str = "auto"                  # auto = bfloat16 on CUDA when supported, else float16; CPU: float32
     num_workers: int = 0                 # DataLoader worker processes
+    ddp_timeout: int = 600               # seconds a DDP process waits for a stuck one before the job stops
     # outputs
     out_dir: str = ""                    # output folder; empty = $TINYMIND_OUT_DIR, else <repo>/out
     log_interval: int = 10               # log a line every this many steps
@@ -79,7 +81,7 @@ class TrainConfig:
 
 # flags that exist only for some stages (the rest exist for all)
 ONLY = {"loss_on": CHAT, "system_prompt": CHAT, "base": CHAT, "padding": CHAT,
-        "preset": ("pretrain",), "tokenizer": ("pretrain",), "num_hidden_layers": ("pretrain",),
+        "preset": ("pretrain",), "tokenizer": ("pretrain",),
         **{f: ("lora",) for f in ("lora_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
                                  "use_rslora")}}
 CHOICES = {"loss_on": ("assistant", "all"), "padding": ("dynamic", "max_length"),
@@ -100,7 +102,7 @@ def field_comments():
 
 
 def build_parser(stage, description=None):
-    ap = argparse.ArgumentParser(description=description,
+    ap = ArgumentParser(description=description,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     helps, defaults = field_comments(), {**TrainConfig().to_dict(), **STAGE_DEFAULTS[stage]}
     for f in fields(TrainConfig):
@@ -122,21 +124,39 @@ def parse_args(stage, argv=None, description=None):
     """Flags -> TrainConfig for one stage (fields a stage does not use keep their defaults)."""
     ns = build_parser(stage, description).parse_args(argv)
     cfg = TrainConfig(**{**STAGE_DEFAULTS[stage], **vars(ns)})
-    for name in ("batch_size", "accumulation_steps", "max_seq_len", "log_interval"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
+    check_flags(cfg, stage)
+    return resolve_config(cfg, stage)
+
+
+# the lowest value of each numeric flag (ABOVE: must be above it); every number must be finite
+AT_LEAST = {"batch_size": 1, "accumulation_steps": 1, "max_seq_len": 2, "log_interval": 1, "keep_last": 1,
+            "num_workers": 0, "eval_batches": 0, "eval_interval": 0, "save_interval": 0, "max_steps": 0,
+            "epochs": 0, "hidden_size": 0, "num_hidden_layers": 0, "warmup_iters": -1, "lora_rank": 1,
+            "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1}
+ABOVE = {"learning_rate": 0.0, "lora_alpha": 0.0}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_flags(cfg, stage):
+    """Every value range-checked before any work starts: one line naming the flag and what it takes."""
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if f.name in ABOVE:
+            check_range(f"--{f.name}", value, ABOVE[f.name], low_open=True)
+        else:
+            check_range(f"--{f.name}", value, AT_LEAST.get(f.name))
     if cfg.epochs < 1 and cfg.max_steps < 1:
         raise UserError("--epochs must be at least 1 (or give --max_steps)")
     if not 0 <= cfg.val_ratio < 1:
         raise UserError(f"--val_ratio must be in [0, 1) (got {cfg.val_ratio})")
-    if stage == "lora":
-        if cfg.lora_rank < 1:
-            raise UserError(f"--lora_rank must be a positive integer (got {cfg.lora_rank})")
-        if not cfg.lora_alpha > 0:
-            raise UserError(f"--lora_alpha must be positive (got {cfg.lora_alpha})")
-        if not 0 <= cfg.lora_dropout < 1:
-            raise UserError(f"--lora_dropout must be in [0, 1) (got {cfg.lora_dropout})")
-    return resolve_config(cfg, stage)
+    if not 0 <= cfg.lora_dropout < 1:
+        raise UserError(f"--lora_dropout must be in [0, 1) (got {cfg.lora_dropout})")
+    if stage == "lora" and (not NAME_RE.match(cfg.lora_name) or ".." in cfg.lora_name):
+        raise UserError(f"--lora_name {cfg.lora_name!r}: use letters, digits, '.', '_' and '-' only (it becomes "
+                        "the file name out/lora/{lora_name}_{hidden}.pth)")
+    check_device(cfg.device, "--device")
 
 
 def resolve_config(cfg, stage):
@@ -160,9 +180,16 @@ def resolve_config(cfg, stage):
     return cfg
 
 
-def format_config(cfg):
-    """The resolved config, one `name: value` per line, as printed at the start of every run."""
-    return "\n".join(f"  {k}: {v!r}" for k, v in cfg.to_dict().items())
+ALWAYS_SHOWN = ("data_path", "val_data", "out_dir", "device", "dtype")
+
+
+def format_config(cfg, stage):
+    """What the start of every run prints: where data and outputs are, the device, and every setting that
+    differs from the stage's default, one `name: value` per line. The whole resolved config goes into the
+    run's log (out/logs/{run}.jsonl, first line) and into every checkpoint."""
+    defaults = resolve_config(TrainConfig(**STAGE_DEFAULTS[stage]), stage).to_dict()
+    return "\n".join(f"  {k}: {v!r}" for k, v in cfg.to_dict().items()
+                     if k in ALWAYS_SHOWN or v != defaults[k])
 
 
 def find_base(cfg, parent):

@@ -3,6 +3,8 @@
 Library module; a run on N processes of one machine:
     torchrun --nproc_per_node 2 trainer/train_full_sft.py
 """
+import contextlib
+import datetime
 import itertools
 import os
 import random
@@ -29,8 +31,9 @@ class Dist:
         return self.world_size > 1
 
 
-def setup_distributed(device=""):
-    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU) and pick this rank's device."""
+def setup_distributed(device="", timeout_s=600):
+    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU) and pick this rank's device.
+    A collective that waits longer than timeout_s for a stuck rank fails (see collective_timeout)."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -46,6 +49,7 @@ def setup_distributed(device=""):
         torch.cuda.set_device(dev)
     if world_size > 1 and not tdist.is_initialized():
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size,
+                                 timeout=datetime.timedelta(seconds=timeout_s),
                                  **({"device_id": dev} if dev.type == "cuda" else {}))
     return Dist(rank, local_rank, world_size, dev)
 
@@ -75,6 +79,21 @@ def all_gather_objects(obj, dist):
 def barrier(dist):
     if dist.enabled:
         tdist.barrier()
+
+
+@contextlib.contextmanager
+def collective_timeout(dist, timeout_s):
+    """A collective that timed out (a rank stopped or froze) ends the job with one line, not a traceback."""
+    try:
+        yield
+    except RuntimeError as e:   # gloo and nccl raise RuntimeError (DistBackendError) subclasses
+        text = str(e).lower()
+        if not dist.enabled or not ("timed out" in text or "timeout" in text):
+            raise
+        from model.errors import UserError
+        raise UserError(f"rank {dist.rank}: another process of the DDP group did not answer within "
+                        f"--ddp_timeout {timeout_s} s (a rank stopped or is stuck); the job stopped, the last "
+                        "save is the newest checkpoint and out/state/ (resume with --resume)") from None
 
 
 def cleanup_distributed():

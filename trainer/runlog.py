@@ -68,7 +68,9 @@ class RunLog:
             print(header)
             # a new run starts a fresh log; a resumed one keeps the lines up to its step
             old = self.path.read_text(encoding="utf-8").splitlines() if resumed and self.path.exists() else []
-            write_text(self.path, "".join(f"{s}\n" for s in old if json.loads(s)["step"] <= self.start_step))
+            kept = [s for s in old if json.loads(s)["step"] <= self.start_step]
+            config = json.dumps({"step": self.start_step, "config": cfg.to_dict()})     # what this run ran with
+            write_text(self.path, "".join(f"{s}\n" for s in kept + [config]))
             if cfg.use_wandb:
                 import wandb
                 wandb_dir = Path(out) / "wandb"

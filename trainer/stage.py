@@ -3,13 +3,17 @@ chat datasets and the checkpoint record. Library module; trainer/train_*.py call
 """
 from functools import partial
 
+from pathlib import Path
+
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
+from model import paths
+from model.atomic import check_writable
 from model.checkpoint import file_sha256, load_checkpoint
 from model.config import ModelConfig
+from model.errors import UserError
 from model.tokenizer import load_tokenizer_from_state
 from trainer.args import find_base, format_config, parse_args, resolve_inputs
-from model import paths
-from trainer.distributed import cleanup_distributed, seed_everything, setup_distributed
+from trainer.distributed import cleanup_distributed, collective_timeout, seed_everything, setup_distributed
 from trainer.loop import train
 
 
@@ -17,9 +21,11 @@ def start_run(stage, argv, description):
     """Parse the flags, join the torchrun group (if any), print the resolved config, seed.
     -> (cfg, dist, say) where say prints on rank 0 only."""
     cfg = parse_args(stage, argv, description)
-    dist = setup_distributed(cfg.device)
+    check_writable(Path(cfg.out_dir) / "logs" / "run.jsonl")      # before any work: out/ can be written
+    dist = setup_distributed(cfg.device, cfg.ddp_timeout)
     say = print if dist.is_main else (lambda *a, **k: None)
-    say("train config:\n" + format_config(cfg))
+    say("train config (what differs from the defaults; all of it is in the run's log):\n"
+        + format_config(cfg, stage))
     seed_everything(cfg.seed)
     return cfg, dist, say
 
@@ -29,7 +35,30 @@ def load_base(cfg, parent):
     the checkpoint dict, and the model config and tokenizer it carries (never taken from flags)."""
     base = find_base(cfg, parent)
     ckpt = load_checkpoint(base)
-    return base, ckpt, ModelConfig.from_dict(ckpt["config"]), load_tokenizer_from_state(ckpt["tokenizer"])
+    config = ModelConfig.from_dict(ckpt["config"])
+    check_model_flags(cfg, config, base)
+    return base, ckpt, config, load_tokenizer_from_state(ckpt["tokenizer"])
+
+
+def check_model_flags(cfg, config, where):
+    """MiniMind's users pass --hidden_size/--num_hidden_layers/--use_moe to every stage: they pick the
+    base file; one the base does not match is one line saying what the base has. --max_seq_len must fit
+    the model's window."""
+    given = {"hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers}
+    for name, value in given.items():
+        if value and value != getattr(config, name):
+            raise UserError(f"--{name} {value}, but {where} has {name} {getattr(config, name)} (hidden "
+                            f"{config.hidden_size} x {config.num_hidden_layers} layers); drop the flag or pass "
+                            "the base with that shape with --base")
+    if cfg.use_moe and not config.use_moe:
+        raise UserError(f"--use_moe, but {where} is not a mixture-of-experts model; drop --use_moe")
+    check_window(cfg, config, where)
+
+
+def check_window(cfg, config, where):
+    if cfg.max_seq_len > config.max_position_embeddings:
+        raise UserError(f"--max_seq_len {cfg.max_seq_len} is above the window of {where} "
+                        f"({config.max_position_embeddings} positions); use at most that")
 
 
 def load_chat_sets(cfg, tokenizer, say):
@@ -63,8 +92,12 @@ def stage_meta(stage, data_path, info, base=None, base_sha=None):
 def finish_run(cfg, dist, say, model, train_set, val_set, collate, save_model, path, meta):
     """Train (trainer/loop.py) with logs and states named after the artefact `path`, leave the process
     group, and say where the result is."""
-    final = train(cfg, model, train_set, collate, save_model, paths.run_name(path), dist, val_set=val_set,
-                  meta=meta)
+    run = paths.run_name(path)
+    log = paths.log_path(cfg.out_dir, run)
+    for p in (path, log, log.with_suffix(".png"), paths.state_dir(cfg.out_dir, run) / "step_1.pth"):
+        check_writable(p)
+    with collective_timeout(dist, cfg.ddp_timeout):
+        final = train(cfg, model, train_set, collate, save_model, run, dist, val_set=val_set, meta=meta)
     cleanup_distributed()
     say(f"saved {final}")
     return final

@@ -3,7 +3,9 @@ read back by --resume, so that a resumed run ends with the same weights as an un
 
 A state holds the parameters that train (the rest come from the base checkpoint), the optimizer and
 GradScaler states, step and tokens_seen (they fix the schedule and the data position), the RNG state of
-every rank, world_size, the base's sha256 and the train config. Only the newest --keep_last stay.
+every rank, world_size, the base's sha256, the train config, and what the run is (model config, LoRA
+settings, training data file's size and sha256): --resume refuses a state of another run. Only the
+newest --keep_last stay.
 
 Library module; trainer/loop.py uses it:
     state = TrainState(paths.state_dir(out, run_name), cfg, meta, dist).load(model)
@@ -12,9 +14,13 @@ Library module; trainer/loop.py uses it:
 """
 from pathlib import Path
 
-from model.checkpoint import atomic_torch_save, read_pth
+from model.checkpoint import atomic_torch_save, file_sha256, read_pth
 from model.errors import UserError
 from trainer.distributed import all_gather_objects, barrier, rng_state, set_rng_state
+
+
+# the flags that decide which parameters a LoRA run trains and how
+LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "use_rslora")
 
 
 def list_states(folder):
@@ -28,6 +34,16 @@ class TrainState:
     def __init__(self, folder, cfg, meta, dist):
         self.folder, self.cfg, self.meta, self.dist = Path(folder), cfg, meta, dist
         self.step, self.tokens_seen, self.resumed = 0, 0, None
+        self.identity = None
+
+    def run_identity(self, model):
+        """What a state must match to be resumed: model config, LoRA settings, the training data file."""
+        if self.identity is None:
+            data = Path(self.cfg.data_path)
+            self.identity = {"model_config": model.config.to_dict(),
+                             "lora": {k: getattr(self.cfg, k) for k in LORA_FLAGS},
+                             "data": {"path": str(data), "size": data.stat().st_size, "sha256": file_sha256(data)}}
+        return self.identity
 
     def save(self, model, optimizer, scaler, save_model, run_stats, final=False):
         """save_model(model, info) on rank 0 and, unless final, a resumable state beside it. Every rank calls
@@ -44,7 +60,7 @@ class TrainState:
                                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                    "step": self.step, "tokens_seen": self.tokens_seen, "rng": rngs,
                                    "world_size": self.dist.world_size, "parent_sha256": self.meta.get("parent_sha256"),
-                                   "train_config": self.cfg.to_dict()},
+                                   "train_config": self.cfg.to_dict(), "run": self.run_identity(model)},
                                   self.folder / f"step_{self.step}.pth")
                 for old in list_states(self.folder)[:-max(1, self.cfg.keep_last)]:
                     old.unlink()
@@ -65,10 +81,14 @@ class TrainState:
             raise UserError(f"{path}: this training state was made from another base checkpoint (sha256 "
                             f"{str(then_sha)[:12]}, now {str(now_sha)[:12]}); "
                             "drop --resume or use the base it was trained from")
+        self.check_same_run(path, resumed, model)
         params = dict(model.named_parameters())
         for name, value in resumed["params"].items():
             if name not in params:
                 raise UserError(f"{path}: parameter {name} does not exist in this model; drop --resume")
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise UserError(f"{path}: parameter {name} has shape {tuple(value.shape)} there and "
+                                f"{tuple(params[name].shape)} in this model; drop --resume or restore the settings")
             params[name].data.copy_(value)
         self.step, self.tokens_seen, self.resumed = resumed["step"], resumed["tokens_seen"], resumed
         then = resumed["train_config"]
@@ -77,6 +97,30 @@ class TrainState:
             print("warning: batch size, accumulation or process count differ from the interrupted run; "
                   "the data position is approximate")
         return self
+
+    def check_same_run(self, path, resumed, model):
+        """One line naming what changed since the state was saved (states older than this check have no
+        record and are taken as they are)."""
+        then, now = resumed.get("run"), self.run_identity(model)
+        if not then:
+            return
+        fix = "drop --resume to start over, or restore the setting"
+        a, b = then["model_config"], now["model_config"]
+        changed = [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if changed:
+            raise UserError(f"{path}: the model config changed since this state was saved "
+                            f"({'; '.join(changed[:4])}); {fix}")
+        changed = [f"--{k} {then['lora'][k]} -> {now['lora'][k]}" for k in LORA_FLAGS
+                   if then["lora"].get(k) != now["lora"][k]]
+        if changed:
+            raise UserError(f"{path}: the LoRA settings changed since this state was saved "
+                            f"({'; '.join(changed)}); {fix}")
+        a, b = then["data"], now["data"]
+        if (a["size"], a["sha256"]) != (b["size"], b["sha256"]):
+            what = "another file" if a["path"] != b["path"] else "a file whose contents changed"
+            raise UserError(f"{path}: this state was trained on {a['path']} ({a['size']:,} bytes, sha256 "
+                            f"{a['sha256'][:12]}); --data_path is now {what} ({b['path']}, {b['size']:,} bytes, "
+                            f"sha256 {b['sha256'][:12]}); {fix}")
 
     def load_optimizer(self, optimizer, scaler):
         if self.resumed:

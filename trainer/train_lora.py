@@ -18,8 +18,11 @@ from model.checkpoint import build_model, file_sha256  # noqa: E402
 from cli import run_cli  # noqa: E402
 from model.adapter import save_adapter  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from model.lora import LoRAConfig, apply_lora  # noqa: E402
+from model.lora import LoRAConfig, LoRAConfigError, apply_lora  # noqa: E402
 from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run  # noqa: E402
+
+# the flag of each LoRAConfig field
+FLAGS = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "lora_targets"}
 
 
 def main(argv=None):
@@ -32,8 +35,9 @@ def main(argv=None):
                           targets=cfg.lora_targets, use_rslora=cfg.use_rslora)
     try:
         wrapped = apply_lora(model, lora_cfg)                        # freezes everything else
-    except UserError as e:                                           # rank etc. were checked with the flags
-        raise UserError(f"--lora_targets {cfg.lora_targets}: {e}") from None
+    except LoRAConfigError as e:
+        flag = FLAGS[e.field]
+        raise UserError(f"--{flag} {getattr(cfg, flag)}: {e}") from None
     n_train, n_all = model.num_parameters(trainable_only=True), model.num_parameters()
     say(f"base {base}: LoRA r={lora_cfg.r} on {len(wrapped)} layers ({', '.join(lora_cfg.targets)}); "
         f"trainable {n_train:,} / {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")

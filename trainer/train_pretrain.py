@@ -16,11 +16,12 @@ from dataset.lm_dataset import PretrainDataset, collate_pretrain, load_split  # 
 from model import paths  # noqa: E402
 from model.checkpoint import save_checkpoint  # noqa: E402
 from model.config import get_preset  # noqa: E402
+from model.errors import UserError  # noqa: E402
 from cli import run_cli  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
 from model.tokenizer import load_default_tokenizer  # noqa: E402
 from trainer.args import resolve_inputs  # noqa: E402
-from trainer.stage import finish_run, stage_meta, start_run  # noqa: E402
+from trainer.stage import check_window, finish_run, stage_meta, start_run  # noqa: E402
 
 
 def main(argv=None):
@@ -38,8 +39,13 @@ def main(argv=None):
     overrides = {k: getattr(cfg, k) for k in ("hidden_size", "num_hidden_layers") if getattr(cfg, k)}
     if cfg.use_moe:
         overrides["use_moe"] = True
-    config = get_preset(cfg.preset, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_id,
-                        pad_token_id=tokenizer.pad_id, **overrides)
+    try:
+        config = get_preset(cfg.preset, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_id,
+                            pad_token_id=tokenizer.pad_id, **overrides)
+    except ValueError as e:          # e.g. a --hidden_size whose heads would be odd-sized
+        raise UserError(f"--preset {cfg.preset} with --hidden_size {cfg.hidden_size or 'default'} "
+                        f"--num_hidden_layers {cfg.num_hidden_layers or 'default'}: {e}") from None
+    check_window(cfg, config, f"the {cfg.preset} preset")
     model = TinyMindForCausalLM(config)
     say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {config.num_hidden_layers} layers, "
         f"hidden {config.hidden_size}{', MoE' if config.use_moe else ''}")

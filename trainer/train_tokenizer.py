@@ -5,16 +5,16 @@
 Reads {"text": ...} lines and conversation lines alike (every message's content is used) and writes
 model/tokenizer.model (or --out_dir/tokenizer.model) atomically.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import run_cli  # noqa: E402
+from cli import ArgumentParser, check_range, run_cli  # noqa: E402
+from model.atomic import check_writable  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.paths import resolve_input  # noqa: E402
-from model.tokenizer import train_tokenizer  # noqa: E402
+from model.tokenizer import MIN_VOCAB_SIZE, train_tokenizer  # noqa: E402
 
 
 def iter_texts(path, max_chars):
@@ -32,18 +32,22 @@ def iter_texts(path, max_chars):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data_path", default="../dataset/pretrain.jsonl", help="JSONL corpus")
-    ap.add_argument("--vocab_size", type=int, default=6400, help="pieces in the vocabulary")
+    ap.add_argument("--vocab_size", type=int, default=6400,
+                    help=f"pieces in the vocabulary (at least {MIN_VOCAB_SIZE}; at most what the corpus gives)")
     ap.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "model"),
                     help="folder for tokenizer.model")
-    ap.add_argument("--max_chars", type=int, default=50_000_000, help="stop reading after this many characters")
+    ap.add_argument("--max_chars", type=int, default=50_000_000,
+                    help="stop reading after this many characters (0 = read it all)")
     ap.add_argument("--seed", type=int, default=42, help="sentencepiece's random seed")
     args = ap.parse_args(argv)
+    check_range("--max_chars", args.max_chars, 0, integer=True)
+    out = Path(args.out_dir) / "tokenizer.model"
+    check_writable(out)
     path = resolve_input(args.data_path)
     if not path.is_file():
         raise UserError(f"{args.data_path}: no such file; pass --data_path with a JSONL corpus")
-    out = Path(args.out_dir) / "tokenizer.model"
     tok = train_tokenizer(iter_texts(path, args.max_chars), args.vocab_size, out, seed=args.seed)
     print(f"wrote {out} ({tok.vocab_size} pieces)")
 

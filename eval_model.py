@@ -72,15 +72,24 @@ def parse_args(argv=None):
     return check_args(p.parse_args(argv))
 
 
+def as_text(s):
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def check_args(args):
     """Every value range-checked before anything is loaded: one line naming the flag."""
     check_device(args.device)
+    if args.seed is not None:
+        check_range("--seed", args.seed, 0, 2**32 - 1, integer=True)
+    # a prompt from the shell that is not UTF-8 (a stray \xff) keeps its text, the bad bytes become U+FFFD
+    args.prompt = [as_text(p) for p in args.prompt]
+    args.system = as_text(args.system) if args.system is not None else None
     if args.temperature is not None:
         check_range("--temperature", args.temperature, 0.0)
     check_range("--top_p", args.top_p, 0.0, 1.0, low_open=True)
     check_range("--top_k", args.top_k, 0, integer=True)
     check_range("--repetition_penalty", args.repetition_penalty, 0.0, low_open=True)
-    check_range("--batch_size", args.batch_size, 1, integer=True)
+    check_range("--batch_size", args.batch_size, 1, 4096, integer=True)
     for flag in ("max_new_tokens", "hidden_size", "num_hidden_layers"):
         if getattr(args, flag) is not None:
             check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
@@ -155,6 +164,8 @@ def main(argv=None):
     if identity or tasks:
         check_writable(paths.report_path(paths.out_dir(args.out_dir), "test", "model"))
     interactive = not args.prompt and sys.stdin is not None and sys.stdin.isatty()
+    if args.prompts_file and not interactive and not args.prompt:
+        args.prompt = read_prompts_file(args.prompts_file)       # a script's prompts: answer them, then exit
     piped = None if args.prompt or interactive or identity or tasks else stdin_prompts(sys.stdin)
     loaded = load(args)
     print(f"model: {loaded.describe()} on {args.device}", file=sys.stderr)

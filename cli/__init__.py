@@ -60,7 +60,8 @@ def check_device(device, flag="--device"):
 def check_range(flag, value, low=None, high=None, low_open=False, integer=False):
     """One line unless low <= value <= high (low < value with low_open) and value is finite."""
     import math
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and not (integer and value != int(value))
+    ok = isinstance(value, (int, float)) and (isinstance(value, int) or math.isfinite(value)) \
+        and not (integer and value != int(value))
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:

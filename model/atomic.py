@@ -112,16 +112,27 @@ def refuse_folder(path):
 
 def check_writable(path, folder=False):
     """Refuse an output path that cannot be written (a folder where a file goes, a file where a folder
-    goes, a read-only folder) before any work starts: one line naming the path."""
+    goes, a folder that does not take files, a name too long) before any work starts: one line naming
+    the path. The folder is probed for real, with the temporary name the write will use (a permission
+    check alone lets root through a read-only filesystem or /proc)."""
     path = Path(path)
+    if len(path.name.encode()) > 200:           # room for the temporary's prefix and suffix (255 at most)
+        raise UserError(f"{path.name[:40]}...: file name too long ({len(path.name)} characters); use a shorter one")
     if folder and path.exists() and not path.is_dir():
         raise UserError(f"{path}: is a file; give a folder name for the output")
     if not folder:
         refuse_folder(path)
-    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{path}: cannot write there ({folder} is not a writable folder); "
-                        "choose another output path")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise UserError(f"{path}: cannot write there ({parent} is not a folder); choose another output path")
+    probe = temp_path(path) if parent == path.parent else parent / f".tinymind-probe.tmp{os.getpid()}"
+    try:
+        with open(probe, "x"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write there ({e.strerror or type(e).__name__} in {parent}); "
+                        "choose another output path") from None
     return path
 
 

@@ -27,7 +27,6 @@ from .tokenizer import SentencePieceTokenizer
 SUPPORTED_HF = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 
 
-
 def _read_json(path, required=True):
     path = Path(path)
     if not path.is_file():
@@ -291,7 +290,6 @@ def export_hf(ckpt, out_dir, dtype=None):
              "config.json": json.dumps(cfg, indent=2), "generation_config.json": json.dumps(gen, indent=2),
              **hf_tokenizer_files(tokenizer)}
     return write_files(out_dir, files)       # files of the user's already in out_dir are kept
-
 
 
 def export_peft(adapter, out_dir, base_model_name_or_path=""):

@@ -167,8 +167,6 @@ class SentencePieceHFTokenizer(SentencePieceTokenizer):
                    state["add_bos"], ChatTemplate.from_dict(state["chat_template"]))
 
 
-# ---- sentencepiece -> tokenizer.json (for export to transformers) ----
-
 def sentencepiece_to_hf_json(sp_tokenizer):
     """An HF tokenizer.json equivalent to a sentencepiece BPE model with byte fallback: vocabulary and
     scores from the model, merges recovered from them (best score first, as sentencepiece merges)."""
@@ -205,8 +203,7 @@ def sentencepiece_to_hf_json(sp_tokenizer):
     return tok.to_str()
 
 
-# ---- jinja chat templates <-> ChatTemplate ----
-
+# jinja chat templates <-> ChatTemplate
 CHATML = dict(name="chatml", bos="", role_prefix="<|im_start|>{role}\n", end="<|im_end|>", sep="\n")
 LLAMA3 = dict(name="llama3", bos="<|begin_of_text|>", role_prefix="<|start_header_id|>{role}<|end_header_id|>\n\n",
               end="<|eot_id|>", sep="")

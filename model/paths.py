@@ -3,6 +3,7 @@
     out/pretrain_512.pth, out/full_sft_512.pth          full checkpoints ({stage}_{hidden}[_moe].pth)
     out/lora/lora_music_512.pth                         LoRA adapters ({lora_name}_{hidden}[_moe].pth)
     out/lora_music_merged_512.pth                       an adapter merged into its base (scripts/merge_lora.py)
+    out/smollm2_135m.pth                                SmolLM2-135M-Instruct imported (scripts/convert_model.py)
     out/logs/{run}.jsonl, out/logs/{run}.png            every logged step, loss curves ({run} = file stem)
     out/state/{run}/step_N.pth                          resumable training states
     out/eval/{test}_{label}.json                        test reports
@@ -90,12 +91,40 @@ def run_name(artefact):
     return Path(artefact).stem
 
 
+def smollm2_path(out):
+    """Where `scripts/convert_model.py --smollm2` writes the imported SmolLM2-135M-Instruct."""
+    return Path(out) / "smollm2_135m.pth"
+
+
 def log_path(out, run):
     return Path(out) / "logs" / f"{run}.jsonl"
 
 
+def plot_path_for(log):
+    """A run's loss-curve PNG, next to its jsonl log: out/logs/{run}.png."""
+    return Path(log).with_suffix(".png")
+
+
+def plot_path(out, run):
+    return plot_path_for(log_path(out, run))
+
+
 def state_dir(out, run):
     return Path(out) / "state" / run
+
+
+def state_file(folder, step):
+    """A run's resumable state at a step, in its state_dir: step_N.pth."""
+    return Path(folder) / f"step_{step}.pth"
+
+
+def state_path(out, run, step):
+    return state_file(state_dir(out, run), step)
+
+
+def list_state_files(folder):
+    """The states in a run's state_dir, oldest first (by step number: step_10 comes after step_9)."""
+    return sorted(Path(folder).glob("step_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
 
 
 def report_path(out, test, label):
@@ -138,14 +167,14 @@ def candidates(folder, stem, use_moe=None):
     return found
 
 
-def make_hint(stage, hidden_size=None, lora_name=None):
+def make_hint(stage, hidden_size=None, lora_name=None, use_moe=False):
     """The command that makes a missing file, for the end of a 'not found' line."""
     cmd = MAKERS[stage]
     if stage == "lora":
         cmd += f" --lora_name {lora_name or 'lora_music'} --data_path ../dataset/music.jsonl"
     if hidden_size and hidden_size != DEFAULT_HIDDEN:
         cmd += f" --hidden_size {hidden_size}"
-    return f"`{cmd}`"
+    return f"`{cmd}{' --use_moe' if use_moe else ''}`"
 
 
 def pick(found, hidden_size, what, flag_hint):
@@ -170,7 +199,7 @@ def find_stage_checkpoint(out, stage, hidden_size=None, use_moe=False, flag_hint
     if path is None:
         want = checkpoint_path(out, stage, hidden_size or DEFAULT_HIDDEN, use_moe)
         others = f" (there: {', '.join(p.name for _, p in found)})" if found else ""
-        raise UserError(f"{want}: checkpoint not found{others}; make it with {make_hint(stage, hidden_size)} "
+        raise UserError(f"{want}: checkpoint not found{others}; make it with {make_hint(stage, hidden_size, use_moe=use_moe)} "
                         "(same --hidden_size/--out_dir) or run `python scripts/quickstart.py`")
     return path.resolve()
 

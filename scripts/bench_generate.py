@@ -21,8 +21,6 @@ from model.model import TinyMindForCausalLM  # noqa: E402
 from bench_common import cpu_name  # noqa: E402
 
 
-
-
 def to_hf(model):
     from transformers import LlamaConfig, LlamaForCausalLM
     from model.convert import hf_config_dict

@@ -28,8 +28,6 @@ from model.model import TinyMindForCausalLM
 from bench_common import cpu_name  # noqa: E402
 
 
-
-
 def build_tinymind(config, lora):
     model = TinyMindForCausalLM(config)
     apply_lora(model, lora)

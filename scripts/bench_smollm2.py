@@ -16,20 +16,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
 import torch  # noqa: E402
 
-from model.checkpoint import load_model  # noqa: E402
-from model.paths import out_dir  # noqa: E402
+from model.inference import load_for_inference  # noqa: E402
+from model.paths import out_dir, smollm2_path  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
-from model.generate import generate  # noqa: E402
-from model.tokenizer import encode_chat  # noqa: E402
+from model.generate import build_prompt, generate  # noqa: E402
 from bench_common import cpu_name  # noqa: E402
 
 
-
-
 def bench_decode(model, tokenizer, new_tokens, repeats):
-    ids, _ = encode_chat(tokenizer, [{"role": "user", "content": "Tell me a long story about a music box."}],
-                         add_generation_prompt=True)
+    ids = build_prompt(tokenizer, [{"role": "user", "content": "Tell me a long story about a music box."}])
     generate(model, [ids], max_new_tokens=4)                            # warm-up
     rates = []
     for _ in range(repeats):
@@ -65,7 +61,7 @@ def bench_lora(model, batch_size, seq_len, steps, warmup):
 
 def main():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default=str(out_dir() / "smollm2_135m.pth"))
+    p.add_argument("--ckpt", default=str(smollm2_path(out_dir())))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
@@ -79,7 +75,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, tokenizer, _ = load_model(args.ckpt)
+    loaded = load_for_inference(ckpt=args.ckpt)
+    model, tokenizer = loaded.model, loaded.tokenizer
     n_params = model.num_parameters()
     prompt_len, decode = bench_decode(model, tokenizer, args.new_tokens, args.repeats)
     trainable, train, loss = bench_lora(model, args.batch_size, args.seq_len, args.steps, args.warmup)

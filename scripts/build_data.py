@@ -79,7 +79,6 @@ MUSIC_RX = re.compile(
 MUSIC_EXCLUDE_RX = re.compile(r"\b(film|movie|painting|tv|cartoon|sitcom|come out)\b", re.I)
 
 
-
 def run(cmd, cwd=None):
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -122,7 +121,6 @@ def fetch_all(cache_dir):
         print(f"source {name}: {SOURCES[name][1]} {SOURCES[name][2]}", flush=True)
         dirs[name] = fetch_source(name, cache_dir)
     return dirs
-
 
 
 def find(root, pattern):
@@ -210,7 +208,6 @@ def open_cc(dirs):
     sys.path.insert(0, str(find(dirs["opencc"], "__init__.py")[0].parent.parent))
     from opencc import OpenCC
     return OpenCC("t2s").convert
-
 
 
 def pretrain_docs(dirs, cc):
@@ -302,7 +299,6 @@ def build_pretrain(dirs, rng, size, cc, stats):
         lines += taken
     rng.shuffle(lines)
     return [{"text": t} for t in lines]
-
 
 
 def load_arrow(path):
@@ -497,7 +493,6 @@ def build_sft(dirs, rng, size, stats):
     return convs[n_val:], convs[:n_val]
 
 
-
 def article(word):
     w = word.lower()
     if w.startswith(("uni", "use", "eu", "one")):  # "a United States composer", "a euphonium"
@@ -624,7 +619,6 @@ def build_music(dirs, rng, size, stats):
     for name, _ in groups:
         stats[f"music/{name}"] = (sum(n == name for n, _ in train), sum(n == name for n, _ in test))
     return [r for _, r in train], [r for _, r in test]
-
 
 
 def write_jsonl(path, records):

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from model.atomic import check_writable  # noqa: E402
 from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
-from model.paths import out_dir  # noqa: E402
+from model.paths import out_dir, smollm2_path  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
 
@@ -120,7 +120,7 @@ def main():
         if args.from_hf or args.to_hf or args.to_peft:
             raise UserError("--smollm2 imports SmolLM2; combine it only with --from_gguf PATH, --out, --cache_dir")
         args.from_gguf = args.from_gguf or fetch_smollm2(args.cache_dir)
-        args.out = args.out or str(out_dir() / "smollm2_135m.pth")
+        args.out = args.out or str(smollm2_path(out_dir()))
     if not (args.from_hf or args.from_gguf or args.to_hf or args.to_peft):
         raise UserError("say what to do: --smollm2, --from_hf DIR, --from_gguf FILE, --to_hf DIR or --to_peft DIR")
     if args.from_hf or args.from_gguf:

@@ -5,6 +5,7 @@
 
 Reads the out/logs/{run}.jsonl files every trainer writes (one JSON per logged step and per evaluation).
 """
+import json
 import sys
 from pathlib import Path
 
@@ -17,16 +18,51 @@ from cli import ArgumentParser, run_cli  # noqa: E402
 from trainer.runlog import plot_curves  # noqa: E402
 
 
+NOT_A_LOG = "is not a TinyMind training log; pass out/logs/<run>.jsonl files"
+
+
+def is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_log(path):
+    """One line naming the file unless every line is a JSON object with a numeric step (the first may
+    be {"step": N, "config": {...}}), loss and val_loss are numbers, and at least one row has a loss."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such log file; trainers write out/logs/<run>.jsonl")
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read ({type(e).__name__}); it {NOT_A_LOG}") from None
+    n_loss = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise UserError(f"{path}:{n}: not JSON, so the file {NOT_A_LOG}") from None
+        bad = ("a JSON object" if not isinstance(row, dict) else
+               next((f'"{k}" a number' for k in ("step", "loss", "val_loss")
+                     if (k in row or k == "step") and not is_number(row.get(k))), None))
+        if bad:
+            raise UserError(f"{path}:{n}: expected {bad}, so the file {NOT_A_LOG}")
+        n_loss += "loss" in row or "val_loss" in row
+    if not n_loss:
+        raise UserError(f"{path}: {'is empty' if not ''.join(lines).strip() else 'has no loss rows'}; it {NOT_A_LOG}")
+
+
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("logs", nargs="+", help="out/logs/{run}.jsonl files")
     ap.add_argument("-o", "--output", default=str(out_dir() / "logs" / "runs.png"), help="PNG to write")
     ap.add_argument("--labels", default="", help="comma list of legend names (default: file names)")
     args = ap.parse_args(argv)
+    if Path(args.output).suffix.lower() != ".png":
+        raise UserError(f"-o {args.output}: the plot is a PNG; give a file name ending in .png")
     check_writable(args.output)
     for p in args.logs:
-        if not Path(p).is_file():
-            raise UserError(f"{p}: no such log file; trainers write out/logs/<run>.jsonl")
+        check_log(p)
     labels = [s for s in args.labels.split(",") if s] or None
     if labels and len(labels) != len(args.logs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.logs)} logs")

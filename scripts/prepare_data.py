@@ -11,13 +11,15 @@ Every command streams its files line by line, so memory stays flat on a multi-GB
 through seeded random bucket files on disk, deduplication through hash-partitioned bucket files, and
 exact-count sampling (fractions, splits) through selection sampling (Knuth, TAOCP vol. 2, 3.4.2 S).
 Outputs are written to a temporary file and renamed into place, so a failed run leaves nothing behind.
+Paths are checked before any reading: inputs exist, outputs can be written, no output is written twice,
+and only dedupe and shuffle may write over their input (in place, the default there).
 Accepted formats are listed in dataset/formats.py; mix writes the canonical MiniMind form.
 """
 import argparse
+import contextlib
 import math
 import os
 import random
-import re
 import sys
 from pathlib import Path
 
@@ -25,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
 from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl  # noqa: E402
 from dataset.streaming import BUCKET_BYTES, duplicate_linenos, select_indices, shuffle_lines  # noqa: E402
-from model.atomic import atomic_open  # noqa: E402
+from model.atomic import atomic_open, check_writable  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
+from cli import ArgumentParser, check_range, run_cli  # noqa: E402
 
 def read_records(path, kind="any", skip_bad=False, report=None):
     """Yield (lineno, record) of a file, checked by dataset/formats.py."""
@@ -39,15 +41,73 @@ def count_lines(path, kind="any", skip_bad=False):
     return sum(1 for _ in read_records(path, kind, skip_bad))
 
 
+MAX_WEIGHT = 1000  # FILE:N copies a file N times; past this a typo (FILE:1e12) would fill the disk
+WEIGHT_HINT = f"a weight is a positive finite number up to {MAX_WEIGHT}, e.g. file.jsonl:2.5 or file.jsonl:4"
+
+
 def parse_weight(spec):
-    """'file.jsonl:4' -> (file, 4.0); 'file.jsonl:0.5' -> (file, 0.5); 'file.jsonl' -> (file, 1.0)."""
+    """'file.jsonl:4' -> (file, 4.0); 'file.jsonl:0.5' -> (file, 0.5); 'file.jsonl' -> (file, 1.0).
+
+    A spec that is an existing file, or whose part after the last ':' holds a '/', is a plain path."""
     path, sep, w = spec.rpartition(":")
-    if sep and re.fullmatch(r"\d+(\.\d*)?|\.\d+", w.rstrip("x")):
-        weight = float(w.rstrip("x"))
-        if weight <= 0:
-            raise UserError(f"{spec}: the weight must be positive; write FILE:4 (4 copies) or FILE:0.5 (half)")
-        return path, weight
-    return spec, 1.0
+    if not sep or os.path.isfile(spec) or "/" in w or os.sep in w:
+        return spec, 1.0
+    try:
+        weight = float(w[:-1] if w.endswith("x") else w)
+    except ValueError:
+        raise UserError(f"{spec}: {w!r} is not a weight (and {spec} is no file); {WEIGHT_HINT}") from None
+    if not (math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
+        raise UserError(f"{spec}: bad weight {w}; {WEIGHT_HINT}")
+    return path, weight
+
+
+def check_paths(inputs, outputs, in_place=False):
+    """Before any reading: every input is an existing file, every output (flag, path) can be written,
+    no two outputs are one file, and no output is an input unless the command rewrites in place."""
+    for path in inputs:
+        if Path(path).is_dir():
+            raise UserError(f"{path}: is a directory, not a file; pass a .jsonl file inside it")
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file; check the path (relative paths start at the current directory)")
+    seen = {}
+    for flag, path in outputs:
+        check_writable(path)
+        real = os.path.realpath(path)
+        if real in seen:
+            raise UserError(f"{seen[real]} and {flag} {path} are the same file; give each output its own path")
+        seen[real] = f"{flag} {path}"
+    for path in inputs:
+        if not in_place and os.path.realpath(path) in seen:
+            raise UserError(f"{seen[os.path.realpath(path)]}: is also an input; writing it would overwrite "
+                            f"{path}; choose another output path")
+
+
+def check_flags(args):
+    """One line for a numeric flag out of its range (parsing only checks that it is a number)."""
+    for flag, low, high in (("max_seq_len", 1, None), ("limit", 0, None), ("max_errors", 0, None),
+                            ("seed", 0, 2**32 - 1), ("bucket_bytes", 1, None)):
+        if getattr(args, flag, None) is not None:
+            check_range(f"--{flag}", getattr(args, flag), low, high, integer=True)
+    if getattr(args, "val_ratio", None) is not None and not 0 < args.val_ratio < 1:
+        raise UserError(f"--val_ratio {args.val_ratio}: must be between 0 and 1 (both excluded), e.g. 0.05")
+
+
+@contextlib.contextmanager
+def removing_new_folders(outputs):
+    """On failure, remove the folders above the outputs that this run created and left empty."""
+    new = set()
+    for path in outputs:
+        d = Path(path).absolute().parent
+        while not d.exists():
+            new.add(d)
+            d = d.parent
+    try:
+        yield
+    except BaseException:
+        for d in sorted(new, key=lambda d: len(d.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def file_size(path):
@@ -57,8 +117,8 @@ def file_size(path):
         return 0
 
 
-
 def cmd_validate(args):
+    check_paths(args.files, [])
     n_problems, n_files_bad = 0, 0
     for path in args.files:
         problems = []
@@ -73,7 +133,7 @@ def cmd_validate(args):
             if kind == "auto":
                 kind = detect_kind(path)
             n = sum(1 for _ in read_records(path, kind, skip_bad=True, report=report))
-        except UserError as e:  # file-level problem: missing, directory, empty
+        except UserError as e:  # file-level problem: an empty file
             report(str(e))
             n = 0
         if problems:
@@ -94,6 +154,7 @@ def cmd_stats(args):
         from model.tokenizer import encode_chat, load_default_tokenizer
     except ImportError as e:
         raise UserError(f"the project tokenizer is not available ({e}); run from a complete TinyMind checkout")
+    check_paths(args.files, [])
     tok = load_default_tokenizer()
     edges = [64, 128, 256, 512, 1024, 2048, 4096]
     for path in args.files:
@@ -134,6 +195,7 @@ def cmd_mix(args):
     rng = random.Random(args.seed)
     specs = [parse_weight(s) for s in args.inputs]
     out = Path(args.output)
+    check_paths([p for p, _ in specs], [("-o", out)])
     total_bytes = sum(file_size(p) * math.ceil(w) for p, w in specs)
     counts = {}
 
@@ -165,8 +227,7 @@ def cmd_split(args):
     stem = src.with_suffix("") if src.suffix == ".jsonl" else src
     out_train = Path(args.train_out or f"{stem}_train.jsonl")
     out_val = Path(args.val_out or f"{stem}_val.jsonl")
-    if not 0 < args.val_ratio < 1:
-        raise UserError(f"--val_ratio {args.val_ratio}: must be between 0 and 1, e.g. 0.05")
+    check_paths([src], [("--train_out", out_train), ("--val_out", out_val)])
     n = count_lines(src, args.kind, args.skip_bad)
     k = max(1, round(n * args.val_ratio)) if n > 1 else 0
     picks = select_indices(n, k, random.Random(args.seed))
@@ -179,6 +240,7 @@ def cmd_split(args):
 def cmd_dedupe(args):
     src = Path(args.file)
     out = Path(args.output or src)
+    check_paths([src], [("-o", out)], in_place=True)
     records = read_records(src, args.kind, args.skip_bad)
     drops = duplicate_linenos(records, file_size(src), out.parent, args.mode, args.bucket_bytes)
     next_drop = next(drops, None)
@@ -197,6 +259,7 @@ def cmd_dedupe(args):
 def cmd_shuffle(args):
     src = Path(args.file)
     out = Path(args.output or src)
+    check_paths([src], [("-o", out)], in_place=True)
     rng = random.Random(args.seed)
     lines = (dumps(rec) + "\n" for _, rec in read_records(src, args.kind, args.skip_bad))
     n = 0
@@ -267,7 +330,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.fn(args)
+    check_flags(args)
+    with removing_new_folders(filter(None, (getattr(args, a, None) for a in ("output", "train_out", "val_out")))):
+        args.fn(args)
 
 
 if __name__ == "__main__":

@@ -69,8 +69,6 @@ class Pipeline:
         self.n, self.total = 0, 7
         self.plan = self.state["plan"] = self.choose_model()
 
-    # ------------------------------------------------------------------ planning
-
     def choose_model(self):
         """Model shape for the budget, and the training speed that turns minutes into steps.
 
@@ -125,8 +123,6 @@ class Pipeline:
     def steps_for(self, stage, tokens_per_step, speed):
         budget = max(10.0, self.args.minutes * 60 * SHARE[stage])
         return max(10, int(budget * speed / tokens_per_step))
-
-    # ------------------------------------------------------------------ running
 
     def header(self, title):
         self.n += 1
@@ -242,8 +238,6 @@ class Pipeline:
                  f"identity and music tests: {LORA} (music: trained and held-out questions)")
         self.summary(paths, reports)
 
-    # ------------------------------------------------------------------ summary
-
     def log_stats(self, run):
         """(steps, final train loss, final val loss) from out/logs/{run}.jsonl."""
         path = log_path(self.out, run)
@@ -290,7 +284,8 @@ class Pipeline:
 
 def main(argv=None):
     args = parse_args(argv)
-    check_range("--minutes", args.minutes, 0.0, low_open=True)
+    check_range("--minutes", args.minutes, 0.0, 7 * 24 * 60, low_open=True)
+    check_range("--seed", args.seed, 0, 2**31 - 1, integer=True)
     check_device(args.device)
     check_writable(quickstart_files(out_dir(args.out_dir))[0])
     Pipeline(args).main()

@@ -45,11 +45,11 @@ def setup(tmp_path):
 
 
 TRAIN_FLAGS = [
-    ("lora", ["--learning_rate", "0"], "--learning_rate must be a number above 0.0"),
+    ("lora", ["--learning_rate", "0"], "--learning_rate must be a number in (0.0, 1000.0]"),
     ("lora", ["--learning_rate=-1e-3"], "--learning_rate must be"),
     ("lora", ["--learning_rate", "nan"], "--learning_rate must be"),
     ("full_sft", ["--grad_clip", "inf"], "--grad_clip must be"),
-    ("full_sft", ["--num_workers=-1"], "--num_workers must be a number at least 0"),
+    ("full_sft", ["--num_workers=-1"], "--num_workers must be a number in [0, 256]"),
     ("full_sft", ["--eval_batches=-2"], "--eval_batches must be"),
     ("full_sft", ["--hidden_size=-64"], "--hidden_size must be"),
     ("full_sft", ["--ddp_timeout", "0"], "--ddp_timeout must be"),
@@ -59,6 +59,10 @@ TRAIN_FLAGS = [
     ("lora", ["--device", "tpu"], "--device 'tpu': not a device name"),
     ("lora", ["--device", "mps"], "--device mps: only cpu and cuda"),
     ("full_sft", ["--num_hidden_layers", "3"], "--num_hidden_layers 3, but"),
+    ("full_sft", ["--seed", "99999999999999999999"], "--seed must be a number in [0, 4294967295]"),
+    ("full_sft", ["--batch_size", "100000000000"], "--batch_size must be"),
+    ("lora", ["--lora_name", "a" * 300], "file name too long"),
+    ("full_sft", ["--max_seq_len", "8", "--system_prompt", "a " * 50], "no conversation keeps a token"),
     ("full_sft", ["--max_seq_len", "100000"], "--max_seq_len 100000 is above the window"),
 ]
 
@@ -84,6 +88,7 @@ def test_unavailable_cuda_device(setup, capsys):
 
 @pytest.mark.parametrize("flags,msg", [
     (["--hidden_size", "100"], "head_dim 25"),                 # tiny preset: 4 heads of 25
+    (["--hidden_size", "16384", "--num_hidden_layers", "512"], "GiB to train, this machine has"),
     (["--tokenizer", "README.txt"], "not a sentencepiece tokenizer model"),
     (["--max_seq_len", "40000"], "--max_seq_len 40000 is above the window of the tiny preset"),
 ])
@@ -128,6 +133,7 @@ def test_minimind_shape_flags_pick_and_check_the_base(tmp_path):
 
 @pytest.mark.parametrize("change,msg", [
     (["--lora_rank", "4"], "the LoRA settings changed"),
+    (["--max_seq_len", "32"], "the settings that shape the data changed"),
     (["--data_path", "OTHER"], "this state was trained on"),
 ])
 def test_resume_refuses_another_run(setup, capsys, change, msg):
@@ -162,7 +168,9 @@ EVAL_FLAGS = [
     (["--repetition_penalty", "0"], "--repetition_penalty must be"),
     (["--batch_size", "0"], "--batch_size must be"),
     (["--device", "tpu"], "--device 'tpu'"),
+    (["--seed", "99999999999999999999"], "--seed must be"),
     (["--identity_test", "--report", "FOLDER"], "is a directory"),
+    (["--identity_test", "--report", "/proc/report.json"], "cannot write there"),
 ]
 
 
@@ -197,6 +205,25 @@ def test_build_prompt_keeps_the_system_prompt(tokenizer):
     with pytest.warns(UserWarning, match="cut to"):
         cut = build_prompt(tokenizer, msgs, system, window=128, max_new_tokens=32)
     assert len(cut) == 96 and cut[:len(head)] == head and cut[len(head):] == full[len(full) - 96 + len(head):]
+
+
+def test_eval_prompt_that_is_not_utf8_and_prompts_file_in_a_script(tmp_path):
+    out = tmp_path / "out"
+    make_checkpoint(out / "full_sft_64.pth")
+    import subprocess
+    cmd = [sys.executable.encode(), b"eval_model.py", b"--out_dir", str(out).encode(), b"--max_new_tokens", b"2"]
+    r = subprocess.run(cmd + [b"--prompt", b"caf\xe9 \xff"], capture_output=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and "> caf\ufffd \ufffd".encode() in r.stdout, r.stderr
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("first question\nsecond question\n")
+    r = subprocess.run(cmd + [b"--prompts_file", str(prompts).encode()], stdin=subprocess.DEVNULL,
+                       capture_output=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and b"> first question" in r.stdout and b"> second question" in r.stdout
+
+
+def test_missing_moe_base_hint_keeps_use_moe(tmp_path, capsys):
+    err = one_line(stage_main("lora"), ["--out_dir", str(tmp_path / "out"), "--use_moe", "--device", "cpu"], capsys)
+    assert "full_sft_512_moe.pth" in err and "train_full_sft.py --use_moe`" in err
 
 
 def test_eval_stdin_closed_or_binary(tmp_path):

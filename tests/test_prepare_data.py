@@ -49,15 +49,18 @@ def test_validate_ok_and_bad(tmp_path, capsys):
     assert "bad.jsonl:5: " in err
 
 
-def test_validate_cli_exit_code_and_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "scripts/prepare_data.py", "validate", str(tmp_path / "nope.jsonl"), str(tmp_path)],
-                       cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr
+def run_tool(*argv, timeout=60):
+    return subprocess.run([sys.executable, "scripts/prepare_data.py", *map(str, argv)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("target", ["nope.jsonl", "."])
+def test_validate_missing_file_or_folder_is_one_line(tmp_path, target):
+    r = run_tool("validate", tmp_path / target)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
-    assert any("nope.jsonl: no such file" in l for l in lines)
-    assert any("is a directory" in l for l in lines)
-    assert lines[-1].startswith("error: 2 problems")
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert ("no such file" if target != "." else "is a directory") in lines[0]
 
 
 def test_empty_file_and_non_utf8(tmp_path, capsys):
@@ -101,10 +104,67 @@ def test_mix_bad_input_writes_nothing(tmp_path):
     assert len(read_jsonl(out)) == 2
 
 
-def test_mix_bad_weight(tmp_path):
+@pytest.mark.parametrize("weight", ["0", "-1", "nan", "inf", "1e12", "1001", "x", "2y"])
+def test_mix_bad_weight_is_one_line_naming_the_spec(tmp_path, weight):
     a = write_jsonl(tmp_path / "a.jsonl", [chat(0)])
-    with pytest.raises(UserError, match="must be positive"):
-        prepare_data.main(["mix", f"{a}:0", "-o", str(tmp_path / "o.jsonl")])
+    with pytest.raises(UserError, match=r"a\.jsonl:.*a weight is a positive finite number") as e:
+        prepare_data.main(["mix", f"{a}:{weight}", "-o", str(tmp_path / "o.jsonl")])
+    assert f"a.jsonl:{weight}: " in str(e.value) and "no such file" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_mix_good_weights_and_colon_in_a_file_name(tmp_path):
+    a = write_jsonl(tmp_path / "a:b.jsonl", [chat(0)])
+    for spec, n in ((a, 1), (f"{a}:2.5", 2), (f"{a}:3x", 3), (f"{a}:1000", 1000)):
+        prepare_data.main(["mix", str(spec), "-o", str(tmp_path / "o.jsonl")])
+        assert len(read_jsonl(tmp_path / "o.jsonl")) == n
+
+
+def test_failed_mix_leaves_no_new_folder(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [chat(0), "{broken"])
+    for spec in (tmp_path / "missing.jsonl", a):
+        with pytest.raises(UserError):
+            prepare_data.main(["mix", str(spec), "-o", str(tmp_path / "out" / "data" / "m.jsonl")])
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["split", "{d}", "--train_out", "{t}/a.jsonl", "--val_out", "{t}/a.jsonl"], "are the same file"),
+    (["split", "{d}", "--train_out", "{d}"], "is also an input"),
+    (["split", "{d}", "--val_out", "{t}/d_train.jsonl"], "are the same file"),
+    (["mix", "{d}:2", "-o", "{d}"], "is also an input"),
+    (["mix", "{d}", "-o", "{t}"], "is a directory"),
+    (["shuffle", "{d}", "-o", "{t}/d.jsonl/x.jsonl"], "cannot write there"),
+])
+def test_bad_outputs_are_one_line_and_write_nothing(tmp_path, argv, message):
+    src = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(5)])
+    before = src.read_bytes()
+    r = run_tool(*[a.format(d=src, t=tmp_path) for a in argv], timeout=30)   # a same-path split once hung
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"] and src.read_bytes() == before
+
+
+def test_dedupe_and_shuffle_rewrite_in_place(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", [chat(1), chat(1), chat(2)])
+    prepare_data.main(["dedupe", str(src), "-o", str(src)])
+    prepare_data.main(["shuffle", str(src)])
+    assert sorted(map(key, read_jsonl(src))) == ["question 1", "question 2"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["stats", "{d}", "--max_seq_len", "0"], ["stats", "{d}", "--limit", "-1"],
+    ["validate", "{d}", "--max_errors", "-1"], ["split", "{d}", "--val_ratio", "0"],
+    ["split", "{d}", "--val_ratio", "1"], ["split", "{d}", "--val_ratio", "nan"],
+    ["shuffle", "{d}", "--seed", "-1"], ["shuffle", "{d}", "--seed", str(2**32)],
+    ["shuffle", "{d}", "--bucket_bytes", "0"],
+])
+def test_numeric_flags_out_of_range_are_one_line(tmp_path, argv):
+    src = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(5)])
+    flag = argv[2]
+    with pytest.raises(UserError, match=flag):
+        prepare_data.main([a.format(d=src) for a in argv])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 
 
 def test_split_exact_disjoint_seeded(tmp_path):

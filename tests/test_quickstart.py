@@ -64,4 +64,4 @@ def test_quickstart_tiny_budget(tmp_path, data_dir):
 def test_bad_budget_is_one_line():
     res = subprocess.run([sys.executable, "scripts/quickstart.py", "--minutes", "0"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and res.stderr.strip() == "error: --minutes must be a number above 0.0 (got 0.0)"
+    assert res.returncode == 2 and res.stderr.strip() == "error: --minutes must be a number in (0.0, 10080] (got 0.0)"

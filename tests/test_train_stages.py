@@ -139,13 +139,19 @@ def test_non_finite_loss_stops_with_one_line(tmp_path, capsys):
     base = make_checkpoint(tmp_path / "base.pth")
     data = write_chat(tmp_path / "chat.jsonl", n=40)
     out = tmp_path / "out"
+    common = ["--base", str(base), "--data_path", str(data), "--out_dir", str(out), *FAST]
+    run_cli(ts.main, common + ["--max_steps", "2"])                    # a good run first: its log must stay
+    log = out / "logs" / "full_sft_64.jsonl"
+    good = log.read_text()
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run_cli(ts.main, ["--base", str(base), "--data_path", str(data), "--out_dir", str(out), "--max_steps", "30",
-                          "--learning_rate", "1e6", "--grad_clip", "0", "--save_interval", "1", *FAST])
+        run_cli(ts.main, common + ["--max_steps", "30", "--learning_rate", "1000", "--grad_clip", "0",
+                                   "--save_interval", "1000"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: loss became") and "\n" not in err
     assert "last good checkpoint is" in err and (out / "full_sft_64.pth").exists()
+    assert log.read_text() == good          # nothing was saved, so the log still describes the checkpoint
 
 
 def test_wandb_offline(tmp_path, monkeypatch):

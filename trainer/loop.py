@@ -60,6 +60,7 @@ def train(cfg, model, train_set, collate, save_model, run_name, dist, val_set=No
             log.record_val(state.step, estimate_loss(model, val_loader, dist, autocast, cfg.eval_batches))
         if due(cfg.save_interval, state.step, total):
             last_saved = state.save(model, optimizer, scaler, save_model, log.summary())
+            log.publish()
     log.close_bar()
     if val_loader is not None:
         log.record_val(state.step, estimate_loss(model, val_loader, dist, autocast, cfg.eval_batches))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from model import paths
-from model.atomic import atomic_path, write_text
+from model.atomic import atomic_path, temp_path, write_text
 
 
 def format_eta(seconds):
@@ -70,7 +70,11 @@ class RunLog:
             old = self.path.read_text(encoding="utf-8").splitlines() if resumed and self.path.exists() else []
             kept = [s for s in old if json.loads(s)["step"] <= self.start_step]
             config = json.dumps({"step": self.start_step, "config": cfg.to_dict()})     # what this run ran with
-            write_text(self.path, "".join(f"{s}\n" for s in kept + [config]))
+            # rows go to a temporary beside the log, which replaces the log at every save (publish): a run
+            # that fails before its first save leaves the previous run's log, like its checkpoint, intact
+            self.live = temp_path(self.path.with_name(self.path.name + ".live"))
+            self.live.parent.mkdir(parents=True, exist_ok=True)
+            self.live.write_text("".join(f"{s}\n" for s in kept + [config]), encoding="utf-8")
             if cfg.use_wandb:
                 import wandb
                 wandb_dir = Path(out) / "wandb"
@@ -88,7 +92,7 @@ class RunLog:
         """One row of the jsonl (and of wandb) and its line on the terminal."""
         if self.main:
             self.emit(line)
-            with open(self.path, "a", encoding="utf-8") as f:
+            with open(self.live, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             if self.wandb:
                 self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
@@ -123,9 +127,16 @@ class RunLog:
         if self.main:
             self.bar.close()
 
+    def publish(self):
+        """The log so far becomes out/logs/{run}.jsonl (atomically); called with every save."""
+        if self.main:
+            write_text(self.path, self.live.read_text(encoding="utf-8"))
+
     def close(self):
         """The loss-curve PNG next to the jsonl; the end of the wandb run."""
         if self.main:
-            plot_curves([self.path], self.path.with_suffix(".png"))
+            self.publish()
+            self.live.unlink(missing_ok=True)
+            plot_curves([self.path], paths.plot_path_for(self.path))
             if self.wandb:
                 self.wandb.finish()

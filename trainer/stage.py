@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
 from model import paths
-from model.atomic import check_writable
+from model.atomic import check_writable, clean_stale_temps
 from model.checkpoint import file_sha256, load_checkpoint
 from model.config import ModelConfig
 from model.errors import UserError
@@ -22,6 +22,8 @@ def start_run(stage, argv, description):
     -> (cfg, dist, say) where say prints on rank 0 only."""
     cfg = parse_args(stage, argv, description)
     check_writable(Path(cfg.out_dir) / "logs" / "run.jsonl")      # before any work: out/ can be written
+    for folder in (Path(cfg.out_dir), Path(cfg.out_dir) / "lora"):   # what killed runs left (model/atomic.py)
+        clean_stale_temps(folder)
     dist = setup_distributed(cfg.device, cfg.ddp_timeout)
     say = print if dist.is_main else (lambda *a, **k: None)
     say("train config (what differs from the defaults; all of it is in the run's log):\n"
@@ -69,6 +71,11 @@ def load_chat_sets(cfg, tokenizer, say):
                    system_prompt=cfg.system_prompt)
     train_set = make([r["conversations"] for r in train_recs])
     val_set = make([r["conversations"] for r in val_recs]) if val_recs else None
+    if len(train_set) and train_set.n_no_target == len(train_set):
+        raise UserError(f"{data_path}: no conversation keeps a token to train on after the cut to --max_seq_len "
+                        f"{cfg.max_seq_len} (with --loss_on {cfg.loss_on}"
+                        f"{', and the --system_prompt' if cfg.system_prompt else ''}); raise --max_seq_len or "
+                        "shorten the system prompt")
     say(f"{data_path}: {len(train_set):,} conversations, {train_set.n_truncated} truncated to "
         f"{cfg.max_seq_len} tokens, {train_set.n_no_target} without a target token"
         + (f", {info['n_bad']} bad lines skipped" if info["n_bad"] else ""))
@@ -94,7 +101,7 @@ def finish_run(cfg, dist, say, model, train_set, val_set, collate, save_model, p
     group, and say where the result is."""
     run = paths.run_name(path)
     log = paths.log_path(cfg.out_dir, run)
-    for p in (path, log, log.with_suffix(".png"), paths.state_dir(cfg.out_dir, run) / "step_1.pth"):
+    for p in (path, log, paths.plot_path_for(log), paths.state_path(cfg.out_dir, run, 1)):
         check_writable(p)
     with collective_timeout(dist, cfg.ddp_timeout):
         final = train(cfg, model, train_set, collate, save_model, run, dist, val_set=val_set, meta=meta)

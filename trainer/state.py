@@ -14,6 +14,7 @@ Library module; trainer/loop.py uses it:
 """
 from pathlib import Path
 
+from model import paths
 from model.checkpoint import atomic_torch_save, file_sha256, read_pth
 from model.errors import UserError
 from trainer.distributed import all_gather_objects, barrier, rng_state, set_rng_state
@@ -21,11 +22,8 @@ from trainer.distributed import all_gather_objects, barrier, rng_state, set_rng_
 
 # the flags that decide which parameters a LoRA run trains and how
 LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "use_rslora")
-
-
-def list_states(folder):
-    """The states in folder, oldest first (by step number: step_10 comes after step_9)."""
-    return sorted(Path(folder).glob("step_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+# the flags that decide what the samples are and which of them train (the split): a resume must keep them
+DATA_FLAGS = ("max_seq_len", "val_ratio", "val_data", "seed", "loss_on", "system_prompt", "skip_bad")
 
 
 class TrainState:
@@ -42,6 +40,7 @@ class TrainState:
             data = Path(self.cfg.data_path)
             self.identity = {"model_config": model.config.to_dict(),
                              "lora": {k: getattr(self.cfg, k) for k in LORA_FLAGS},
+                             "data_flags": {k: getattr(self.cfg, k) for k in DATA_FLAGS},
                              "data": {"path": str(data), "size": data.stat().st_size, "sha256": file_sha256(data)}}
         return self.identity
 
@@ -61,8 +60,8 @@ class TrainState:
                                    "step": self.step, "tokens_seen": self.tokens_seen, "rng": rngs,
                                    "world_size": self.dist.world_size, "parent_sha256": self.meta.get("parent_sha256"),
                                    "train_config": self.cfg.to_dict(), "run": self.run_identity(model)},
-                                  self.folder / f"step_{self.step}.pth")
-                for old in list_states(self.folder)[:-max(1, self.cfg.keep_last)]:
+                                  paths.state_file(self.folder, self.step))
+                for old in paths.list_state_files(self.folder)[:-max(1, self.cfg.keep_last)]:
                     old.unlink()
         barrier(self.dist)
         return saved
@@ -70,7 +69,7 @@ class TrainState:
     def load(self, model):
         """With --resume: the newest state's trainable weights, step and tokens_seen, once it is checked to
         belong to this run. Before the model is wrapped in DDP and before the optimizer exists. -> self."""
-        states = list_states(self.folder) if self.cfg.resume else []
+        states = paths.list_state_files(self.folder) if self.cfg.resume else []
         if not states:
             if self.cfg.resume and self.dist.is_main:
                 print(f"no training state in {self.folder}; starting from step 0")
@@ -114,6 +113,11 @@ class TrainState:
                    if then["lora"].get(k) != now["lora"][k]]
         if changed:
             raise UserError(f"{path}: the LoRA settings changed since this state was saved "
+                            f"({'; '.join(changed)}); {fix}")
+        changed = [f"--{k} {then['data_flags'][k]!r} -> {now['data_flags'][k]!r}" for k in DATA_FLAGS
+                   if k in then.get("data_flags", {}) and then["data_flags"][k] != now["data_flags"][k]]
+        if changed:
+            raise UserError(f"{path}: the settings that shape the data changed since this state was saved "
                             f"({'; '.join(changed)}); {fix}")
         a, b = then["data"], now["data"]
         if (a["size"], a["sha256"]) != (b["size"], b["sha256"]):

@@ -24,6 +24,20 @@ from trainer.args import resolve_inputs  # noqa: E402
 from trainer.stage import check_window, finish_run, stage_meta, start_run  # noqa: E402
 
 
+def check_memory(config):
+    """Training keeps 4 float32 copies of every weight (weights, gradients, AdamW's two moments): refuse a
+    shape that cannot fit this machine's memory before allocating it (counted on the meta device)."""
+    import os
+    import torch
+    with torch.device("meta"):
+        n = TinyMindForCausalLM(config).num_parameters()
+    need, have = 16 * n, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise UserError(f"--hidden_size {config.hidden_size} --num_hidden_layers {config.num_hidden_layers}: "
+                        f"{n / 1e9:.1f}B parameters need about {need / 2**30:.0f} GiB to train, this machine has "
+                        f"{have / 2**30:.0f} GiB; choose a smaller model")
+
+
 def main(argv=None):
     cfg, dist, say = start_run("pretrain", argv, __doc__.splitlines()[0])
     # read and check every input before anything is written
@@ -46,6 +60,7 @@ def main(argv=None):
         raise UserError(f"--preset {cfg.preset} with --hidden_size {cfg.hidden_size or 'default'} "
                         f"--num_hidden_layers {cfg.num_hidden_layers or 'default'}: {e}") from None
     check_window(cfg, config, f"the {cfg.preset} preset")
+    check_memory(config)
     model = TinyMindForCausalLM(config)
     say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {config.num_hidden_layers} layers, "
         f"hidden {config.hidden_size}{', MoE' if config.use_moe else ''}")

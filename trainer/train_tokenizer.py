@@ -43,6 +43,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=42, help="sentencepiece's random seed")
     args = ap.parse_args(argv)
     check_range("--max_chars", args.max_chars, 0, integer=True)
+    check_range("--seed", args.seed, 0, 2**31 - 1, integer=True)
     out = Path(args.out_dir) / "tokenizer.model"
     check_writable(out)
     path = resolve_input(args.data_path)

@@ -81,12 +81,13 @@ def adapter_fits(adapter, base_config, base_tokenizer_sha256):
     return reasons
 
 
-def check_adapter(adapter, base_ckpt, base_path, force=False):
+def check_adapter(adapter, base_ckpt, base_path, force=False, base_tokenizer=None):
     """Refuse a base the adapter does not fit (adapter_fits), or another base file than the one it was
     trained on (sha256) unless force. Shapes are checked again when the weights load."""
     from .tokenizer import load_tokenizer_from_state
     name = adapter.get("file", "adapter")
-    reasons = adapter_fits(adapter, base_ckpt["config"], load_tokenizer_from_state(base_ckpt["tokenizer"]).sha256)
+    tokenizer = base_tokenizer or load_tokenizer_from_state(base_ckpt["tokenizer"], base_path)
+    reasons = adapter_fits(adapter, base_ckpt["config"], tokenizer.sha256)
     if reasons:
         raise UserError(f"{name} does not fit {base_path}: {'; '.join(reasons)}; "
                         "use the base it was trained on")
@@ -125,7 +126,8 @@ def load_model_with_adapter(adapter_path, base_path=None, device="cpu", force=Fa
     base = find_adapter_base(adapter, base_path, out_dir)
     base_ckpt = load_checkpoint(base)
     base_ckpt["path"] = str(base)
-    check_adapter(adapter, base_ckpt, base, force)
-    model = build_model(ModelConfig.from_dict(base_ckpt["config"]), base_ckpt["model"], where=str(base))
+    tokenizer = load_tokenizer_from_state(base_ckpt["tokenizer"], base)
+    check_adapter(adapter, base_ckpt, base, force, tokenizer)
+    model = build_model(config_from_dict(base_ckpt["config"], base), base_ckpt["model"], where=str(base))
     attach_adapter(model, adapter)
-    return model.to(device).eval(), load_tokenizer_from_state(base_ckpt["tokenizer"]), base_ckpt, adapter
+    return model.to(device).eval(), tokenizer, base_ckpt, adapter

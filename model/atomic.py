@@ -148,8 +148,10 @@ def _lock(tmp):
 def atomic_path(path):
     """Yield the temporary path to write `path` under (a file or a folder; the caller creates it). On
     success it is fsynced and renamed onto `path`, and the folder is fsynced; on an exception it is
-    removed and `path` is left as it was. A folder replaces an existing folder of the same name whole."""
+    removed, `path` is left as it was, and folders made for it are removed again if they stayed empty.
+    A folder replaces an existing folder of the same name whole."""
     path = Path(path)
+    made = [d for d in [path.parent, *path.parent.parents] if not d.exists()]      # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     with _lock(tmp):
@@ -162,8 +164,12 @@ def atomic_path(path):
             fsync_path(tmp)
             _move_into_place(tmp, path)
             _fsync_dir(path.parent)
+            made = []
         finally:
             _remove(tmp)
+            for d in made:                  # a failed write leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def _move_into_place(tmp, path):

@@ -53,15 +53,16 @@ def save_checkpoint(path, model_state, config, tokenizer, meta=None):
     atomic_torch_save(obj, path)
 
 
-def read_pth(path, map_location="cpu"):
-    """torch.load(weights_only=True) with one clear line for a missing, corrupt or foreign file."""
+def read_pth(path, map_location="cpu", mmap=False):
+    """torch.load(weights_only=True) with one clear line for a missing, corrupt or foreign file. mmap=True
+    maps the tensors instead of reading them: for looking at a file's entries without its weights' I/O."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a .pth file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except MemoryError:
         raise
     except Exception as e:      # whatever a damaged or foreign file makes torch.load raise is one line

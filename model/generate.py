@@ -159,15 +159,14 @@ def build_prompt(tokenizer, messages, system_prompt=None, continuation=False, wi
     WindowWarning: the oldest turns go first."""
     bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     if continuation:
-        ids, head = bos + tokenizer.encode(messages[-1]["content"]), len(bos)
+        ids = bos + tokenizer.encode(messages[-1]["content"])
     else:
         ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True, system_prompt=system_prompt)
-        system = [m for m in messages[:1] if m.get("role") == "system"]
-        head = len(encode_chat(tokenizer, system, system_prompt=system_prompt)[0])
-    if window is None:
-        return ids
-    budget = window - min(max(max_new_tokens, 1), window // 2)
+    budget = window - min(max(max_new_tokens, 1), window // 2) if window is not None else len(ids)
     if len(ids) > budget:
+        # what is kept: BOS and the system prompt (the template's prefix up to the first turn)
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        head = len(bos) if continuation else len(encode_chat(tokenizer, system, system_prompt=system_prompt)[0])
         head = head if head < budget // 2 else len(bos)       # a system prompt too long to keep is cut too
         warnings.warn(f"prompt of {len(ids)} tokens cut to {budget} from the left (the model's window is "
                       f"{window} tokens, {window - budget} kept for the reply)", WindowWarning, stacklevel=2)

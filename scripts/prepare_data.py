@@ -16,7 +16,6 @@ and only dedupe and shuffle may write over their input (in place, the default th
 Accepted formats are listed in dataset/formats.py; mix writes the canonical MiniMind form.
 """
 import argparse
-import contextlib
 import math
 import os
 import random
@@ -90,24 +89,6 @@ def check_flags(args):
             check_range(f"--{flag}", getattr(args, flag), low, high, integer=True)
     if getattr(args, "val_ratio", None) is not None and not 0 < args.val_ratio < 1:
         raise UserError(f"--val_ratio {args.val_ratio}: must be between 0 and 1 (both excluded), e.g. 0.05")
-
-
-@contextlib.contextmanager
-def removing_new_folders(outputs):
-    """On failure, remove the folders above the outputs that this run created and left empty."""
-    new = set()
-    for path in outputs:
-        d = Path(path).absolute().parent
-        while not d.exists():
-            new.add(d)
-            d = d.parent
-    try:
-        yield
-    except BaseException:
-        for d in sorted(new, key=lambda d: len(d.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
 
 
 def file_size(path):
@@ -331,8 +312,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_flags(args)
-    with removing_new_folders(filter(None, (getattr(args, a, None) for a in ("output", "train_out", "val_out")))):
-        args.fn(args)
+    args.fn(args)
 
 
 if __name__ == "__main__":

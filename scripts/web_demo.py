@@ -85,7 +85,7 @@ def file_header(path, version, adapter=False):
     try:
         if not os.access(path, os.R_OK):
             return {"error": "no read permission"}
-        obj = load_adapter(path) if adapter else read_pth(path)
+        obj = load_adapter(path) if adapter else read_pth(path, mmap=True)     # entries, not weights
         if is_adapter(obj):
             with torch.device("meta"):
                 attach_adapter(build_model(ModelConfig.from_dict(obj["config"]), device="meta"), obj)

@@ -132,7 +132,7 @@ def parse_args(stage, argv=None, description=None):
 AT_LEAST = {"batch_size": 1, "accumulation_steps": 1, "max_seq_len": 2, "log_interval": 1, "keep_last": 1,
             "num_workers": 0, "eval_batches": 0, "eval_interval": 0, "save_interval": 0, "max_steps": 0,
             "epochs": 0, "hidden_size": 0, "num_hidden_layers": 0, "warmup_iters": -1, "lora_rank": 1,
-            "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1}
+            "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1, "seed": 0}
 ABOVE = {"learning_rate": 0.0, "lora_alpha": 0.0}
 # the highest sensible value: past it a typo, not a plan (and an allocation that would take the machine down)
 AT_MOST = {"seed": 2**32 - 1, "hidden_size": 16384, "num_hidden_layers": 512, "batch_size": 65536,
@@ -151,8 +151,7 @@ def check_flags(cfg, stage):
         if f.name in ABOVE:
             check_range(f"--{f.name}", value, ABOVE[f.name], AT_MOST.get(f.name), low_open=True)
         else:
-            check_range(f"--{f.name}", value, AT_LEAST.get(f.name, 0 if f.name == "seed" else None),
-                        AT_MOST.get(f.name))
+            check_range(f"--{f.name}", value, AT_LEAST.get(f.name), AT_MOST.get(f.name))
     if cfg.epochs < 1 and cfg.max_steps < 1:
         raise UserError("--epochs must be at least 1 (or give --max_steps)")
     if not 0 <= cfg.val_ratio < 1:

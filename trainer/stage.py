@@ -8,8 +8,7 @@ from pathlib import Path
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
 from model import paths
 from model.atomic import check_writable, clean_stale_temps
-from model.checkpoint import file_sha256, load_checkpoint
-from model.config import ModelConfig
+from model.checkpoint import config_from_dict, file_sha256, load_checkpoint
 from model.errors import UserError
 from model.tokenizer import load_tokenizer_from_state
 from trainer.args import find_base, format_config, parse_args, resolve_inputs
@@ -37,9 +36,9 @@ def load_base(cfg, parent):
     the checkpoint dict, and the model config and tokenizer it carries (never taken from flags)."""
     base = find_base(cfg, parent)
     ckpt = load_checkpoint(base)
-    config = ModelConfig.from_dict(ckpt["config"])
+    config = config_from_dict(ckpt["config"], base)
     check_model_flags(cfg, config, base)
-    return base, ckpt, config, load_tokenizer_from_state(ckpt["tokenizer"])
+    return base, ckpt, config, load_tokenizer_from_state(ckpt["tokenizer"], base)
 
 
 def check_model_flags(cfg, config, where):

@@ -5,13 +5,16 @@
     python eval_model.py --prompt "Who are you?" --prompt "你是谁？"    # answer and exit
     echo "Who are you?" | python eval_model.py                       # one prompt per line from stdin
     python eval_model.py --lora_name lora_music --identity_test      # held-out identity questions
+    python eval_model.py --model_mode 1 --identity_test --bot_name TinyMind --bot_creator "the TinyMind project"
     python eval_model.py --lora_name lora_music --task_test dataset/music_test.jsonl
     python eval_model.py --load 1 --hf_path path/to/hf_model         # a Hugging Face folder, imported in memory
 
 A thin command over the modules that do the work: model/paths.py finds the files (out/{pretrain|full_sft}_
 {hidden}.pth, out/lora/{lora_name}_{hidden}.pth), model/inference.py loads them (an adapter onto the base it
 records), chat/terminal.py chats, evaluation/qa.py runs the tests (greedy by default, a JSON report under
-out/eval/). Sampling is THE loop of model/generate.py.
+out/eval/; strict scorers of dataset/scoring.py). The identity checked is the one the model records (its
+training data's "identity", from scripts/make_identity.py) unless --bot_name/--bot_creator say otherwise.
+Sampling is THE loop of model/generate.py.
 """
 import argparse
 import sys
@@ -21,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # repo root
 
 import torch  # noqa: E402
 
-from chat.terminal import auto_prompts, converse, read_prompts_file, stdin_prompts, tty_prompts  # noqa: E402
+from chat.terminal import auto_prompts, auto_test, converse, read_prompts_file, stdin_prompts, tty_prompts  # noqa: E402
 from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
-from evaluation.qa import read_test_file, run_identity_test, run_task_test  # noqa: E402
+from evaluation.qa import expected_identity, read_test_file, run_identity_test, run_task_test  # noqa: E402
 from model import paths  # noqa: E402
 from model.atomic import check_writable  # noqa: E402
 from model.errors import UserError  # noqa: E402
@@ -64,9 +67,15 @@ def parse_args(argv=None):
     p.add_argument("--identity_test", nargs="?", const=str(DEFAULT_IDENTITY_TEST), default=None, metavar="FILE",
                    help=f"held-out identity questions (default file {DEFAULT_IDENTITY_TEST.relative_to(paths.repo_root())})")
     p.add_argument("--task_test", action="append", default=[], metavar="FILE",
-                   help="JSONL conversations (question, reference answer) + optional 'answers' aliases (repeatable)")
+                   help="JSONL conversations (question, reference answer) + 'answers' (the gold answers) (repeatable)")
+    p.add_argument("--bot_name", default=None,
+                   help="the name identity answers must give (default: the one the model records)")
+    p.add_argument("--bot_creator", default=None,
+                   help="who made it, for creator questions (default: the one the model records)")
+    p.add_argument("--bot_creator_zh", default=None, help="the creator as Chinese answers write it")
     p.add_argument("--report", default=None,
-                   help="JSON report path when one test runs (default out/eval/{test}_{model}.json)")
+                   help="JSON report path when one test runs (default out/eval/{test}_{model}.json; an earlier "
+                        "report there of another model is kept as {test}_{model}_{hash}.json)")
     p.add_argument("--batch_size", type=int, default=16, help="questions answered together in the tests")
     p.add_argument("--force", action="store_true", help="load an adapter even if its base file changed")
     return check_args(p.parse_args(argv))
@@ -83,7 +92,12 @@ def check_args(args):
         check_range("--seed", args.seed, 0, 2**32 - 1, integer=True)
     # a prompt from the shell that is not UTF-8 (a stray \xff) keeps its text, the bad bytes become U+FFFD
     args.prompt = [as_text(p) for p in args.prompt]
-    args.system = as_text(args.system) if args.system is not None else None
+    for flag in ("system", "bot_name", "bot_creator", "bot_creator_zh"):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(args, flag, as_text(value))
+            if flag != "system" and not value.strip():
+                raise UserError(f"--{flag} must not be empty")
     if args.temperature is not None:
         check_range("--temperature", args.temperature, 0.0)
     check_range("--top_p", args.top_p, 0.0, 1.0, low_open=True)
@@ -123,7 +137,9 @@ def load(args):
 def warn_mismatch(args, loaded):
     """--model_mode and --num_hidden_layers only check: the files record what they are."""
     info = loaded.info
-    if info.get("adapter") and args.model_mode is not None and STAGES[args.model_mode] != info["stage"]:
+    chat_import = args.model_mode == 1 and info["stage"] == "imported"     # an imported instruct model chats
+    if info.get("adapter") and args.model_mode is not None and STAGES[args.model_mode] != info["stage"] \
+            and not chat_import:
         print(f"warning: --model_mode {args.model_mode} ({STAGES[args.model_mode]}) but "
               f"{Path(info['adapter']['path']).name} was trained on {info['checkpoint']} ({info['stage']}); "
               "loaded that base", file=sys.stderr)
@@ -141,11 +157,26 @@ def sampling(args, test=False):
                 max_new_tokens=args.max_new_tokens or (128 if test else 512))
 
 
+def checked_identity(args, loaded):
+    """(identity, where it came from) the identity questions are scored against (evaluation.qa)."""
+    return expected_identity(loaded, args.bot_name, args.bot_creator, args.bot_creator_zh)
+
+
+def auto_identity(args, loaded):
+    """checked_identity for the automatic test, where a model without one is chatted with all the same:
+    (None, why) then."""
+    try:
+        return checked_identity(args, loaded)
+    except UserError as e:
+        return None, str(e)
+
+
 def run_tests(args, loaded, identity, tasks):
     out, s = paths.out_dir(args.out_dir), sampling(args, test=True)
     common = dict(out=out, system=args.system, batch_size=args.batch_size, report=args.report)
     if identity:
-        run_identity_test(loaded, identity, args.identity_test, s, **common)
+        expected, source = checked_identity(args, loaded)      # before any answering: a missing one is one line
+        run_identity_test(loaded, identity, args.identity_test, s, identity=expected, source=source, **common)
     for file, records in tasks:
         run_task_test(loaded, records, file, s, **common)
 
@@ -180,7 +211,7 @@ def main(argv=None):
         converse(loaded, piped, *chat_args, args.history_cnt or 0)
     else:
         print("automatic test:")
-        converse(loaded, auto_prompts(loaded, args.prompts_file), *chat_args, 0)
+        auto_test(loaded, auto_prompts(loaded, args.prompts_file), *chat_args, auto_identity(args, loaded))
         turns = 2 if args.history_cnt is None else args.history_cnt
         print(f"chat (keeps {turns} earlier exchanges; /clear forgets them, exit or Ctrl-D ends):")
         converse(loaded, tty_prompts(), *chat_args, turns, interactive=True)

@@ -1,5 +1,6 @@
 """The terminal chat of eval_model.py: answer prompts one after another (from --prompt, stdin or the
-keyboard), streaming each reply, keeping a bounded history; and the prompts of the automatic test.
+keyboard), streaming each reply, keeping a bounded history; and the automatic test, which shows each
+question's reference answer and the verdict of the strict scorers (evaluation/qa.py judge).
 
 Library module; the command is eval_model.py:
     python eval_model.py --lora_name lora_music --model_mode 1
@@ -7,7 +8,7 @@ Library module; the command is eval_model.py:
 import io
 
 from chat.history import trim_history
-from evaluation.qa import first_user, read_conversations
+from evaluation.qa import asked, describe_identity, first_user, judge, last_user, read_conversations, reference
 from model.errors import UserError
 from model.generate import chat
 from model.paths import resolve_input
@@ -19,34 +20,65 @@ PROMPTS = {
              "Explain what a neural network is in one sentence.", "你是谁？", "请用一句话介绍一下长城。",
              "推荐一本好书。", "What is a piano?"],
 }
+IDENTITY_PROMPTS = ("Who are you?", "你是谁？")     # built-in prompts the automatic test scores as identity questions
 QUIT = ("exit", "quit", "/exit", "/quit")
 
 
-def read_prompts_file(path):
-    """A JSONL file of conversations (first user turn) or plain text, one prompt per line."""
+def read_prompt_records(path):
+    """A JSONL file of conversations (records kept whole: their references score the automatic test) or
+    plain text, one prompt per line (each as a record, as_record)."""
     path = resolve_input(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     if lines and lines[0].startswith("{"):
-        return [first_user(r["conversations"]) for r in read_conversations(path)]
-    return lines
+        return read_conversations(path)
+    return [as_record(ln) for ln in lines]
+
+
+def read_prompts_file(path):
+    """The prompts of a prompts file (read_prompt_records): each record's first user turn."""
+    return [first_user(r["conversations"]) for r in read_prompt_records(path)]
+
+
+def as_record(prompt):
+    """A plain prompt as a test record: {"conversations": [user]} (+ "ask" for a built-in identity one)."""
+    return {"conversations": [{"role": "user", "content": prompt}],
+            **({"ask": "name"} if prompt in IDENTITY_PROMPTS else {})}
 
 
 def auto_prompts(loaded, prompts_file=None, n=8):
-    """Prompts for the automatic test: prompts_file, an adapter's validation data, or a built-in list."""
+    """Records for the automatic test: prompts_file (JSONL records keep their references), an adapter's
+    validation data (n of them, spread out), or a built-in list."""
     if prompts_file:
-        return read_prompts_file(prompts_file)
+        return read_prompt_records(prompts_file)
     meta = (loaded.info.get("adapter") or {}).get("meta") or {}
     for cand in (meta.get("val_path"), (meta.get("train_config") or {}).get("val_data")):
         if cand and resolve_input(cand).is_file():
             try:
-                prompts = [first_user(r["conversations"]) for r in read_conversations(cand)]
+                records = read_conversations(cand)
             except UserError:
                 continue
-            if prompts:
-                return prompts[::max(1, len(prompts) // n)][:n]
-    return PROMPTS["pretrain" if loaded.continuation else "chat"]
+            if records:
+                return records[::max(1, len(records) // n)][:n]
+    return [as_record(p) for p in PROMPTS["pretrain" if loaded.continuation else "chat"]]
+
+
+def auto_test(loaded, records, sampling, system=None, identity=None):
+    """The automatic test: answer each record's question (streamed), then show its reference answer and
+    the verdict (PASS/FAIL and why, by evaluation.qa.judge: identity questions against identity, a
+    (identity, source) pair or None, the others against their gold answers)."""
+    ident, source = identity or (None, "no identity given")
+    print(describe_identity(ident, source) if ident else f"identity: not scored ({source})")
+    for rec in records:
+        messages = asked(rec["conversations"])
+        print(f"> {last_user(messages)}\n🤖: ", end="", flush=True)
+        answer = reply(loaded, messages, system, sampling)
+        ref = reference(rec)
+        if ref is not None:
+            print(f"   reference: {ref}")
+        ok, why = judge(rec, answer, ident)
+        print(f"   [{'-' if ok is None else 'PASS' if ok else 'FAIL'}] {why}\n")
 
 
 def reply(loaded, messages, system, sampling):

@@ -10,7 +10,7 @@ Accepted on input (normalised on load; scripts/convert_data.py writes the canoni
     Alpaca     {"instruction": ..., "input": ..., "output": ..., "system"?: ..., "history"?: [[q, a], ...]}
     ShareGPT   {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}
     Text       {"text": ...}
-Other top-level keys (e.g. "answers" in music.jsonl, "expect" in identity_test.jsonl, "id") are passed
+Other top-level keys (e.g. "answers" in music.jsonl, "ask" and "identity" in the identity files, "id") are passed
 through unchanged, so tools and evals can read them; trainers simply ignore them.
 
 Kinds (what a reader expects):

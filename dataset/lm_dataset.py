@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset.formats import iter_jsonl
+from dataset.streaming import sample_key, val_count
 from model.errors import UserError
 from model.tokenizer import encode_chat
 
@@ -33,15 +34,18 @@ def read_records(path, kind, skip_bad=False):
 
 
 def split_records(records, val_ratio, seed):
-    """Seeded hold-out split -> (train, val); val gets round(n * val_ratio) records, at least one."""
-    if val_ratio <= 0 or len(records) < 2:
-        return records, []
-    order = list(range(len(records)))
+    """Seeded hold-out split of [(lineno, record)] -> (train, val), by unique sample: val_count(u,
+    val_ratio) of the u unique samples (dataset.streaming.sample_key) go to val with all their copies, so a
+    mix that repeats a file never validates on a sample it trains on. Without copies: a seeded shuffle,
+    val the first round(n * val_ratio) records (at least one), both kept in file order."""
+    copies = {}             # sample key -> indices of its records, in order of first appearance
+    for i, (_, rec) in enumerate(records):
+        copies.setdefault(sample_key(rec), []).append(i)
+    samples = list(copies.values())
+    order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
-    n_val = min(len(records) - 1, max(1, round(len(records) * val_ratio)))
-    val = sorted(order[:n_val])
-    held = set(val)
-    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in val]
+    held = {i for s in order[:val_count(len(samples), val_ratio)] for i in samples[s]}
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 class PretrainDataset(Dataset):

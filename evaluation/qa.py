@@ -1,18 +1,22 @@
 """Answer tests: the held-out identity questions and task question/answer sets, answered in batches
-(greedy by default) and scored by dataset/scoring.py, with a JSON report under out/eval/.
+(greedy by default) and scored by the strict verdicts of dataset/scoring.py, with a JSON report under
+out/eval/ that never replaces another model's report.
 
 Library module; the command is eval_model.py:
     python eval_model.py --lora_name lora_music --identity_test --task_test dataset/music_test.jsonl
-    from evaluation.qa import read_test_file, run_identity_test
+    from evaluation.qa import expected_identity, read_test_file, run_identity_test
 """
+import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from dataset.formats import iter_jsonl
-from dataset.scoring import identity_verdict, task_verdict
+from dataset.scoring import ASKS, identity_verdict, task_golds, task_verdict
 from model.atomic import write_text
+from model.checkpoint import file_sha256
 from model.errors import UserError
 from model.generate import build_prompt, generate
 from model.paths import report_path, resolve_input
@@ -20,24 +24,91 @@ from model.paths import report_path, resolve_input
 
 def read_conversations(path, kind="any"):
     """JSONL records (any accepted format) -> list of dicts with "conversations"."""
+    return [rec for _, rec in read_numbered(path, kind)]
+
+
+def read_numbered(path, kind="any"):
+    """[(line number, record with "conversations")] of a JSONL file; a missing file is one line."""
     path = resolve_input(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return [rec for _, rec in iter_jsonl(path, kind=kind) if "conversations" in rec]
+    return [(n, rec) for n, rec in iter_jsonl(path, kind=kind) if "conversations" in rec]
 
 
 def first_user(conversations):
     return next(m["content"] for m in conversations if m["role"] == "user")
 
 
+def last_user(conversations):
+    return next(m["content"] for m in reversed(conversations) if m["role"] == "user")
+
+
+def asked(conversations):
+    """The turns a question is: the conversation without its final (reference) assistant turn."""
+    return conversations[:-1] if conversations[-1]["role"] == "assistant" else conversations
+
+
+def reference(record):
+    """The reference answer of a record (its final assistant turn), or None."""
+    last = record["conversations"][-1]
+    return last["content"] if last["role"] == "assistant" else None
+
+
+def ask_of(record):
+    """What an identity question asks (its "ask"); a record without one asks the name."""
+    return record.get("ask") or "name"
+
+
 def read_test_file(path, kind):
-    """The records of an identity test (kind "identity") or a task test ("task") file; an empty one is
-    one line."""
-    records = read_conversations(path, kind="any" if kind == "identity" else "chat")
-    if not records:
+    """The records of an identity test (kind "identity") or a task test ("task") file; an empty one, or
+    an identity question whose "ask" is not name/creator/other, is one line."""
+    numbered = read_numbered(path, kind="any" if kind == "identity" else "chat")
+    if not numbered:
         what = "questions" if kind == "identity" else "question/answer conversations"
         raise UserError(f"{path}: no {what} in the file")
-    return records
+    for n, rec in numbered:
+        if kind == "identity" and ask_of(rec) not in ASKS:
+            raise UserError(f"{path}:{n}: \"ask\" must be one of {', '.join(ASKS)}, not {rec['ask']!r}")
+    return [rec for _, rec in numbered]
+
+
+def expected_identity(loaded, name=None, creator=None, creator_zh=None):
+    """(identity, where it came from): the name and creator an identity answer must give. The flags
+    (--bot_name, --bot_creator, --bot_creator_zh) win; what they leave out comes from the model's record
+    (loaded.identity: the "identity" of its training data). Without a name and creator: one line."""
+    recorded = loaded.identity or {}
+    where = "the adapter's training data" if (loaded.info.get("adapter") or {}).get("meta", {}).get("identity") \
+        else "the checkpoint's training data"
+    identity = {"name": name or recorded.get("name"), "creator": creator or recorded.get("creator"),
+                "creator_zh": creator_zh or (recorded.get("creator_zh") if not creator else None)}
+    if not (identity["name"] and identity["creator"]):
+        raise UserError(f"{loaded.label} records no identity (name and creator it was taught) to check; "
+                        "pass --bot_name NAME --bot_creator WHO")
+    flags = [f for f, v in (("--bot_name", name), ("--bot_creator", creator), ("--bot_creator_zh", creator_zh)) if v]
+    source = (", ".join(flags) + ("" if name and creator else f" and {where}")) if flags else where
+    return identity, source
+
+
+def describe_identity(identity, source):
+    """'identity checked: Melody by Ada Lab (from the adapter's training data)'."""
+    zh = identity.get("creator_zh")
+    who = identity["creator"] + (f" / {zh}" if zh and zh != identity["creator"] else "")
+    return f"identity checked: {identity['name']} by {who} (from {source})"
+
+
+def judge(record, answer, identity):
+    """(ok, reason) for an answer to any test record, by the scorers of dataset/scoring.py: an identity
+    question (it has "ask" or "identity") by identity_verdict against identity (None: not scored), any
+    other record with gold answers by task_verdict; ok None when there is nothing to score against."""
+    if "ask" in record or "identity" in record:
+        if identity is None:
+            return None, "not scored: no identity to check"
+        return identity_verdict(answer, ask_of(record), **identity)
+    golds = task_golds(record)
+    if not golds:
+        return None, "no reference answer"
+    ok, matched = task_verdict(answer, golds)
+    return ok, f"matches {matched!r}" if ok else f"expected {' or '.join(repr(g) for g in golds[:4])}"
 
 
 def answer_batch(loaded, questions, sampling, system=None, batch_size=16):
@@ -53,55 +124,110 @@ def answer_batch(loaded, questions, sampling, system=None, batch_size=16):
     return answers
 
 
-def run_identity_test(loaded, records, file, sampling, out, system=None, batch_size=16, report=None):
-    """Ask each held-out identity question; a pass names the expected name (record "expect": {"name"})
-    and is not a denial (dataset.scoring.identity_verdict). Returns the pass rate."""
-    questions, names = [], []
-    for rec in records:
-        questions.append([m for m in rec["conversations"] if m["role"] != "assistant"][:2])
-        names.append((rec.get("expect") or {}).get("name", "TinyMind"))
+def run_identity_test(loaded, records, file, sampling, out, identity, source="the flags", system=None,
+                      batch_size=16, report=None):
+    """Ask each held-out identity question; a pass is an affirmative answer with identity's name (its
+    creator for a record whose "ask" is "creator") and no denial (dataset.scoring.identity_verdict).
+    Returns the pass rate."""
+    print(describe_identity(identity, source))
+    questions = [asked(rec["conversations"]) for rec in records]
     answers = answer_batch(loaded, questions, sampling, system, batch_size)
     results, passed = [], 0
-    for q, name, a in zip(questions, names, answers):
-        ok, why = identity_verdict(a, name)
+    for rec, q, a in zip(records, questions, answers):
+        ok, why = identity_verdict(a, ask_of(rec), **identity)
         passed += ok
-        print(f"[{'PASS' if ok else 'FAIL'}] {first_user(q)}\n       -> {a[:200]!r}" + ("" if ok else f"  ({why})"))
-        results.append({"question": first_user(q), "answer": a, "expect": name, "pass": ok, "reason": why})
+        print(f"[{'PASS' if ok else 'FAIL'}] {last_user(q)}\n       -> {a[:200]!r}" + ("" if ok else f"  ({why})"))
+        results.append({"question": last_user(q), "ask": ask_of(rec), "answer": a, "pass": ok, "reason": why})
     print(f"identity test ({loaded.label}): {passed}/{len(results)} passed = {passed / len(results):.1%}")
-    write_report(report or report_path(out, "identity", loaded.label),
-                 report_body("identity", file, loaded, sampling, passed, results))
+    body = report_body("identity", file, loaded, sampling, passed, results)
+    save_report(dict(body, identity=identity, identity_source=source), out, "identity", loaded, report)
     return passed / len(results)
 
 
 def run_task_test(loaded, records, file, sampling, out, system=None, batch_size=16, report=None):
-    """Ask each question (all turns but the last); correct when the answer holds the reference or one
-    of the record's "answers" aliases (dataset.scoring.task_verdict). Returns the accuracy."""
-    questions, refs = [], []
-    for rec in records:
-        conv = rec["conversations"]
-        questions.append(conv[:-1])
-        aliases = rec.get("answers") or []
-        refs.append([conv[-1]["content"]] + [str(a) for a in (aliases if isinstance(aliases, list) else [aliases])])
+    """Ask each question (all turns but the last); correct when one of its gold answers (the record's
+    "answers", else the whole reference) occurs in the answer as a phrase, not negated
+    (dataset.scoring.task_verdict). Returns the accuracy."""
+    questions = [asked(rec["conversations"]) for rec in records]
     answers = answer_batch(loaded, questions, sampling, system, batch_size)
     results, correct = [], 0
-    for q, ref, a in zip(questions, refs, answers):
-        ok, matched = task_verdict(a, ref)
+    for rec, q, a in zip(records, questions, answers):
+        golds = task_golds(rec)
+        ok, matched = task_verdict(a, golds)
         correct += ok
-        print(f"[{'OK' if ok else 'XX'}] {q[-1]['content'][:100]}\n     -> {a[:160]!r}"
-              + ("" if ok else f"  (expected {ref[0][:80]!r}{' or an alias' if len(ref) > 1 else ''})"))
-        results.append({"question": q[-1]["content"], "answer": a, "reference": ref[0], "aliases": ref[1:],
+        print(f"[{'OK' if ok else 'XX'}] {last_user(q)[:100]}\n     -> {a[:160]!r}"
+              + ("" if ok else f"  (expected {' or '.join(repr(g[:80]) for g in golds[:4])})"))
+        results.append({"question": last_user(q), "answer": a, "reference": reference(rec), "golds": golds,
                         "correct": ok, "matched": matched})
     print(f"task test ({loaded.label}, {Path(file).name}): {correct}/{len(results)} correct = "
           f"{correct / len(results):.1%}")
-    write_report(report or report_path(out, f"task_{Path(file).stem}", loaded.label),
-                 report_body("task", file, loaded, sampling, correct, results))
+    save_report(report_body("task", file, loaded, sampling, correct, results), out, f"task_{Path(file).stem}",
+                loaded, report)
     return correct / len(results)
 
 
 def report_body(kind, file, loaded, sampling, good, results):
-    return {"kind": kind, "file": str(file), "model": loaded.info, "sampling": sampling, "n": len(results),
-            "passed": good, "rate": good / len(results), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "results": results}
+    return {"kind": kind, "file": str(file), "model": loaded.info, "model_key": model_key(loaded),
+            "sampling": sampling, "n": len(results), "passed": good, "rate": good / len(results),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}
+
+
+def model_key(loaded):
+    """What makes the tested model this one: its checkpoint and adapter files, by path and sha256."""
+    info = loaded.info
+    key = {"checkpoint": str(Path(info["checkpoint"]).resolve()), "checkpoint_sha256": digest(info["checkpoint"])}
+    if info.get("adapter"):
+        key.update(adapter=str(Path(info["adapter"]["path"]).resolve()), adapter_sha256=digest(info["adapter"]["path"]))
+    return key
+
+
+_DIGESTS = {}
+
+
+def digest(path):
+    """sha256 of a file (read once per process while it is unchanged); None for a folder (a HF model)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(p)
+    return _DIGESTS[key]
+
+
+def stored_key(path):
+    """The model_key of the report at path (a report without one: its checkpoint and adapter paths), or
+    None when there is no report."""
+    if not Path(path).is_file():
+        return None
+    try:
+        rep = json.loads(Path(path).read_text(encoding="utf-8"))
+        info = rep.get("model") or {}
+        return rep.get("model_key") or {"checkpoint": info.get("checkpoint"),
+                                        "adapter": (info.get("adapter") or {}).get("path")}
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return {"unreadable": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def short_hash(key):
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def save_report(body, out, test, loaded, report=None):
+    """Write a test's report to report (the user's --report) if given, else to out/eval/{test}_{label}.json,
+    which always holds the latest report of that label: an earlier report there of another model (its
+    model_key differs) is first kept under the name with that model's short hash, and a line says where."""
+    if report:
+        return write_report(report, body)
+    path = report_path(out, test, loaded.label)
+    old = stored_key(path)
+    if old is not None and old != body["model_key"]:
+        kept = report_path(out, test, loaded.label, short_hash(old))
+        os.replace(path, kept)
+        print(f"kept the earlier report there, of another model ({old.get('adapter') or old.get('checkpoint')}), "
+              f"as {kept}")
+    return write_report(path, body)
 
 
 def write_report(path, data):

@@ -244,6 +244,21 @@ def write_bytes(path, data):
     return Path(path)
 
 
+def keep_aside(files, folder):
+    """Move the existing ones of `files` into `folder` (created), each under its own name, so that what
+    replaces them never destroys them. -> the moved files' new paths ([] when none existed)."""
+    moved = []
+    for f in map(Path, files):
+        if f.is_file():
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            target = Path(folder) / f.name
+            os.replace(f, target)
+            moved.append(target)
+    if moved:
+        _fsync_dir(Path(folder))
+    return moved
+
+
 def _remove(p):
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)

@@ -29,6 +29,13 @@ class Loaded:
         """A pretrained model continues text: no chat template, no history."""
         return self.info.get("stage") == "pretrain"
 
+    @property
+    def identity(self):
+        """{"name", "creator"[, "creator_zh"]} the model was taught (the "identity" of its training data's
+        records, kept in the adapter's or checkpoint's meta), or None when it records none."""
+        adapter = self.info.get("adapter") or {}
+        return adapter.get("meta", {}).get("identity") or self.info.get("identity")
+
     def describe(self):
         info = self.info
         text = f"{info['checkpoint']} ({info['stage']}, {info['parameters'] / 1e6:.2f}M parameters)"
@@ -70,6 +77,8 @@ def describe(model, ckpt, tokenizer, path, adapter=None, adapter_path=None):
     info = {"checkpoint": str(path), "stage": meta.get("stage", "?"), "step": meta.get("step"),
             "parameters": model.num_parameters(),
             "config": dict(ckpt.get("config", {})), "tokenizer_sha256": tokenizer.sha256}
+    if meta.get("identity"):
+        info["identity"] = meta["identity"]
     if adapter is not None:
         info["adapter"] = {"path": str(adapter_path), "base": adapter.get("base", {}).get("path"),
                            "step": adapter.get("meta", {}).get("step"),

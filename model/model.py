@@ -262,10 +262,12 @@ class TinyMindForCausalLM(nn.Module):
         return sum(p.numel() for p in params.values())
 
     def forward(self, input_ids, labels=None, attention_mask=None, kv_cache=None,
-                loss_reduction="mean", last_only=False):
+                loss_reduction="mean", last_only=False, targets_only=False):
         """input_ids (B, T); labels (B, T) aligned with input_ids, -100 = no loss: the target shift
         happens here and nowhere else. attention_mask (B, S) with 1 for real tokens and 0 for padding,
-        S = positions cached before + T. last_only computes logits for the last position only."""
+        S = positions cached before + T. last_only computes logits for the last position only;
+        targets_only (training) computes them only where a label is, as (n_targets, vocab): the same
+        loss without the output layer's work on prompts and padding."""
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         device = input_ids.device
@@ -296,14 +298,19 @@ class TinyMindForCausalLM(nn.Module):
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x)                                                     # (B, T, vocab)
-        aux_loss = aux_total * self.config.aux_loss_coef if aux_total is not None else None
-
-        loss, n_targets = None, 0
+        targets = None
         if labels is not None:
             # token t predicts token t+1: shift the labels left (the last position gets -100) rather
             # than slicing the logits, which would copy them
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            if targets_only and bool((targets == -100).any()):
+                keep = targets != -100
+                x, targets = x[keep], targets[keep]                                 # (n_targets, C)
+        logits = self.lm_head(x)                                                     # (B, T, vocab)
+        aux_loss = aux_total * self.config.aux_loss_coef if aux_total is not None else None
+
+        loss, n_targets = None, 0
+        if targets is not None:
             n_targets = int((targets != -100).sum())
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                    targets.reshape(-1), ignore_index=-100, reduction="sum")

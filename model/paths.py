@@ -8,6 +8,7 @@
     out/state/{run}/step_N.pth                          resumable training states
     out/eval/{test}_{label}.json                        test reports
     out/data/                                           data the tools derive (mixes, samples)
+    out/previous/{run}-{time}/                          a finished output a new run replaced, kept
     out/quickstart.json, out/quickstart_summary.md      what the quickstart ran, its summary table
 
 The folder is --out_dir where a tool has it, else $TINYMIND_OUT_DIR, else <repo>/out: every tool, the
@@ -127,8 +128,11 @@ def list_state_files(folder):
     return sorted(Path(folder).glob("step_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
 
 
-def report_path(out, test, label):
-    return Path(out) / "eval" / f"{test}_{label}.json"
+def report_path(out, test, label, model_hash=None):
+    """out/eval/{test}_{label}.json: the latest report of a test on the model labelled label. With
+    model_hash (a short hash of the model tested) out/eval/{test}_{label}_{model_hash}.json: where an
+    earlier report of another model with the same label is kept (evaluation/qa.py moves it there)."""
+    return Path(out) / "eval" / (f"{test}_{label}_{model_hash}.json" if model_hash else f"{test}_{label}.json")
 
 
 def data_path(out, name):
@@ -202,6 +206,22 @@ def find_stage_checkpoint(out, stage, hidden_size=None, use_moe=False, flag_hint
         raise UserError(f"{want}: checkpoint not found{others}; make it with {make_hint(stage, hidden_size, use_moe=use_moe)} "
                         "(same --hidden_size/--out_dir) or run `python scripts/quickstart.py`")
     return path.resolve()
+
+
+def find_lora_base(out, hidden_size=None, use_moe=False):
+    """The checkpoint train_lora.py starts from without --base -> (path, why): out/full_sft_{hidden}.pth
+    picked like find_stage_checkpoint; when out holds no full-SFT checkpoint, the imported SmolLM2
+    (out/smollm2_135m.pth, scripts/convert_model.py --smollm2); neither is the one 'not found' line."""
+    out = Path(out)
+    if candidates(out, "full_sft", use_moe) or hidden_size or use_moe or not smollm2_path(out).is_file():
+        path = find_stage_checkpoint(out, "full_sft", hidden_size, use_moe)
+        return path, "the full-SFT checkpoint in out/; --base picks another"
+    return smollm2_path(out).resolve(), "no full-SFT checkpoint in out/, so the imported SmolLM2; --base picks another"
+
+
+def previous_dir(out, run, stamp):
+    """Where the finished outputs of run `run` go when a new run replaces them: out/previous/{run}-{stamp}."""
+    return Path(out) / "previous" / f"{run}-{stamp}"
 
 
 def find_adapter(out, lora_name, hidden_size=None):

@@ -10,9 +10,10 @@ version is pinned below. Given the same sources and --seed the output is identic
 sorted, every random choice comes from one seeded random.Random, and JSON is written with one fixed
 formatting (dataset.formats.dumps).
 
-Writes pretrain.jsonl, sft.jsonl, sft_val.jsonl, music.jsonl, music_test.jsonl, identity.jsonl,
-identity_test.jsonl. build_from_dirs() does the work from already-extracted source folders (the test
-builds a tiny fake tree and checks that two builds give the same bytes).
+Writes pretrain.jsonl, sft.jsonl, sft_val.jsonl, music_only.jsonl, music_test.jsonl, identity.jsonl,
+identity_test.jsonl and music.jsonl (a sample of music_only.jsonl with identity conversations mixed in: the
+LoRA set). build_from_dirs() does the work from already-extracted source folders (the test builds a
+tiny fake tree and checks that two builds give the same bytes).
 """
 import ast
 import csv
@@ -61,6 +62,7 @@ PRETRAIN_BUDGET = {
 }
 MAX_CHARS = 2000          # longest pretraining line; longer documents are cut at paragraph breaks
 SFT_VAL_RATIO = 0.03
+MIX_IDENTITY, MIX_MUSIC = 200, 600     # music.jsonl: 200 identity + 600 music conversations (25% identity)
 MUSIC_TEST_RATIO = 0.15
 SYSTEM_EN = ["You are a helpful assistant.", "You are a helpful assistant. Answer briefly.",
              "You are a friendly assistant who gives short, accurate answers."]
@@ -621,6 +623,31 @@ def build_music(dirs, rng, size, stats):
     return [r for _, r in train], [r for _, r in test]
 
 
+def music_mix(music, identity, rng, n_identity=MIX_IDENTITY, n_music=MIX_MUSIC):
+    """The LoRA training set the quickstart and the README's command use (music.jsonl): a seeded sample
+    of the music questions with a quarter of identity conversations mixed in, so that teaching music does
+    not unteach the name (dataset/SOURCES.md says why this share). The identity sample is balanced over
+    what the conversations ask (name, creator, "are you X?", the rest: balanced_sample), since "are you
+    X?" lines, one per other assistant, outnumber the rest. Every sample appears once."""
+    picked = balanced_sample(identity, n_identity, rng) + rng.sample(music, min(n_music, len(music)))
+    rng.shuffle(picked)
+    return picked
+
+
+def balanced_sample(records, n, rng):
+    """n records taken in turn from each kind (their "ask"), each kind shuffled: a small kind is taken whole."""
+    kinds = {}
+    for r in records:
+        kinds.setdefault(str(r.get("ask")), []).append(r)
+    queues = [rng.sample(kinds[k], len(kinds[k])) for k in sorted(kinds)]
+    picked = []
+    while len(picked) < min(n, len(records)):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop())
+    return picked
+
+
 def write_jsonl(path, records):
     with atomic_open(path) as f:
         for r in records:
@@ -647,12 +674,15 @@ def build_from_dirs(dirs, out_dir, seed=42, size="small", identity=("TinyMind", 
     report["sft.jsonl"] = write_jsonl(out_dir / "sft.jsonl", sft)
     report["sft_val.jsonl"] = write_jsonl(out_dir / "sft_val.jsonl", val)
     music, music_test = build_music(dirs, random.Random(f"{seed}-music"), size, stats)
-    report["music.jsonl"] = write_jsonl(out_dir / "music.jsonl", music)
+    report["music_only.jsonl"] = write_jsonl(out_dir / "music_only.jsonl", music)
     report["music_test.jsonl"] = write_jsonl(out_dir / "music_test.jsonl", music_test)
     write_identity(out_dir, identity[0], identity[1], identity[2], seed)
     for name in ("identity.jsonl", "identity_test.jsonl"):
         p = out_dir / name
         report[name] = (sum(1 for _ in open(p, encoding="utf-8")), p.stat().st_size)
+    identity_train = [json.loads(line) for line in open(out_dir / "identity.jsonl", encoding="utf-8")]
+    mix = music_mix(music, identity_train, random.Random(f"{seed}-mix"))
+    report["music.jsonl"] = write_jsonl(out_dir / "music.jsonl", mix)
     return report
 
 

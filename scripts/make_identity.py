@@ -5,9 +5,13 @@
 
 Writes OUT_DIR/identity.jsonl (training conversations) and OUT_DIR/identity_test.jsonl: held-out
 questions whose phrasings never occur in the training file (they come from disjoint template lists),
-one per line as {"conversations": [{"role": "user", "content": q}], "expect": {"name": NAME}}, for
-`python eval_model.py --identity_test`. Every answer names NAME and CREATOR and denies being another
-assistant. The output is a pure function of the flags and --seed.
+one per line as {"conversations": [{"role": "user", "content": q}], "ask": "name"|"creator"|"other"}
+(what the question asks, which decides how dataset/scoring.py judges the answer), for
+`python eval_model.py --identity_test`. Every record of both files carries "identity": {"name", "creator",
+"creator_zh"}, so the identity travels with the data through any mix or split into the adapter's record,
+where eval_model.py reads what to check; training records of name, creator and "are you X" questions carry
+their "ask" too. Every answer names NAME and CREATOR and denies being another assistant. The output is a
+pure function of the flags and --seed.
 """
 import random
 import sys
@@ -54,18 +58,23 @@ TRAIN_ZH = {
     "can": ["你能做什么？", "你会做什么？", "你有什么功能？", "你能帮我做些什么？", "你擅长什么？"],
     "human": ["你是人吗？", "你是真人吗？", "你是人工智能吗？", "你是机器人吗？"],
 }
-# Held-out phrasings for identity_test.jsonl: never used for training (a test checks this).
-TEST_EN = ["Who exactly am I chatting with right now?", "Could you tell me what your name is?",
-           "What name were you given?", "Identify yourself, please.", "Who is responsible for creating you?",
-           "Which team or organisation trained this model?", "Be honest: are you {other}?",
-           "Am I talking to {other} right now?", "Describe who you are in one sentence.",
-           "Which AI assistant am I speaking with?", "How do you refer to yourself?",
-           "Who designed and built this assistant?", "Hey, what do people call you?",
-           "Who owns and maintains you?", "Tell me, which company's model are you?", "Are you secretly {other}?"]
-TEST_ZH = ["现在和我聊天的是谁？", "能告诉我你的名字吗？", "你的名字叫什么呀？", "请说明一下你的身份。", "是谁把你做出来的？",
-           "哪个团队训练了这个模型？", "说实话，你是{other}吗？", "我现在是在和{other}说话吗？", "用一句话介绍你是谁。",
-           "我正在和哪个AI助手对话？", "你平时怎么称呼自己？", "这个助手是谁设计和搭建的？",
-           "大家都叫你什么？", "你归谁所有、由谁维护？", "你是哪家公司的模型？", "你其实是{other}吧？"]
+# Held-out phrasings for identity_test.jsonl: never used for training (a test checks this), each with
+# what it asks ("name": who/what it is called; "creator": who made it; "other": is it another assistant).
+TEST_EN = {"Who exactly am I chatting with right now?": "name", "Could you tell me what your name is?": "name",
+           "What name were you given?": "name", "Identify yourself, please.": "name",
+           "Who is responsible for creating you?": "creator", "Which team or organisation trained this model?": "creator",
+           "Be honest: are you {other}?": "other", "Am I talking to {other} right now?": "other",
+           "Describe who you are in one sentence.": "name", "Which AI assistant am I speaking with?": "name",
+           "How do you refer to yourself?": "name", "Who designed and built this assistant?": "creator",
+           "Hey, what do people call you?": "name", "Who owns and maintains you?": "creator",
+           "Tell me, which company's model are you?": "creator", "Are you secretly {other}?": "other"}
+TEST_ZH = {"现在和我聊天的是谁？": "name", "能告诉我你的名字吗？": "name", "你的名字叫什么呀？": "name", "请说明一下你的身份。": "name",
+           "是谁把你做出来的？": "creator", "哪个团队训练了这个模型？": "creator", "说实话，你是{other}吗？": "other",
+           "我现在是在和{other}说话吗？": "other", "用一句话介绍你是谁。": "name", "我正在和哪个AI助手对话？": "name",
+           "你平时怎么称呼自己？": "name", "这个助手是谁设计和搭建的？": "creator", "大家都叫你什么？": "name",
+           "你归谁所有、由谁维护？": "creator", "你是哪家公司的模型？": "creator", "你其实是{other}吧？": "other"}
+# what a training question of each category asks (the others, "can" and "human", ask neither)
+TRAIN_ASKS = {"who": "name", "name": "name", "creator": "creator", "other": "other"}
 
 ANSWERS_EN = {
     "who": ["I'm {name}, a small language model created by {creator}. I can chat, answer questions and help with short tasks.",
@@ -114,45 +123,58 @@ def expand(templates, others):
 
 
 def make_identity(name, creator, creator_zh=None, seed=42, n_multi=120):
-    """Return (train_records, test_records) as lists of canonical dicts."""
+    """Return (train_records, test_records) as lists of canonical dicts, each carrying the identity."""
     rng = random.Random(seed)
-    creator_zh = creator_zh or creator
+    identity = {"name": name, "creator": creator, "creator_zh": creator_zh or creator}
+    train = train_records(rng, identity, n_multi)
+    seen = {normalize_question(m["content"]) for r in train for m in r["conversations"] if m["role"] == "user"}
+    return train, test_records(rng, identity, seen)
+
+
+def record(conversations, ask, identity):
+    """One line: the conversation, what its (last) question asks if it is an identity question, the identity."""
+    return {"conversations": conversations, **({"ask": ask} if ask else {}), "identity": identity}
+
+
+def train_records(rng, identity, n_multi):
+    """Every training phrasing once (20% with a system prompt), plus n_multi two-turn conversations that
+    open with a greeting; shuffled."""
     train = []
-    for lang, questions, answers, others, who, system, greet in (
-            ("en", TRAIN_EN, ANSWERS_EN, OTHERS_EN, creator, SYSTEM_EN, GREET_EN),
-            ("zh", TRAIN_ZH, ANSWERS_ZH, OTHERS_ZH, creator_zh, SYSTEM_ZH, GREET_ZH)):
+    for questions, answers, others, who, system, greet in (
+            (TRAIN_EN, ANSWERS_EN, OTHERS_EN, identity["creator"], SYSTEM_EN, GREET_EN),
+            (TRAIN_ZH, ANSWERS_ZH, OTHERS_ZH, identity["creator_zh"], SYSTEM_ZH, GREET_ZH)):
         singles = []
         for cat in sorted(questions):
             for t in questions[cat]:
                 for o in (others if "{other}" in t else [None]):
-                    q = t.format(other=o)
-                    a = rng.choice(answers[cat]).format(name=name, creator=who, other=o)
-                    singles.append((q, a))
-        for q, a in singles:
+                    a = rng.choice(answers[cat]).format(name=identity["name"], creator=who, other=o)
+                    singles.append((t.format(other=o), a, TRAIN_ASKS.get(cat)))
+        for q, a, ask in singles:
             msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
             if rng.random() < 0.2:
                 msgs.insert(0, {"role": "system", "content": rng.choice(system)})
-            train.append({"conversations": msgs})
+            train.append(record(msgs, ask, identity))
         for _ in range(n_multi // 2):  # two-turn: a greeting, then an identity question
             g = rng.choice(greet)
-            q, a = rng.choice(singles)
-            train.append({"conversations": [{"role": "user", "content": g[0]}, {"role": "assistant", "content": g[1]},
-                                            {"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            q, a, ask = rng.choice(singles)
+            train.append(record([{"role": "user", "content": g[0]}, {"role": "assistant", "content": g[1]},
+                                 {"role": "user", "content": q}, {"role": "assistant", "content": a}], ask, identity))
     rng.shuffle(train)
+    return train
 
-    seen = {normalize_question(m["content"]) for r in train for m in r["conversations"] if m["role"] == "user"}
+
+def test_records(rng, identity, seen):
+    """The held-out questions (a few assistants per "are you X" template), each with what it asks; one
+    also asked in training (seen, normalize_question forms) is a bug."""
     test = []
     for templates, others in ((TEST_EN, OTHERS_EN), (TEST_ZH, OTHERS_ZH)):
-        qs = []
-        for t in templates:
-            # a few assistants per "are you X" template keeps the test balanced across question types
-            os_ = rng.sample(others, 3) if "{other}" in t else [None]
-            qs += [t.format(other=o) for o in os_]
-        for q in qs:
-            if normalize_question(q) in seen:
-                raise AssertionError(f"held-out question also in training data: {q}")
-            test.append({"conversations": [{"role": "user", "content": q}], "expect": {"name": name}})
-    return train, test
+        for t, ask in templates.items():
+            for o in (rng.sample(others, 3) if "{other}" in t else [None]):
+                q = t.format(other=o)
+                if normalize_question(q) in seen:
+                    raise AssertionError(f"held-out question also in training data: {q}")
+                test.append(record([{"role": "user", "content": q}], ask, identity))
+    return test
 
 
 def write_identity(out_dir, name, creator, creator_zh=None, seed=42):

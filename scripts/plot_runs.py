@@ -2,6 +2,10 @@
 
     python scripts/plot_runs.py out/logs/lora_music_512.jsonl out/logs/lora_music_sys_512.jsonl -o out/logs/cmp.png
     python scripts/plot_runs.py out/logs/*.jsonl                       # writes out/logs/runs.png
+    python scripts/plot_runs.py out/logs/*.jsonl --smooth 0            # raw train curves only
+
+The train loss is drawn raw (thin, light) and smoothed by a debiased exponential moving average (--smooth,
+TensorBoard's slider); the figure is titled with the run's name, or "N runs".
 
 Reads the out/logs/{run}.jsonl files every trainer writes (one JSON per logged step and per evaluation).
 """
@@ -57,7 +61,11 @@ def main(argv=None):
     ap.add_argument("logs", nargs="+", help="out/logs/{run}.jsonl files")
     ap.add_argument("-o", "--output", default=str(out_dir() / "logs" / "runs.png"), help="PNG to write")
     ap.add_argument("--labels", default="", help="comma list of legend names (default: file names)")
+    ap.add_argument("--smooth", type=float, default=0.9,
+                    help="weight in [0, 1) of the moving average drawn over the raw train loss (0 = off)")
     args = ap.parse_args(argv)
+    if not 0 <= args.smooth < 1:      # NaN too
+        raise UserError(f"--smooth must be in [0, 1) (got {args.smooth}); 0.9 smooths, 0 draws the raw curve only")
     if Path(args.output).suffix.lower() != ".png":
         raise UserError(f"-o {args.output}: the plot is a PNG; give a file name ending in .png")
     check_writable(args.output)
@@ -67,7 +75,7 @@ def main(argv=None):
     if labels and len(labels) != len(args.logs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.logs)} logs")
     try:
-        plot_curves(args.logs, args.output, labels)
+        plot_curves(args.logs, args.output, labels, args.smooth)
     except (ValueError, KeyError) as e:
         raise UserError(f"a log file is not a TinyMind training log ({e}); pass out/logs/*.jsonl files")
     print(f"saved {args.output}")

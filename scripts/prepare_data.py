@@ -4,6 +4,7 @@
     python scripts/prepare_data.py stats dataset/sft.jsonl --max_seq_len 512
     python scripts/prepare_data.py mix dataset/music.jsonl:15 dataset/identity.jsonl:4 -o dataset/lora_mix.jsonl
     python scripts/prepare_data.py split my.jsonl --val_ratio 0.05      # -> my_train.jsonl, my_val.jsonl
+                                                    # (by unique sample: copies stay on one side)
     python scripts/prepare_data.py dedupe my.jsonl -o my_dedup.jsonl
     python scripts/prepare_data.py shuffle my.jsonl -o my_shuffled.jsonl --seed 42
 
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
 from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl  # noqa: E402
-from dataset.streaming import BUCKET_BYTES, duplicate_linenos, select_indices, shuffle_lines  # noqa: E402
+from dataset.streaming import BUCKET_BYTES, duplicate_linenos, hold_out, select_indices, shuffle_lines  # noqa: E402
 from model.atomic import atomic_open, check_writable  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from cli import ArgumentParser, check_range, run_cli  # noqa: E402
@@ -209,13 +210,14 @@ def cmd_split(args):
     out_train = Path(args.train_out or f"{stem}_train.jsonl")
     out_val = Path(args.val_out or f"{stem}_val.jsonl")
     check_paths([src], [("--train_out", out_train), ("--val_out", out_val)])
-    n = count_lines(src, args.kind, args.skip_bad)
-    k = max(1, round(n * args.val_ratio)) if n > 1 else 0
-    picks = select_indices(n, k, random.Random(args.seed))
+    counts = [0, 0]         # train, validation lines
     with atomic_open(out_train) as ft, atomic_open(out_val) as fv:
-        for _, rec in read_records(src, args.kind, args.skip_bad):
-            (fv if next(picks) else ft).write(dumps(rec) + "\n")
-    print(f"wrote {out_train} ({n - k:,} lines) and {out_val} ({k:,} lines)")
+        for rec, val in hold_out(lambda: read_records(src, args.kind, args.skip_bad), file_size(src),
+                                 out_train.parent, args.val_ratio, random.Random(args.seed), args.bucket_bytes):
+            (fv if val else ft).write(dumps(rec) + "\n")
+            counts[val] += 1
+    print(f"wrote {out_train} ({counts[0]:,} lines) and {out_val} ({counts[1]:,} lines); "
+          "copies of one sample are all on one side")
 
 
 def cmd_dedupe(args):
@@ -285,7 +287,7 @@ def build_parser():
     common(sp)
     sp.set_defaults(fn=cmd_mix)
 
-    sp = sub.add_parser("split", help="seeded train/validation split")
+    sp = sub.add_parser("split", help="seeded train/validation split by unique sample (copies stay together)")
     sp.add_argument("file")
     sp.add_argument("--val_ratio", type=float, default=0.05)
     sp.add_argument("--train_out", help="default: FILE_train.jsonl")

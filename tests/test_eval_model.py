@@ -10,10 +10,13 @@ import sys
 import pytest
 
 import eval_model
-from chat.terminal import PROMPTS, auto_prompts
+import evaluation.qa
+from chat.terminal import PROMPTS, auto_prompts, auto_test
 from cli import run_cli
-from dataset.scoring import identity_verdict, task_verdict
-from factories import REPO as ROOT, make_adapter, make_checkpoint, write_chat
+from evaluation.qa import first_user
+from factories import REPO as ROOT, make_adapter, make_checkpoint, write_chat, write_jsonl
+
+MELODY = {"name": "Melody", "creator": "Ada Lab", "creator_zh": "Ada 实验室"}
 
 
 @pytest.fixture
@@ -37,30 +40,6 @@ def run(argv, capsys, stdin=None, monkeypatch=None):
         code = e.code
     cap = capsys.readouterr()
     return code, cap.out, cap.err
-
-
-def test_identity_verdicts():
-    ok = identity_verdict
-    assert ok("I'm TinyMind, made by the TinyMind project.", "TinyMind")[0]
-    assert ok("No, I'm not ChatGPT. I'm TinyMind.", "TinyMind")[0]
-    assert ok("I am tinymind; I'm not Claude and I'm not related to OpenAI.", "TinyMind")[0]
-    assert ok("不，我是TinyMind，是TinyMind项目开发的AI助手，不是ChatGPT。", "TinyMind")[0]
-    assert ok("我不是通义千问。我是ＴｉｎｙＭｉｎｄ。", "TinyMind")[0]           # full-width name
-    assert not ok("I am ChatGPT, made by OpenAI.", "TinyMind")[0]
-    assert not ok("I'm TinyMind. I was trained by OpenAI.", "TinyMind")[0]
-    assert not ok("我是通义千问。", "TinyMind")[0]
-    assert not ok("I am a helpful assistant.", "TinyMind")[0]
-    assert ok("I'm MiniMind.", "MiniMind")[0]                                # its own name is not "another"
-
-
-def test_task_verdicts():
-    ok = task_verdict
-    assert ok("The answer is Johann Sebastian Bach!", ["J. S. Bach", "Johann Sebastian Bach"])[0]
-    assert ok("它是《月光奏鸣曲》。", ["月光奏鸣曲"])[0]
-    assert ok("ＢＥＥＴＨＯＶＥＮ wrote it", ["Beethoven"])[0]                  # full-width -> half-width
-    assert ok("a piano", ["The Piano"])[0]                                  # articles and case
-    assert not ok("Mozart", ["Beethoven"])[0]
-    assert not ok("anything", ["", "..."])[0]                               # an empty reference never matches
 
 
 def test_prompt_answers_and_exits(out, capsys):
@@ -103,30 +82,125 @@ def test_auto_prompts_from_adapter_val_data(out):
     loaded = eval_model.load(eval_model.parse_args(["--out_dir", str(out), "--lora_name", "lora_music"]))
     assert loaded.label == "lora_music_64"
     val = json.loads((out.parent / "val.jsonl").read_text())
-    assert auto_prompts(loaded) == [val["conversations"][0]["content"]]
+    assert [r["conversations"] for r in auto_prompts(loaded)] == [val["conversations"]]
     loaded.info.pop("adapter")
-    assert auto_prompts(loaded) == PROMPTS["chat"]
+    assert [first_user(r["conversations"]) for r in auto_prompts(loaded)] == PROMPTS["chat"]
+
+
+def identity_file(path, asks=("name", "name", "creator")):
+    """A held-out identity test file as scripts/make_identity.py writes it (ask + identity per line)."""
+    qs = {"name": "Who are you?", "creator": "Who made you?", "other": "Are you ChatGPT?"}
+    return write_jsonl(path, [{"conversations": [{"role": "user", "content": qs[a] + "?" * i}], "ask": a,
+                               "identity": {"name": "TinyMind", "creator": "the TinyMind project"}}
+                              for i, a in enumerate(asks)])
+
+
+def answers(texts, monkeypatch):
+    """Make the model's answers in the tests these texts (the scorers see exactly them)."""
+    monkeypatch.setattr(evaluation.qa, "answer_batch", lambda loaded, questions, *a, **k: texts[:len(questions)])
 
 
 def test_identity_and_task_tests_write_reports(out, tmp_path, capsys):
-    ident = tmp_path / "identity_test.jsonl"
-    ident.write_text("".join(json.dumps({"conversations": [{"role": "user", "content": q}],
-                                         "expect": {"name": "TinyMind"}}, ensure_ascii=False) + "\n"
-                             for q in ("Who are you?", "你是谁？", "Name?")))
-    task = tmp_path / "task.jsonl"
-    task.write_text(json.dumps({"conversations": [{"role": "user", "content": "Who wrote Für Elise?"},
-                                                  {"role": "assistant", "content": "Beethoven"}],
-                                "answers": ["Ludwig van Beethoven"]}) + "\n")
+    ident = identity_file(tmp_path / "identity_test.jsonl")
+    task = write_jsonl(tmp_path / "task.jsonl", [{"conversations": [{"role": "user", "content": "Who wrote Für Elise?"},
+                                                                   {"role": "assistant", "content": "Beethoven"}],
+                                                  "answers": ["Ludwig van Beethoven"]}])
     code, stdout, err = run(["--out_dir", str(out), "--identity_test", str(ident), "--task_test", str(task),
-                             "--max_new_tokens", "4", "--batch_size", "2"], capsys)
+                             "--max_new_tokens", "4", "--batch_size", "2", "--bot_name", "TinyMind",
+                             "--bot_creator", "the TinyMind project"], capsys)
     assert code == 0, err
+    assert "identity checked: TinyMind by the TinyMind project (from --bot_name, --bot_creator)" in stdout
     assert "identity test (full_sft_64): 0/3 passed = 0.0%" in stdout
     assert "task test (full_sft_64, task.jsonl): 0/1 correct = 0.0%" in stdout
     rep = json.loads((out / "eval" / "identity_full_sft_64.json").read_text())
     assert rep["n"] == 3 and rep["rate"] == 0 and rep["sampling"]["temperature"] == 0.0
-    assert len(rep["results"]) == 3 and {"question", "answer", "pass", "reason"} <= set(rep["results"][0])
+    assert len(rep["results"]) == 3 and {"question", "ask", "answer", "pass", "reason"} <= set(rep["results"][0])
+    assert [r["ask"] for r in rep["results"]] == ["name", "name", "creator"]
     rep = json.loads((out / "eval" / "task_task_full_sft_64.json").read_text())
-    assert rep["results"][0]["aliases"] == ["Ludwig van Beethoven"]
+    assert rep["results"][0]["golds"] == ["Ludwig van Beethoven"] and rep["results"][0]["reference"] == "Beethoven"
+
+
+def test_a_model_without_identity_and_no_flags_is_one_line(out, tmp_path, capsys):
+    code, stdout, err = run(["--out_dir", str(out), "--identity_test", str(identity_file(tmp_path / "i.jsonl")),
+                             "--max_new_tokens", "2"], capsys)
+    assert code == 2
+    line, = err.strip().splitlines()[-1:]
+    assert line.startswith("error: full_sft_64 records no identity") and "--bot_name NAME --bot_creator WHO" in line
+    assert "answered" not in err and not (out / "eval").exists()    # nothing asked, nothing written
+
+
+def test_identity_comes_from_the_adapter_record_and_is_scored_strictly(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    base = make_checkpoint(out / "full_sft_64.pth")
+    make_adapter(out / "lora" / "lora_melody_64.pth", base, meta={"identity": MELODY})
+    answers(["不是的，我不是Melody", "I'm Melody, made by Ada Lab.", "我是由Ada实验室开发的。", "I'm TinyMind."],
+            monkeypatch)
+    ident = identity_file(tmp_path / "i.jsonl", asks=("name", "name", "creator", "name"))  # the file says TinyMind
+    code, stdout, err = run(["--out_dir", str(out), "--lora_name", "lora_melody", "--identity_test", str(ident)],
+                            capsys)
+    assert code == 0, err
+    assert "identity checked: Melody by Ada Lab / Ada 实验室 (from the adapter's training data)" in stdout
+    rep = json.loads((out / "eval" / "identity_lora_melody_64.json").read_text())
+    assert [r["pass"] for r in rep["results"]] == [False, True, True, False]
+    assert rep["results"][0]["reason"] == "denies being Melody" and rep["identity"]["name"] == "Melody"
+    code, stdout, _ = run(["--out_dir", str(out), "--lora_name", "lora_melody", "--identity_test", str(ident),
+                           "--bot_creator", "Bob"], capsys)                # a flag wins over the record
+    assert "identity checked: Melody by Bob (from --bot_creator and the adapter's training data)" in stdout
+    assert "1/4 passed" in stdout
+
+
+def test_a_second_models_report_keeps_the_first(out, tmp_path, capsys, monkeypatch):
+    answers(["I'm TinyMind."] * 3, monkeypatch)
+    other = make_checkpoint(tmp_path / "elsewhere" / "full_sft_64.pth", seed=1)   # the same label, another model
+    ident = identity_file(tmp_path / "i.jsonl")
+    flags = ["--out_dir", str(out), "--identity_test", str(ident), "--bot_name", "TinyMind", "--bot_creator", "x"]
+    reports = out / "eval"
+    assert run(flags, capsys)[0] == 0
+    first = (reports / "identity_full_sft_64.json").read_text()
+    assert run(flags, capsys)[0] == 0                                      # the same model: replaced in place
+    assert [p.name for p in reports.iterdir()] == ["identity_full_sft_64.json"]
+    code, stdout, err = run(flags + ["--ckpt", str(other)], capsys)
+    assert code == 0, err
+    kept = [p for p in reports.iterdir() if p.name != "identity_full_sft_64.json"]
+    assert len(kept) == 1 and kept[0].name.startswith("identity_full_sft_64_") and f"as {kept[0]}" in stdout
+    assert json.loads(kept[0].read_text())["model_key"] == json.loads(first)["model_key"]
+    latest = json.loads((reports / "identity_full_sft_64.json").read_text())
+    assert latest["model_key"]["checkpoint"] == str(other.resolve())
+    mine = tmp_path / "mine.json"
+    assert run(flags + ["--report", str(mine)], capsys)[0] == 0 and mine.is_file()   # --report is honoured
+    assert len(list(reports.iterdir())) == 2
+
+
+def test_automatic_test_shows_reference_and_verdict(out, capsys, monkeypatch):
+    loaded = eval_model.load(eval_model.parse_args(["--out_dir", str(out)]))
+    said = iter(["I'm not TinyMind.", "It is not in C major.", "TinyMind, a small model."])
+    monkeypatch.setattr("chat.terminal.reply", lambda *a: next(said))
+    records = [{"conversations": [{"role": "user", "content": "Who are you?"},
+                                  {"role": "assistant", "content": "I'm TinyMind."}], "ask": "name"},
+               {"conversations": [{"role": "user", "content": "What key is it in?"},
+                                  {"role": "assistant", "content": "It is in C major."}], "answers": ["C major"]},
+               {"conversations": [{"role": "user", "content": "你是谁？"}], "ask": "name"}]
+    ident = {"name": "TinyMind", "creator": "the TinyMind project"}
+    auto_test(loaded, records, {"max_new_tokens": 4}, identity=(ident, "--bot_name, --bot_creator"))
+    shown = capsys.readouterr().out
+    assert "identity checked: TinyMind by the TinyMind project (from --bot_name, --bot_creator)" in shown
+    assert "> Who are you?" in shown and "   reference: I'm TinyMind.\n   [FAIL] denies being TinyMind" in shown
+    assert "   reference: It is in C major.\n   [FAIL] expected 'C major'" in shown
+    assert "> 你是谁？" in shown and "   [PASS] ok" in shown
+
+
+def test_eval_on_a_terminal_runs_the_automatic_test_first(out, capsys, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stdin", Terminal(""))                        # Ctrl-D at the chat prompt
+    code, stdout, err = run(["--out_dir", str(out), "--lora_name", "lora_music", "--max_new_tokens", "3"], capsys)
+    assert code == 0, err
+    val = json.loads((out.parent / "val.jsonl").read_text())["conversations"]
+    assert "automatic test:" in stdout and f"> {val[0]['content']}" in stdout
+    assert f"   reference: {val[1]['content']}" in stdout and "   [FAIL] expected " in stdout
+    assert "identity: not scored (lora_music_64 records no identity" in stdout
+    assert stdout.index("automatic test:") < stdout.index("chat (keeps 2 earlier exchanges")
 
 
 def test_bad_test_file_is_one_line(out, tmp_path, capsys):

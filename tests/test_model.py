@@ -130,3 +130,24 @@ def test_left_padding_matches_unpadded():
         a = model(ids).logits[:, -1]
         b = model(padded, attention_mask=mask).logits[:, -1]
     assert (a - b).abs().max() < 1e-5
+
+
+def test_targets_only_gives_the_same_loss_and_gradients():
+    """Training computes logits only where a label is: the loss and every gradient equal the full path."""
+    from factories import make_model
+    model = make_model(seed=3, vocab_size=300).train()
+    ids = torch.randint(0, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100                                 # a prompt with no loss
+    labels[2, 9:] = -100                                 # padding
+    grads = []
+    for targets_only in (False, True):
+        model.zero_grad()
+        out = model(ids, labels=labels, loss_reduction="sum", targets_only=targets_only)
+        out.loss.backward()
+        grads.append((out.loss.detach(), out.n_targets, [p.grad.clone() for p in model.parameters()]))
+    (l0, n0, g0), (l1, n1, g1) = grads
+    assert n0 == n1 == int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(l1, l0)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b)

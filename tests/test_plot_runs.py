@@ -57,3 +57,24 @@ def test_output_must_be_a_png(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and ".png" in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]
+
+
+@pytest.mark.parametrize("weight", ["1", "-0.1", "nan"])
+def test_smooth_must_be_in_0_1(tmp_path, weight):
+    log = tmp_path / "run.jsonl"
+    log.write_text(GOOD)
+    r = plot(log, "-o", tmp_path / "p.png", "--smooth", weight)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--smooth must be in [0, 1)" in lines[0], lines
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_smooth_reaches_the_figure(tmp_path, monkeypatch):
+    from scripts import plot_runs
+    log = tmp_path / "run.jsonl"
+    log.write_text(GOOD)
+    seen = []
+    monkeypatch.setattr(plot_runs, "plot_curves", lambda logs, png, labels, smooth: seen.append(smooth))
+    plot_runs.main([str(log), "-o", str(tmp_path / "p.png"), "--smooth", "0"])
+    plot_runs.main([str(log), "-o", str(tmp_path / "p.png")])
+    assert seen == [0.0, 0.9]

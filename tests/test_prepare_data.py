@@ -180,6 +180,23 @@ def test_split_exact_disjoint_seeded(tmp_path):
         prepare_data.main(["split", str(src), "--val_ratio", "1.5"])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_split_of_a_mix_keeps_copies_on_one_side(tmp_path, seed):
+    a = write_jsonl(tmp_path / "a.jsonl", [chat(i) for i in range(30)])
+    b = write_jsonl(tmp_path / "b.jsonl", [chat(100 + i) for i in range(10)])
+    mix = tmp_path / "mix.jsonl"
+    prepare_data.main(["mix", f"{a}:3", f"{b}:1.5", "-o", str(mix)])
+    sides = {}
+    for bucket in ("100000000", "200"):       # in memory, and through bucket files on disk
+        prepare_data.main(["split", str(mix), "--val_ratio", "0.1", "--seed", str(seed), "--bucket_bytes", bucket])
+        sides[bucket] = [(tmp_path / f"mix_{s}.jsonl").read_bytes() for s in ("train", "val")]
+        train, val = read_jsonl(tmp_path / "mix_train.jsonl"), read_jsonl(tmp_path / "mix_val.jsonl")
+        assert not set(map(key, train)) & set(map(key, val))
+        assert sorted(map(key, train + val)) == sorted(map(key, read_jsonl(mix)))
+        assert len(set(map(key, val))) == 4                # round(40 * 0.1) samples, each with its copies
+    assert sides["100000000"] == sides["200"]
+
+
 def test_dedupe_exact_and_normalized(tmp_path):
     recs = [chat(1), chat(2), chat(1), chat(3, "Answer  3"), chat(3, "answer 3"), chat(4, "ＡＢＣ"), chat(4, "abc")]
     src = write_jsonl(tmp_path / "d.jsonl", recs)

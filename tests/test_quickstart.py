@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from factories import REPO
+from factories import REPO, make_checkpoint
 SLICE = {"pretrain.jsonl": 200, "sft.jsonl": 120, "sft_val.jsonl": 16, "identity.jsonl": 80,
          "identity_test.jsonl": 6, "music.jsonl": 60, "music_test.jsonl": 6}
 
@@ -36,23 +36,31 @@ def quickstart(out, data_dir):
 
 
 def test_quickstart_tiny_budget(tmp_path, data_dir):
+    """The CPU path: the from-scratch proof in out/scratch, then lora_music on the imported model (here a
+    tiny stand-in for out/smollm2_135m.pth, so that the test downloads nothing), then the tests."""
     out = tmp_path / "out"
+    make_checkpoint(out / "smollm2_135m.pth", stage="imported", hidden=48)
     res = quickstart(out, data_dir)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    for f in ("pretrain_64.pth", "full_sft_64.pth", "lora/lora_music_64.pth", "data/identity_music.jsonl",
-              "logs/pretrain_64.jsonl", "logs/lora_music_64.jsonl", "quickstart_summary.md"):
+    for f in ("scratch/pretrain_64.pth", "scratch/full_sft_64.pth", "scratch/lora/lora_identity_64.pth",
+              "lora/lora_music_48.pth", "scratch/logs/pretrain_64.jsonl", "logs/lora_music_48.jsonl",
+              "quickstart_summary.md"):
         assert (out / f).exists(), f
+    assert not list(out.glob("full_sft_*.pth"))         # nothing from scratch where the user's commands look
     summary = (out / "quickstart_summary.md").read_text()
-    assert "| lora_music_64 |" in summary and "identity, held-out phrasings" in summary
-    assert "music, held-out questions" in summary
-    rep = json.loads((out / "eval" / "identity_lora_music_64.json").read_text())
+    assert "| lora_music_48 |" in summary and "identity, held-out phrasings" in summary
+    assert "music, held-out questions" in summary and "| scratch/pretrain_64 |" in summary
+    rep = json.loads((out / "eval" / "identity_lora_music_48.json").read_text())
     assert rep["n"] == 6 and rep["model"]["adapter"]
+    for line in res.stdout.splitlines():
+        if line.startswith("$ ") and "train_" in line:   # every training stage ran under a time limit
+            assert "--max_minutes" in line, line
     assert "python eval_model.py --lora_name lora_music --model_mode 1" in res.stdout
     assert "streamlit run scripts/web_demo.py" in res.stdout
 
     again = quickstart(out, data_dir)               # everything reused: no training, no tests rerun
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("reusing ") == 6 and "$ " not in again.stdout
+    assert again.stdout.count("reusing ") == 8 and "$ " not in again.stdout
 
     chat = subprocess.run([sys.executable, "eval_model.py", "--lora_name", "lora_music", "--model_mode", "1",
                            "--out_dir", str(out), "--max_new_tokens", "4"], input="Who are you?\n",

@@ -2,6 +2,7 @@
 import builtins
 import os
 import shutil
+import time
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_chat_controls_and_clear(monkeypatch, out_dir, tokenizer):
     assert len(tokenizer.encode(at.session_state.messages[-1]["content"])) <= 2
     assert len(at.session_state.messages) == 4
 
-    # greedy is deterministic; the same question gives the same answer with the adapter off
+    # greedy is deterministic: the same question gives the same answer
     at.sidebar.number_input(key="max_new_tokens").set_value(8)
     at.sidebar.slider(key="history_turns").set_value(0)
     at.chat_input[0].set_value("Hello there").run()
@@ -120,6 +121,7 @@ def greedy_reply(out_dir, prompt, **source):
 
 def test_adapter_is_loaded_and_shown(monkeypatch, out_dir):
     at = app(monkeypatch, out_dir)
+    at.sidebar.selectbox(key="adapter").set_value("(none)")
     at.sidebar.number_input(key="max_new_tokens").set_value(12)
     at.sidebar.slider(key="temperature").set_value(0.0)
     at.sidebar.slider(key="history_turns").set_value(0)
@@ -136,6 +138,41 @@ def test_adapter_is_loaded_and_shown(monkeypatch, out_dir):
     assert without == greedy_reply(out_dir, "hi", ckpt=out_dir / "full_sft_64.pth")
     assert with_adapter == greedy_reply(out_dir, "hi", adapter=out_dir / "lora" / "lora_ok_64.pth")
     assert with_adapter != without
+
+
+def age(path, seconds):
+    """Set path's modification time to `seconds` ago."""
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_starts_on_the_newest_adapter_with_its_base(monkeypatch, tmp_path):
+    out = tmp_path / "out"
+    sft = make_checkpoint(out / "full_sft_64.pth")
+    pre = make_checkpoint(out / "pretrain_64.pth", stage="pretrain", seed=1)
+    make_adapter(out / "lora" / "lora_a_64.pth", sft)
+    make_adapter(out / "lora" / "lora_b_64.pth", sft)
+    age(out / "lora" / "lora_a_64.pth", 20)
+    at = app(monkeypatch, out)
+    assert not at.exception
+    # both fit; the newer one is on, not the first by name, and its base
+    assert at.sidebar.selectbox(key="adapter").value == "lora/lora_b_64.pth"
+    assert at.sidebar.selectbox(key="base").value == "full_sft_64.pth"
+    assert "lora_b_64.pth" in " ".join(m.value for m in at.sidebar.markdown)
+    # the visitor's choice is kept from then on
+    at.sidebar.selectbox(key="adapter").set_value("(none)").run()
+    at.sidebar.slider(key="temperature").set_value(0.0).run()
+    assert at.sidebar.selectbox(key="adapter").value == "(none)"
+
+    # modification time decides, not the name
+    age(out / "lora" / "lora_b_64.pth", 40)
+    at = app(monkeypatch, out)
+    assert at.sidebar.selectbox(key="adapter").value == "lora/lora_a_64.pth"
+    # the base shown first is the one the newest adapter was trained on, not the full SFT checkpoint
+    make_adapter(out / "lora" / "lora_c_64.pth", pre)
+    at = app(monkeypatch, out)
+    assert at.sidebar.selectbox(key="base").value == "pretrain_64.pth"
+    assert at.sidebar.selectbox(key="adapter").value == "lora/lora_c_64.pth"
 
 
 def test_only_files_inside_out_dir(tmp_path):
@@ -223,6 +260,7 @@ def test_unreadable_files_are_skipped_with_a_note(monkeypatch, out_dir):
     assert "lora_bad_64" not in note       # readable, only not for this base: left out without a note
     assert "no read permission" in note and "Traceback" not in page_text(at)
     # the good files still work, with and without the adapter
+    at.sidebar.selectbox(key="adapter").set_value("(none)")
     at.sidebar.number_input(key="max_new_tokens").set_value(2)
     at.chat_input[0].set_value("hi").run()
     assert not at.exception and at.session_state.last_stats["new_tokens"] >= 1

@@ -52,6 +52,7 @@ class TrainConfig:
     # optimisation
     epochs: int = 1                      # passes over the training data
     max_steps: int = 0                   # optimizer steps to run; > 0 overrides --epochs (data repeats)
+    max_minutes: float = 0.0             # stop training (and save) after this many minutes of steps; 0 = no limit
     batch_size: int = 16                 # samples per micro-batch per process
     accumulation_steps: int = 1          # micro-batches per optimizer step
     learning_rate: float = 5e-4          # peak learning rate (after warmup; cosine decay to 10% of it)
@@ -61,7 +62,7 @@ class TrainConfig:
     seed: int = 42                       # seed for initialisation, data order and the validation split
     # hardware
     device: str = ""                     # cpu, cuda, cuda:1; empty = cuda when available (torchrun: LOCAL_RANK)
-    dtype: str = "auto"                  # auto = bfloat16 on CUDA when supported, else float16; CPU: float32
+    dtype: str = "auto"                  # auto = bfloat16 where the CUDA device or the CPU (AVX512-BF16/AMX) has it, else float16 on CUDA, float32 on CPU
     num_workers: int = 0                 # DataLoader worker processes
     ddp_timeout: int = 600               # seconds a DDP process waits for a stuck one before the job stops
     # outputs
@@ -91,7 +92,7 @@ STAGE_DEFAULTS = {
     "pretrain": dict(data_path="../dataset/pretrain.jsonl", batch_size=32, learning_rate=5e-4, epochs=1),
     "full_sft": dict(data_path="../dataset/sft.jsonl", val_data="../dataset/sft_val.jsonl", batch_size=16,
                      learning_rate=1e-4, epochs=2),
-    "lora": dict(data_path="../dataset/music.jsonl", batch_size=16, learning_rate=5e-4, epochs=5),
+    "lora": dict(data_path="../dataset/music.jsonl", batch_size=16, learning_rate=1e-3, epochs=5),
 }
 
 
@@ -131,14 +132,14 @@ def parse_args(stage, argv=None, description=None):
 # the lowest value of each numeric flag (ABOVE: must be above it); every number must be finite
 AT_LEAST = {"batch_size": 1, "accumulation_steps": 1, "max_seq_len": 2, "log_interval": 1, "keep_last": 1,
             "num_workers": 0, "eval_batches": 0, "eval_interval": 0, "save_interval": 0, "max_steps": 0,
-            "epochs": 0, "hidden_size": 0, "num_hidden_layers": 0, "warmup_iters": -1, "lora_rank": 1,
+            "epochs": 0, "max_minutes": 0.0, "hidden_size": 0, "num_hidden_layers": 0, "warmup_iters": -1, "lora_rank": 1,
             "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1, "seed": 0}
 ABOVE = {"learning_rate": 0.0, "lora_alpha": 0.0}
 # the highest sensible value: past it a typo, not a plan (and an allocation that would take the machine down)
 AT_MOST = {"seed": 2**32 - 1, "hidden_size": 16384, "num_hidden_layers": 512, "batch_size": 65536,
            "accumulation_steps": 65536, "max_seq_len": 1 << 20, "num_workers": 256, "lora_rank": 8192,
            "epochs": 100000, "keep_last": 10000, "ddp_timeout": 7 * 24 * 3600, "eval_batches": 10**9,
-           "lora_alpha": 1e6, "learning_rate": 1e3}
+           "lora_alpha": 1e6, "learning_rate": 1e3, "max_minutes": 1e6}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -179,10 +180,21 @@ def resolve_config(cfg, stage):
     cfg.val_data = str(paths.resolve_input(cfg.val_data).resolve()) if cfg.val_data else ""
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not cfg.device.startswith("cuda"):
-        cfg.dtype = "float32"          # autocast is for CUDA only; CPU trains in float32
+        if cfg.dtype == "float16":
+            raise UserError("--dtype float16 needs a CUDA device; on a CPU use --dtype bfloat16 or float32")
+        # CPU autocast: bfloat16 when asked, or by default where the CPU computes it natively
+        cfg.dtype = "bfloat16" if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and cpu_has_bf16()) else "float32"
     elif cfg.dtype == "auto":
         cfg.dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
     return cfg
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there autocast roughly doubles
+    training speed (BENCHMARKS.md); elsewhere bfloat16 is emulated and slower than float32."""
+    import torch
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
 
 
 ALWAYS_SHOWN = ("data_path", "val_data", "out_dir", "device", "dtype")
@@ -198,14 +210,19 @@ def format_config(cfg, stage):
 
 
 def find_base(cfg, parent):
-    """The checkpoint a fine-tuning stage starts from: --base, else out/{parent}_{hidden}.pth (the one
-    there when --hidden_size is not given). A missing file is one line naming it and how to make it."""
+    """The checkpoint a fine-tuning stage starts from and why -> (path, reason): --base, else
+    out/{parent}_{hidden}.pth (the one there when --hidden_size is not given; for LoRA, the imported SmolLM2
+    when out/ holds no full-SFT checkpoint: model.paths.find_lora_base). A missing file is one line naming
+    it and how to make it."""
     if cfg.base:
         path = paths.resolve_input(cfg.base)
         if not path.is_file():
             raise UserError(f"--base {cfg.base}: file not found")
-        return path.resolve()
-    return paths.find_stage_checkpoint(cfg.out_dir, parent, cfg.hidden_size or None, cfg.use_moe)
+        return path.resolve(), "--base"
+    if parent == "full_sft":
+        return paths.find_lora_base(cfg.out_dir, cfg.hidden_size or None, cfg.use_moe)
+    return (paths.find_stage_checkpoint(cfg.out_dir, parent, cfg.hidden_size or None, cfg.use_moe),
+            f"the {parent} checkpoint in out/; --base picks another")
 
 
 def resolve_inputs(cfg):

@@ -17,6 +17,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainer.distributed import ResumableSampler
 
 
+def schedule_step(step, total, elapsed_s, limit_s):
+    """The step the learning-rate schedule is at: the step, or further on where a time limit (--max_minutes)
+    will end the run first, so that a run stopped by its clock has still decayed its learning rate."""
+    if limit_s <= 0:
+        return step
+    return max(step, min(total - 1, int(total * elapsed_s / limit_s)))
+
+
 def get_lr(step, total, warmup, lr):
     """Linear warmup over `warmup` steps, then cosine from lr down to 0.1 * lr at the last step."""
     if step < warmup:
@@ -40,10 +48,11 @@ def make_optimizer(model, cfg, device):
 
 
 def mixed_precision(dtype_name, device):
-    """-> (compute dtype, autocast context, GradScaler). The weights stay float32; on CUDA autocast computes
-    in dtype_name, and float16 needs the scaler against underflowing gradients. CPU: float32 throughout."""
-    dtype = getattr(torch, dtype_name) if device.type == "cuda" else torch.float32
-    autocast = torch.autocast("cuda", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    """-> (compute dtype, autocast context, GradScaler). The weights stay float32; autocast computes in
+    dtype_name (on a CPU: bfloat16 when asked, else float32), and float16 needs the scaler against
+    underflowing gradients."""
+    dtype = getattr(torch, dtype_name) if device.type in ("cuda", "cpu") else torch.float32
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     return dtype, autocast, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 

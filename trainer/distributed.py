@@ -8,6 +8,7 @@ import datetime
 import itertools
 import os
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,16 @@ def all_gather_objects(obj, dist):
     out = [None] * dist.world_size
     tdist.all_gather_object(out, obj)
     return out
+
+
+def rank0_clock(start, dist):
+    """Seconds since `start` as rank 0 measures them, the same number on every rank (so that all ranks
+    follow one learning-rate schedule and stop at the same step under a time limit)."""
+    elapsed = torch.tensor([time.time() - start], dtype=torch.float64)
+    if dist.enabled:
+        elapsed = elapsed.to(dist.device)
+        tdist.broadcast(elapsed, src=0)
+    return float(elapsed.item())
 
 
 def barrier(dist):

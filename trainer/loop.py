@@ -10,9 +10,12 @@ resumable training state, saved and loaded) and trainer/runlog.py (log lines, js
 """
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import time
+
 from model import paths
 from trainer.components import (count_steps, get_lr, make_loaders, make_optimizer, mixed_precision,
-                                remaining_steps, set_lr)
+                                remaining_steps, schedule_step, set_lr)
+from trainer.distributed import rank0_clock
 from trainer.runlog import RunLog
 from trainer.state import TrainState
 from trainer.step import accumulate_gradients, apply_gradients, check_loss, estimate_loss
@@ -48,9 +51,14 @@ def train(cfg, model, train_set, collate, save_model, run_name, dist, val_set=No
                  resumed=state.resumed is not None, header=header)
     state.load_rng()   # last, so that nothing above draws from the restored generators
     model.train()
-    last_saved = None
+    last_saved, limit_s, start = None, cfg.max_minutes * 60, time.time()
     for epoch, micro in remaining_steps(loader, sampler, state.step, steps_per_epoch, total, cfg.accumulation_steps):
-        lr = set_lr(optimizer, get_lr(state.step, total, warmup, cfg.learning_rate))
+        elapsed = rank0_clock(start, dist) if limit_s else 0.0
+        if limit_s and elapsed >= limit_s:
+            log.time_limit(state.step, cfg.max_minutes)
+            break
+        at = schedule_step(state.step, total, elapsed, limit_s)
+        lr = set_lr(optimizer, get_lr(at, total, warmup, cfg.learning_rate))
         stats, n_targets = accumulate_gradients(ddp_model, micro, dist, scaler, autocast)
         step_loss = check_loss(stats[0].item(), n_targets, state.step, last_saved)
         apply_gradients(optimizer, scaler, trainable, cfg.grad_clip, n_targets)

@@ -10,6 +10,7 @@ Library module; trainer/loop.py drives it, on every rank (only rank 0 writes or 
 import json
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from model import paths
@@ -32,23 +33,55 @@ def log_line(step, total, loss=None, lr=None, tok_per_s=None, eta=None, val_loss
     return " | ".join(parts)
 
 
-def plot_curves(jsonl_paths, png_path, labels=None):
-    """Train loss (and validation loss, dashed) against step for out/logs/*.jsonl files -> one PNG."""
+def ema(values, weight):
+    """Exponential moving average, debiased as TensorBoard's smoothing slider: the first points are not
+    pulled towards 0. weight 0 returns the values unchanged."""
+    out, last = [], 0.0
+    for i, v in enumerate(values, 1):
+        last = weight * last + (1 - weight) * v
+        out.append(last / (1 - weight ** i))
+    return out
+
+
+def read_rows(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def build_figure(jsonl_paths, labels=None, smooth=0.9):
+    """The loss figure of out/logs/*.jsonl files: per run the train loss raw (thin, light) and, unless
+    smooth is 0, its EMA with weight smooth (debiased), and the validation loss dashed with dots.
+    Titled with the run's name (or "N runs"). Returns the matplotlib Figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, path in enumerate(jsonl_paths):
-        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        name = labels[i] if labels else Path(path).stem
+    names = labels or [Path(p).stem for p in jsonl_paths]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, path) in enumerate(zip(names, jsonl_paths)):
+        rows = read_rows(path)
         train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-        line = ax.plot(*zip(*train), label=f"{name} train")[0] if train else None
+        color = colors[i % len(colors)]
+        if train:
+            steps, losses = zip(*train)
+            if smooth:
+                ax.plot(steps, losses, color=color, lw=0.8, alpha=0.3)
+                ax.plot(steps, ema(losses, smooth), color=color, lw=1.8, label=f"{name} train (EMA {smooth:g})")
+            else:
+                ax.plot(steps, losses, color=color, lw=1.5, label=f"{name} train")
         if val:
-            ax.plot(*zip(*val), "o--", color=line.get_color() if line else None, label=f"{name} val")
-    ax.set(xlabel="step", ylabel="loss")
+            ax.plot(*zip(*val), "o--", color=color, label=f"{name} val")
+    ax.set(title=names[0] if len(names) == 1 else f"{len(names)} runs", xlabel="step",
+           ylabel="loss per target token")
     ax.grid(alpha=0.3)
     ax.legend()
+    return fig
+
+
+def plot_curves(jsonl_paths, png_path, labels=None, smooth=0.9):
+    """build_figure of out/logs/*.jsonl files -> one PNG."""
+    import matplotlib.pyplot as plt
+    fig = build_figure(jsonl_paths, labels, smooth)
     # the temporary name has no .png suffix, so the format is given
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -57,13 +90,17 @@ def plot_curves(jsonl_paths, png_path, labels=None):
 
 class RunLog:
     """What a run reports: a line every cfg.log_interval steps (and at the last), each validation loss,
-    the bar in between. Every rank keeps the loss window and the clocks; rank 0 alone prints and writes."""
+    the bar in between. Every rank keeps the loss window and the clocks; rank 0 alone prints and writes.
+
+    THE train loss (log line, jsonl row, bar, summary) is train_loss(): the mean per target token over the
+    last log_interval steps (fewer just after the start or a resume), never one batch's; so the row of a
+    last step that is no multiple of log_interval still covers a whole interval."""
 
     def __init__(self, out, run_name, cfg, total, start, main, resumed=False, header=""):
         """start: (step, tokens_seen) the run begins at (not 0 for a resumed one)."""
         self.path, self.cfg, self.total, self.main = paths.log_path(out, run_name), cfg, total, main
         self.start_step, self.tokens_at_log = start
-        self.last_loss, self.val_loss, self.wandb = float("nan"), None, None
+        self.val_loss, self.wandb, self.stopped = None, None, None
         if main:
             print(header)
             # a new run starts a fresh log; a resumed one keeps the lines up to its step
@@ -86,7 +123,8 @@ class RunLog:
                             dynamic_ncols=True, unit="step")
             self.emit = print if self.bar.disable else self.bar.write
         self.t0 = self.t_log = time.time()
-        self.window = [0.0, 0.0]            # summed loss and target tokens since the last line
+        self.window = deque(maxlen=cfg.log_interval)    # (summed loss, target tokens) of the last steps
+        self.logged_step = self.start_step              # the step of the last line
 
     def record(self, row, line):
         """One row of the jsonl (and of wandb) and its line on the terminal."""
@@ -97,31 +135,56 @@ class RunLog:
             if self.wandb:
                 self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
+    def train_loss(self):
+        """Mean loss per target token over the last log_interval steps (token-weighted); NaN before any."""
+        if not self.window:
+            return float("nan")
+        return sum(s for s, _ in self.window) / max(sum(n for _, n in self.window), 1.0)
+
     def step_done(self, step, epoch, loss_sum, n_targets, step_loss, lr, tokens_seen):
-        """After optimizer step `step`: the bar, and every log_interval steps a line with the mean loss per
-        target token since the last line, tokens per second and the time left."""
-        self.window = [self.window[0] + loss_sum, self.window[1] + n_targets]
+        """After optimizer step `step`: the bar (train_loss() and, as `batch`, this step's own loss), and
+        every log_interval steps a line with train_loss(), tokens per second and the time left."""
+        self.window.append((loss_sum, n_targets))
+        self.last_step = (step, epoch, lr, tokens_seen)
         if self.main:
             self.bar.update(1)
             rate = (tokens_seen - self.tokens_at_log) / max(time.time() - self.t_log, 1e-9)
-            self.bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.1e}", tok_s=f"{rate:,.0f}")
+            self.bar.set_postfix(loss=f"{self.train_loss():.4f}", batch=f"{step_loss:.4f}", lr=f"{lr:.1e}",
+                                 tok_s=f"{rate:,.0f}")
         if step % self.cfg.log_interval == 0 or step == self.total:
-            now = time.time()
-            self.last_loss = self.window[0] / max(self.window[1], 1.0)
-            tok_s = (tokens_seen - self.tokens_at_log) / max(now - self.t_log, 1e-9)
-            eta = (now - self.t0) / (step - self.start_step) * (self.total - step)
-            self.record({"step": step, "epoch": epoch, "loss": self.last_loss, "lr": lr, "tok_per_s": round(tok_s),
-                         "tokens": tokens_seen}, log_line(step, self.total, self.last_loss, lr, tok_s, eta))
-            self.t_log, self.tokens_at_log, self.window = now, tokens_seen, [0.0, 0.0]
+            self.line()
+
+    def line(self):
+        """The log line (and jsonl row) at the last step done: train_loss(), and the speed since the
+        previous line."""
+        step, epoch, lr, tokens_seen = self.last_step
+        now, loss = time.time(), self.train_loss()
+        tok_s = (tokens_seen - self.tokens_at_log) / max(now - self.t_log, 1e-9)
+        eta = (now - self.t0) / max(step - self.start_step, 1) * (self.total - step)
+        if self.cfg.max_minutes:                         # a time limit ends the run first
+            eta = max(0.0, min(eta, self.cfg.max_minutes * 60 - (now - self.t0)))
+        self.record({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "tok_per_s": round(tok_s),
+                     "tokens": tokens_seen}, log_line(step, self.total, loss, lr, tok_s, eta))
+        self.t_log, self.tokens_at_log, self.logged_step = now, tokens_seen, step
+
+    def time_limit(self, step, minutes):
+        """The run stops at `step` because its --max_minutes passed: the steps since the last line get their
+        line, and the log and the saved record say so."""
+        self.stopped = f"time limit of {minutes:g} minutes reached at step {step} of {self.total}"
+        if self.window and self.last_step[0] > self.logged_step:
+            self.line()
+        if self.main:
+            self.record({"step": step, "stopped": self.stopped}, f"stopped: {self.stopped}")
 
     def record_val(self, step, val_loss):
         self.val_loss = val_loss
         self.record({"step": step, "val_loss": val_loss}, log_line(step, self.total, val_loss=val_loss))
 
     def summary(self):
-        """What every save records about the run so far."""
-        return {"final_loss": self.last_loss, "val_loss": self.val_loss,
-                "train_time_s": round(time.time() - self.t0, 1)}
+        """What every save records about the run so far; final_loss is train_loss(), the mean over the
+        last log_interval steps (not the last batch)."""
+        return {"final_loss": self.train_loss(), "val_loss": self.val_loss,
+                "train_time_s": round(time.time() - self.t0, 1), "stopped": self.stopped}
 
     def close_bar(self):
         if self.main:

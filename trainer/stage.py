@@ -1,13 +1,14 @@
 """What the three stage entry points share: start-up, loading the checkpoint a stage starts from, the
 chat datasets and the checkpoint record. Library module; trainer/train_*.py call it.
 """
+import json
+import time
 from functools import partial
-
 from pathlib import Path
 
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
 from model import paths
-from model.atomic import check_writable, clean_stale_temps
+from model.atomic import check_writable, clean_stale_temps, keep_aside
 from model.checkpoint import config_from_dict, file_sha256, load_checkpoint
 from model.errors import UserError
 from model.tokenizer import load_tokenizer_from_state
@@ -31,10 +32,12 @@ def start_run(stage, argv, description):
     return cfg, dist, say
 
 
-def load_base(cfg, parent):
+def load_base(cfg, parent, say=print):
     """The checkpoint a fine-tuning stage starts from (--base, else out/{parent}_{hidden}.pth): its path,
-    the checkpoint dict, and the model config and tokenizer it carries (never taken from flags)."""
-    base = find_base(cfg, parent)
+    the checkpoint dict, and the model config and tokenizer it carries (never taken from flags). Says
+    which file and why it was picked."""
+    base, why = find_base(cfg, parent)
+    say(f"base: {base} ({why})")
     ckpt = load_checkpoint(base)
     config = config_from_dict(ckpt["config"], base)
     check_model_flags(cfg, config, base)
@@ -78,7 +81,26 @@ def load_chat_sets(cfg, tokenizer, say):
     say(f"{data_path}: {len(train_set):,} conversations, {train_set.n_truncated} truncated to "
         f"{cfg.max_seq_len} tokens, {train_set.n_no_target} without a target token"
         + (f", {info['n_bad']} bad lines skipped" if info["n_bad"] else ""))
+    info["identity"] = data_identity(train_recs, data_path)
+    if info["identity"]:
+        say(f"identity taught: {info['identity']['name']}, made by {info['identity']['creator']} "
+            "(recorded in the output; eval_model.py --identity_test checks it)")
     return train_set, val_set, data_path, info
+
+
+def data_identity(records, path):
+    """The one "identity" ({"name", "creator"[, "creator_zh"]}) the records carry (scripts/make_identity.py
+    puts it on each of its lines, and mixes keep it), or None. Two different ones are one line."""
+    found = {json.dumps(r["identity"], sort_keys=True, ensure_ascii=False) for r in records
+             if isinstance(r.get("identity"), dict)}
+    if len(found) > 1:
+        names = ", ".join(sorted(json.loads(f).get("name", "?") for f in found))
+        raise UserError(f"{path}: the data teaches {len(found)} identities ({names}); mix one identity set only")
+    identity = json.loads(found.pop()) if found else None
+    if identity is not None and not all(isinstance(identity.get(k), str) and identity[k].strip()
+                                        for k in ("name", "creator")):
+        raise UserError(f"{path}: an \"identity\" field needs non-empty \"name\" and \"creator\" strings")
+    return identity
 
 
 def chat_collate(cfg, tokenizer):
@@ -91,8 +113,11 @@ def stage_meta(stage, data_path, info, base=None, base_sha=None):
     """The record every checkpoint of a stage carries (the loop adds step, tokens, losses, config)."""
     if base is not None and base_sha is None:
         base_sha = file_sha256(base)
-    return {"stage": stage, "parent": str(base) if base is not None else None, "parent_sha256": base_sha,
+    meta = {"stage": stage, "parent": str(base) if base is not None else None, "parent_sha256": base_sha,
             "val_path": info["val_path"], "val_lines": info["val_lines"], "data_path": str(data_path)}
+    if info.get("identity"):
+        meta["identity"] = info["identity"]
+    return meta
 
 
 def finish_run(cfg, dist, say, model, train_set, val_set, collate, save_model, path, meta):
@@ -102,8 +127,32 @@ def finish_run(cfg, dist, say, model, train_set, val_set, collate, save_model, p
     log = paths.log_path(cfg.out_dir, run)
     for p in (path, log, paths.plot_path_for(log), paths.state_path(cfg.out_dir, run, 1)):
         check_writable(p)
+    keeper = Keeper(cfg, run, [path, log, paths.plot_path_for(log)], say)
     with collective_timeout(dist, cfg.ddp_timeout):
-        final = train(cfg, model, train_set, collate, save_model, run, dist, val_set=val_set, meta=meta)
+        final = train(cfg, model, train_set, collate, keeper.wrap(save_model), run, dist, val_set=val_set,
+                      meta=meta)
     cleanup_distributed()
     say(f"saved {final}")
     return final
+
+
+class Keeper:
+    """No finished output is lost: when a new run (not --resume) is about to write its first save over the
+    outputs of an earlier run (its checkpoint or adapter, log and loss curve), those move to
+    out/previous/{run}-{time}/ first, and the run says so. A run that fails before its first save leaves
+    them where they were."""
+
+    def __init__(self, cfg, run, files, say):
+        self.files, self.say, self.pending = files, say, not cfg.resume and Path(files[0]).is_file()
+        self.folder = paths.previous_dir(cfg.out_dir, run, time.strftime("%Y%m%d-%H%M%S",
+                                                                          time.localtime(Path(files[0]).stat().st_mtime))
+                                         ) if self.pending else None
+
+    def wrap(self, save_model):
+        def save(model, meta):
+            if self.pending:
+                moved = keep_aside(self.files, self.folder)
+                self.say(f"kept the previous {', '.join(p.name for p in moved)} in {self.folder}")
+                self.pending = False
+            return save_model(model, meta)
+        return save

@@ -24,7 +24,7 @@ def estimate_loss(model, loader, dist, autocast, max_batches=0):
     for batch in itertools.islice(loader, max_batches or None):
         with autocast:
             res = model(batch["input_ids"].to(dist.device), labels=batch["labels"].to(dist.device),
-                        loss_reduction="sum")
+                        loss_reduction="sum", targets_only=True)
         total[0] += res.loss.double()
         total[1] += res.n_targets
     model.train()
@@ -49,7 +49,8 @@ def accumulate_gradients(ddp_model, micro, dist, scaler, autocast=contextlib.nul
         with contextlib.nullcontext() if sync else ddp_model.no_sync():
             with autocast:
                 res = ddp_model(batch["input_ids"].to(dev, non_blocking=True),
-                                labels=batch["labels"].to(dev, non_blocking=True), loss_reduction="sum")
+                                labels=batch["labels"].to(dev, non_blocking=True), loss_reduction="sum",
+                                targets_only=True)
             # DDP averages gradients over ranks, so scale the per-token loss back up by world_size
             loss = res.loss * (dist.world_size / global_targets)
             if res.aux_loss is not None:

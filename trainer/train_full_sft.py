@@ -21,7 +21,7 @@ from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, s
 def main(argv=None):
     cfg, dist, say = start_run("full_sft", argv, __doc__.splitlines()[0])
     # read and check every input before anything is written
-    base, ckpt, config, tokenizer = load_base(cfg, "pretrain")
+    base, ckpt, config, tokenizer = load_base(cfg, "pretrain", say)
     train_set, val_set, data_path, info = load_chat_sets(cfg, tokenizer, say)
     model = build_model(config, ckpt["model"], where=str(base))
     say(f"base {base}: {model.num_parameters() / 1e6:.2f}M parameters, all trained")

@@ -28,7 +28,7 @@ FLAGS = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "ta
 def main(argv=None):
     cfg, dist, say = start_run("lora", argv, __doc__.splitlines()[0])
     # read and check every input before anything is written
-    base, ckpt, config, tokenizer = load_base(cfg, "full_sft")
+    base, ckpt, config, tokenizer = load_base(cfg, "full_sft", say)
     train_set, val_set, data_path, info = load_chat_sets(cfg, tokenizer, say)
     model = build_model(config, ckpt["model"], where=str(base))    # the base, loaded strictly, then wrapped
     lora_cfg = LoRAConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,

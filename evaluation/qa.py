@@ -8,14 +8,13 @@ Library module; the command is eval_model.py:
 """
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from dataset.formats import iter_jsonl
 from dataset.scoring import ASKS, identity_verdict, task_golds, task_verdict
-from model.atomic import write_text
+from model.atomic import move, write_text
 from model.checkpoint import file_sha256
 from model.errors import UserError
 from model.generate import build_prompt, generate
@@ -224,7 +223,7 @@ def save_report(body, out, test, loaded, report=None):
     old = stored_key(path)
     if old is not None and old != body["model_key"]:
         kept = report_path(out, test, loaded.label, short_hash(old))
-        os.replace(path, kept)
+        move(path, kept)
         print(f"kept the earlier report there, of another model ({old.get('adapter') or old.get('checkpoint')}), "
               f"as {kept}")
     return write_report(path, body)

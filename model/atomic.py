@@ -244,6 +244,13 @@ def write_bytes(path, data):
     return Path(path)
 
 
+def move(src, dst):
+    """Rename src to dst (same filesystem; atomic), and make the rename itself durable."""
+    os.replace(src, dst)
+    _fsync_dir(Path(dst).parent)
+    return Path(dst)
+
+
 def keep_aside(files, folder):
     """Move the existing ones of `files` into `folder` (created), each under its own name, so that what
     replaces them never destroys them. -> the moved files' new paths ([] when none existed)."""

@@ -39,8 +39,10 @@ from model.paths import (adapter_path, checkpoint_path, data_path, log_path, out
 LORA, SCRATCH_LORA = "lora_music", "lora_identity"
 # seconds each step costs besides its training on an idle 2-core CPU (start-up, data, loading, final
 # validation and save; the tests in full); a slower machine is planned for by the measured slowdown
-OVERHEAD = {"pretrain": 20, "full_sft": 15, "scratch_lora": 10, "import": 25, "lora": 40, "eval_sft": 12,
-            "eval_scratch": 12, "eval_base": 70, "eval_lora": 70}
+OVERHEAD = {"pretrain": 20, "full_sft": 15, "scratch_lora": 10, "import": 25, "lora": 40, "eval_sft": 8,
+            "eval_scratch": 8, "eval_base": 55, "eval_lora": 45}
+# training tokens/s of the CPU stages on an idle 2-core AVX512-BF16 CPU (bfloat16): what a slowdown is against
+IDLE_TOK_S = {"pretrain": 6000, "lora": 300}
 # shares of the training time (what is left of the budget after the overheads)
 CPU_SHARE = {"pretrain": 0.26, "full_sft": 0.10, "scratch_lora": 0.07, "lora": 0.57}
 GPU_SHARE = {"pretrain": 0.55, "full_sft": 0.25, "lora": 0.20}
@@ -69,16 +71,26 @@ def fmt_time(s):
 
 class Clock:
     """The budget: each training stage gets its share of what is left once the remaining steps'
-    overheads are set aside, each times the slowdown seen so far (the overheads the finished steps took
-    against what they take on an idle 2-core CPU, between 1x and 3x)."""
+    overheads are set aside, each times the slowdown seen so far: the larger of the overheads the finished
+    steps took against their idle estimate, and the idle training speed against the one the last training
+    stage logged (a machine with one core taken trains and generates 3-4x slower with two threads)."""
 
     def __init__(self, minutes, shares, steps):
         self.end, self.shares, self.todo = time.time() + minutes * 60, dict(shares), list(steps)
         self.seen = [0.0, 0.0]                   # overhead seconds taken, and their idle estimate
+        self.speed_ratio = 1.0
 
     @property
     def slowdown(self):
-        return min(3.0, max(1.0, self.seen[0] / self.seen[1])) if self.seen[1] else 1.0
+        overheads = self.seen[0] / self.seen[1] if self.seen[1] else 1.0
+        return min(5.0, max(1.0, overheads, self.speed_ratio))
+
+    def observe(self, stage, log):
+        """The training speed a stage's log shows (its median tokens/s) against the idle one (IDLE_TOK_S)."""
+        rates = sorted(json.loads(s)["tok_per_s"] for s in Path(log).read_text(encoding="utf-8").splitlines()
+                       if '"tok_per_s"' in s) if Path(log).is_file() else []
+        if stage in IDLE_TOK_S and rates:
+            self.speed_ratio = IDLE_TOK_S[stage] / max(1, rates[len(rates) // 2])
 
     def done(self, step, seconds=None, trained_s=0.0):
         """Step `step` is over (seconds: how long it ran, trained_s of them training; None: reused)."""
@@ -115,8 +127,9 @@ class Pipeline:
 
     def header(self, title):
         self.n += 1
+        slow = f"; planning for {self.clock.slowdown:.1f}x slower than idle" if self.clock.slowdown > 1.05 else ""
         print(f"\n=== [{self.n}] {title}  (elapsed {fmt_time(time.time() - self.t0)}, "
-              f"{fmt_time(max(0, self.clock.end - time.time()))} left)", flush=True)
+              f"{fmt_time(max(0, self.clock.end - time.time()))} left{slow})", flush=True)
 
     def run(self, stage, cmd, output, title, minutes=None):
         """Run one step's command unless its output exists from an earlier run (and nothing before it was
@@ -136,6 +149,9 @@ class Pipeline:
         if res.returncode != 0:
             raise UserError(f"step {stage} failed (exit {res.returncode}); its command was: {shown}")
         self.clock.done(stage, time.time() - t, min(time.time() - t, minutes * 60 if minutes else 0.0))
+        if minutes:
+            self.clock.observe(stage, log_path(Path(output).parent.parent if Path(output).parent.name == "lora"
+                                               else Path(output).parent, run_name(output)))
         self.state[stage] = {"cmd": shown, "seconds": round(time.time() - t, 1), "output": str(output),
                              "budget_s": round(minutes * 60, 1) if minutes else None}
         write_text(self.state_path, json.dumps(self.state, indent=1))
@@ -234,11 +250,11 @@ class Pipeline:
         few = self.args.minutes < 8 and not self.gpu
         ident = files["identity_test.jsonl"]
         held_for_val = read_pth(lora, mmap=True)["meta"].get("val_lines") or ()   # validation: not trained on
-        trained = self.sample_file(files["music.jsonl"], 16 if few else 40, "music_trained_sample.jsonl", task=True,
+        trained = self.sample_file(files["music.jsonl"], 16 if few else 32, "music_trained_sample.jsonl", task=True,
                                    skip=held_for_val)
-        held = self.sample_file(files["music_test.jsonl"], 16 if few else 40, "music_test_sample.jsonl", task=True)
+        held = self.sample_file(files["music_test.jsonl"], 16 if few else 32, "music_test_sample.jsonl", task=True)
         ev = [sys.executable, "eval_model.py", "--out_dir", self.out, "--device", self.device, "--batch_size", 32,
-              "--max_new_tokens", 48, "--identity_test", ident]
+              "--max_new_tokens", 40, "--identity_test", ident]
         music = ["--task_test", trained, "--task_test", held]
         reports = {}
         if not self.gpu:

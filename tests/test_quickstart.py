@@ -73,3 +73,23 @@ def test_bad_budget_is_one_line():
     res = subprocess.run([sys.executable, "scripts/quickstart.py", "--minutes", "0"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.strip() == "error: --minutes must be a number in (0.0, 10080] (got 0.0)"
+
+
+def test_clock_shares_what_is_left_and_plans_for_a_slow_machine(tmp_path, monkeypatch):
+    """Each stage gets its share of the time left after the remaining steps' overheads; a stage's log that
+    shows a third of the idle speed triples the reserve (so the tests still fit on a busy machine)."""
+    from scripts import quickstart as qs
+    now = [1000.0]
+    monkeypatch.setattr(qs.time, "time", lambda: now[0])
+    clock = qs.Clock(10, {"pretrain": 1, "lora": 3}, ["pretrain", "lora", "eval_lora"])
+    reserve = qs.OVERHEAD["pretrain"] + qs.OVERHEAD["lora"] + qs.OVERHEAD["eval_lora"]
+    assert clock.slice("pretrain") * 60 == pytest.approx((600 - reserve) / 4)
+    now[0] += 100
+    clock.done("pretrain", seconds=100, trained_s=100 - qs.OVERHEAD["pretrain"])   # overhead as estimated
+    log = tmp_path / "pretrain.jsonl"
+    log.write_text("".join(json.dumps({"step": i, "tok_per_s": qs.IDLE_TOK_S["pretrain"] // 3}) + "\n"
+                           for i in range(5)))
+    clock.observe("pretrain", log)
+    assert clock.slowdown == pytest.approx(3.0, rel=0.01)
+    left = 500 - 3.0 * (qs.OVERHEAD["lora"] + qs.OVERHEAD["eval_lora"])
+    assert clock.slice("lora") * 60 == pytest.approx(left, rel=0.01)

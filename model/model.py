@@ -306,7 +306,7 @@ class TinyMindForCausalLM(nn.Module):
             if targets_only and bool((targets == -100).any()):
                 keep = targets != -100
                 x, targets = x[keep], targets[keep]                                 # (n_targets, C)
-        logits = self.lm_head(x)                                                     # (B, T, vocab)
+        logits = self.lm_head(x)                        # (B, T, vocab); (n_targets, vocab) with targets_only
         aux_loss = aux_total * self.config.aux_loss_coef if aux_total is not None else None
 
         loss, n_targets = None, 0

@@ -75,9 +75,8 @@ def expected_identity(loaded, name=None, creator=None, creator_zh=None):
     """(identity, where it came from): the name and creator an identity answer must give. The flags
     (--bot_name, --bot_creator, --bot_creator_zh) win; what they leave out comes from the model's record
     (loaded.identity: the "identity" of its training data). Without a name and creator: one line."""
-    recorded = loaded.identity or {}
-    where = "the adapter's training data" if (loaded.info.get("adapter") or {}).get("meta", {}).get("identity") \
-        else "the checkpoint's training data"
+    recorded, where = loaded.identity_record()
+    recorded = recorded or {}
     identity = {"name": name or recorded.get("name"), "creator": creator or recorded.get("creator"),
                 "creator_zh": creator_zh or (recorded.get("creator_zh") if not creator else None)}
     if not (identity["name"] and identity["creator"]):

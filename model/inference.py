@@ -33,8 +33,13 @@ class Loaded:
     def identity(self):
         """{"name", "creator"[, "creator_zh"]} the model was taught (the "identity" of its training data's
         records, kept in the adapter's or checkpoint's meta), or None when it records none."""
-        adapter = self.info.get("adapter") or {}
-        return adapter.get("meta", {}).get("identity") or self.info.get("identity")
+        return self.identity_record()[0]
+
+    def identity_record(self):
+        """(identity or None, where it is recorded: "the adapter's training data" or "the checkpoint's")."""
+        adapter = (self.info.get("adapter") or {}).get("meta", {}).get("identity")
+        return (adapter, "the adapter's training data") if adapter else \
+            (self.info.get("identity"), "the checkpoint's training data")
 
     def describe(self):
         info = self.info

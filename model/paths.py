@@ -101,6 +101,13 @@ def log_path(out, run):
     return Path(out) / "logs" / f"{run}.jsonl"
 
 
+def log_path_for(artefact):
+    """The run log of a checkpoint or adapter: {its out folder}/logs/{run}.jsonl (an adapter lies in out/lora)."""
+    artefact = Path(artefact)
+    out = artefact.parent.parent if artefact.parent.name == "lora" else artefact.parent
+    return log_path(out, run_name(artefact))
+
+
 def plot_path_for(log):
     """A run's loss-curve PNG, next to its jsonl log: out/logs/{run}.png."""
     return Path(log).with_suffix(".png")

@@ -33,16 +33,12 @@ from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
 from model.atomic import check_writable, write_text  # noqa: E402
 from model.checkpoint import read_pth  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from model.paths import (adapter_path, checkpoint_path, data_path, log_path, out_dir, quickstart_files,  # noqa: E402
-                         report_path, run_name, smollm2_path)
+from model.paths import (adapter_path, checkpoint_path, data_path, log_path_for, out_dir,  # noqa: E402
+                         quickstart_files, report_path, run_name, smollm2_path)
+from trainer.runlog import read_rows  # noqa: E402
+from quickstart_clock import OVERHEAD, Clock, fmt_time  # noqa: E402
 
 LORA, SCRATCH_LORA = "lora_music", "lora_identity"
-# seconds each step costs besides its training on an idle 2-core CPU (start-up, data, loading, final
-# validation and save; the tests in full); a slower machine is planned for by the measured slowdown
-OVERHEAD = {"pretrain": 20, "full_sft": 15, "scratch_lora": 10, "import": 25, "lora": 40, "eval_sft": 8,
-            "eval_scratch": 8, "eval_base": 55, "eval_lora": 45}
-# training tokens/s of the CPU stages on an idle 2-core AVX512-BF16 CPU (bfloat16): what a slowdown is against
-IDLE_TOK_S = {"pretrain": 6000, "lora": 300}
 # shares of the training time (what is left of the budget after the overheads)
 CPU_SHARE = {"pretrain": 0.26, "full_sft": 0.10, "scratch_lora": 0.07, "lora": 0.57}
 GPU_SHARE = {"pretrain": 0.55, "full_sft": 0.25, "lora": 0.20}
@@ -63,48 +59,6 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="retrain every stage even if its output exists")
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args(argv)
-
-
-def fmt_time(s):
-    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.0f}s"
-
-
-class Clock:
-    """The budget: each training stage gets its share of what is left once the remaining steps'
-    overheads are set aside, each times the slowdown seen so far: the larger of the overheads the finished
-    steps took against their idle estimate, and the idle training speed against the one the last training
-    stage logged (a machine with one core taken trains and generates 3-4x slower with two threads)."""
-
-    def __init__(self, minutes, shares, steps):
-        self.end, self.shares, self.todo = time.time() + minutes * 60, dict(shares), list(steps)
-        self.seen = [0.0, 0.0]                   # overhead seconds taken, and their idle estimate
-        self.speed_ratio = 1.0
-
-    @property
-    def slowdown(self):
-        overheads = self.seen[0] / self.seen[1] if self.seen[1] else 1.0
-        return min(5.0, max(1.0, overheads, self.speed_ratio))
-
-    def observe(self, stage, log):
-        """The training speed a stage's log shows (its median tokens/s) against the idle one (IDLE_TOK_S)."""
-        rates = sorted(json.loads(s)["tok_per_s"] for s in Path(log).read_text(encoding="utf-8").splitlines()
-                       if '"tok_per_s"' in s) if Path(log).is_file() else []
-        if stage in IDLE_TOK_S and rates:
-            self.speed_ratio = IDLE_TOK_S[stage] / max(1, rates[len(rates) // 2])
-
-    def done(self, step, seconds=None, trained_s=0.0):
-        """Step `step` is over (seconds: how long it ran, trained_s of them training; None: reused)."""
-        if step in self.todo:
-            self.todo.remove(step)
-            if seconds is not None:
-                self.seen = [self.seen[0] + max(0.0, seconds - trained_s), self.seen[1] + OVERHEAD[step]]
-        self.shares.pop(step, None)
-
-    def slice(self, stage):
-        """--max_minutes for `stage`: its share of the time left after the reserve, at least 3 seconds."""
-        reserve = sum(OVERHEAD.get(s, 0) for s in self.todo) * self.slowdown
-        left = self.end - time.time() - reserve
-        return max(0.05, left * self.shares[stage] / sum(self.shares.values()) / 60)
 
 
 class Pipeline:
@@ -150,8 +104,7 @@ class Pipeline:
             raise UserError(f"step {stage} failed (exit {res.returncode}); its command was: {shown}")
         self.clock.done(stage, time.time() - t, min(time.time() - t, minutes * 60 if minutes else 0.0))
         if minutes:
-            self.clock.observe(stage, log_path(Path(output).parent.parent if Path(output).parent.name == "lora"
-                                               else Path(output).parent, run_name(output)))
+            self.clock.observe(stage, log_path_for(output))
         self.state[stage] = {"cmd": shown, "seconds": round(time.time() - t, 1), "output": str(output),
                              "budget_s": round(minutes * 60, 1) if minutes else None}
         write_text(self.state_path, json.dumps(self.state, indent=1))
@@ -280,17 +233,14 @@ class Pipeline:
                  f"identity and music tests: {LORA}")
         return reports
 
-    def log_stats(self, run, out):
-        """(steps, final train loss, final val loss, stopped) from {out}/logs/{run}.jsonl."""
-        path = log_path(out, run)
-        steps, loss, val, stopped = 0, None, None, None
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                steps = max(steps, row.get("step", 0))
-                loss, val = row.get("loss", loss), row.get("val_loss", val)
-                stopped = row.get("stopped", stopped)
-        return steps, loss, val, stopped
+    def log_stats(self, artefact):
+        """(steps, final train loss, final val loss) from the run log of an artefact."""
+        path = log_path_for(artefact)
+        steps, loss, val = 0, None, None
+        for row in read_rows(path) if path.exists() else []:
+            steps = max(steps, row.get("step", 0))
+            loss, val = row.get("loss", loss), row.get("val_loss", val)
+        return steps, loss, val
 
     def stage_rows(self, scratch, lora):
         def num(x):
@@ -299,8 +249,7 @@ class Pipeline:
         runs = [("pretrain", scratch["pretrain"]), ("full_sft", scratch["full_sft"])]
         runs += [("scratch_lora", scratch["lora"])] if "lora" in scratch else []
         for stage, path in runs + [("lora", lora)]:
-            steps, loss, val, _ = self.log_stats(run_name(path), Path(path).parent.parent if stage.endswith(
-                "lora") else Path(path).parent)
+            steps, loss, val = self.log_stats(path)
             st = self.state.get(stage, {})
             budget = f" ({fmt_time(st['budget_s'])})" if st.get("budget_s") else ""
             where = "scratch/" if not self.gpu and stage != "lora" else ""

@@ -6,12 +6,14 @@ identity_verdict: an identity answer passes when it affirms the assistant's own 
 gold answers occurs in it as a whole phrase (SQuAD-style normalisation; an English plural ending allowed)
 outside a clause that negates it.
 Both compare texts in one form, fold(); normalize() is fold() plus SQuAD's punctuation and article rules.
+exact_match and token_f1 are SQuAD's EM and token F1 on normalize()d text (evaluation/gen_tasks.py).
 
 Library module; evaluation/qa.py, chat/terminal.py and eval_model.py call it:
     from dataset.scoring import identity_verdict, task_verdict, task_golds
 """
 import re
 import unicodedata
+from collections import Counter
 
 # Assistants a model must not claim to be (lower case; matched as substrings of the lowered answer).
 OTHER_ASSISTANTS = ["chatgpt", "gpt-4", "gpt-3", "gpt4", "openai", "claude", "anthropic", "qwen", "通义",
@@ -70,6 +72,31 @@ def normalize(text):
     whitespace collapsed."""
     text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in fold(text))
     return CJK_SPACE.sub("", " ".join(ARTICLES.sub(" ", text).split()))
+
+
+def answer_tokens(text):
+    """The tokens SQuAD's F1 counts: normalize()d words, each CJK character a token of its own (as CMRC
+    2018 scores Chinese, which has no spaces): "It's in C大调." -> ["it", "s", "in", "c", "大", "调"]."""
+    return re.findall(rf"[{CJK}]|[^\s{CJK}]+", normalize(text))
+
+
+def exact_match(answer, golds):
+    """SQuAD's exact match: 1.0 when the normalize()d answer equals a normalize()d gold, else 0.0."""
+    got = normalize(answer)
+    return float(any(got == normalize(g) for g in golds))
+
+
+def token_f1(answer, golds):
+    """SQuAD's F1, the max over golds: 2PR/(P+R) of the answer's and the gold's answer_tokens (shared
+    tokens counted with multiplicity). 0.0 without golds."""
+    got, best = answer_tokens(answer), 0.0
+    for gold in golds:
+        want = answer_tokens(gold)
+        same = sum((Counter(got) & Counter(want)).values())
+        if same:
+            precision, recall = same / len(got), same / len(want)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
 
 
 def bounded(phrase, plural=False):

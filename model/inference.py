@@ -48,14 +48,22 @@ class Loaded:
 
 
 def load_for_inference(ckpt=None, adapter=None, hf_path=None, base=None, merge=True, device="cpu", dtype=None,
-                       force=False, out=None):
+                       force=False, out=None, gguf_path=None):
     """Exactly one of: ckpt (a .pth: a full checkpoint, or an adapter, which then loads onto its base),
-    adapter (an adapter .pth), hf_path (a Hugging Face model folder, imported in memory). base: the
+    adapter (an adapter .pth), hf_path (a Hugging Face model folder, imported in memory), gguf_path (a
+    llama-architecture GGUF file, dequantized in memory). base: the
     checkpoint an adapter goes on (default: the one it records, also looked for in out); force: accept a
     base file other than the recorded one (config and tokenizer must still fit). merge folds the adapter
     into the weights: the same outputs, no extra matmuls per token."""
-    if sum(x is not None for x in (ckpt, adapter, hf_path)) != 1:
-        raise ValueError("load_for_inference: give exactly one of ckpt, adapter, hf_path")
+    if sum(x is not None for x in (ckpt, adapter, hf_path, gguf_path)) != 1:
+        raise ValueError("load_for_inference: give exactly one of ckpt, adapter, hf_path, gguf_path")
+    if gguf_path is not None:
+        from .checkpoint import FORMAT, build_model
+        from .convert_gguf import import_gguf
+        state, config, tokenizer = import_gguf(gguf_path)
+        model = build_model(config, state, device, dtype, where=str(gguf_path)).eval()
+        c = {"format": FORMAT, "config": config.to_dict(), "meta": {"stage": "imported", "source": str(gguf_path)}}
+        return Loaded(model, tokenizer, describe(model, c, tokenizer, gguf_path), Path(gguf_path).stem)
     if hf_path is not None:
         from .convert import load_hf_model       # imported only when asked for
         model, tokenizer, c = load_hf_model(hf_path, device=device, dtype=dtype)
@@ -90,3 +98,15 @@ def describe(model, ckpt, tokenizer, path, adapter=None, adapter_path=None):
                            "lora_config": adapter.get("lora_config"), "meta": adapter.get("meta", {})}
     return info
 
+
+
+def load_model_spec(spec, out, device="cpu", dtype=None, hidden_size=None, force=False):
+    """A model as a command line names it (--model: a path or a name, model.paths.find_model) -> Loaded;
+    an adapter loads onto the base it records."""
+    from .paths import find_model
+    kind, path = find_model(out, spec, hidden_size)
+    if kind == "hf":
+        return load_for_inference(hf_path=path, device=device, dtype=dtype)
+    if kind == "gguf":
+        return load_for_inference(gguf_path=path, device=device, dtype=dtype)
+    return load_for_inference(ckpt=path, device=device, dtype=dtype, force=force, out=out)

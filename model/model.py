@@ -262,17 +262,23 @@ class TinyMindForCausalLM(nn.Module):
         return sum(p.numel() for p in params.values())
 
     def forward(self, input_ids, labels=None, attention_mask=None, kv_cache=None,
-                loss_reduction="mean", last_only=False, targets_only=False):
+                loss_reduction="mean", last_only=False, targets_only=False, packed=None):
         """input_ids (B, T); labels (B, T) aligned with input_ids, -100 = no loss: the target shift
         happens here and nowhere else. attention_mask (B, S) with 1 for real tokens and 0 for padding,
         S = positions cached before + T. last_only computes logits for the last position only;
         targets_only (training) computes them only where a label is, as (n_targets, vocab): the same
-        loss without the output layer's work on prompts and padding."""
+        loss without the output layer's work on prompts and padding.
+        packed = (position_ids (B, T), mask (B, 1, T, T) bool, select (B, T) bool), no cache: several
+        sequences in one row that share a prefix (a benchmark question and each of its answers), each
+        token seeing what the mask allows at the positions given; logits only where select is, as
+        (n_selected, vocab) (evaluation/loglik.py builds these)."""
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         device = input_ids.device
         mask = None
-        if attention_mask is not None:
+        if packed is not None:
+            position_ids, mask, select = packed
+        elif attention_mask is not None:
             attention_mask = attention_mask.bool()
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]  # (B, T)
             if not bool(attention_mask.all()) or (past and T > 1):
@@ -298,6 +304,8 @@ class TinyMindForCausalLM(nn.Module):
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
+        elif packed is not None:
+            x = x[select]                                                           # (n_selected, C)
         targets = None
         if labels is not None:
             # token t predicts token t+1: shift the labels left (the last position gets -100) rather

@@ -6,7 +6,8 @@
     out/smollm2_135m.pth                                SmolLM2-135M-Instruct imported (scripts/convert_model.py)
     out/logs/{run}.jsonl, out/logs/{run}.png            every logged step, loss curves ({run} = file stem)
     out/state/{run}/step_N.pth                          resumable training states
-    out/eval/{test}_{label}.json                        test reports
+    out/eval/{test}_{label}.json                        test reports (bench_{task}_{k}shot_{label}.json too)
+    out/eval/{name}.md/.csv/.json/.png                  side-by-side tables of several models
     out/data/                                           data the tools derive (mixes, samples)
     out/previous/{run}-{time}/                          a finished output a new run replaced, kept
     out/quickstart.json, out/quickstart_summary.md      what the quickstart ran, its summary table
@@ -142,6 +143,11 @@ def report_path(out, test, label, model_hash=None):
     return Path(out) / "eval" / (f"{test}_{label}_{model_hash}.json" if model_hash else f"{test}_{label}.json")
 
 
+def comparison_path(out, name, ext):
+    """out/eval/{name}.{ext}: a side-by-side table of several models (md, csv, json) and its chart (png)."""
+    return Path(out) / "eval" / f"{name}.{ext}"
+
+
 def data_path(out, name):
     return Path(out) / "data" / name
 
@@ -269,3 +275,36 @@ def inside(out, path):
     if p != root and root not in p.parents:
         raise UserError(f"{path}: only files under {root} can be opened")
     return p
+
+
+SPEC_FORMS = ("a .pth checkpoint or adapter, a .gguf file, a Hugging Face folder, pretrain, full_sft, smollm2, "
+              "or an adapter name in out/lora (lora_music)")
+
+
+def find_model(out, spec, hidden_size=None):
+    """A model named on a command line (--model) -> (kind, path): kind "pth" (a checkpoint or an adapter),
+    "gguf" or "hf" (a folder). An existing file or folder is taken as it is; else the names pretrain,
+    full_sft (out/{stage}_{hidden}.pth), smollm2 (the imported SmolLM2) and adapter names (out/lora/)."""
+    p = resolve_input(spec)
+    if p.exists():
+        if p.is_dir():
+            if not (p / "config.json").is_file():
+                raise UserError(f"{spec}: a folder without config.json is not a Hugging Face model")
+            return "hf", p.resolve()
+        if p.suffix == ".gguf":
+            return "gguf", p.resolve()
+        if p.suffix == ".pth":
+            return "pth", p.resolve()
+        raise UserError(f"{spec}: not a model file (give {SPEC_FORMS})")
+    if spec in ("pretrain", "full_sft"):
+        return "pth", find_stage_checkpoint(out, spec, hidden_size, flag_hint="--hidden_size or a path")
+    if spec == "smollm2":
+        if not smollm2_path(out).is_file():
+            raise UserError(f"{smollm2_path(out)}: not found; import it with `python scripts/convert_model.py --smollm2`")
+        return "pth", smollm2_path(out).resolve()
+    if Path(spec).suffix or "/" in spec:
+        raise UserError(f"{spec}: file not found (give {SPEC_FORMS})")
+    if candidates(Path(out) / "lora", spec):
+        return "pth", find_adapter(out, spec, hidden_size)
+    have = ", ".join(p.stem for p in find_adapters(out)) or "none"
+    raise UserError(f"{spec}: no such model (give {SPEC_FORMS}; adapters in {Path(out) / 'lora'}: {have})")

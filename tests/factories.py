@@ -52,10 +52,10 @@ def make_model(vocab_size=None, seed=0, std=None, **overrides):
     return model
 
 
-def make_checkpoint(path, stage="full_sft", hidden=64, seed=0, meta=None, **overrides):
+def make_checkpoint(path, stage="full_sft", hidden=64, seed=0, meta=None, std=None, **overrides):
     """A tiny untrained checkpoint with the shipped tokenizer, as a trainer would save it; returns path.
-    overrides are ModelConfig fields (dropout=0.1, num_hidden_layers=3, ...)."""
-    model = make_model(seed=seed, hidden_size=hidden, **overrides)
+    overrides are ModelConfig fields (dropout=0.1, num_hidden_layers=3, ...); std as make_model's."""
+    model = make_model(seed=seed, hidden_size=hidden, std=std, **overrides)
     save_checkpoint(path, model.state_dict(), model.config, default_tokenizer(),
                     {"stage": stage, "step": 0, **(meta or {})})
     return Path(path)

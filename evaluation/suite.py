@@ -1,0 +1,71 @@
+"""Several models on several benchmark tasks: THE loop the evaluation command and the comparison studies
+call. Each (model, task) result is saved as out/eval/bench_{task}_{k}shot_{model}.json (per-item
+predictions included; an earlier report there of another model is kept under a hashed name, as for every
+test report), and comes back as a flat row for the side-by-side table (evaluation/report.py).
+
+    from evaluation.suite import evaluate_models
+    rows = evaluate_models(["smollm2", "lora_music"], ["arc_easy"], out_dir(), limit=100, with_base=True)
+"""
+import time
+from pathlib import Path
+
+from model.inference import load_for_inference, load_model_spec
+from .benchmarks import Task, load_task
+from .harness import DEFAULT_SEED, evaluate_task
+from .qa import model_key, save_report
+
+
+def result_rows(result, loaded):
+    """One row per metric: model, task, metric, value, stderr, n, num_fewshot, ..."""
+    common = {"model": loaded.label, "checkpoint": loaded.info["checkpoint"],
+              "adapter": (loaded.info.get("adapter") or {}).get("path"), "task": result["task"],
+              "split": result["split"], "n": result["n"], "num_fewshot": result["num_fewshot"],
+              "limit": result["limit"], "chat_template": result["chat_template"]}
+    return [dict(common, metric=m, value=v["value"], stderr=v["stderr"]) for m, v in result["metrics"].items()]
+
+
+def with_bases(models, device, dtype, say):
+    """The models, each adapter preceded by its base (unless that base is in the list already)."""
+    def key(path):
+        return str(Path(path).resolve())
+    have = {key(m.info["checkpoint"]) for m in models if not m.info.get("adapter")}
+    out = []
+    for m in models:
+        base = m.info["checkpoint"] if m.info.get("adapter") else None
+        if base and key(base) not in have:
+            have.add(key(base))
+            say(f"base of {m.label}: {base}")
+            out.append(load_for_inference(ckpt=Path(base), device=device, dtype=dtype))
+        out.append(m)
+    return out
+
+
+def load_models(specs, out, device="cpu", dtype=None, with_base=False, say=print):
+    """Every --model loaded (a bad one is one line before any scoring starts)."""
+    loaded = []
+    for spec in specs:
+        m = load_model_spec(spec, out, device=device, dtype=dtype)
+        say(f"model {spec}: {m.describe()}")
+        loaded.append(m)
+    return with_bases(loaded, device, dtype, say) if with_base else loaded
+
+
+def evaluate_models(specs, task_names, out, num_fewshot=0, limit=None, seed=DEFAULT_SEED, chat=False,
+                    batch_tokens=4096, device="cpu", dtype=None, with_base=False, progress=True, say=print,
+                    loaded=None):
+    """Rows of every (model, task, metric); loaded (already loaded models) replaces specs when given, and a
+    task may be given loaded (a benchmarks.Task) instead of by name."""
+    tasks = [n if isinstance(n, Task) else load_task(n) for n in task_names]   # missing items: one line, first
+    models = loaded if loaded is not None else load_models(specs, out, device, dtype, with_base, say)
+    rows = []
+    for m in models:
+        for task in tasks:
+            result = evaluate_task(m, task, num_fewshot, limit, seed, chat, batch_tokens, progress)
+            body = {"kind": "benchmark", "model": m.info, "model_key": model_key(m),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}
+            save_report(body, out, f"bench_{task.name}_{num_fewshot}shot", m)
+            metrics = ", ".join(f"{k} {v['value']:.1%} ± {v['stderr']:.1%}" for k, v in result["metrics"].items())
+            say(f"{m.label} {task.name} ({result['n']} items, {num_fewshot}-shot): {metrics} "
+                f"[{result['items_per_s']:.1f} items/s]")
+            rows += result_rows(result, m)
+    return rows

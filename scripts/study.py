@@ -1,0 +1,256 @@
+"""A comparison study: several arms trained from the same base with the same data, seed and time budget,
+scored on the same benchmarks and generation tests, in one report (the arms: evaluation/studies.py).
+
+    python scripts/study.py                                  # forgetting: the base before and after the music LoRA
+    python scripts/study.py --study loss_on --dry_run        # the arms' commands, nothing run
+    python scripts/study.py --study lora_rank --minutes 5 --tasks arc_easy --limit 300 --gen music
+
+Studies: forgetting (the default), loss_on, system_prompt, lora_vs_full, lora_rank. The default takes about
+20 minutes on a 2-core CPU with SmolLM2-135M as the base: 12 minutes of LoRA training, then each arm's
+benchmarks (--limit 150 items of each --tasks, 0-shot; run `python scripts/eval_bench.py --fetch` once) and
+generation tests (--gen, greedy, the first --gen_limit questions). Every arm runs the real trainer command
+with --max_minutes and its own --out_dir out/study/{study}/{arm}; the user's out/ is never touched.
+
+Writes out/study/{study}/: README.md (what ran, each arm's command, steps, losses, the table),
+eval/study_{study}.md/.csv/.json/.png (evaluation/report.py), loss_curves.png (every trained arm's curves),
+eval/bench_*.json and gen_*.json (every item), {arm}/train.log and {arm}/logs/ (each run's output and log).
+
+A re-run first moves the earlier out/study/{study}/ whole to out/study/previous/{study}-{time}/ (after every
+check has passed, before the first arm trains): nothing finished is lost. A failed arm stops the study with
+one line naming it and its train.log, which stays where the study was being written.
+"""
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # repo root
+
+from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
+from evaluation import benchmarks, report  # noqa: E402
+from evaluation.gen_tasks import evaluate_gen, load_gen_tasks  # noqa: E402
+from evaluation.studies import DEFAULT_STUDY, STUDIES, arm_command, arm_output, shown  # noqa: E402
+from evaluation.suite import evaluate_models  # noqa: E402
+from model import paths  # noqa: E402
+from model.adapter import is_adapter  # noqa: E402
+from model.atomic import check_writable, move, write_text  # noqa: E402
+from model.checkpoint import read_pth  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from scripts.quickstart_clock import fmt_time  # noqa: E402
+from trainer.runlog import plot_curves, read_rows  # noqa: E402
+
+TASKS, GEN = "arc_easy,hellaswag,piqa", "music,identity"
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", default=DEFAULT_STUDY, choices=tuple(STUDIES), help="which study (default %(default)s)")
+    p.add_argument("--base", default="", help="the checkpoint every arm starts from (default: what "
+                   "train_lora.py takes: out/full_sft_*.pth, else the imported SmolLM2)")
+    p.add_argument("--data_path", default="dataset/music.jsonl", help="every arm's training data")
+    p.add_argument("--minutes", type=float, default=12.0, help="training minutes per arm (--max_minutes)")
+    p.add_argument("--max_steps", type=int, default=0, help="also stop each arm after this many steps (0: the "
+                                                            "time budget alone)")
+    p.add_argument("--tasks", default=TASKS, help="benchmarks, comma-separated ('' for none)")
+    p.add_argument("--limit", type=int, default=150, help="the first N items of each benchmark")
+    p.add_argument("--gen", default=GEN, help="generation tests, comma-separated: identity, music or a .jsonl "
+                                              "('' for none)")
+    p.add_argument("--gen_limit", type=int, default=32, help="the first N questions of each generation test")
+    p.add_argument("--seed", type=int, default=42, help="every arm's training seed")
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out_dir", default=None, help="the out folder (default $TINYMIND_OUT_DIR, else <repo>/out); "
+                                                   "the study goes to {out_dir}/study/{study}/")
+    p.add_argument("--dry_run", action="store_true", help="check everything, print the arms' commands, run nothing")
+    args = p.parse_args(argv)
+    check_range("--minutes", args.minutes, 0.0, 1e6, low_open=True)
+    check_range("--max_steps", args.max_steps, 0, integer=True)
+    check_range("--limit", args.limit, 1, integer=True)
+    check_range("--gen_limit", args.gen_limit, 1, integer=True)
+    check_range("--seed", args.seed, 0, 2**32 - 1, integer=True)
+    check_device(args.device)
+    args.tasks = benchmarks.check_task_names([t for t in args.tasks.split(",") if t])
+    args.gen = [g for g in args.gen.split(",") if g]
+    if not args.tasks and not args.gen:
+        raise UserError("--tasks and --gen are both empty: nothing to score the arms on")
+    return args
+
+
+def find_base(args, out):
+    """--base, else train_lora.py's choice (model.paths.find_lora_base) -> (path, why, its model config)."""
+    if args.base:
+        base, why = paths.resolve_input(args.base), "--base"
+        if not base.is_file():
+            raise UserError(f"--base {args.base}: file not found")
+    else:
+        base, why = paths.find_lora_base(out)
+    ckpt = read_pth(base, mmap=True)
+    if is_adapter(ckpt) or not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise UserError(f"{base}: not a model checkpoint (an adapter?); every arm needs a full checkpoint as --base")
+    return base.resolve(), why, ckpt["config"]
+
+
+def make_plan(args):
+    """Everything checked before any work: the base, the data, the benchmark items and test files, the
+    output folder. -> dict of what the study runs."""
+    out = paths.out_dir(args.out_dir)
+    folder = out / "study" / args.study
+    check_writable(folder, folder=True)
+    base, why, config = find_base(args, out)
+    data = paths.resolve_input(args.data_path)
+    if not data.is_file():
+        raise UserError(f"--data_path {args.data_path}: file not found")
+    for t in args.tasks:
+        benchmarks.load_task(t)                        # items not fetched: one line saying how
+    gen = load_gen_tasks(args.gen, args.gen_limit) if args.gen else []
+    arms = []
+    for arm in STUDIES[args.study].arms:
+        d = folder / arm.name
+        arms.append({"arm": arm, "dir": d, "output": arm_output(arm, base, d, config),
+                     "cmd": arm_command(arm, base, data, d, args.minutes, args.seed, args.device, args.max_steps)})
+    return {"study": STUDIES[args.study], "out": out, "folder": folder, "base": base, "why": why, "data": data,
+            "gen": gen, "arms": arms, "name": f"study_{args.study}"}
+
+
+def describe_plan(args, plan):
+    tests = ([f"benchmarks {', '.join(args.tasks)} (first {args.limit} items, 0-shot)"] if args.tasks else []) + \
+            ([f"generation {', '.join(args.gen)} (first {args.gen_limit} questions, greedy)"] if args.gen else [])
+    lines = [f"study {plan['study'].name}: {plan['study'].question}",
+             f"base {shown(plan['base'])} ({plan['why']})",
+             f"data {shown(plan['data'])}; seed {args.seed}; {args.minutes:g} min of training per arm"
+             + (f" (at most {args.max_steps} steps)" if args.max_steps else ""),
+             f"outputs in {shown(plan['folder'])}/"]
+    for a in plan["arms"]:
+        lines.append(f"arm {a['arm'].name}: {a['arm'].what}")
+        if a["cmd"]:
+            lines.append(f"  $ {shlex.join(a['cmd'])}")
+    lines.append(f"then every arm: {' and '.join(tests)}")
+    if plan["folder"].exists():
+        kept = shown(plan["folder"].parent / "previous")
+        lines.append(f"the earlier run in {shown(plan['folder'])}/ moves to {kept}/ first")
+    return "\n".join(lines)
+
+
+def keep_earlier(plan):
+    """An earlier run of this study moves whole to out/study/previous/{study}-{time} (model.atomic.move)."""
+    folder = plan["folder"]
+    if not folder.exists():
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
+    kept = folder.parent / "previous" / f"{folder.name}-{stamp}"
+    kept = kept if not kept.exists() else kept.with_name(f"{kept.name}-{time.time_ns()}")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    move(folder, kept)
+    print(f"kept the earlier {folder.name} study in {kept}", flush=True)
+
+
+def train_arm(plan, a):
+    """Run an arm's trainer command (its output shown and kept in {arm}/train.log) -> seconds it took.
+    A failure is one line naming the arm and its log."""
+    a["dir"].mkdir(parents=True, exist_ok=True)
+    log = a["dir"] / "train.log"
+    print(f"\n=== arm {a['arm'].name}: {a['arm'].what}\n$ {shlex.join(a['cmd'])}", flush=True)
+    t, last = time.time(), ""
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen([sys.executable, *a["cmd"][1:]], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            f.write(line)
+            last = line.strip() or last
+        rc = proc.wait()
+    if rc != 0 or not a["output"].is_file():
+        if rc:
+            why = f"exit {rc}" + (f": {last}" if last.startswith("error:") else "")
+        else:
+            why = f"it left no {a['output'].name}"
+        raise UserError(f"arm {a['arm'].name} of study {plan['study'].name} failed ({why}); its log: {log}")
+    return time.time() - t
+
+
+def score_arms(args, plan):
+    """Every arm's model (labelled with the arm's name) on the benchmarks and generation tests -> rows.
+    They are loaded together, so an arm that records no identity (the untouched base) is held to the one
+    another arm's training data taught (evaluation.gen_tasks)."""
+    import torch
+    from model.inference import load_for_inference
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    models = []
+    for a in plan["arms"]:
+        m = load_for_inference(ckpt=a["output"], device=device, out=plan["out"])
+        m.label = a["arm"].name
+        print(f"scoring arm {a['arm'].name}: {shown(a['output'])}", flush=True)
+        models.append(m)
+    rows = []
+    if args.tasks:
+        rows += evaluate_models(None, args.tasks, plan["folder"], limit=args.limit, device=device,
+                                progress=sys.stderr.isatty(), loaded=models)
+    if plan["gen"]:
+        rows += evaluate_gen(models, plan["gen"], plan["folder"])
+    return rows
+
+
+def log_stats(path):
+    """(steps, last train loss, last val loss) of a run log; "-" for what it lacks."""
+    steps, loss, val = 0, None, None
+    for row in read_rows(path) if path.is_file() else []:
+        steps = max(steps, row.get("step", 0))
+        loss, val = row.get("loss", loss), row.get("val_loss", val)
+    return steps, "-" if loss is None else f"{loss:.3f}", "-" if val is None else f"{val:.3f}"
+
+
+def summary(args, argv, plan, seconds, rows, written, curves, took):
+    """out/study/{study}/README.md: the question, what ran, each arm's steps and losses, the table."""
+    study, f = plan["study"], plan["folder"]
+    lines = [f"# Study {study.name}", "", study.question + " Every arm starts from the same base with the same "
+             "data, seed and time budget, and is scored on the same tests.", "",
+             f"- base: {shown(plan['base'])} ({plan['why']})",
+             f"- data: {shown(plan['data'])}; seed {args.seed}; {args.minutes:g} min of training per arm"
+             + (f", at most {args.max_steps} steps" if args.max_steps else ""),
+             f"- took {fmt_time(took)} (training {fmt_time(sum(seconds.values()))}); "
+             f"{time.strftime('%Y-%m-%d %H:%M')}", "",
+             "| arm | what | steps | train loss | val loss | training time |", "|---|---|---:|---:|---:|---:|"]
+    for a in plan["arms"]:
+        trained = a["cmd"] is not None
+        steps, loss, val = log_stats(paths.log_path_for(a["output"])) if trained else ("-", "-", "-")
+        lines.append(f"| {a['arm'].name} | {a['arm'].what} | {steps} | {loss} | {val} | "
+                     f"{fmt_time(seconds[a['arm'].name]) if trained else '-'} |")
+    lines += (["", f"Note: {study.note}"] if study.note else []) + ["", "## Scores", "", report.markdown_table(rows)]
+    files = [f"{Path(p).relative_to(f)}" for p in written.values()] + ([curves.name] if curves else [])
+    lines += ["", f"Files here: {', '.join(files)}; eval/bench_*.json and gen_*.json (every item's answer); "
+              "{arm}/train.log and {arm}/logs/ (each run's output and log).", "", "## Commands", "",
+              "From the repository root. This study:", "",
+              "    python scripts/study.py " + shlex.join(sys.argv[1:] if argv is None else argv), "",
+              "Its arms ran:", ""]
+    for a in plan["arms"]:
+        lines.append(f"    # {a['arm'].name}: " + ("no training" if a["cmd"] is None else shlex.join(a["cmd"])))
+    return write_text(f / "README.md", "\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    plan = make_plan(args)
+    print(describe_plan(args, plan), flush=True)
+    if args.dry_run:
+        return 0
+    keep_earlier(plan)
+    t0, seconds = time.time(), {}
+    for a in plan["arms"]:
+        if a["cmd"]:
+            seconds[a["arm"].name] = train_arm(plan, a)
+    rows = score_arms(args, plan)
+    written = report.write_comparison(rows, plan["folder"], plan["name"])
+    trained = [a for a in plan["arms"] if a["cmd"]]
+    curves = plan["folder"] / "loss_curves.png" if trained else None
+    if curves:
+        plot_curves([paths.log_path_for(a["output"]) for a in trained], curves, [a["arm"].name for a in trained])
+    readme = summary(args, argv, plan, seconds, rows, written, curves, time.time() - t0)
+    print("\n" + report.markdown_table(rows))
+    print(f"\nstudy {plan['study'].name} done in {fmt_time(time.time() - t0)}: {readme}, "
+          + ", ".join(str(p) for p in written.values()) + (f", {curves}" if curves else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

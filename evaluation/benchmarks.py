@@ -300,6 +300,8 @@ def check_item(rec, path, n):
 def load_task(name):
     """A task by name (from the cache; one line saying how to fetch when missing) or a .jsonl items file."""
     if Path(name).suffix == ".jsonl":
+        if not Path(name).is_file():
+            raise UserError(f"{name}: file not found (an items file: a header line, then one item per line)")
         return read_items_file(name)
     check_task_names([name])
     return read_items_file(task_file(name), name)

@@ -20,7 +20,7 @@ from pathlib import Path
 from dataset.scoring import exact_match, task_golds, task_verdict, token_f1
 from model.errors import UserError
 from model.paths import repo_root, resolve_input
-from .harness import mean_stderr
+from .harness import summarize
 from .qa import (answer_batch, ask_of, asked, expected_identity, judge, last_user, model_key, read_conversations,
                  read_test_file, save_report)
 from .suite import result_rows
@@ -80,16 +80,6 @@ def score_item(rec, answer, kind, identity):
             "contains": float(ok), "matched": matched, "f1": token_f1(answer, golds)}
 
 
-def summarize(items, metrics):
-    """{metric: {value, stderr}}: the mean over the scored items (None when none is scored)."""
-    out = {}
-    for m in metrics:
-        vals = [it[m] for it in items if it.get(m) is not None]
-        out[m] = {"value": sum(vals) / len(vals), "stderr": mean_stderr(vals)} if vals else \
-            {"value": None, "stderr": None}
-    return out
-
-
 def run_gen_task(loaded, task, sampling, batch_size=16, fallback=None):
     """Answer and score one task on one model -> (result shaped as harness.evaluate_task's, note). An
     identity test on a model that records no identity is scored against fallback ((identity, where from):
@@ -136,7 +126,7 @@ def evaluate_gen(models, tasks, out, max_new_tokens=MAX_NEW_TOKENS, batch_size=1
     for m in models:
         for task in tasks:
             result, note = run_gen_task(m, task, sampling, batch_size, fallback)
-            body = {"kind": "gen", "file": str(task.file), "model": m.info, "model_key": model_key(m),
+            body = {"kind": "gen", "file": str(task.file), "label": m.label, "model": m.info, "model_key": model_key(m),
                     "sampling": sampling, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "note": note, **result}
             save_report(body, out, f"gen_{task.name}", m)
             say(f"{m.label} {task.name} ({result['n']} questions, greedy): {describe(result, note)}")

@@ -12,14 +12,19 @@ WinoGrande is scored by partial evaluation: one context per option, the rest of 
 Few-shot examples (--num_fewshot k) are k other items (the task's few-shot split where it has one, else the
 scored split without the item itself), drawn with a seeded generator per item, so a run is reproducible
 and an item's examples do not depend on --limit; MMLU takes its subject's first k dev questions, as
-lm-eval does. Examples are "context delimiter answer" joined by blank lines, after the task's description.
-With chat=True the prompt is one user turn in the model's chat template (model.generate.build_prompt) and
-the answer is scored as the assistant's reply; off by default, as in lm-eval.
+lm-eval does. Examples are "context delimiter answer" joined by blank lines, after the task's description,
+as lm-eval formats them; but the wheel has no train splits, which lm-eval draws from, so k > 0 scores use
+other examples than lm-eval's and are comparable with each other, not with published few-shot numbers.
+--limit N takes the first N items (of each subject, for MMLU, as lm-eval limits each subtask).
+With chat=True the prompt is one user turn in the model's chat template (model.generate.build_prompt), the
+task's description its system prompt, and the answer is scored as the assistant's reply; off by default,
+as in lm-eval.
 """
 import math
 import random
 import time
 
+from model.errors import UserError
 from model.generate import build_prompt
 from .loglik import encode_pair, score
 
@@ -50,25 +55,45 @@ def fewshot_examples(task, item, k, seed):
     if k == 0:
         return []
     if item.get("subject") is not None:                  # MMLU: the subject's dev questions, first k
-        return [ex for ex in task.fewshot_pool if ex.get("subject") == item["subject"]][:k]
-    pool = [ex for ex in task.fewshot_pool if not (task.fewshot_same_split and ex["id"] == item["id"])]
-    return random.Random(f"{seed}:{task.name}:{item['id']}").sample(pool, min(k, len(pool)))
+        pool = [ex for ex in task.fewshot_pool if ex.get("subject") == item["subject"]]
+    else:
+        pool = [ex for ex in task.fewshot_pool if not (task.fewshot_same_split and ex["id"] == item["id"])]
+    if len(pool) < k:
+        raise UserError(f"--num_fewshot {k}: {task.name} has only {len(pool)} examples to draw from"
+                        + (f" for {item['subject']}" if item.get("subject") else ""))
+    if item.get("subject") is not None:
+        return pool[:k]
+    return random.Random(f"{seed}:{task.name}:{item['id']}").sample(pool, k)
 
 
-def prompt_prefix(task, item, k, seed):
-    """The task's description and k solved examples, before the item's own context."""
+def prompt_prefix(task, item, k, seed, description=True):
+    """The task's description (unless description=False) and k solved examples, before the item's context."""
     shots = "".join(example_text(ex) + "\n\n" for ex in fewshot_examples(task, item, k, seed))
-    return task.describe(item) + shots
+    return (task.describe(item) if description else "") + shots
 
 
 def build_requests(task, item, tokenizer, num_fewshot=0, seed=DEFAULT_SEED, chat=False):
     """The item's (context ids, continuation ids), one per choice."""
-    prefix = prompt_prefix(task, item, num_fewshot, seed)
+    prefix = prompt_prefix(task, item, num_fewshot, seed, description=not chat)
     pairs = list(zip(item_contexts(item), item_continuations(item)))
     if not chat:
         return [encode_pair(tokenizer, prefix + ctx, cont) for ctx, cont in pairs]
-    return [(build_prompt(tokenizer, [{"role": "user", "content": prefix + ctx}]),
+    system = task.describe(item).strip() or None
+    return [(build_prompt(tokenizer, [{"role": "user", "content": prefix + ctx}], system_prompt=system),
              tokenizer.encode(cont[len(DELIMITER):])) for ctx, cont in pairs]
+
+
+def first_items(items, limit):
+    """The first `limit` items, of each subject when the items have subjects (lm-eval limits each subtask)."""
+    if not limit:
+        return list(items)
+    taken, out = {}, []
+    for item in items:
+        key = item.get("subject")
+        if taken.get(key, 0) < limit:
+            taken[key] = taken.get(key, 0) + 1
+            out.append(item)
+    return out
 
 
 def mean_stderr(values):
@@ -96,13 +121,14 @@ def item_result(item, scored):
     return out
 
 
-def summarize(task, per_item):
-    metrics = {}
-    for m in task.metrics:
-        vals = [r[m] for r in per_item if m in r]
-        if vals:
-            metrics[m] = {"value": sum(vals) / len(vals), "stderr": mean_stderr(vals)}
-    return metrics
+def summarize(per_item, metrics):
+    """{metric: {value, stderr}}: the mean over the items that have it (value None when none has)."""
+    out = {}
+    for m in metrics:
+        vals = [r[m] for r in per_item if r.get(m) is not None]
+        out[m] = {"value": sum(vals) / len(vals), "stderr": mean_stderr(vals)} if vals else \
+            {"value": None, "stderr": None}
+    return out
 
 
 class Progress:
@@ -130,7 +156,7 @@ def evaluate_task(loaded, task, num_fewshot=0, limit=None, seed=DEFAULT_SEED, ch
     """Score the task's items (the first `limit`) on loaded (model.inference.Loaded) -> a result dict:
     task, split, n, num_fewshot, metrics {name: {value, stderr}}, items [{id, gold, pred, logprobs, ...}],
     seconds, items_per_s."""
-    items = task.items[:limit] if limit else task.items
+    items = first_items(task.items, limit)
     tok = loaded.tokenizer
     t0 = time.perf_counter()
     requests, groups = [], []
@@ -156,5 +182,5 @@ def evaluate_task(loaded, task, num_fewshot=0, limit=None, seed=DEFAULT_SEED, ch
         per_item.append(item_result(item, scored[at:at + k]))
         at += k
     return {"task": task.name, "split": task.split, "n": len(items), "num_fewshot": num_fewshot, "seed": seed,
-            "chat_template": chat, "limit": limit, "licence": task.licence, "metrics": summarize(task, per_item),
+            "chat_template": chat, "limit": limit, "licence": task.licence, "metrics": summarize(per_item, [m for m in task.metrics if any(m in r for r in per_item)]),
             "items": per_item, "seconds": seconds, "items_per_s": len(items) / seconds if seconds > 0 else 0.0}

@@ -23,13 +23,12 @@ from tqdm import tqdm
 
 from model.generate import generate_steps
 from model.errors import UserError
-from model.inference import load_model_spec
+from model.inference import DTYPES, load_model_spec
 from model.paths import out_dir
-from .loglik import encode_pair, score
+from .loglik import encode_pair, prefix_token, score
 
 # lm-eval fills its registry with its own models ("hf", ...) only when it is empty: fill it before ours
 importlib.import_module("lm_eval.models")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @register_model("tinymind")
@@ -85,7 +84,7 @@ class TinyMindLM(LM):
     def loglikelihood_rolling(self, requests, disable_tqdm=False):
         """[(text,)] -> [log P(text)]: the text's tokens after the BOS (else end-of-text) token, in windows
         of the model's length, each token predicted once (lm-eval's rolling windows)."""
-        prefix = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
+        prefix = prefix_token(self.tokenizer)
         pairs, owner = [], []
         for n, req in enumerate(requests):
             for window in get_rolling_token_windows(self.tokenizer.encode(req.args[0]), prefix, self.window, 1):

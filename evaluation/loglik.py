@@ -26,14 +26,18 @@ import torch.nn.functional as F
 from model.errors import UserError
 
 
+def prefix_token(tokenizer):
+    """What lm-eval puts before a text that has no context: the BOS token, else end-of-text."""
+    return tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+
+
 def encode_pair(tokenizer, context, continuation):
     """(context ids, continuation ids), split the way lm-eval splits them."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    if not context:                   # lm-eval scores an empty context after the BOS (or end-of-text) token
-        prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-        return [prefix], tokenizer.encode(continuation)
+    if not context:
+        return [prefix_token(tokenizer)], tokenizer.encode(continuation)
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)
     return ctx, whole[len(ctx):]
@@ -52,9 +56,9 @@ def shared_prefix(seqs, cap):
 
 def make_units(requests, window, groups=None):
     """Requests -> units (prefix ids, [(request index, fed ids, the position in prefix + fed predicting its first
-    scored token, continuation ids)]):
-    the requests of a group (default: those with the same context) share the longest common prefix of their
-    tokens, at most the shortest context; each then feeds its own tokens after it, its last one excepted.
+    scored token, continuation ids)]): the requests of a group (default: those with the same context) share the
+    longest common prefix of their fed tokens (context + continuation but its last token), which may reach into
+    the answers (PIQA's two solutions often start alike); each then feeds its own tokens after it.
     A request longer than the window is its own unit, its context cut from the left as lm-eval cuts it."""
     if groups is None:
         by_context = {}
@@ -78,7 +82,7 @@ def make_units(requests, window, groups=None):
         if not fits:
             continue
         seqs = [list(requests[i][0]) + list(requests[i][1][:-1]) for i in fits]
-        n = shared_prefix(seqs, min(len(requests[i][0]) for i in fits))
+        n = shared_prefix(seqs, min(len(seq) for seq in seqs))
         branches = [(i, seq[n:], len(requests[i][0]) - 1, list(requests[i][1])) for i, seq in zip(fits, seqs)]
         current, used = [], n
         for br in sorted(branches, key=lambda b: -len(b[1])):

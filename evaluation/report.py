@@ -144,13 +144,14 @@ def write_comparison(rows, out, name):
         raise UserError("no results to put in a table")
     paths = comparison_paths(out, name)
     created = time.strftime("%Y-%m-%dT%H:%M:%S")
+    png = chart_png(rows, name)                  # drawn first: a failure leaves the earlier table whole
     body = {"kind": "comparison", "name": name, "created": created, "models": models_of(rows),
             "table": build_table(rows), "rows": rows}
     write_text(paths["md"], f"# {name}\n\nvalues: percent ± stderr (standard error of the mean over items); "
                             f"n: items scored; created {created}\n\n{markdown_table(rows)}\n")
     write_text(paths["csv"], csv_text(rows))
     write_text(paths["json"], json.dumps(clean(body), ensure_ascii=False, indent=1))
-    write_bytes(paths["png"], chart_png(rows, name))
+    write_bytes(paths["png"], png)
     return paths
 
 
@@ -163,7 +164,7 @@ def label_of(info):
 def report_rows(rep):
     """The rows of one per-(model, task) report (out/eval/bench_*.json, gen_*.json)."""
     info = rep["model"]
-    common = {"model": label_of(info), "checkpoint": info["checkpoint"],
+    common = {"model": rep.get("label") or label_of(info), "checkpoint": info["checkpoint"],
               "adapter": (info.get("adapter") or {}).get("path"), "task": rep["task"], "split": rep.get("split"),
               "n": rep.get("n"), "num_fewshot": rep.get("num_fewshot"), "limit": rep.get("limit"),
               "chat_template": rep.get("chat_template"), "created": rep.get("created")}

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from model.inference import load_for_inference, load_model_spec
+from model.paths import bench_test_name
 from .benchmarks import Task, load_task
 from .harness import DEFAULT_SEED, evaluate_task
 from .qa import model_key, save_report
@@ -40,11 +41,12 @@ def with_bases(models, device, dtype, say):
     return out
 
 
-def load_models(specs, out, device="cpu", dtype=None, with_base=False, say=print):
-    """Every --model loaded (a bad one is one line before any scoring starts)."""
+def load_models(specs, out, device="cpu", dtype=None, with_base=False, say=print, hidden_size=None):
+    """Every --model loaded (a bad one is one line before any scoring starts); hidden_size picks among
+    out/{stage}_{hidden}.pth for a stage name."""
     loaded = []
     for spec in specs:
-        m = load_model_spec(spec, out, device=device, dtype=dtype)
+        m = load_model_spec(spec, out, device=device, dtype=dtype, hidden_size=hidden_size)
         say(f"model {spec}: {m.describe()}")
         loaded.append(m)
     return with_bases(loaded, device, dtype, say) if with_base else loaded
@@ -61,9 +63,9 @@ def evaluate_models(specs, task_names, out, num_fewshot=0, limit=None, seed=DEFA
     for m in models:
         for task in tasks:
             result = evaluate_task(m, task, num_fewshot, limit, seed, chat, batch_tokens, progress)
-            body = {"kind": "benchmark", "model": m.info, "model_key": model_key(m),
+            body = {"kind": "benchmark", "label": m.label, "model": m.info, "model_key": model_key(m),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}
-            save_report(body, out, f"bench_{task.name}_{num_fewshot}shot", m)
+            save_report(body, out, bench_test_name(task.name, num_fewshot, limit, chat), m)
             metrics = ", ".join(f"{k} {v['value']:.1%} ± {v['stderr']:.1%}" for k, v in result["metrics"].items())
             say(f"{m.label} {task.name} ({result['n']} items, {num_fewshot}-shot): {metrics} "
                 f"[{result['items_per_s']:.1f} items/s]")

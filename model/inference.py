@@ -12,9 +12,13 @@ model.generate.build_prompt(m.tokenizer, messages, system, m.continuation).
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .adapter import is_adapter, load_model_with_adapter
 from .checkpoint import check_checkpoint, model_from_checkpoint, read_pth
 from .lora import merge_lora
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}   # flag value -> dtype
 
 
 @dataclass

@@ -277,6 +277,8 @@ class TinyMindForCausalLM(nn.Module):
         device = input_ids.device
         mask = None
         if packed is not None:
+            if kv_cache is not None or labels is not None:
+                raise ValueError("packed rows take neither a kv_cache nor labels")
             position_ids, mask, select = packed
         elif attention_mask is not None:
             attention_mask = attention_mask.bool()

@@ -6,8 +6,9 @@
     out/smollm2_135m.pth                                SmolLM2-135M-Instruct imported (scripts/convert_model.py)
     out/logs/{run}.jsonl, out/logs/{run}.png            every logged step, loss curves ({run} = file stem)
     out/state/{run}/step_N.pth                          resumable training states
-    out/eval/{test}_{label}.json                        test reports (bench_{task}_{k}shot_{label}.json too)
+    out/eval/{test}_{label}.json                        test reports (bench_{task}_{k}shot[_limitN]_{label}.json too)
     out/eval/{name}.md/.csv/.json/.png                  side-by-side tables of several models
+    out/study/{study}/                                  a comparison study (scripts/study.py)
     out/data/                                           data the tools derive (mixes, samples)
     out/previous/{run}-{time}/                          a finished output a new run replaced, kept
     out/quickstart.json, out/quickstart_summary.md      what the quickstart ran, its summary table
@@ -144,8 +145,22 @@ def report_path(out, test, label, model_hash=None):
 
 
 def comparison_path(out, name, ext):
-    """out/eval/{name}.{ext}: a side-by-side table of several models (md, csv, json) and its chart (png)."""
+    """out/eval/{name}.{ext}: a side-by-side table of several models (md, csv, json) and its chart (png).
+    name must be a plain name (--name): no folders."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise UserError(f"--name {name!r}: give a plain name (the table goes to {Path(out) / 'eval'}/{{name}}.md)")
     return Path(out) / "eval" / f"{name}.{ext}"
+
+
+def bench_test_name(task, num_fewshot, limit=None, chat=False):
+    """The test name of a benchmark report (report_path): bench_{task}_{k}shot[_limit{N}][_chat], so that a
+    run with other settings never replaces another's report."""
+    return f"bench_{task}_{num_fewshot}shot" + (f"_limit{limit}" if limit else "") + ("_chat" if chat else "")
+
+
+def study_dir(out, study):
+    """out/study/{study}/: a comparison study's arms and report (scripts/study.py)."""
+    return Path(out) / "study" / study
 
 
 def data_path(out, name):

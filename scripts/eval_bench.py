@@ -32,8 +32,9 @@ from evaluation.suite import evaluate_models, load_models  # noqa: E402
 from model import paths  # noqa: E402
 from model.atomic import check_writable  # noqa: E402
 from model.errors import UserError  # noqa: E402
+from model.inference import DTYPES as MODEL_DTYPES  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {k: MODEL_DTYPES[k] for k in ("float32", "bfloat16")}      # float16 has no fast CPU kernels
 
 
 def parse_args(argv=None):
@@ -76,6 +77,8 @@ def check_args(args):
     if args.hidden_size is not None:
         check_range("--hidden_size", args.hidden_size, 1, integer=True)
     args.fetch_tasks = None if args.tasks in (None, "all") else args.tasks.split(",")   # --fetch: all by default
+    if args.fetch and args.fetch_tasks and not set(args.fetch_tasks) <= set(benchmarks.TASKS):
+        raise UserError(f"--fetch builds the known tasks ({', '.join(benchmarks.TASKS)}); a .jsonl file needs none")
     tasks = args.tasks if args.tasks is not None else ",".join(benchmarks.DEFAULT_TASKS)
     args.tasks = list(benchmarks.TASKS) if tasks == "all" else [t for t in tasks.split(",") if t]
     args.gen = gen_tasks.check_gen_names([t for t in (args.gen or "").split(",") if t])
@@ -93,8 +96,6 @@ def check_args(args):
 
 def table_name(args, labels):
     if args.name:
-        if "/" in args.name or args.name.startswith("."):
-            raise UserError(f"--name {args.name!r}: a plain name (the table goes to out/eval/{{name}}.md)")
         return args.name
     return f"bench_{labels[0]}" if len(labels) == 1 else "compare"
 
@@ -117,7 +118,8 @@ def main(argv=None):
     if not args.merge:
         gen = gen_tasks.load_gen_tasks(args.gen, args.gen_limit)       # bad files: one line, before any model
         tasks = [benchmarks.load_task(t) for t in args.tasks]
-        models = load_models(specs, out, args.device, DTYPES[args.dtype], args.with_base)   # once, for both
+        models = load_models(specs, out, args.device, DTYPES[args.dtype], args.with_base,   # once, for both
+                             hidden_size=args.hidden_size)
         rows = evaluate_models(specs, tasks, out, args.num_fewshot, args.limit, args.seed,
                                args.apply_chat_template, args.batch_tokens, args.device, DTYPES[args.dtype],
                                args.with_base, progress=not args.no_progress, loaded=models)

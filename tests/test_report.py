@@ -7,7 +7,6 @@ EM / contains / F1 against hand computations, and `scripts/eval_bench.py --gen` 
 import csv
 import importlib.util
 import json
-import shutil
 
 import pytest
 
@@ -158,11 +157,10 @@ def test_identity_is_scored_against_the_models_identity_or_marked_not_scored(tmp
         gen_tasks.load_gen_tasks(["poetry"])
 
 
-def test_the_command_puts_benchmark_and_gen_rows_in_one_table(tmp_path):
-    shutil.copytree(REPO / "tests" / "data" / "benchmarks", tmp_path / "cache" / "benchmarks")
+def test_the_command_puts_benchmark_and_gen_rows_in_one_table(tmp_path, bench_cache):
     out = tmp_path / "out"
     ckpt = make_checkpoint(out / "full_sft_64.pth", std=0.3)
-    env = {"TINYMIND_CACHE": str(tmp_path / "cache"), "TINYMIND_OUT_DIR": str(out)}
+    env = {"TINYMIND_CACHE": str(bench_cache), "TINYMIND_OUT_DIR": str(out)}
     r = run_python(["scripts/eval_bench.py", "--model", str(ckpt), "--tasks", "arc_easy", "--gen", "music",
                     "--gen_limit", "2", "--no_progress", "--name", "both"], cwd=REPO, env=env)
     assert "full_sft_64 music (2 questions, greedy): exact_match" in r.stdout

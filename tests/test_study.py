@@ -5,7 +5,6 @@ its re-run kept aside and a failing arm stopping it in one line, and a bad --stu
     pytest tests/test_study.py
 """
 import json
-import shutil
 
 import pytest
 
@@ -14,15 +13,6 @@ from evaluation.studies import STUDIES
 from factories import REPO, make_checkpoint, run_python, write_chat, write_jsonl
 from scripts import study
 
-FIXTURES = REPO / "tests" / "data" / "benchmarks"
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """$TINYMIND_CACHE with the shipped fixture items as the fetched tasks."""
-    shutil.copytree(FIXTURES, tmp_path / "cache" / "benchmarks")
-    monkeypatch.setenv("TINYMIND_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 @pytest.fixture
@@ -31,7 +21,7 @@ def inputs(tmp_path):
     return make_checkpoint(tmp_path / "base" / "tiny_64.pth"), write_chat(tmp_path / "chat.jsonl", n=24)
 
 
-def test_dry_run_prints_every_arm_with_the_same_base_seed_and_budget(tmp_path, cache, inputs, capsys):
+def test_dry_run_prints_every_arm_with_the_same_base_seed_and_budget(tmp_path, bench_cache, inputs, capsys):
     base, data = inputs
     out = tmp_path / "out"
     for name, s in STUDIES.items():
@@ -49,13 +39,13 @@ def test_dry_run_prints_every_arm_with_the_same_base_seed_and_budget(tmp_path, c
     assert not out.exists()                                  # a dry run writes nothing
 
 
-def test_tiny_study_end_to_end_then_rerun_kept_and_failed_arm(tmp_path, cache, inputs):
+def test_tiny_study_end_to_end_then_rerun_kept_and_failed_arm(tmp_path, bench_cache, inputs):
     base, data = inputs
     out = tmp_path / "out"
     argv = ["scripts/study.py", "--study", "loss_on", "--base", str(base), "--data_path", str(data),
             "--minutes", "1", "--max_steps", "3", "--tasks", "arc_easy,hellaswag", "--limit", "2",
             "--gen", "music,identity", "--gen_limit", "2", "--device", "cpu", "--out_dir", str(out)]
-    env = {"TINYMIND_CACHE": str(cache)}
+    env = {"TINYMIND_CACHE": str(bench_cache)}
     res = run_python(argv, REPO, env)
     folder = out / "study" / "loss_on"
     for ext in ("md", "csv", "json", "png"):

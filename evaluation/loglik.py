@@ -43,7 +43,7 @@ def encode_pair(tokenizer, context, continuation):
     return ctx, whole[len(ctx):]
 
 
-ROW_TOKENS = 512                     # a packed row's length (longer when one question needs more)
+ROW_TOKENS = 256                     # a packed row's length (longer when one question needs more)
 
 
 def shared_prefix(seqs, cap):

@@ -208,3 +208,18 @@ def test_a_table_name_with_a_folder_is_refused(tmp_path):
     for bad in ("../x", "a/b", ".hidden", ""):
         with pytest.raises(UserError, match="give a plain name"):
             comparison_path(tmp_path, bad, "md")
+
+
+def test_a_hugging_face_folder_scores_as_its_checkpoint_does(tmp_path, bench_cache):
+    from evaluation.suite import evaluate_models
+    from model.convert import export_hf
+    from model.paths import find_model
+    out = tmp_path / "out"
+    ckpt = make_checkpoint(out / "full_sft_64.pth", std=0.3)
+    export_hf(ckpt, tmp_path / "hf")
+    assert find_model(out, str(tmp_path / "hf"))[0] == "hf" and find_model(out, "full_sft") == ("pth", ckpt.resolve())
+    rows = evaluate_models([str(ckpt), str(tmp_path / "hf")], ["arc_easy"], out, progress=False, say=lambda s: None)
+    by_model = {}
+    for r in rows:
+        by_model.setdefault(r["model"], {})[r["metric"]] = r["value"]
+    assert by_model["full_sft_64"] == by_model["hf"]

@@ -5,8 +5,8 @@ scored on the same benchmarks and generation tests, in one report (the arms: eva
     python scripts/study.py --study loss_on --dry_run        # the arms' commands, nothing run
     python scripts/study.py --study lora_rank --minutes 5 --tasks arc_easy --limit 300 --gen music
 
-Studies: forgetting (the default), loss_on, system_prompt, lora_vs_full, lora_rank. The default takes about
-20 minutes on a 2-core CPU with SmolLM2-135M as the base: 12 minutes of LoRA training, then each arm's
+Studies: forgetting (the default), loss_on, system_prompt, lora_vs_full, lora_rank. The default took 15m40s
+on the project's 2-core CPU with SmolLM2-135M as the base: 12 minutes of LoRA training, then each arm's
 benchmarks (--limit 150 items of each --tasks, 0-shot; run `python scripts/eval_bench.py --fetch` once) and
 generation tests (--gen, greedy, the first --gen_limit questions). Every arm runs the real trainer command
 with --max_minutes and its own --out_dir out/study/{study}/{arm}; the user's out/ is never touched.

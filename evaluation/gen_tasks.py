@@ -101,7 +101,7 @@ def run_gen_task(loaded, task, sampling, batch_size=16, fallback=None):
         items = [score_item(r, a, task.kind, identity) for r, a in zip(task.records, answers)]
     seconds = time.perf_counter() - t0
     result = {"task": task.name, "split": task.file.name, "n": len(task.records), "num_fewshot": 0,
-              "limit": task.limit, "chat_template": not loaded.continuation,
+              "limit": task.limit, "chat_template": None,     # the model's own prompt, as eval_model.py asks
               "metrics": summarize(items, METRICS[task.kind]), "items": items, "seconds": seconds,
               "items_per_s": len(items) / seconds if seconds > 0 else 0.0}
     if identity is not None:

@@ -50,18 +50,26 @@ def value_of(r):
     return dict(v, note=r["note"]) if r.get("note") else v
 
 
+def line_key(r):
+    """What makes results one line of the table: the task, the metric, the shots and the chat template (a
+    model's 0-shot and 5-shot scores are two lines; models that saw other item counts share one)."""
+    return r["task"], r["metric"], r.get("num_fewshot") or 0, bool(r.get("chat_template"))
+
+
 def build_table(rows):
-    """[{task, metric, split, n, num_fewshot, limit, values: {model: {value, stderr}}}], one per (task,
-    metric) in the order first seen; settings as setting() gives them."""
+    """[{task, metric, split, n, num_fewshot, limit, chat_template, values: {model: {value, stderr}}}], one
+    per line_key in the order first seen; settings as setting() gives them."""
     lines = {}
     for r in rows:
-        line = lines.setdefault((r["task"], r["metric"]), {"task": r["task"], "metric": r["metric"], "rows": []})
+        line = lines.setdefault(line_key(r), {"task": r["task"], "metric": r["metric"], "rows": [],
+                                              "chat_template": bool(r.get("chat_template"))})
         line["rows"].append(r)
     table = []
     for line in lines.values():
         settings = {s: setting(r.get(s) for r in line["rows"]) for s in SETTINGS}
         values = {r["model"]: value_of(r) for r in line["rows"]}
-        table.append({"task": line["task"], "metric": line["metric"], **settings, "values": values})
+        table.append({"task": line["task"], "metric": line["metric"], **settings,
+                      "chat_template": line["chat_template"], "values": values})
     return table
 
 
@@ -75,12 +83,14 @@ def cell(v):
 
 
 def markdown_table(rows):
-    """The table in markdown: task, metric, split, n, shots, limit, then one column per model."""
+    """The table in markdown: task, metric, split, n, shots ("3 chat": in the chat template), limit, then one
+    column per model."""
     models = models_of(rows)
     head = ["task", "metric", "split", "n", "shots", "limit", *models]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * 6 + "---:|" * len(models)]
     for t in build_table(rows):
-        first = [t["task"], t["metric"], t["split"], t["n"], t["num_fewshot"], t["limit"] or "all"]
+        shots = f"{t['num_fewshot']}" + (" chat" if t["chat_template"] else "")
+        first = [t["task"], t["metric"], t["split"], t["n"], shots, t["limit"] or "all"]
         out.append("| " + " | ".join("" if x is None else str(x) for x in first + [cell(t["values"].get(m)) for m in models]) + " |")
     notes = sorted({f"{r['model']} {r['task']}: {r['note']}" for r in rows if r.get("note")})
     return "\n".join(out + ([""] + notes if notes else []))
@@ -198,15 +208,16 @@ def read_rows(path):
 
 
 def merge_reports(paths, say=print):
-    """The rows of earlier tables and per-task reports, models in the order first seen. The same (model, task,
-    metric) twice keeps the newer ("created"; a tie: the later file) and one line says which were replaced."""
+    """The rows of earlier tables and per-task reports, models in the order first seen. The same model on the
+    same table line (line_key: task, metric, shots, chat template) twice keeps the newer ("created"; a tie:
+    the later file) and one line says which were replaced."""
     merged, replaced = {}, []
     for path in paths:
         for r in read_rows(path):
-            key = (r["model"], r["task"], r["metric"])
+            key = (r["model"], *line_key(r))
             old = merged.get(key)
             if old is not None:
-                replaced.append(" ".join(key))
+                replaced.append(f"{r['model']} {r['task']} {r['metric']} {key[3]}-shot")
                 if (old.get("created") or "") > (r.get("created") or ""):
                     continue
             merged[key] = r

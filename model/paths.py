@@ -152,10 +152,15 @@ def comparison_path(out, name, ext):
     return Path(out) / "eval" / f"{name}.{ext}"
 
 
+def bench_settings(num_fewshot, limit=None, chat=False):
+    """_{k}shot[_limit{N}][_chat]: how a benchmark ran, in the names of its reports."""
+    return f"_{num_fewshot}shot" + (f"_limit{limit}" if limit else "") + ("_chat" if chat else "")
+
+
 def bench_test_name(task, num_fewshot, limit=None, chat=False):
     """The test name of a benchmark report (report_path): bench_{task}_{k}shot[_limit{N}][_chat], so that a
     run with other settings never replaces another's report."""
-    return f"bench_{task}_{num_fewshot}shot" + (f"_limit{limit}" if limit else "") + ("_chat" if chat else "")
+    return f"bench_{task}" + bench_settings(num_fewshot, limit, chat)
 
 
 def study_dir(out, study):

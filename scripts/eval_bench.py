@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--hidden_size", type=int, default=None, help="picks *_{hidden}.pth for a name (full_sft ...)")
     p.add_argument("--name", default=None, help="the table's name: out/eval/{name}.md (default bench_{model}, or "
-                                                 "compare when several models)")
+                                                 "compare when several models; + _{k}shot_limit{N}_chat when set)")
     p.add_argument("--merge", nargs="+", default=None, metavar="REPORT",
                    help="merge earlier tables (out/eval/*.json written by this command) into one")
     p.add_argument("--out_dir", default=None, help="outputs (default $TINYMIND_OUT_DIR, else <repo>/out)")
@@ -97,7 +97,9 @@ def check_args(args):
 def table_name(args, labels):
     if args.name:
         return args.name
-    return f"bench_{labels[0]}" if len(labels) == 1 else "compare"
+    plain = not (args.num_fewshot or args.limit or args.apply_chat_template)
+    settings = "" if plain else paths.bench_settings(args.num_fewshot, args.limit, args.apply_chat_template)
+    return (f"bench_{labels[0]}" if len(labels) == 1 else "compare") + settings
 
 
 def main(argv=None):

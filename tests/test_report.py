@@ -20,8 +20,8 @@ IDENTITY = {"name": "TinyMind", "creator": "the TinyMind project"}
 
 
 def row(model, task, metric, value, stderr=0.02, **kw):
-    return dict(model=model, checkpoint=f"out/{model}.pth", adapter=None, task=task, split="test", n=100,
-                num_fewshot=0, limit=100, chat_template=False, metric=metric, value=value, stderr=stderr, **kw)
+    return {**dict(model=model, checkpoint=f"out/{model}.pth", adapter=None, task=task, split="test", n=100,
+                   num_fewshot=0, limit=100, chat_template=False, metric=metric, value=value, stderr=stderr), **kw}
 
 
 ROWS = [row("smollm2_135m", "arc_easy", "acc", 0.4321, 0.0345), row("full_sft_64", "arc_easy", "acc", 0.25),
@@ -69,7 +69,7 @@ def test_merge_of_two_tables_keeps_the_newest_and_says_so_in_one_line(tmp_path, 
     capsys.readouterr()
     rows = report.merge_reports([a["json"], b["json"]])
     said = capsys.readouterr().out.strip().splitlines()
-    assert len(said) == 1 and "m1 arc_easy acc, m1 piqa acc" in said[0] and "kept the newest" in said[0]
+    assert len(said) == 1 and "m1 arc_easy acc 0-shot, m1 piqa acc 0-shot" in said[0] and "kept the newest" in said[0]
     got = {(r["model"], r["task"]): r["value"] for r in rows}
     assert got == {("m1", "arc_easy"): 0.5, ("m1", "piqa"): 0.6, ("m2", "arc_easy"): 0.7}
     assert report.models_of(rows) == ["m1", "m2"]
@@ -77,6 +77,17 @@ def test_merge_of_two_tables_keeps_the_newest_and_says_so_in_one_line(tmp_path, 
     a["json"].write_text(json.dumps(body))
     assert {(r["model"], r["task"]): r["value"] for r in report.merge_reports([a["json"], b["json"]])}[
         ("m1", "arc_easy")] == 0.1
+
+
+def test_other_shots_or_the_chat_template_are_other_lines_and_survive_a_merge(tmp_path):
+    rows = [row("m1", "arc_easy", "acc", 0.5), row("m1", "arc_easy", "acc", 0.6, num_fewshot=5),
+            row("m1", "arc_easy", "acc", 0.7, chat_template=True)]
+    md = report.markdown_table(rows)
+    assert "| 0 | 100 | 50.0%" in md and "| 5 | 100 | 60.0%" in md and "| 0 chat | 100 | 70.0%" in md
+    a = report.write_comparison(rows[:1], tmp_path, "a")
+    b = report.write_comparison(rows[1:], tmp_path, "b")
+    merged = report.merge_reports([a["json"], b["json"]], say=lambda s: None)
+    assert sorted(r["value"] for r in merged) == [0.5, 0.6, 0.7]
 
 
 def test_merge_reads_per_task_reports_by_their_metrics_and_model(tmp_path):

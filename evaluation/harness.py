@@ -54,16 +54,20 @@ def example_text(item):
 def fewshot_examples(task, item, k, seed):
     if k == 0:
         return []
-    if item.get("subject") is not None:                  # MMLU: the subject's dev questions, first k
-        pool = [ex for ex in task.fewshot_pool if ex.get("subject") == item["subject"]]
+    subject = item.get("subject")
+    if subject is not None:                              # MMLU: the subject's dev questions, first k
+        pool = [ex for ex in task.fewshot_pool if ex.get("subject") == subject]
     else:
-        pool = [ex for ex in task.fewshot_pool if not (task.fewshot_same_split and ex["id"] == item["id"])]
-    if len(pool) < k:
-        raise UserError(f"--num_fewshot {k}: {task.name} has only {len(pool)} examples to draw from"
-                        + (f" for {item['subject']}" if item.get("subject") else ""))
-    if item.get("subject") is not None:
+        pool = task.fewshot_pool
+    own = 1 if subject is None and task.fewshot_same_split else 0     # the item itself is never an example
+    if len(pool) - own < k:
+        raise UserError(f"--num_fewshot {k}: {task.name} has only {len(pool) - own} examples to draw from"
+                        + (f" for {subject}" if subject else ""))
+    if subject is not None:
         return pool[:k]
-    return random.Random(f"{seed}:{task.name}:{item['id']}").sample(pool, k)
+    # k + 1 drawn and the item dropped (lm-eval's way): no scan of the pool per item
+    drawn = random.Random(f"{seed}:{task.name}:{item['id']}").sample(pool, k + own)
+    return [ex for ex in drawn if not (own and ex["id"] == item["id"])][:k]
 
 
 def prompt_prefix(task, item, k, seed, description=True):

@@ -201,12 +201,11 @@ def score(model, requests, batch_tokens=4096, pad_id=0, progress=None, groups=No
         logp = F.log_softmax(logits.float(), dim=-1)
         picked = logp[where, token].double().cpu()
         best = (logp[where].argmax(-1) == token).cpu()
-        lp = torch.zeros(len(requests), dtype=torch.float64).index_add_(0, request, picked)
-        bad = torch.zeros(len(requests), dtype=torch.long).index_add_(0, request, (~best).long())
-        done = [br[0] for row in chosen for _, branches in row for br in branches]
-        for i in done:
-            logprob[i] = float(lp[i])
-            greedy[i] = bool(bad[i] == 0)
+        done, at = torch.unique(request, return_inverse=True)         # this batch's requests only
+        lp = torch.zeros(len(done), dtype=torch.float64).index_add_(0, at, picked)
+        bad = torch.zeros(len(done), dtype=torch.long).index_add_(0, at, (~best).long())
+        for i, x, b in zip(done.tolist(), lp.tolist(), bad.tolist()):
+            logprob[i], greedy[i] = x, b == 0
         if progress is not None:
             progress(len(done))
     if any(math.isnan(x) for x in logprob):

@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from model.atomic import write_bytes, write_text
+from model.atomic import write_files
 from model.errors import UserError
 from model.paths import comparison_path
 
@@ -154,14 +154,13 @@ def write_comparison(rows, out, name):
         raise UserError("no results to put in a table")
     paths = comparison_paths(out, name)
     created = time.strftime("%Y-%m-%dT%H:%M:%S")
-    png = chart_png(rows, name)                  # drawn first: a failure leaves the earlier table whole
+    png = chart_png(rows, name)
     body = {"kind": "comparison", "name": name, "created": created, "models": models_of(rows),
             "table": build_table(rows), "rows": rows}
-    write_text(paths["md"], f"# {name}\n\nvalues: percent ± stderr (standard error of the mean over items); "
-                            f"n: items scored; created {created}\n\n{markdown_table(rows)}\n")
-    write_text(paths["csv"], csv_text(rows))
-    write_text(paths["json"], json.dumps(clean(body), ensure_ascii=False, indent=1))
-    write_bytes(paths["png"], png)
+    md = (f"# {name}\n\nvalues: percent ± stderr (standard error of the mean over items); n: items scored; "
+          f"created {created}\n\n{markdown_table(rows)}\n")
+    files = {"md": md, "csv": csv_text(rows), "json": json.dumps(clean(body), ensure_ascii=False, indent=1), "png": png}
+    write_files(paths["md"].parent, {paths[ext].name: content for ext, content in files.items()})   # all or none
     return paths
 
 
@@ -173,14 +172,10 @@ def label_of(info):
 
 def report_rows(rep):
     """The rows of one per-(model, task) report (out/eval/bench_*.json, gen_*.json)."""
-    info = rep["model"]
-    common = {"model": rep.get("label") or label_of(info), "checkpoint": info["checkpoint"],
-              "adapter": (info.get("adapter") or {}).get("path"), "task": rep["task"], "split": rep.get("split"),
-              "n": rep.get("n"), "num_fewshot": rep.get("num_fewshot"), "limit": rep.get("limit"),
-              "chat_template": rep.get("chat_template"), "created": rep.get("created")}
+    from .suite import result_rows
     note = {"note": rep["note"]} if rep.get("note") else {}
-    return [dict(common, metric=m, value=v["value"], stderr=v.get("stderr"), **note)
-            for m, v in rep["metrics"].items()]
+    return result_rows(rep, rep.get("label") or label_of(rep["model"]), rep["model"], created=rep.get("created"),
+                       **note)
 
 
 def read_rows(path):

@@ -3,8 +3,9 @@ call. Each (model, task) result is saved as out/eval/bench_{task}_{k}shot_{model
 predictions included; an earlier report there of another model is kept under a hashed name, as for every
 test report), and comes back as a flat row for the side-by-side table (evaluation/report.py).
 
-    from evaluation.suite import evaluate_models
-    rows = evaluate_models(["smollm2", "lora_music"], ["arc_easy"], out_dir(), limit=100, with_base=True)
+    from evaluation.suite import evaluate_models, load_models
+    models = load_models(["smollm2", "lora_music"], out_dir(), with_base=True)
+    rows = evaluate_models(models, ["arc_easy"], out_dir(), limit=100)
 """
 import time
 from pathlib import Path
@@ -16,13 +17,14 @@ from .harness import DEFAULT_SEED, evaluate_task
 from .qa import model_key, save_report
 
 
-def result_rows(result, loaded):
-    """One row per metric: model, task, metric, value, stderr, n, num_fewshot, ..."""
-    common = {"model": loaded.label, "checkpoint": loaded.info["checkpoint"],
-              "adapter": (loaded.info.get("adapter") or {}).get("path"), "task": result["task"],
-              "split": result["split"], "n": result["n"], "num_fewshot": result["num_fewshot"],
-              "limit": result["limit"], "chat_template": result["chat_template"]}
-    return [dict(common, metric=m, value=v["value"], stderr=v["stderr"]) for m, v in result["metrics"].items()]
+def result_rows(result, label, info, **extra):
+    """One row per metric of a result (evaluate_task's, or a saved report's): model (its label), checkpoint,
+    adapter, task, split, n, num_fewshot, limit, chat_template, metric, value, stderr, and extra."""
+    common = {"model": label, "checkpoint": info["checkpoint"], "adapter": (info.get("adapter") or {}).get("path"),
+              "task": result["task"], "split": result.get("split"), "n": result.get("n"),
+              "num_fewshot": result.get("num_fewshot"), "limit": result.get("limit"),
+              "chat_template": result.get("chat_template"), **extra}
+    return [dict(common, metric=m, value=v["value"], stderr=v.get("stderr")) for m, v in result["metrics"].items()]
 
 
 def with_bases(models, device, dtype, say):
@@ -52,13 +54,11 @@ def load_models(specs, out, device="cpu", dtype=None, with_base=False, say=print
     return with_bases(loaded, device, dtype, say) if with_base else loaded
 
 
-def evaluate_models(specs, task_names, out, num_fewshot=0, limit=None, seed=DEFAULT_SEED, chat=False,
-                    batch_tokens=4096, device="cpu", dtype=None, with_base=False, progress=True, say=print,
-                    loaded=None):
-    """Rows of every (model, task, metric); loaded (already loaded models) replaces specs when given, and a
-    task may be given loaded (a benchmarks.Task) instead of by name."""
+def evaluate_models(models, task_names, out, num_fewshot=0, limit=None, seed=DEFAULT_SEED, chat=False,
+                    batch_tokens=4096, progress=True, say=print):
+    """Rows of every (model, task, metric) for loaded models (load_models); a task is a name or a loaded
+    benchmarks.Task."""
     tasks = [n if isinstance(n, Task) else load_task(n) for n in task_names]   # missing items: one line, first
-    models = loaded if loaded is not None else load_models(specs, out, device, dtype, with_base, say)
     rows = []
     for m in models:
         for task in tasks:
@@ -69,5 +69,5 @@ def evaluate_models(specs, task_names, out, num_fewshot=0, limit=None, seed=DEFA
             metrics = ", ".join(f"{k} {v['value']:.1%} ± {v['stderr']:.1%}" for k, v in result["metrics"].items())
             say(f"{m.label} {task.name} ({result['n']} items, {num_fewshot}-shot): {metrics} "
                 f"[{result['items_per_s']:.1f} items/s]")
-            rows += result_rows(result, m)
+            rows += result_rows(result, m.label, m.info)
     return rows

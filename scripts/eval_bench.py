@@ -122,9 +122,8 @@ def main(argv=None):
         tasks = [benchmarks.load_task(t) for t in args.tasks]
         models = load_models(specs, out, args.device, DTYPES[args.dtype], args.with_base,   # once, for both
                              hidden_size=args.hidden_size)
-        rows = evaluate_models(specs, tasks, out, args.num_fewshot, args.limit, args.seed,
-                               args.apply_chat_template, args.batch_tokens, args.device, DTYPES[args.dtype],
-                               args.with_base, progress=not args.no_progress, loaded=models)
+        rows = evaluate_models(models, tasks, out, args.num_fewshot, args.limit, args.seed,
+                               args.apply_chat_template, args.batch_tokens, progress=not args.no_progress)
         rows += gen_tasks.evaluate_gen(models, gen, out)
     written = report.write_comparison(rows, out, name)
     print(report.markdown_table(rows))

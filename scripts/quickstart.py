@@ -35,7 +35,7 @@ from model.checkpoint import read_pth  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.paths import (adapter_path, checkpoint_path, data_path, log_path_for, out_dir,  # noqa: E402
                          quickstart_files, report_path, run_name, smollm2_path)
-from trainer.runlog import read_rows  # noqa: E402
+from trainer.runlog import run_stats  # noqa: E402
 from quickstart_clock import OVERHEAD, Clock, fmt_time  # noqa: E402
 
 LORA, SCRATCH_LORA = "lora_music", "lora_identity"
@@ -233,15 +233,6 @@ class Pipeline:
                  f"identity and music tests: {LORA}")
         return reports
 
-    def log_stats(self, artefact):
-        """(steps, final train loss, final val loss) from the run log of an artefact."""
-        path = log_path_for(artefact)
-        steps, loss, val = 0, None, None
-        for row in read_rows(path) if path.exists() else []:
-            steps = max(steps, row.get("step", 0))
-            loss, val = row.get("loss", loss), row.get("val_loss", val)
-        return steps, loss, val
-
     def stage_rows(self, scratch, lora):
         def num(x):
             return "-" if x is None else f"{x:.3f}"
@@ -249,7 +240,7 @@ class Pipeline:
         runs = [("pretrain", scratch["pretrain"]), ("full_sft", scratch["full_sft"])]
         runs += [("scratch_lora", scratch["lora"])] if "lora" in scratch else []
         for stage, path in runs + [("lora", lora)]:
-            steps, loss, val = self.log_stats(path)
+            steps, loss, val = run_stats(log_path_for(path))
             st = self.state.get(stage, {})
             budget = f" ({fmt_time(st['budget_s'])})" if st.get("budget_s") else ""
             where = "scratch/" if not self.gpu and stage != "lora" else ""

@@ -39,7 +39,7 @@ from model.atomic import check_writable, move, write_text  # noqa: E402
 from model.checkpoint import read_pth  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from scripts.quickstart_clock import fmt_time  # noqa: E402
-from trainer.runlog import plot_curves, read_rows  # noqa: E402
+from trainer.runlog import plot_curves, run_stats  # noqa: E402
 
 TASKS, GEN = "arc_easy,hellaswag,piqa", "music,identity"
 
@@ -184,19 +184,15 @@ def score_arms(args, plan):
         models.append(m)
     rows = []
     if args.tasks:
-        rows += evaluate_models(None, args.tasks, plan["folder"], limit=args.limit, device=device,
-                                progress=sys.stderr.isatty(), loaded=models)
+        rows += evaluate_models(models, args.tasks, plan["folder"], limit=args.limit, progress=sys.stderr.isatty())
     if plan["gen"]:
         rows += evaluate_gen(models, plan["gen"], plan["folder"])
     return rows
 
 
 def log_stats(path):
-    """(steps, last train loss, last val loss) of a run log; "-" for what it lacks."""
-    steps, loss, val = 0, None, None
-    for row in read_rows(path) if path.is_file() else []:
-        steps = max(steps, row.get("step", 0))
-        loss, val = row.get("loss", loss), row.get("val_loss", val)
+    """(steps, last train loss, last val loss) of a run log as the summary shows them; "-" for what it lacks."""
+    steps, loss, val = run_stats(path)
     return steps, "-" if loss is None else f"{loss:.3f}", "-" if val is None else f"{val:.3f}"
 
 

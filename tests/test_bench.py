@@ -211,14 +211,15 @@ def test_a_table_name_with_a_folder_is_refused(tmp_path):
 
 
 def test_a_hugging_face_folder_scores_as_its_checkpoint_does(tmp_path, bench_cache):
-    from evaluation.suite import evaluate_models
+    from evaluation.suite import evaluate_models, load_models
     from model.convert import export_hf
     from model.paths import find_model
     out = tmp_path / "out"
     ckpt = make_checkpoint(out / "full_sft_64.pth", std=0.3)
     export_hf(ckpt, tmp_path / "hf")
     assert find_model(out, str(tmp_path / "hf"))[0] == "hf" and find_model(out, "full_sft") == ("pth", ckpt.resolve())
-    rows = evaluate_models([str(ckpt), str(tmp_path / "hf")], ["arc_easy"], out, progress=False, say=lambda s: None)
+    models = load_models([str(ckpt), str(tmp_path / "hf")], out, say=lambda s: None)
+    rows = evaluate_models(models, ["arc_easy"], out, progress=False, say=lambda s: None)
     by_model = {}
     for r in rows:
         by_model.setdefault(r["model"], {})[r["metric"]] = r["value"]

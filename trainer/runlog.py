@@ -47,6 +47,15 @@ def read_rows(path):
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def run_stats(path):
+    """(steps, last train loss, last val loss) of a run log (0, None, None when there is no log)."""
+    steps, loss, val = 0, None, None
+    for row in read_rows(path) if Path(path).is_file() else []:
+        steps = max(steps, row.get("step", 0))
+        loss, val = row.get("loss", loss), row.get("val_loss", val)
+    return steps, loss, val
+
+
 def build_figure(jsonl_paths, labels=None, smooth=0.9):
     """The loss figure of out/logs/*.jsonl files: per run the train loss raw (thin, light) and, unless
     smooth is 0, its EMA with weight smooth (debiased), and the validation loss dashed with dots.

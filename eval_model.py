@@ -31,6 +31,7 @@ from model import paths  # noqa: E402
 from model.atomic import check_writable  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.inference import load_for_inference  # noqa: E402
+from model.precision import PRECISIONS, precision_hint  # noqa: E402
 
 STAGES = {0: "pretrain", 1: "full_sft"}
 DEFAULT_IDENTITY_TEST = paths.repo_root() / "dataset" / "identity_test.jsonl"
@@ -51,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--num_hidden_layers", type=int, default=None,
                    help="only checked: the checkpoint records its own shape")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1")
+    p.add_argument("--dtype", choices=PRECISIONS, default="float32",
+                   help="precision: int8 (weights quantised at load time) decodes fastest on a CPU, bfloat16 "
+                        "where the CPU has AVX512-BF16/AMX or on a GPU; float32 is exact (default)")
     p.add_argument("--temperature", type=float, default=None,
                    help="0 = greedy (default 0.85 for chat, 0 for --identity_test/--task_test)")
     p.add_argument("--top_p", type=float, default=0.85)
@@ -117,11 +121,13 @@ def check_args(args):
 def load(args):
     """The model the flags name -> model.inference.Loaded."""
     out = paths.out_dir(args.out_dir)
-    common = dict(device=args.device, force=args.force, out=out)
+    common = dict(device=args.device, force=args.force, out=out, dtype=args.dtype)
+    if precision_hint(args.dtype, args.device):
+        print(precision_hint(args.dtype, args.device))
     if args.load == 1:
         if not args.hf_path:
             raise UserError("--load 1 needs --hf_path DIR (a Hugging Face model folder)")
-        return load_for_inference(hf_path=args.hf_path, device=args.device)
+        return load_for_inference(hf_path=args.hf_path, device=args.device, dtype=args.dtype)
     if args.ckpt:
         loaded = load_for_inference(ckpt=paths.resolve_input(args.ckpt), **common)
     elif args.lora_name:

@@ -11,7 +11,7 @@ In Python (importing this module registers the model):
 
 model_args: model=SPEC (what --model of scripts/eval_bench.py takes: a .pth checkpoint or adapter, an
 adapter name such as lora_music, a .gguf file, a Hugging Face folder, smollm2), device, dtype (float32,
-bfloat16, float16; default the weights' own), batch_tokens (tokens per forward pass, default 4096).
+bfloat16, float16, int8; default the weights' own), batch_tokens (tokens per forward pass, default 4096).
 """
 import importlib
 
@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from model.generate import generate_steps
 from model.errors import UserError
-from model.inference import DTYPES, load_model_spec
+from model.inference import load_model_spec
+from model.precision import PRECISIONS
 from model.paths import out_dir
 from .loglik import encode_pair, prefix_token, score
 
@@ -37,12 +38,12 @@ class TinyMindLM(LM):
                  max_batch_size=None):
         # batch_size / max_batch_size come from lm-eval's --batch_size; batch_tokens sizes batches instead
         super().__init__()
-        if dtype not in (None, "auto", *DTYPES):
-            raise UserError(f"model_args dtype={dtype}: use one of {', '.join(DTYPES)} (or auto: the weights' own)")
+        if dtype not in (None, "auto", *PRECISIONS):
+            raise UserError(f"model_args dtype={dtype}: use one of {', '.join(PRECISIONS)} (or auto: the weights' own)")
         if not device or (device.startswith("cuda") and not torch.cuda.is_available()):
             device = "cuda" if torch.cuda.is_available() else "cpu"     # lm-eval's CLI says cuda:0 by default
         self.loaded = load_model_spec(str(model), out_dir(), device=device,
-                                      dtype=DTYPES[dtype] if dtype not in (None, "auto") else None)
+                                      dtype=dtype if dtype != "auto" else None)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
         self.window = self.model.config.max_position_embeddings
         self.batch_tokens = int(batch_tokens)

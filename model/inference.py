@@ -12,13 +12,10 @@ model.generate.build_prompt(m.tokenizer, messages, system, m.continuation).
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .adapter import is_adapter, load_model_with_adapter
 from .checkpoint import check_checkpoint, model_from_checkpoint, read_pth
 from .lora import merge_lora
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}   # flag value -> dtype
+from .precision import FLOAT_DTYPES, PRECISIONS, apply_precision
 
 
 @dataclass
@@ -47,7 +44,8 @@ class Loaded:
 
     def describe(self):
         info = self.info
-        text = f"{info['checkpoint']} ({info['stage']}, {info['parameters'] / 1e6:.2f}M parameters)"
+        dtype = f", {info['dtype']}" if info.get("dtype") not in (None, "float32") else ""
+        text = f"{info['checkpoint']} ({info['stage']}, {info['parameters'] / 1e6:.2f}M parameters{dtype})"
         return text + (f" + adapter {info['adapter']['path']}" if info.get("adapter") else "")
 
 
@@ -58,34 +56,55 @@ def load_for_inference(ckpt=None, adapter=None, hf_path=None, base=None, merge=T
     llama-architecture GGUF file, dequantized in memory). base: the
     checkpoint an adapter goes on (default: the one it records, also looked for in out); force: accept a
     base file other than the recorded one (config and tokenizer must still fit). merge folds the adapter
-    into the weights: the same outputs, no extra matmuls per token."""
+    into the weights: the same outputs, no extra matmuls per token.
+
+    dtype: a precision name (model.precision.PRECISIONS: float32, bfloat16, float16, int8), applied after
+    loading the float weights (int8: quantised from them, the adapter merged first); None keeps the
+    weights' own. A precision other than float32 is part of the label (smollm2_135m_int8), so its reports
+    never replace float32's."""
     if sum(x is not None for x in (ckpt, adapter, hf_path, gguf_path)) != 1:
         raise ValueError("load_for_inference: give exactly one of ckpt, adapter, hf_path, gguf_path")
+    if dtype is not None and dtype not in PRECISIONS:
+        raise ValueError(f"load_for_inference: dtype {dtype!r}: use one of {', '.join(PRECISIONS)}")
+    if dtype == "int8" and not merge:
+        raise ValueError("load_for_inference: int8 needs merge=True (the adapter folded into the weights)")
+    float_dtype = FLOAT_DTYPES.get(dtype)            # int8: build in the weights' float dtype, quantise after
     if gguf_path is not None:
         from .checkpoint import FORMAT, build_model
         from .convert_gguf import import_gguf
         state, config, tokenizer = import_gguf(gguf_path)
-        model = build_model(config, state, device, dtype, where=str(gguf_path)).eval()
+        model = build_model(config, state, device, float_dtype, where=str(gguf_path)).eval()
         c = {"format": FORMAT, "config": config.to_dict(), "meta": {"stage": "imported", "source": str(gguf_path)}}
-        return Loaded(model, tokenizer, describe(model, c, tokenizer, gguf_path), Path(gguf_path).stem)
-    if hf_path is not None:
+        loaded = Loaded(model, tokenizer, describe(model, c, tokenizer, gguf_path), Path(gguf_path).stem)
+    elif hf_path is not None:
         from .convert import load_hf_model       # imported only when asked for
-        model, tokenizer, c = load_hf_model(hf_path, device=device, dtype=dtype)
-        return Loaded(model.eval(), tokenizer, describe(model, c, tokenizer, hf_path), Path(hf_path).name)
-    if ckpt is not None:
-        obj = read_pth(ckpt)
-        if not is_adapter(obj):
+        model, tokenizer, c = load_hf_model(hf_path, device=device, dtype=float_dtype)
+        loaded = Loaded(model.eval(), tokenizer, describe(model, c, tokenizer, hf_path), Path(hf_path).name)
+    else:
+        obj = read_pth(ckpt) if ckpt is not None else None
+        if obj is not None and not is_adapter(obj):
             c = check_checkpoint(obj, ckpt)
-            model, tokenizer = model_from_checkpoint(c, device, dtype, where=str(ckpt))
-            return Loaded(model, tokenizer, describe(model, c, tokenizer, ckpt), Path(ckpt).stem)
-        adapter = ckpt
-    model, tokenizer, base_ckpt, a = load_model_with_adapter(adapter, base, device=device, force=force, out_dir=out)
-    if merge:
-        merge_lora(model)
+            model, tokenizer = model_from_checkpoint(c, device, float_dtype, where=str(ckpt))
+            loaded = Loaded(model, tokenizer, describe(model, c, tokenizer, ckpt), Path(ckpt).stem)
+        else:
+            adapter = ckpt if ckpt is not None else adapter
+            model, tokenizer, base_ckpt, a = load_model_with_adapter(adapter, base, device=device, force=force,
+                                                                    out_dir=out)
+            if merge:
+                merge_lora(model)
+            info = describe(model.eval(), base_ckpt, tokenizer, base_ckpt["path"], a, adapter)
+            loaded = Loaded(model, tokenizer, info, Path(adapter).stem)
+    return with_precision(loaded, dtype, device)
+
+
+def with_precision(loaded, dtype, device):
+    """Apply the precision (int8: quantise) and record it in the info and the label."""
     if dtype is not None:
-        model.to(dtype=dtype)
-    info = describe(model.eval(), base_ckpt, tokenizer, base_ckpt["path"], a, adapter)
-    return Loaded(model, tokenizer, info, Path(adapter).stem)
+        apply_precision(loaded.model, dtype, device)
+        if dtype != "float32":
+            loaded.label = f"{loaded.label}_{dtype}"
+    loaded.info["dtype"] = dtype or str(next(loaded.model.parameters()).dtype).replace("torch.", "")
+    return loaded
 
 
 def describe(model, ckpt, tokenizer, path, adapter=None, adapter_path=None):

@@ -58,7 +58,8 @@ class LoRAFunction(torch.autograd.Function):
     The same math autograd would do for the plain expression, but each sum of a base term and a low-rank
     term is an in-place addmm into the base term instead of a separate pass over an (N, out) or (N, in)
     tensor, and the scale s rides on addmm's alpha: forward and backward each save one full elementwise
-    pass per wrapped layer. Used when there is no LoRA dropout and no autocast (see LoRALinear.forward).
+    pass per wrapped layer. Used when there is no LoRA dropout, and no autocast or a base held in its dtype
+    (see LoRALinear.forward).
     """
 
     @staticmethod
@@ -120,11 +121,17 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         if self.merged:
             return self.base(x)
-        fused = (isinstance(self.lora_dropout, nn.Identity) or not self.training) \
-            and not torch.is_autocast_enabled(x.device.type) and x.dtype == self.base.weight.dtype
-        if fused:
-            return LoRAFunction.apply(x, self.base.weight, self.base.bias, self.lora_A.weight,
-                                      self.lora_B.weight, self.scaling)
+        w, device = self.base.weight, x.device.type
+        plain = isinstance(self.lora_dropout, nn.Identity) or not self.training
+        autocast = torch.is_autocast_enabled(device)
+        if plain and not autocast and x.dtype == w.dtype:
+            return LoRAFunction.apply(x, w, self.base.bias, self.lora_A.weight, self.lora_B.weight, self.scaling)
+        if plain and autocast and w.dtype == torch.get_autocast_dtype(device):
+            # a frozen base held in the autocast dtype (trainer.components.hold_frozen_in): what autocast
+            # would compute, fused; the casts of x, A and B are autograd's, so A and B keep float32 gradients
+            with torch.autocast(device, enabled=False):
+                return LoRAFunction.apply(x.to(w.dtype), w, self.base.bias, self.lora_A.weight.to(w.dtype),
+                                          self.lora_B.weight.to(w.dtype), self.scaling)
         # the general path (dropout on the LoRA input, or autocast): A and B share the base's dtype and
         # autocast handles mixed precision, so no casts here
         y = self.base(x)

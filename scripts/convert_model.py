@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
 from model.atomic import check_writable  # noqa: E402
 from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
-from model.inference import DTYPES  # noqa: E402
+from model.precision import FLOAT_DTYPES as DTYPES  # noqa: E402
 from model.paths import cache_dir, out_dir, smollm2_path  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402

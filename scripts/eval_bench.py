@@ -8,6 +8,7 @@ model, scored as lm-evaluation-harness scores them; several models side by side 
     python scripts/eval_bench.py --model out/full_sft_512.pth --model smollm2 --name sft_vs_smollm2
     python scripts/eval_bench.py --merge out/eval/a.json out/eval/b.json --name all_runs
     python scripts/eval_bench.py --model lora_music --with_base --tasks arc_easy --gen identity,music --gen_limit 50
+    python scripts/eval_bench.py --model smollm2 --dtype float32,int8 --limit 500     # what int8 costs
 
 --model takes a .pth (checkpoint or adapter: the adapter goes on the base it records), a .gguf file, a
 Hugging Face folder, or a name: pretrain, full_sft, smollm2, an adapter name in out/lora. Tasks: arc_easy,
@@ -16,7 +17,8 @@ arc_challenge, hellaswag, piqa, winogrande, openbookqa, commonsense_qa, boolq, s
 item's prediction, goes to out/eval/bench_{task}_{k}shot_{model}.json; the side-by-side table to
 out/eval/{name}.md, .csv, .json and a bar chart .png (evaluation/report.py). --gen adds generation tasks
 (identity, music, or a .jsonl question file; evaluation/gen_tasks.py), answered greedily by the same models,
-to the same table; their reports go to out/eval/gen_{task}_{model}.json.
+to the same table; their reports go to out/eval/gen_{task}_{model}.json. --dtype float32,bfloat16,int8 loads
+each model at each precision, side by side (a model's label then ends in _bfloat16 / _int8).
 """
 import sys
 from pathlib import Path
@@ -32,9 +34,7 @@ from evaluation.suite import evaluate_models, load_models  # noqa: E402
 from model import paths  # noqa: E402
 from model.atomic import check_writable  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from model.inference import DTYPES as MODEL_DTYPES  # noqa: E402
-
-DTYPES = {k: MODEL_DTYPES[k] for k in ("float32", "bfloat16")}      # float16 has no fast CPU kernels
+from model.precision import PRECISIONS, precision_hint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -55,7 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--apply_chat_template", action="store_true",
                    help="put each question in the model's chat template (off by default, as in lm-eval)")
     p.add_argument("--batch_tokens", type=int, default=4096, help="tokens per forward pass (memory vs speed)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="weights' dtype (default float32)")
+    p.add_argument("--dtype", default="float32",
+                   help=f"precision, or several comma-separated to compare them ({', '.join(PRECISIONS)}; "
+                        "default float32; model/precision.py)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--hidden_size", type=int, default=None, help="picks *_{hidden}.pth for a name (full_sft ...)")
     p.add_argument("--name", default=None, help="the table's name: out/eval/{name}.md (default bench_{model}, or "
@@ -69,6 +71,10 @@ def parse_args(argv=None):
 
 def check_args(args):
     check_device(args.device)
+    args.dtypes = [d for d in args.dtype.split(",") if d]
+    bad = [d for d in args.dtypes if d not in PRECISIONS] or ([] if args.dtypes else ["''"])
+    if bad:
+        raise UserError(f"--dtype {bad[0]}: use one of {', '.join(PRECISIONS)} (or several, comma-separated)")
     check_range("--num_fewshot", args.num_fewshot, 0, 100, integer=True)
     check_range("--batch_tokens", args.batch_tokens, 64, integer=True)
     check_range("--seed", args.seed, 0, 2**32 - 1, integer=True)
@@ -99,7 +105,8 @@ def table_name(args, labels):
         return args.name
     plain = not (args.num_fewshot or args.limit or args.apply_chat_template)
     settings = "" if plain else paths.bench_settings(args.num_fewshot, args.limit, args.apply_chat_template)
-    return (f"bench_{labels[0]}" if len(labels) == 1 else "compare") + settings
+    precisions = "" if args.dtypes == ["float32"] else "_" + "_".join(args.dtypes)
+    return (f"bench_{labels[0]}" if len(labels) == 1 else "compare") + precisions + settings
 
 
 def main(argv=None):
@@ -120,8 +127,11 @@ def main(argv=None):
     if not args.merge:
         gen = gen_tasks.load_gen_tasks(args.gen, args.gen_limit)       # bad files: one line, before any model
         tasks = [benchmarks.load_task(t) for t in args.tasks]
-        models = load_models(specs, out, args.device, DTYPES[args.dtype], args.with_base,   # once, for both
-                             hidden_size=args.hidden_size)
+        models = []
+        for dtype in args.dtypes:                   # each model loaded once per precision, for both kinds of task
+            if precision_hint(dtype, args.device):
+                print(precision_hint(dtype, args.device))
+            models += load_models(specs, out, args.device, dtype, args.with_base, hidden_size=args.hidden_size)
         rows = evaluate_models(models, tasks, out, args.num_fewshot, args.limit, args.seed,
                                args.apply_chat_template, args.batch_tokens, progress=not args.no_progress)
         rows += gen_tasks.evaluate_gen(models, gen, out)

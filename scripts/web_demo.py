@@ -37,9 +37,12 @@ from model.errors import UserError  # noqa: E402
 from model.generate import chat  # noqa: E402
 from model.inference import load_for_inference  # noqa: E402
 from model.paths import find_adapter_base, find_adapters, find_checkpoints, inside, out_dir  # noqa: E402
+from model.precision import PRECISIONS, precision_hint  # noqa: E402
 
 OUT_DIR = out_dir()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# the sidebar's precisions (model/precision.py); float16 has no fast matmul on a CPU
+DEMO_PRECISIONS = [p for p in PRECISIONS if DEVICE == "cuda" or p != "float16"]
 NO_ADAPTER = "(none)"
 GENERIC_ERROR = "Something went wrong on the server; the details are in its log."
 # checking a file builds its network on the meta device, where loading weights copies nothing; torch says so
@@ -59,15 +62,15 @@ def stamp(path):
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
-def load_chat_model(base_path, base_stamp, adapter_path=None, adapter_stamp=None):
-    """model.inference.Loaded for a base checkpoint plus an optional adapter (merged in); cached on the
-    paths and stamps, so a retrained file is reloaded. The adapter must fit the base (the list offers only
-    such adapters); another base file than its recorded one is allowed here (force) and noted in the
-    sidebar."""
+def load_chat_model(base_path, base_stamp, adapter_path=None, adapter_stamp=None, dtype="float32"):
+    """model.inference.Loaded for a base checkpoint plus an optional adapter (merged in) at a precision
+    (model/precision.py); cached on the paths, stamps and precision, so a retrained file is reloaded. The
+    adapter must fit the base (the list offers only such adapters); another base file than its recorded one
+    is allowed here (force) and noted in the sidebar."""
     if adapter_path:
-        loaded = load_for_inference(adapter=adapter_path, base=base_path, force=True, device=DEVICE)
+        loaded = load_for_inference(adapter=adapter_path, base=base_path, force=True, device=DEVICE, dtype=dtype)
     else:
-        loaded = load_for_inference(ckpt=base_path, device=DEVICE)
+        loaded = load_for_inference(ckpt=base_path, device=DEVICE, dtype=dtype)
     loaded.info["sha256"] = file_sha256(base_path)
     return loaded
 
@@ -194,13 +197,13 @@ def sidebar_settings():
     )
 
 
-def load_or_stop(base_path, adapter_path=None):
+def load_or_stop(base_path, adapter_path=None, dtype="float32"):
     """load_chat_model, or why it cannot as one line on the page, which then stops (the sidebar's lists
     stay, to choose another file)."""
     try:
         if adapter_path is None:
-            return load_chat_model(str(base_path), stamp(base_path))
-        return load_chat_model(str(base_path), stamp(base_path), str(adapter_path), stamp(adapter_path))
+            return load_chat_model(str(base_path), stamp(base_path), dtype=dtype)
+        return load_chat_model(str(base_path), stamp(base_path), str(adapter_path), stamp(adapter_path), dtype)
     except (UserError, OSError) as e:
         print(f"web_demo: {e}", file=sys.stderr)
         st.error(str(e))
@@ -220,7 +223,11 @@ def choose_model(sb):
     base_rel = sb.selectbox("Checkpoint (out/)", list(checkpoints), index=default_base(checkpoints, adapters),
                             key="base")
     base_path = inside(OUT_DIR, base_rel)
-    loaded = load_or_stop(base_path)
+    dtype = sb.selectbox("Precision", DEMO_PRECISIONS, key="dtype",
+                         help="int8: weights quantised at load time, fastest decoding on a CPU; float32: exact")
+    if precision_hint(dtype, DEVICE):
+        sb.caption(precision_hint(dtype, DEVICE).replace("--dtype ", ""))
+    loaded = load_or_stop(base_path, dtype=dtype)
     info = loaded.info
     fitting = [rel for rel, head in adapters.items()
                if not adapter_fits(head, info["config"], info["tokenizer_sha256"])]
@@ -232,14 +239,14 @@ def choose_model(sb):
         head = adapters[adapter_rel]
         if head["base_sha256"] != info["sha256"]:
             sb.caption(f"note: this adapter was trained on {Path(head['base']).name}, not on this file")
-        loaded = load_or_stop(base_path, inside(OUT_DIR, adapter_rel))
+        loaded = load_or_stop(base_path, inside(OUT_DIR, adapter_rel), dtype)
     return loaded
 
 
 def show_model_info(sb, info):
     with sb.expander("Model info"):
         st.write(f"**{info['parameters'] / 1e6:.2f}M parameters** · stage `{info['stage']}` · "
-                 f"step {info['step']} · {DEVICE}")
+                 f"step {info['step']} · {DEVICE} · {info['dtype']}")
         if info.get("adapter"):
             a = info["adapter"]
             st.write(f"adapter `{Path(a['path']).name}` (trained on `{Path(a['base'] or '?').name}`, "

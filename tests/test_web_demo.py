@@ -140,6 +140,21 @@ def test_adapter_is_loaded_and_shown(monkeypatch, out_dir):
     assert with_adapter != without
 
 
+def test_the_precision_picker_loads_the_model_quantised(monkeypatch, out_dir):
+    at = app(monkeypatch, out_dir)
+    assert at.sidebar.selectbox(key="dtype").value == "float32"
+    assert "float16" not in at.sidebar.selectbox(key="dtype").options          # no fast float16 on a CPU
+    at.sidebar.selectbox(key="adapter").set_value("lora/lora_ok_64.pth")
+    at.sidebar.selectbox(key="dtype").set_value("int8")
+    at.sidebar.number_input(key="max_new_tokens").set_value(12)
+    at.sidebar.slider(key="temperature").set_value(0.0)
+    at.chat_input[0].set_value("hi").run()
+    assert not at.exception
+    assert "int8" in " ".join(m.value for m in at.sidebar.markdown)
+    adapter = out_dir / "lora" / "lora_ok_64.pth"
+    assert at.session_state.messages[-1]["content"] == greedy_reply(out_dir, "hi", adapter=adapter, dtype="int8")
+
+
 def age(path, seconds):
     """Set path's modification time to `seconds` ago."""
     t = time.time() - seconds

@@ -18,6 +18,7 @@ from cli import ArgumentParser, check_device, check_range
 from model import paths
 from model.errors import UserError
 from model.lora import DEFAULT_TARGETS
+from model.precision import cpu_has_bf16
 
 ALL = ("pretrain", "full_sft", "lora")
 CHAT = ("full_sft", "lora")
@@ -187,14 +188,6 @@ def resolve_config(cfg, stage):
     elif cfg.dtype == "auto":
         cfg.dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
     return cfg
-
-
-def cpu_has_bf16():
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there autocast roughly doubles
-    training speed (BENCHMARKS.md); elsewhere bfloat16 is emulated and slower than float32."""
-    import torch
-    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
-                                                                      "_is_amx_tile_supported"))
 
 
 ALWAYS_SHOWN = ("data_path", "val_data", "out_dir", "device", "dtype")

@@ -12,6 +12,7 @@ import itertools
 import math
 
 import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainer.distributed import ResumableSampler
@@ -54,6 +55,25 @@ def mixed_precision(dtype_name, device):
     dtype = getattr(torch, dtype_name) if device.type in ("cuda", "cpu") else torch.float32
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     return dtype, autocast, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def hold_frozen_in(model, dtype):
+    """Hold every frozen nn.Linear (a LoRA run's base: no parameter of it trains) in the compute dtype, in
+    place; returns how many. Autocast would cast those weights again on every call; held in bfloat16 they
+    are the same values, streamed at half the bytes, and LoRALinear fuses its update into their matmul.
+    A weight tied to an embedding stays float32 (the embedding's rows feed the float32 residual stream)."""
+    if dtype == torch.float32:
+        return 0
+    from model.lora import unwrap_model
+    model = unwrap_model(model)
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    held = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and id(m.weight) not in tied and \
+                not any(p.requires_grad for p in m.parameters()):
+            m.to(dtype)
+            held += 1
+    return held
 
 
 def make_loaders(train_set, val_set, collate, cfg, dist):

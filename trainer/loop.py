@@ -13,8 +13,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import time
 
 from model import paths
-from trainer.components import (count_steps, get_lr, make_loaders, make_optimizer, mixed_precision,
-                                remaining_steps, schedule_step, set_lr)
+from trainer.components import (count_steps, get_lr, hold_frozen_in, make_loaders, make_optimizer,
+                                mixed_precision, remaining_steps, schedule_step, set_lr)
 from trainer.distributed import rank0_clock
 from trainer.runlog import RunLog
 from trainer.state import TrainState
@@ -36,6 +36,7 @@ def train(cfg, model, train_set, collate, save_model, run_name, dist, val_set=No
     dev, out = dist.device, paths.out_dir(cfg.out_dir)
     model.to(dev)                                  # float32 master weights; autocast computes in cfg.dtype
     dtype, autocast, scaler = mixed_precision(cfg.dtype, dev)
+    hold_frozen_in(model, dtype)                   # a LoRA run's frozen base: in the compute dtype
     sampler, loader, val_loader = make_loaders(train_set, val_set, collate, cfg, dist)
     steps_per_epoch, total, warmup = count_steps(sampler, cfg)
     state = TrainState(paths.state_dir(out, run_name), cfg, dict(meta or {}), dist).load(model)

@@ -1,0 +1,129 @@
+"""THE inference precisions (--dtype of eval_model.py, the web demo, the benchmark evaluator and the server):
+float32, bfloat16, float16, or int8, applied at load time to a model built from its float checkpoint (no
+other file format). model.inference.load_for_inference(dtype=NAME) calls apply_precision.
+
+int8 is weight-only with one scale per output channel (symmetric, round to nearest: w ~ q * s, q in
+[-127, 127]): every nn.Linear, lm_head included, becomes an Int8Linear holding a quarter of the float32
+weights' bytes, which is what decoding one token at a time is bound by. Its matrix multiply is torch's CPU
+int8 weight-only kernel (torch._weight_int8pack_mm, bfloat16 activations) for a few rows (decoding), and a
+dequantised matrix in the model's dtype for many (a prompt, a scoring batch), where a dense matmul is
+faster. The rest of the model (embeddings, norms, the KV cache) runs in bfloat16 where the hardware computes
+it natively (cpu_has_bf16, or a CUDA device with bf16), else in float32.
+
+    from model.precision import apply_precision
+    apply_precision(model, "int8")                      # in place; returns the model
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")          # the --dtype choices, float32 first
+FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KERNEL_ROWS = 8       # up to this many rows go through the int8 kernel; more: dequantise once, dense matmul
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there bfloat16 roughly doubles
+    training and decoding speed (BENCHMARKS.md); elsewhere it is emulated and slower than float32."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+
+
+def native_bf16(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def precision_hint(name, device):
+    """A line to print when the asked precision is slow on this hardware, else None."""
+    device = torch.device(device)
+    if name == "bfloat16" and device.type == "cpu" and not cpu_has_bf16():
+        return ("--dtype bfloat16: this CPU has no AVX512-BF16/AMX, so bfloat16 is emulated and slower than "
+                "float32; use --dtype int8 (fastest decoding) or float32")
+    if name == "float16" and device.type == "cpu":
+        return "--dtype float16: a CPU has no fast float16 matmul; use --dtype bfloat16, int8 or float32"
+    return None
+
+
+def quantize_weight(weight):
+    """(out, in) float -> (int8 (out, in), float32 scales (out,)): w ~ q * s per output channel."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale
+
+
+class Int8Linear(nn.Module):
+    """An nn.Linear with its weight stored as int8 plus a float scale per output channel (inference only).
+
+    dtype: the dtype of its scales and bias (the model's). Few rows go through torch's int8 kernel with
+    bfloat16 activations (its fast path on a CPU; float32 activations there are an unvectorised loop);
+    more rows multiply by the dequantised weight in `dtype`."""
+
+    def __init__(self, linear: nn.Linear, dtype=torch.float32):
+        super().__init__()
+        q, scale = quantize_weight(linear.weight)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scale", scale.to(dtype))              # cast with the model, as its floats are
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+        self.kernel = q.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+
+    def dequantized(self):
+        """The (out, in) weight in the scales' dtype, as the int8 values and scales give it."""
+        return self.weight_int8.to(self.scale.dtype) * self.scale[:, None]
+
+    def forward(self, x):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.kernel and x2.shape[0] <= KERNEL_ROWS:
+            # the kernel takes bfloat16 activations and scales (a no-op cast in a bfloat16 model)
+            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.weight_int8,
+                                          self.scale.to(torch.bfloat16)).to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(x2, self.weight_int8.to(x.dtype)) * self.scale.to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(x.dtype)
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+def quantize_int8(model, dtype):
+    """Replace every nn.Linear of model (in place) by an Int8Linear computing in dtype; the rest of the
+    model is cast to dtype. A tied lm_head gets its own int8 copy; the embedding keeps its float rows."""
+    from .lora import LoRALinear
+    if any(isinstance(m, LoRALinear) and not m.merged for m in model.modules()):
+        raise ValueError("int8 needs the adapter merged into the weights (load with merge=True)")
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, linear in linears:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Int8Linear(linear, dtype))
+    model.to(dtype=dtype)           # embeddings and norms; int8 buffers stay int8 (to(dtype) casts floats only)
+    return model
+
+
+def apply_precision(model, name, device=None):
+    """Cast (float32, bfloat16, float16) or quantise (int8) a float model in place; returns it. device:
+    where it runs (default: where its weights are), which decides int8's compute dtype."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r}: use one of {', '.join(PRECISIONS)}")
+    if name in FLOAT_DTYPES:
+        return model.to(dtype=FLOAT_DTYPES[name])
+    device = device or next(model.parameters()).device
+    return quantize_int8(model, torch.bfloat16 if native_bf16(device) else torch.float32)
+
+
+def precision_of(model):
+    """The precision name of a model apply_precision made (int8 when it has Int8Linear layers)."""
+    if any(isinstance(m, Int8Linear) for m in model.modules()):
+        return "int8"
+    dtype = next(model.parameters()).dtype
+    return next((k for k, v in FLOAT_DTYPES.items() if v == dtype), str(dtype))

@@ -1,0 +1,157 @@
+"""Inference precisions (model/precision.py): int8 weight-only quantisation and bfloat16 against float32, on
+the layer, on a whole model's greedy output, and through every loader and command that takes --dtype.
+
+    pytest tests/test_precision.py
+"""
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from factories import REPO, make_adapter, make_checkpoint, make_model
+from model import precision
+from model.generate import generate
+from model.inference import load_for_inference
+from model.precision import Int8Linear, apply_precision, precision_of, quantize_weight
+
+PROMPT = [5, 100, 200, 300, 400, 500, 600, 700]
+
+
+@pytest.fixture(scope="module")
+def memorizer():
+    """A tiny model trained (float32, a few seconds) to continue PROMPT with one fixed 40-token sequence:
+    its greedy choices are decided by real margins, as a trained model's are, not by near ties."""
+    torch.manual_seed(0)
+    model = make_model(seed=0)
+    seq = torch.tensor([PROMPT + torch.randint(5, 6000, (40,)).tolist()])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        loss = model(seq, labels=seq).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.05
+    return model.eval(), seq[0, len(PROMPT):].tolist()
+
+
+def test_quantised_weight_is_within_half_a_step_per_output_channel():
+    w = torch.randn(48, 32) * torch.linspace(0.01, 3, 48)[:, None]     # rows of very different size
+    q, scale = quantize_weight(w)
+    assert q.dtype == torch.int8 and scale.shape == (48,)
+    assert int(q.abs().max()) == 127                                     # each row uses the full range
+    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("rows", [1, precision.KERNEL_ROWS, precision.KERNEL_ROWS + 1, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_is_the_matmul_with_its_dequantised_weight(rows, dtype, monkeypatch):
+    """Both paths (the int8 kernel for a few rows, a dense matmul for many) compute x W_q^T + b."""
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96)
+    layer = Int8Linear(linear, dtype)
+    x = torch.randn(1, rows, 64).to(dtype)
+    ref = (x.float() @ layer.dequantized().float().t() + linear.bias.detach().float())
+    calls, kernel = [], torch._weight_int8pack_mm
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda *a: calls.append(1) or kernel(*a))
+    y = layer(x)
+    assert len(calls) == (rows <= precision.KERNEL_ROWS)          # decoding takes the int8 kernel
+    assert y.dtype == dtype and y.shape == (1, rows, 96)
+    tol = 2e-5 if dtype == torch.float32 and rows > precision.KERNEL_ROWS else 0.05   # bf16 activations
+    assert torch.allclose(y.float(), ref, atol=tol, rtol=0.02)
+    # and close to the float layer: int8 costs little
+    full = linear(x.float())
+    assert torch.nn.functional.cosine_similarity(y.float().flatten(), full.flatten(), dim=0) > 0.999
+
+
+def test_int8_model_replaces_every_linear_and_keeps_the_embedding():
+    model = make_model(seed=0)
+    assert model.config.tie_word_embeddings
+    n = model.num_parameters()
+    apply_precision(model, "int8", "cpu")
+    assert not [m for m in model.modules() if isinstance(m, nn.Linear)]
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 7 * model.config.num_hidden_layers + 1                 # + lm_head
+    assert model.model.embed_tokens.weight.shape[0] == model.config.vocab_size  # still there for lookups
+    assert precision_of(model) == "int8" and model.num_parameters() < n
+    want = torch.bfloat16 if precision.cpu_has_bf16() else torch.float32
+    assert model.model.embed_tokens.weight.dtype == want == layers[0].scale.dtype
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "int8"])
+def test_greedy_output_agrees_with_float32(memorizer, name):
+    model, continuation = memorizer
+    ref = generate(model, [PROMPT], max_new_tokens=24)[0]
+    assert ref == continuation[:24]                                    # what it was trained to say
+    low = apply_precision(copy.deepcopy(model), name, "cpu")
+    assert generate(low, [PROMPT], max_new_tokens=24)[0] == ref
+    # batched, left-padded prompts decode the same as well
+    out = generate(low, [PROMPT, PROMPT[2:]], max_new_tokens=16)
+    assert out[0] == ref[:16]
+
+
+def test_int8_logits_stay_close_to_float32_on_a_random_model():
+    """A random model has near ties, so compare logits, not tokens: a wrong scale axis or a transposed
+    weight would fail this."""
+    model = make_model(seed=3, std=0.1)
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        ref = model(ids).logits
+        low = apply_precision(copy.deepcopy(model), "int8", "cpu")(ids).logits.float()
+    cos = torch.nn.functional.cosine_similarity(low.flatten(1), ref.flatten(1)).item()
+    assert cos > 0.99, cos
+
+
+def test_load_for_inference_applies_the_precision_and_names_it(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "out" / "full_sft_64.pth")
+    adapter = tmp_path / "out" / "lora" / "lora_x_64.pth"
+    wrapped = make_adapter(adapter, ckpt)
+    m = load_for_inference(ckpt=ckpt, dtype="int8")
+    assert (m.label, m.info["dtype"], precision_of(m.model)) == ("full_sft_64_int8", "int8", "int8")
+    assert m.info["parameters"] == load_for_inference(ckpt=ckpt).info["parameters"]   # the float count
+    assert "int8)" in m.describe()
+    a = load_for_inference(adapter=adapter, dtype="int8")              # merged, then quantised
+    assert a.label == "lora_x_64_int8"
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        ref = wrapped(ids).logits
+        got = a.model(ids).logits.float()
+    assert torch.nn.functional.cosine_similarity(got.flatten(1), ref.flatten(1)).item() > 0.99
+    f = load_for_inference(ckpt=ckpt, dtype="float32")
+    assert f.label == "full_sft_64" and f.info["dtype"] == "float32"
+    assert load_for_inference(ckpt=ckpt, dtype="bfloat16").model.lm_head.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="int8 needs merge=True"):
+        load_for_inference(adapter=adapter, dtype="int8", merge=False)
+    with pytest.raises(ValueError, match="use one of float32, bfloat16, float16, int8"):
+        load_for_inference(ckpt=ckpt, dtype="int4")
+
+
+def test_eval_model_answers_in_int8_and_refuses_an_unknown_dtype(tmp_path):
+    make_checkpoint(tmp_path / "out" / "full_sft_64.pth")
+    cmd = [sys.executable, str(REPO / "eval_model.py"), "--out_dir", str(tmp_path / "out"), "--device", "cpu",
+           "--prompt", "hello", "--max_new_tokens", "4", "--temperature", "0"]
+    ok = subprocess.run(cmd + ["--dtype", "int8"], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "full_sft_64.pth (full_sft, 0.51M parameters, int8)" in ok.stderr
+    bad = subprocess.run(cmd + ["--dtype", "int4"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "--dtype: invalid choice: 'int4'" in bad.stderr
+    assert not (tmp_path / "out" / "eval").exists()
+
+
+def test_eval_bench_puts_each_precision_in_its_own_column(tmp_path, bench_cache):
+    make_checkpoint(tmp_path / "out" / "full_sft_64.pth")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "scripts" / "eval_bench.py"), "--out_dir", str(out), "--model", "full_sft",
+           "--tasks", "arc_easy", "--dtype", "float32,int8", "--no_progress"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    table = json.loads((out / "eval" / "bench_full_sft_float32_int8.json").read_text())
+    assert {r["model"] for r in table["rows"]} == {"full_sft_64", "full_sft_64_int8"}
+    assert (out / "eval" / "bench_arc_easy_0shot_full_sft_64_int8.json").is_file()
+    bad = subprocess.run(cmd[:-3] + ["--dtype", "float32,int4"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith(
+        "--dtype int4: use one of float32, bfloat16, float16, int8 (or several, comma-separated)")

@@ -59,15 +59,32 @@ def evaluate_models(models, task_names, out, num_fewshot=0, limit=None, seed=DEF
     """Rows of every (model, task, metric) for loaded models (load_models); a task is a name or a loaded
     benchmarks.Task."""
     tasks = [n if isinstance(n, Task) else load_task(n) for n in task_names]   # missing items: one line, first
-    rows = []
+    rows, first = [], {}            # (weights, task) -> (label, items) of the first precision scored
     for m in models:
+        weights = (m.info["checkpoint"], (m.info.get("adapter") or {}).get("path"))
         for task in tasks:
             result = evaluate_task(m, task, num_fewshot, limit, seed, chat, batch_tokens, progress)
+            ref = first.setdefault((weights, task.name), (m.label, result["items"]))
+            if ref[0] != m.label:   # the same weights at another precision: how often it predicts the same
+                result["agreement"] = same_predictions(result["items"], ref[1], ref[0])
             body = {"kind": "benchmark", "label": m.label, "model": m.info, "model_key": model_key(m),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}
             save_report(body, out, bench_test_name(task.name, num_fewshot, limit, chat), m)
             metrics = ", ".join(f"{k} {v['value']:.1%} ± {v['stderr']:.1%}" for k, v in result["metrics"].items())
+            agree = result.get("agreement")
+            agree = "; same prediction as " + agree["with"] + ": " + ", ".join(
+                f"{k} {v:.1%}" for k, v in agree.items() if k != "with") if agree else ""
             say(f"{m.label} {task.name} ({result['n']} items, {num_fewshot}-shot): {metrics} "
-                f"[{result['items_per_s']:.1f} items/s]")
+                f"[{result['items_per_s']:.1f} items/s]{agree}")
             rows += result_rows(result, m.label, m.info)
     return rows
+
+
+def same_predictions(items, ref_items, ref_label):
+    """{"with": ref_label, "acc": share of items with the same prediction[, "acc_norm": ... by acc_norm]}."""
+    out = {"with": ref_label}
+    for key, metric in (("pred", "acc"), ("pred_norm", "acc_norm")):
+        pairs = [(a[key], b[key]) for a, b in zip(items, ref_items) if key in a and key in b and a["id"] == b["id"]]
+        if pairs:
+            out[metric] = sum(x == y for x, y in pairs) / len(pairs)
+    return out

@@ -93,6 +93,44 @@ class LoRAFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, grad_a, grad_lb, None
 
 
+class HeldLoRAFunction(torch.autograd.Function):
+    """LoRAFunction for a frozen base held in a low precision (bfloat16) under autocast: x W^T in the base's
+    dtype, the low-rank term and the sum in float32, so the output is float32.
+
+    A sum rounded to bfloat16 drops any change below half a unit in the last place of the base output (8
+    bits of mantissa): a young adapter's small update would be lost, the same way at every step, and the
+    run learns more slowly than in float32 (BENCHMARKS.md measures it). Here the update survives into
+    the residual stream; the gradients of A and B are computed in float32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])                                            # (N, in), as it came
+        low = x2.to(weight.dtype)
+        y = (low @ weight.t() if bias is None else torch.addmm(bias, low, weight.t())).float()
+        h = x2.float() @ lora_a.t()                                              # (N, r) float32
+        y.addmm_(h, lora_b.t(), alpha=scaling)
+        ctx.save_for_backward(x2, h, weight, lora_a, lora_b)
+        ctx.scaling, ctx.shape, ctx.has_bias = scaling, shape, bias is not None
+        return y.view(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2, h, weight, lora_a, lora_b = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad_y.reshape(-1, grad_y.shape[-1]).float()                         # (N, out)
+        gh = g @ lora_b                                                          # (N, r)
+        grad_x = grad_a = grad_lb = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g.to(weight.dtype) @ weight).float().addmm_(gh, lora_a, alpha=s)
+            grad_x = grad_x.to(x2.dtype).view(ctx.shape)
+        if ctx.needs_input_grad[3]:
+            grad_a = torch.mm(gh.t(), x2.float()).mul_(s)
+        if ctx.needs_input_grad[4]:
+            grad_lb = torch.mm(g.t(), h).mul_(s)
+        return grad_x, None, None, grad_a, grad_lb, None
+
+
 class LoRALinear(nn.Module):
     """y = base(x) + scaling * B(A(dropout(x))), with A: in -> r, B: r -> out.
 
@@ -126,12 +164,11 @@ class LoRALinear(nn.Module):
         autocast = torch.is_autocast_enabled(device)
         if plain and not autocast and x.dtype == w.dtype:
             return LoRAFunction.apply(x, w, self.base.bias, self.lora_A.weight, self.lora_B.weight, self.scaling)
-        if plain and autocast and w.dtype == torch.get_autocast_dtype(device):
-            # a frozen base held in the autocast dtype (trainer.components.hold_frozen_in): what autocast
-            # would compute, fused; the casts of x, A and B are autograd's, so A and B keep float32 gradients
+        if plain and autocast and w.dtype == torch.get_autocast_dtype(device) and not w.requires_grad:
+            # a frozen base held in the autocast dtype (trainer.components.hold_frozen_in)
             with torch.autocast(device, enabled=False):
-                return LoRAFunction.apply(x.to(w.dtype), w, self.base.bias, self.lora_A.weight.to(w.dtype),
-                                          self.lora_B.weight.to(w.dtype), self.scaling)
+                return HeldLoRAFunction.apply(x, w, self.base.bias, self.lora_A.weight, self.lora_B.weight,
+                                              self.scaling)
         # the general path (dropout on the LoRA input, or autocast): A and B share the base's dtype and
         # autocast handles mixed precision, so no casts here
         y = self.base(x)

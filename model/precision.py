@@ -19,12 +19,15 @@ import torch.nn.functional as F
 
 PRECISIONS = ("float32", "bfloat16", "float16", "int8")          # the --dtype choices, float32 first
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-KERNEL_ROWS = 8       # up to this many rows go through the int8 kernel; more: dequantise once, dense matmul
+KERNEL_ROWS = 16      # up to this many rows take the int8 kernel (faster up to ~24 here); more: a dense matmul
 
 
 def cpu_has_bf16():
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there bfloat16 roughly doubles
-    training and decoding speed (BENCHMARKS.md); elsewhere it is emulated and slower than float32."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, and torch's kernels use AVX-512:
+    ATEN_CPU_CAPABILITY=avx2 turns that off): there bfloat16 roughly doubles training and decoding speed
+    (BENCHMARKS.md); elsewhere it is emulated and slower than float32."""
+    if not torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX")):
+        return False
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
                                                                       "_is_amx_tile_supported"))
 

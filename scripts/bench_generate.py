@@ -1,11 +1,22 @@
-"""Benchmark: decode and prefill tokens/s of TinyMind's sampling loop vs transformers' generate.
+"""Benchmark: decode and prefill tokens/s of TinyMind's sampling loop at each precision (float32, bfloat16,
+int8: model/precision.py) against transformers' generate in float32 (what a user gets by default).
 
-    python scripts/bench_generate.py                     # small preset (~26M), batch 1, CPU
-    python scripts/bench_generate.py --preset base --new_tokens 128 --prompt_len 256
+    python scripts/bench_generate.py                                  # small preset and SmolLM2, all precisions
+    python scripts/bench_generate.py --models small --dtypes float32  # the float32 race alone
+    python scripts/bench_generate.py --models smollm2 --llama_cpp     # + llama.cpp on the GGUF SmolLM2 came from
+    python scripts/bench_generate.py --models tiny --threads 1 --new_tokens 128
 
-Both run the same weights (TinyMind's state dict loaded into LlamaForCausalLM) in the same process,
-greedy, no stop token, so both produce the same number of tokens. Prints a table.
+--models: presets (tiny, small, base, moe: random weights, seed 0) or models as eval_bench's --model takes
+them (smollm2, a checkpoint .pth). Every row of a model runs the same weights (TinyMind's state dict loaded
+into LlamaForCausalLM for transformers; each precision applied at load time to the float32 weights), the
+same random prompt, greedy, no stop token, interleaved, best of --repeats. "same greedy" compares the first
+--check_tokens tokens of each row with TinyMind float32's on --check_prompts prompts (the music test set's
+questions in the chat template for a real model; random prompts for a preset, whose random weights have
+near ties that any rounding flips), and "same tokens" how many first tokens agree on average. --llama_cpp adds llama.cpp (llama-cpp-python, if installed) for a model
+imported from a GGUF file, on that file as it is (its own quantisation, named in the row).
 """
+import copy
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -14,10 +25,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import ArgumentParser  # noqa: E402
-from model.config import get_preset  # noqa: E402
-from model.generate import generate  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
+from evaluation.qa import asked, read_conversations  # noqa: E402
+from model import paths  # noqa: E402
+from model.checkpoint import read_pth  # noqa: E402
+from model.config import PRESETS, get_preset  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.generate import build_prompt, generate  # noqa: E402
+from model.inference import load_model_spec  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
+from model.precision import PRECISIONS, apply_precision  # noqa: E402
 from bench_common import cpu_name  # noqa: E402
 
 
@@ -38,62 +55,149 @@ def best_of(fn, repeats):
     return min(times)
 
 
+def load(spec):
+    """(name, float32 model, tokenizer or None, GGUF source or None) for a preset or a model spec."""
+    if spec in PRESETS:
+        torch.manual_seed(0)
+        return spec, TinyMindForCausalLM(get_preset(spec)).eval(), None, None
+    loaded = load_model_spec(spec, paths.out_dir(), dtype="float32")
+    source = read_pth(loaded.info["checkpoint"]).get("meta", {}).get("source", "") \
+        if str(loaded.info["checkpoint"]).endswith(".pth") else str(loaded.info["checkpoint"])
+    return loaded.label, loaded.model, loaded.tokenizer, source if str(source).endswith(".gguf") else None
+
+
+def check_prompts(model, tokenizer, n):
+    if tokenizer is None:
+        g = torch.Generator().manual_seed(1)
+        return [torch.randint(5, model.config.vocab_size, (24,), generator=g).tolist() for _ in range(n)]
+    records = read_conversations(paths.repo_root() / "dataset" / "music_test.jsonl")[:n]
+    return [build_prompt(tokenizer, asked(r["conversations"])) for r in records]
+
+
+class TinyMindRow:
+    def __init__(self, model, dtype):
+        self.name = f"TinyMind {dtype}"
+        self.model = model if dtype == "float32" else apply_precision(copy.deepcopy(model), dtype, "cpu")
+
+    def prefill(self, ids):
+        with torch.inference_mode():
+            self.model(torch.tensor([ids]), last_only=True)
+
+    def decode(self, ids, n):
+        return generate(self.model, [ids], max_new_tokens=n)[0]
+
+
+class TransformersRow:
+    def __init__(self, model):
+        self.name, self.model = "transformers float32", to_hf(model)
+
+    def prefill(self, ids):
+        with torch.inference_mode():
+            self.model(torch.tensor([ids]), logits_to_keep=1)
+
+    def decode(self, ids, n):
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            out = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
+                                      do_sample=False, eos_token_id=None, pad_token_id=0)
+        return out[0, len(ids):].tolist()
+
+
+class LlamaCppRow:
+    def __init__(self, gguf, threads):
+        from llama_cpp import Llama
+        self.llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
+        quant = Path(gguf).stem.rsplit(".", 1)[-1]
+        self.name = f"llama.cpp {quant} (its GGUF)"
+
+    def prefill(self, ids):
+        self.llm.reset()
+        self.llm.eval(ids)
+
+    def decode(self, ids, n):
+        self.llm.reset()
+        out = []
+        for t in self.llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(int(t))
+            if len(out) == n:
+                break
+        return out
+
+
+def common_prefix(a, b):
+    """How many first tokens two outputs share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def bench_model(spec, args):
+    name, model, tokenizer, gguf = load(spec)
+    rows = [TinyMindRow(model, d) for d in args.dtypes] + [TransformersRow(model)]
+    if args.llama_cpp and gguf:
+        rows.append(LlamaCppRow(gguf, torch.get_num_threads()))
+    prompt = torch.randint(5, model.config.vocab_size, (args.prompt_len,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+    for r in rows:
+        r.decode(prompt, 8)                                                    # warm up
+    pre, dec = {r.name: [] for r in rows}, {r.name: [] for r in rows}
+    for _ in range(args.repeats):                                              # interleaved rounds
+        for r in rows:
+            pre[r.name].append(best_of(lambda: r.prefill(prompt), 1))
+            dec[r.name].append(best_of(lambda: r.decode(prompt, args.new_tokens), 1))
+    checks = check_prompts(model, tokenizer, args.check_prompts)
+    ref = [rows[0].decode(p, args.check_tokens) for p in checks] if args.dtypes[0] == "float32" else None
+    table = []
+    for r in rows:
+        t_pre, t_all = min(pre[r.name]), min(dec[r.name])
+        # the decode rate leaves out the prefill, which each call does once
+        agree = [common_prefix(r.decode(p, args.check_tokens), want) for p, want in zip(checks, ref)] if ref else []
+        table.append((r.name, args.prompt_len / t_pre, args.new_tokens / max(t_all - t_pre, 1e-9), agree))
+    return name, model.num_parameters(), table
+
+
 def main():
     ap = ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="small", help="model preset (tiny/small/base/moe)")
+    ap.add_argument("--models", default=None, help="comma-separated presets or models (default small,smollm2)")
+    ap.add_argument("--preset", default=None, help="one preset (the same as --models PRESET)")
+    ap.add_argument("--dtypes", default="float32,bfloat16,int8", help="TinyMind's precisions, float32 first")
     ap.add_argument("--prompt_len", type=int, default=64, help="prompt tokens")
     ap.add_argument("--new_tokens", type=int, default=256, help="tokens to decode")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the best of each row is reported")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--check_prompts", type=int, default=8, help="prompts of the same-greedy check")
+    ap.add_argument("--check_tokens", type=int, default=32, help="tokens compared per prompt")
+    ap.add_argument("--llama_cpp", action="store_true", help="add llama.cpp for a model imported from a GGUF")
     args = ap.parse_args()
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    if not args.dtypes or set(args.dtypes) - set(PRECISIONS):
+        raise UserError(f"--dtypes {','.join(args.dtypes)}: use some of {', '.join(PRECISIONS)}")
+    models = (args.models or args.preset or "small,smollm2").split(",")
+    if args.llama_cpp and importlib.util.find_spec("llama_cpp") is None:
+        raise UserError("--llama_cpp needs llama-cpp-python: pip install llama-cpp-python "
+                        "(it compiles llama.cpp, several minutes)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = TinyMindForCausalLM(get_preset(args.preset)).eval()
-    hf = to_hf(model)
-    prompt = torch.randint(5, model.config.vocab_size, (1, args.prompt_len))
-    ids = prompt[0].tolist()
-
-    def ours_prefill():
-        with torch.inference_mode():
-            model(prompt, last_only=True)
-
-    def hf_prefill():
-        with torch.inference_mode():
-            hf(prompt, logits_to_keep=1)
-
-    def ours_decode():
-        generate(model, [ids], max_new_tokens=args.new_tokens)
-
-    def hf_decode():
-        with torch.inference_mode():
-            hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
-                        min_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
-
-    ours_decode(), hf_decode()                                    # warm up
-    rows = []
-    for name, pre, dec in [("TinyMind generate()", ours_prefill, ours_decode),
-                           ("transformers generate()", hf_prefill, hf_decode)]:
-        t_pre = best_of(pre, args.repeats)
-        t_all = best_of(dec, args.repeats)
-        # decode rate excludes the prefill, which both do once per call
-        rows.append((name, args.prompt_len / t_pre, args.new_tokens / max(t_all - t_pre, 1e-9)))
-    same = generate(model, [ids], max_new_tokens=32)[0] == hf.generate(
-        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, min_new_tokens=32, do_sample=False,
-        eos_token_id=None, pad_token_id=0)[0, args.prompt_len:].tolist()
-
+    results = [bench_model(m, args) for m in models]
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"preset {args.preset} ({model.num_parameters() / 1e6:.1f}M params), batch 1, "
-          f"prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, best of {args.repeats}")
-    print(f"greedy outputs identical for 32 tokens: {same}")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__} "
+          f"({torch.backends.cpu.get_cpu_capability()} kernels), batch 1, "
+          f"prompt {args.prompt_len} random tokens, {args.new_tokens} new tokens, greedy, best of "
+          f"{args.repeats} interleaved rounds")
     print()
-    print(f"| {'implementation':<24} | {'prefill tok/s':>13} | {'decode tok/s':>12} | {'decode speed-up':>15} |")
-    print(f"|{'-' * 26}|{'-' * 15}|{'-' * 14}|{'-' * 17}|")
-    ref = rows[1][2]
-    for name, pre, dec in rows:
-        print(f"| {name:<24} | {pre:>13,.0f} | {dec:>12,.1f} | {dec / ref:>14.2f}x |")
+    print(f"| {'model':<20} | {'implementation':<26} | {'prefill tok/s':>13} | {'decode tok/s':>12} | "
+          f"{'vs transformers':>15} | {'same greedy':>11} | {'same tokens':>11} |")
+    print(f"|{'-' * 22}|{'-' * 28}|{'-' * 14}:|{'-' * 13}:|{'-' * 16}:|{'-' * 12}:|{'-' * 12}:|")
+    for name, n_params, table in results:
+        ref = next(dec for impl, _, dec, _ in table if impl.startswith("transformers"))
+        label = f"{name} ({n_params / 1e6:.0f}M)"
+        for impl, pre, dec, agree in table:
+            same = f"{sum(a == args.check_tokens for a in agree)}/{len(agree)}" if agree else "-"
+            mean = f"{sum(agree) / len(agree):.1f}" if agree else "-"
+            print(f"| {label:<20} | {impl:<26} | {pre:>13,.0f} | {dec:>12,.1f} | {dec / ref:>14.2f}x | "
+                  f"{same:>11} | {mean:>11} |")
+            label = ""
+    print(f"\nsame greedy: prompts whose first {args.check_tokens} greedy tokens equal TinyMind float32's; same "
+          "tokens: how many first tokens are equal, on average")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -151,7 +151,12 @@ def test_eval_bench_puts_each_precision_in_its_own_column(tmp_path, bench_cache)
     assert run.returncode == 0, run.stderr
     table = json.loads((out / "eval" / "bench_full_sft_float32_int8.json").read_text())
     assert {r["model"] for r in table["rows"]} == {"full_sft_64", "full_sft_64_int8"}
-    assert (out / "eval" / "bench_arc_easy_0shot_full_sft_64_int8.json").is_file()
+    report = json.loads((out / "eval" / "bench_arc_easy_0shot_full_sft_64_int8.json").read_text())
+    ref = json.loads((out / "eval" / "bench_arc_easy_0shot_full_sft_64.json").read_text())
+    same = [a["pred"] == b["pred"] for a, b in zip(report["items"], ref["items"])]
+    assert report["agreement"]["with"] == "full_sft_64" and "agreement" not in ref
+    assert report["agreement"]["acc"] == sum(same) / len(same)
+    assert "same prediction as full_sft_64: acc " in run.stdout
     bad = subprocess.run(cmd[:-3] + ["--dtype", "float32,int4"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().endswith(
         "--dtype int4: use one of float32, bfloat16, float16, int8 (or several, comma-separated)")

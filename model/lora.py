@@ -111,11 +111,11 @@ class HeldLoRAFunction(torch.autograd.Function):
         h = x2.float() @ lora_a.t()                                              # (N, r) float32
         y.addmm_(h, lora_b.t(), alpha=scaling)
         ctx.save_for_backward(x2, h, weight, lora_a, lora_b)
-        ctx.scaling, ctx.shape, ctx.has_bias = scaling, shape, bias is not None
+        ctx.scaling, ctx.shape = scaling, shape
         return y.view(*shape[:-1], y.shape[-1])
 
     @staticmethod
-    def backward(ctx, grad_y):
+    def backward(ctx, grad_y):          # the base weight and bias are frozen: no gradient for them
         x2, h, weight, lora_a, lora_b = ctx.saved_tensors
         s = ctx.scaling
         g = grad_y.reshape(-1, grad_y.shape[-1]).float()                         # (N, out)
@@ -164,11 +164,12 @@ class LoRALinear(nn.Module):
         autocast = torch.is_autocast_enabled(device)
         if plain and not autocast and x.dtype == w.dtype:
             return LoRAFunction.apply(x, w, self.base.bias, self.lora_A.weight, self.lora_B.weight, self.scaling)
-        if plain and autocast and w.dtype == torch.get_autocast_dtype(device) and not w.requires_grad:
+        bias = self.base.bias
+        if plain and autocast and w.dtype == torch.get_autocast_dtype(device) and not w.requires_grad \
+                and (bias is None or not bias.requires_grad):
             # a frozen base held in the autocast dtype (trainer.components.hold_frozen_in)
             with torch.autocast(device, enabled=False):
-                return HeldLoRAFunction.apply(x, w, self.base.bias, self.lora_A.weight, self.lora_B.weight,
-                                              self.scaling)
+                return HeldLoRAFunction.apply(x, w, bias, self.lora_A.weight, self.lora_B.weight, self.scaling)
         # the general path (dropout on the LoRA input, or autocast): A and B share the base's dtype and
         # autocast handles mixed precision, so no casts here
         y = self.base(x)

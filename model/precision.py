@@ -47,6 +47,9 @@ def precision_hint(name, device):
                 "float32; use --dtype int8 (fastest decoding) or float32")
     if name == "float16" and device.type == "cpu":
         return "--dtype float16: a CPU has no fast float16 matmul; use --dtype bfloat16, int8 or float32"
+    if name == "int8" and device.type != "cpu":
+        return (f"--dtype int8: on {device.type} there is no int8 kernel here, so each layer runs a dequantised "
+                "matmul (slower than bfloat16, no memory saved); use --dtype bfloat16")
     return None
 
 
@@ -73,7 +76,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(dtype))              # cast with the model, as its floats are
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
-        self.kernel = q.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+        # torch's CPU kernel (2.13) needs the input width to be a multiple of 16: other widths give wrong
+        # numbers or crash, so they take the dense path
+        self.kernel = hasattr(torch, "_weight_int8pack_mm") and linear.in_features % 16 == 0
 
     def dequantized(self):
         """The (out, in) weight in the scales' dtype, as the int8 values and scales give it."""
@@ -82,7 +87,7 @@ class Int8Linear(nn.Module):
     def forward(self, x):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.kernel and x2.shape[0] <= KERNEL_ROWS:
+        if self.kernel and x2.shape[0] <= KERNEL_ROWS and x2.device.type == "cpu":
             # the kernel takes bfloat16 activations and scales (a no-op cast in a bfloat16 model)
             y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.weight_int8,
                                           self.scale.to(torch.bfloat16)).to(x.dtype)

@@ -165,7 +165,7 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval.tasks import TaskManager
     from model.convert import export_hf
-    loaded = load_model_spec(args.model, out, device="cpu", dtype=torch.float32)
+    loaded = load_model_spec(args.model, out, device="cpu", dtype="float32")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         export_hf(ckpt, Path(tmp) / "hf")

@@ -75,6 +75,8 @@ def check_args(args):
     bad = [d for d in args.dtypes if d not in PRECISIONS] or ([] if args.dtypes else ["''"])
     if bad:
         raise UserError(f"--dtype {bad[0]}: use one of {', '.join(PRECISIONS)} (or several, comma-separated)")
+    if len(set(args.dtypes)) < len(args.dtypes):
+        raise UserError(f"--dtype {args.dtype}: each precision once")
     check_range("--num_fewshot", args.num_fewshot, 0, 100, integer=True)
     check_range("--batch_tokens", args.batch_tokens, 64, integer=True)
     check_range("--seed", args.seed, 0, 2**32 - 1, integer=True)

@@ -47,19 +47,21 @@ def test_quantised_weight_is_within_half_a_step_per_output_channel():
     assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()
 
 
-@pytest.mark.parametrize("rows", [1, precision.KERNEL_ROWS, precision.KERNEL_ROWS + 1, 40])
+@pytest.mark.parametrize("rows,width", [(1, 64), (precision.KERNEL_ROWS, 64), (precision.KERNEL_ROWS + 1, 64),
+                                        (40, 64), (1, 40), (3, 36)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_linear_is_the_matmul_with_its_dequantised_weight(rows, dtype, monkeypatch):
-    """Both paths (the int8 kernel for a few rows, a dense matmul for many) compute x W_q^T + b."""
+def test_int8_linear_is_the_matmul_with_its_dequantised_weight(rows, width, dtype, monkeypatch):
+    """Both paths (the int8 kernel for a few rows, a dense matmul for many) compute x W_q^T + b; an input
+    width the kernel cannot take (not a multiple of 16: wrong numbers or a crash there) takes the dense one."""
     torch.manual_seed(0)
-    linear = nn.Linear(64, 96)
+    linear = nn.Linear(width, 96)
     layer = Int8Linear(linear, dtype)
-    x = torch.randn(1, rows, 64).to(dtype)
+    x = torch.randn(1, rows, width).to(dtype)
     ref = (x.float() @ layer.dequantized().float().t() + linear.bias.detach().float())
     calls, kernel = [], torch._weight_int8pack_mm
     monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda *a: calls.append(1) or kernel(*a))
     y = layer(x)
-    assert len(calls) == (rows <= precision.KERNEL_ROWS)          # decoding takes the int8 kernel
+    assert len(calls) == (rows <= precision.KERNEL_ROWS and width % 16 == 0)   # decoding takes the int8 kernel
     assert y.dtype == dtype and y.shape == (1, rows, 96)
     tol = 2e-5 if dtype == torch.float32 and rows > precision.KERNEL_ROWS else 0.05   # bf16 activations
     assert torch.allclose(y.float(), ref, atol=tol, rtol=0.02)
@@ -160,3 +162,5 @@ def test_eval_bench_puts_each_precision_in_its_own_column(tmp_path, bench_cache)
     bad = subprocess.run(cmd[:-3] + ["--dtype", "float32,int4"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().endswith(
         "--dtype int4: use one of float32, bfloat16, float16, int8 (or several, comma-separated)")
+    twice = subprocess.run(cmd[:-3] + ["--dtype", "int8,int8"], capture_output=True, text=True, cwd=tmp_path)
+    assert twice.returncode == 2 and twice.stderr.strip().endswith("--dtype int8,int8: each precision once")

@@ -62,6 +62,8 @@ def test_the_held_base_update_is_float32_accurate(monkeypatch):
     assert grads[0].dtype == torch.float32
     assert abs(losses[0] - losses[1]) < 2e-3 * abs(losses[1])
     assert nn.functional.cosine_similarity(grads[0], grads[1], dim=0).item() > 0.999
+    assert abs(grads[0].norm() / grads[1].norm() - 1) < 0.01                # and the same size
+    assert torch.allclose(grads[0], grads[1], rtol=0.05, atol=0.02 * grads[1].abs().max().item())
 
 
 def test_a_small_adapter_update_is_not_rounded_away():

@@ -1,0 +1,146 @@
+"""Select training data by Instruction-Following Difficulty (IFD, the Cherry LLM method): score every sample
+with a model, then keep the hardest ones.
+
+    python scripts/select_data.py score --data_path dataset/sft.jsonl --ckpt smollm2 -o out/select/sft_scores.jsonl
+    python scripts/select_data.py select --data_path dataset/sft.jsonl --scores out/select/sft_scores.jsonl \\
+        --ratio 0.1 -o out/select/sft_top10.jsonl
+    torchrun --nproc_per_node 2 scripts/select_data.py score --data_path alpaca_data.json --ckpt smollm2 \\
+        --prompt alpaca -o out/select/alpaca_scores.jsonl          # shards the scoring over 2 processes
+
+score: for each sample, s(A|Q) and s(A) (the mean cross-entropy of the answer's tokens with and without
+the question), ifd = s(A|Q) / s(A), ifd_ppl = exp(s(A|Q) - s(A)), the answer's token count, whether
+anything was cut, and the sample's line (selection/ifd.py says exactly how each --prompt builds Q and "the
+answer alone"). Multi-turn samples: the last assistant turn is A, everything before it Q. --max_length
+tokens per pass: the answer is cut from the right to fit after the question (the same answer tokens in
+both passes), a question longer than max_length - 16 from the left; such samples say "truncated". An
+interrupted run continues its scores file when started again. --ckpt takes what eval_bench's --model does
+(a .pth checkpoint or adapter, smollm2, a .gguf, a Hugging Face folder, full_sft, an adapter name).
+
+select: the top --ratio (of the samples left after the filters) or --count by --by (ifd or ifd_ppl);
+samples with ifd >= 1 are dropped unless --keep_above_one, and those with fewer than --min_answer_tokens
+answer tokens. Writes the selected samples in the input's own format (JSONL, or Alpaca's JSON array), and
+beside them {output}.stats.json and {output}.hist.png (the scores' histogram with the cut marked).
+Inputs: every JSONL format TinyMind reads, and Alpaca's alpaca_data.json (one JSON array).
+"""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
+
+import torch  # noqa: E402
+
+from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
+from model import paths  # noqa: E402
+from model.atomic import check_writable, write_text  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.precision import PRECISIONS  # noqa: E402
+from selection.ifd import PROMPTS  # noqa: E402
+from selection.samples import read_samples, write_samples  # noqa: E402
+from selection.select import BY, choose, histogram  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score", help="score every sample (IFD)")
+    s.add_argument("--data_path", required=True, help="JSONL (any format) or Alpaca's JSON array")
+    s.add_argument("--ckpt", required=True, help="the scorer: a .pth, smollm2, .gguf, HF folder or a name")
+    s.add_argument("-o", "--output", required=True, help="the scores file (JSONL, one line per sample)")
+    s.add_argument("--prompt", choices=PROMPTS, default="chatml",
+                   help="how the question is written: chatml (the scorer's chat template, default), alpaca "
+                        "(Cherry's Stanford-Alpaca template), plain")
+    s.add_argument("--max_length", type=int, default=512, help="tokens per pass (default 512, as Cherry's)")
+    s.add_argument("--batch_tokens", type=int, default=8192, help="padded tokens per forward (memory vs speed)")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--dtype", choices=PRECISIONS, default="float32", help="the scorer's precision")
+    s.add_argument("--out_dir", default=None, help="where model names are looked up (default <repo>/out)")
+    s.add_argument("--no_progress", action="store_true")
+    t = sub.add_parser("select", help="keep the top samples by their scores")
+    t.add_argument("--data_path", required=True, help="the file that was scored")
+    t.add_argument("--scores", required=True, help="the scores file of `score`")
+    t.add_argument("-o", "--output", required=True, help="the selected samples (the input's format)")
+    how = t.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, help="share of the samples left after the filters (e.g. 0.1)")
+    how.add_argument("--count", type=int, help="how many samples")
+    t.add_argument("--by", choices=BY, default="ifd", help="ifd (default) or ifd_ppl (Superfiltering)")
+    t.add_argument("--keep_above_one", action="store_true", help="keep samples with ifd >= 1")
+    t.add_argument("--min_answer_tokens", type=int, default=0, help="drop samples with fewer answer tokens")
+    args = p.parse_args(argv)
+    if args.command == "score":
+        check_device(args.device)
+        check_range("--max_length", args.max_length, 8, integer=True)
+        check_range("--batch_tokens", args.batch_tokens, 16, integer=True)
+    else:
+        if args.ratio is not None:
+            check_range("--ratio", args.ratio, 0, 1, low_open=True)
+        if args.count is not None:
+            check_range("--count", args.count, 1, integer=True)
+        check_range("--min_answer_tokens", args.min_answer_tokens, 0, integer=True)
+    return args
+
+
+def side_paths(output):
+    output = Path(output)
+    return output.with_name(output.name + ".stats.json"), output.with_name(output.name + ".hist.png")
+
+
+def score(args):
+    from model.inference import load_model_spec
+    from selection.run import score_file
+    from trainer.distributed import cleanup_distributed, setup_distributed
+    data, output = paths.resolve_input(args.data_path), Path(args.output)
+    check_writable(output)
+    samples = read_samples(data)                            # a bad line: one line, before any model
+    dist = setup_distributed(args.device)
+    try:
+        loaded = load_model_spec(args.ckpt, paths.out_dir(args.out_dir), device=dist.device, dtype=args.dtype)
+        window = loaded.model.config.max_position_embeddings
+        if args.max_length > window:
+            raise UserError(f"--max_length {args.max_length}: the scorer's window is {window} tokens")
+        if dist.is_main:
+            print(f"scorer {loaded.describe()}; {len(samples):,} samples of {data}, --prompt {args.prompt}")
+        path = score_file(samples, loaded, output, args.prompt, args.max_length, args.batch_tokens, dist,
+                          progress=not args.no_progress)
+    finally:
+        cleanup_distributed()
+    if dist.is_main:
+        print(f"scores: {path}")
+
+
+def select(args):
+    data, scores, output = (paths.resolve_input(args.data_path), paths.resolve_input(args.scores),
+                            Path(args.output))
+    stats_path, png_path = side_paths(output)
+    for p in (output, stats_path, png_path):
+        check_writable(p)
+    samples = read_samples(data)
+    if not scores.is_file():
+        raise UserError(f"{scores}: file not found; make it with `python scripts/select_data.py score ...`")
+    rows = [json.loads(s) for s in scores.read_text(encoding="utf-8").splitlines() if s.strip()]
+    by_line = {s.line: s for s in samples}
+    unknown = [r["line"] for r in rows if r["line"] not in by_line]
+    if unknown or len(rows) != len(samples):
+        raise UserError(f"{scores}: scores {len(rows):,} lines for the {len(samples):,} samples of {data}"
+                        + (f" (line {unknown[0]} is not a sample there)" if unknown else "")
+                        + "; score this file (or finish the run)")
+    kept, stats = choose(rows, args.ratio, args.count, args.by, args.keep_above_one, args.min_answer_tokens)
+    write_samples(output, [by_line[n] for n in kept], like=data)
+    stats.update(data=str(data), scores=str(scores), output=str(output), ratio=args.ratio, count=args.count)
+    write_text(stats_path, json.dumps(stats, indent=2) + "\n")
+    histogram(rows, args.by, stats["cut"], png_path, f"{data.name}: {stats['selected']:,} of "
+              f"{stats['samples']:,} selected by {args.by}")
+    print(f"selected {stats['selected']:,} of {stats['samples']:,} samples ({stats['ifd_at_least_1_dropped']:,} "
+          f"with ifd >= 1 dropped, {stats['without_score']:,} without a score); cut {args.by} "
+          f"{stats['cut'] if stats['cut'] is not None else '-'}")
+    print(f"wrote {output}, {stats_path}, {png_path}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    (score if args.command == "score" else select)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

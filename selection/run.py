@@ -1,0 +1,81 @@
+"""A scoring run over a data file: resumable and shardable (torchrun), with a progress bar.
+
+Each rank scores the batches b with b % world_size == rank (the batches fixed up front by
+selection.ifd.make_batches) and appends each finished batch's lines, in one write, to its part file
+{scores}.part{rank}of{world}; a run started again skips the lines its part already has (a torn last line
+is scored again). When every rank is done, rank 0 merges the parts, sorted by line, into the scores file
+(atomically) and removes them.
+
+    from selection.run import score_file
+    score_file(samples, loaded, "scores.jsonl", prompt="alpaca", max_length=512, batch_tokens=8192, dist=dist)
+"""
+import json
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dataset.formats import dumps
+from model.atomic import write_text
+from trainer.distributed import barrier
+from .ifd import Pair, make_batches, score_batch
+
+
+def part_path(scores, rank, world):
+    return Path(f"{scores}.part{rank}of{world}")
+
+
+def read_lines(path):
+    """The score lines of a (part) file; a torn last line (an interrupted write) is left out."""
+    rows = []
+    if Path(path).is_file():
+        for text in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def append_lines(path, rows):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rewrite_clean(path, rows):
+    """A part file that ended in a torn line is rewritten without it before appending."""
+    write_text(path, "".join(dumps(r) + "\n" for r in rows))
+
+
+def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, progress=True, say=print):
+    """Score every sample into the scores file (see the module doc); returns its path."""
+    model, tok = loaded.model, loaded.tokenizer
+    pairs = [Pair(s, tok, prompt, max_length) for s in samples]
+    mine = [b for i, b in enumerate(make_batches(pairs, batch_tokens)) if i % dist.world_size == dist.rank]
+    part = part_path(scores, dist.rank, dist.world_size)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    done_rows = read_lines(part)
+    if part.is_file() and len(done_rows) != len(part.read_text(encoding="utf-8").splitlines()):
+        rewrite_clean(part, done_rows)
+    done = {r["line"] for r in done_rows}
+    todo = [b for b in mine if not all(p.line in done for p in b)]
+    n_done = sum(len(b) for b in mine) - sum(len(b) for b in todo)
+    if done and dist.is_main:
+        say(f"resuming {scores}: {len(done_rows):,} samples already scored")
+    bar = tqdm(total=sum(len(b) for b in mine), initial=n_done, unit="sample", desc="scoring",
+               disable=not progress or not dist.is_main, dynamic_ncols=True)
+    for batch in todo:                  # a batch whose lines were partly written is scored again, whole
+        append_lines(part, [r for r in score_batch(model, batch, tok.pad_id) if r["line"] not in done])
+        bar.update(len(batch))
+    bar.close()
+    barrier(dist)
+    if dist.is_main:
+        rows = [r for rank in range(dist.world_size) for r in read_lines(part_path(scores, rank, dist.world_size))]
+        rows.sort(key=lambda r: r["line"])
+        write_text(scores, "".join(dumps(r) + "\n" for r in rows))
+        for rank in range(dist.world_size):
+            part_path(scores, rank, dist.world_size).unlink(missing_ok=True)
+    barrier(dist)
+    return Path(scores)

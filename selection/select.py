@@ -1,0 +1,56 @@
+"""Selection by IFD: the top --ratio or --count samples by ifd (or ifd_ppl), the paper's filters first, and
+the report of what was kept (stats and a histogram of the scores with the cut marked).
+
+    from selection.select import choose, histogram
+    kept, stats = choose(score_rows, ratio=0.1)
+"""
+BY = ("ifd", "ifd_ppl")
+
+
+def choose(rows, ratio=None, count=None, by="ifd", keep_above_one=False, min_answer_tokens=0):
+    """-> (the chosen lines, in file order; stats). Dropped first: samples without a score, with fewer
+    than min_answer_tokens answer tokens, and (unless keep_above_one) those with ifd >= 1 (the question
+    does not help: misaligned, in the paper). Of the rest, the count, or ratio of them, with the highest
+    score (Cherry's data_by_IFD: the rate is of the samples left after the filters)."""
+    if (ratio is None) == (count is None):
+        raise ValueError("choose: give exactly one of ratio, count")
+    no_score = [r for r in rows if r.get(by) is None]
+    short = [r for r in rows if r.get(by) is not None and r["answer_tokens"] < min_answer_tokens]
+    scored = [r for r in rows if r.get(by) is not None and r["answer_tokens"] >= min_answer_tokens]
+    above = [r for r in scored if r["ifd"] >= 1]
+    eligible = scored if keep_above_one else [r for r in scored if r["ifd"] < 1]
+    n = count if count is not None else int(len(eligible) * ratio)
+    n = min(n, len(eligible))
+    ranked = sorted(eligible, key=lambda r: (-r[by], r["line"]))
+    kept = ranked[:n]
+    stats = {"samples": len(rows), "without_score": len(no_score), "below_min_answer_tokens": len(short),
+             "ifd_at_least_1": len(above), "ifd_at_least_1_dropped": 0 if keep_above_one else len(above),
+             "eligible": len(eligible), "selected": len(kept), "by": by,
+             "cut": kept[-1][by] if kept else None,
+             "selected_mean": sum(r[by] for r in kept) / len(kept) if kept else None,
+             "eligible_mean": sum(r[by] for r in eligible) / len(eligible) if eligible else None,
+             "truncated": sum(bool(r.get("truncated")) for r in rows)}
+    return sorted(r["line"] for r in kept), stats
+
+
+def histogram(rows, by, cut, path, title):
+    """A PNG of the scores' distribution with the selection's cut marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from model.atomic import atomic_open
+    values = [r[by] for r in rows if r.get(by) is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(values, bins=50, color="#4C72B0")
+    if cut is not None:
+        ax.axvline(cut, color="#C44E52", linestyle="--", label=f"cut {cut:.3f} (kept: above)")
+    ax.axvline(1.0, color="gray", linestyle=":", label=f"{by} = 1")
+    ax.set_xlabel(by)
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return path

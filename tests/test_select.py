@@ -1,0 +1,174 @@
+"""IFD data selection (selection/, scripts/select_data.py): the scores against transformers on a small random
+Llama, selection, an interrupted run resuming to the same file, a 2-process torchrun run equal to one
+process, and the command's outputs and errors.
+
+    pytest tests/test_select.py
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from factories import REPO, default_tokenizer, make_checkpoint, write_chat, write_jsonl
+from model.inference import load_for_inference
+from selection import ifd, run
+from selection.ifd import Pair, split_sample
+from selection.samples import read_samples
+from selection.select import choose
+from trainer.distributed import Dist
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SCRIPT = str(REPO / "scripts" / "select_data.py")
+
+
+def mixed_data(tmp_path):
+    """Chat samples, an Alpaca one with an input, a multi-turn one."""
+    path = write_chat(tmp_path / "data.jsonl", n=10)
+    rows = [json.loads(s) for s in path.read_text().splitlines()]
+    rows.append({"instruction": "Name a string instrument", "input": "in an orchestra", "output": "the cello"})
+    rows.append({"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                                   {"role": "user", "content": "a song?"},
+                                   {"role": "assistant", "content": "a melody with a chord"}]})
+    return write_jsonl(path, rows)
+
+
+def hf_reference(loaded, pair):
+    """transformers' LlamaForCausalLM on the same weights, one sample at a time, two forwards."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from model.convert import hf_config_dict
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(loaded.model.config)))
+    hf.load_state_dict(loaded.model.state_dict(), strict=True)
+    hf.eval()
+
+    def loss(context):
+        ids = torch.tensor([context + pair.answer])
+        labels = ids.clone()
+        labels[0, :len(context)] = -100
+        with torch.no_grad():
+            return hf(ids, labels=labels).loss.item()
+    return loss(pair.question), loss(pair.alone)
+
+
+@pytest.mark.parametrize("prompt", ["chatml", "alpaca", "plain"])
+def test_scores_equal_a_transformers_computation(tmp_path, prompt):
+    ckpt = make_checkpoint(tmp_path / "m.pth", std=0.08)
+    loaded = load_for_inference(ckpt=ckpt)
+    samples = read_samples(mixed_data(tmp_path))
+    pairs = [Pair(s, loaded.tokenizer, prompt, 64) for s in samples]
+    got = [r for b in ifd.make_batches(pairs, 300) for r in ifd.score_batch(loaded.model, b, 0)]
+    assert len(got) == len(samples) and len(ifd.make_batches(pairs, 300)) > 1       # several batches, padded
+    for pair, row in zip(pairs, got):
+        cond, alone = hf_reference(loaded, pair)
+        assert row["loss_cond"] == pytest.approx(cond, rel=1e-4)
+        assert row["loss_alone"] == pytest.approx(alone, rel=1e-4)
+        assert row["ifd"] == pytest.approx(cond / alone, rel=1e-4)
+        assert row["ifd_ppl"] == pytest.approx(torch.tensor(cond - alone).exp().item(), rel=1e-4)
+
+
+def test_what_each_prompt_scores(tmp_path):
+    tok = default_tokenizer()
+    samples = read_samples(mixed_data(tmp_path))
+    alpaca, multi = samples[-2], samples[-1]
+    q, alone, a = split_sample(alpaca, tok, "alpaca")
+    alpaca_q = q
+    assert tok.decode(q).endswith("### Instruction:\nName a string instrument\n\n### Input:\nin an orchestra\n\n"
+                                  "### Response:")
+    assert tok.decode(alone).endswith("### Response:") and tok.decode(a) == "the cello"
+    q, alone, a = split_sample(multi, tok, "plain")
+    assert "user: hi\nassistant: hello\na song?" in tok.decode(q) and tok.decode(a) == "a melody with a chord"
+    q, alone, a = split_sample(multi, tok, "chatml")
+    assert tok.decode(a).startswith("a melody with a chord") and "hello" in tok.decode(q)
+    assert "a song?" not in tok.decode(alone) and len(alone) < len(q)
+    long = Pair(alpaca, tok, "alpaca", 24)                 # the question is cut, its first token kept
+    assert long.truncated and long.question[0] == alpaca_q[0] and len(long.question) + len(long.answer) <= 24
+
+
+def rows_of(values):
+    return [{"line": i + 1, "ifd": v, "ifd_ppl": v, "answer_tokens": 5 + i, "truncated": False} for i, v in
+            enumerate(values)]
+
+
+def test_selection_drops_ifd_of_one_and_above_and_keeps_the_top():
+    rows = rows_of([0.5, 0.9, 1.2, 0.7, 1.0, 0.95, None, 0.3, 0.8, 0.6])
+    kept, stats = choose(rows, count=3)
+    assert kept == [2, 6, 9]                                # 0.9, 0.95, 0.8 in file order; 1.2 and 1.0 dropped
+    assert stats["ifd_at_least_1_dropped"] == 2 and stats["without_score"] == 1 and stats["eligible"] == 7
+    assert choose(rows, count=2, keep_above_one=True)[0] == [3, 5]
+    assert choose(rows, ratio=0.3)[0] == [2, 6]             # 30% of the 7 eligible
+    assert choose(rows, count=10, min_answer_tokens=12)[0] == [8, 9, 10]
+
+
+def test_select_writes_the_input_format_stats_and_histogram(tmp_path):
+    data = tmp_path / "alpaca_data.json"
+    items = [{"instruction": f"q{i}", "input": "", "output": f"answer {i}"} for i in range(6)]
+    data.write_text(json.dumps(items, indent=2))
+    scores = tmp_path / "s.jsonl"
+    write_jsonl(scores, rows_of([0.5, 0.9, 1.1, 0.7, 0.2, 0.8]))
+    out = tmp_path / "sel" / "top.json"
+    done = subprocess.run([sys.executable, SCRIPT, "select", "--data_path", str(data), "--scores", str(scores),
+                           "--count", "2", "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text()) == [items[1], items[5]]
+    stats = json.loads((tmp_path / "sel" / "top.json.stats.json").read_text())
+    assert stats["selected"] == 2 and stats["cut"] == 0.8
+    assert (tmp_path / "sel" / "top.json.hist.png").read_bytes()[:4] == b"\x89PNG"
+    write_jsonl(scores, rows_of([0.5, 0.9]))
+    bad = subprocess.run([sys.executable, SCRIPT, "select", "--data_path", str(data), "--scores", str(scores),
+                          "--count", "2", "-o", str(tmp_path / "x.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "scores 2 lines for the 6 samples" in bad.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_an_interrupted_run_resumes_to_the_same_file(tmp_path, monkeypatch):
+    loaded = load_for_inference(ckpt=make_checkpoint(tmp_path / "m.pth", std=0.08))
+    samples = read_samples(write_chat(tmp_path / "d.jsonl", n=30))
+    whole = run.score_file(samples, loaded, tmp_path / "whole.jsonl", "chatml", 64, 600, Dist(), progress=False)
+    real, calls = ifd.score_batch, []
+
+    def dies(*a):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a)
+    monkeypatch.setattr(run, "score_batch", dies)
+    out = tmp_path / "again.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run.score_file(samples, loaded, out, "chatml", 64, 600, Dist(), progress=False)
+    part = run.part_path(out, 0, 1)
+    assert len(part.read_text().splitlines()) > 0 and not out.exists()
+    lines = part.read_text().splitlines()
+    part.write_text("\n".join(lines[:-1]) + '\n{"line": 99, "ifd"')   # a batch half written, a torn line
+    monkeypatch.setattr(run, "score_batch", real)
+    run.score_file(samples, loaded, out, "chatml", 64, 600, Dist(), progress=False)
+    assert out.read_bytes() == whole.read_bytes() and not part.exists()
+
+
+def test_two_torchrun_processes_equal_one(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "m.pth", std=0.08)
+    data = write_chat(tmp_path / "d.jsonl", n=20, seed=3)
+    common = ["score", "--data_path", str(data), "--ckpt", str(ckpt), "--batch_tokens", "150", "--no_progress",
+              "--max_length", "64", "--device", "cpu"]
+    one = subprocess.run([sys.executable, SCRIPT, *common, "-o", str(tmp_path / "one.jsonl")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          SCRIPT, *common, "-o", str(tmp_path / "two.jsonl")], capture_output=True, text=True)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    a = [json.loads(s) for s in (tmp_path / "one.jsonl").read_text().splitlines()]
+    b = [json.loads(s) for s in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in a] == [r["line"] for r in b] == list(range(1, 21))
+    for x, y in zip(a, b):
+        assert x["ifd"] == pytest.approx(y["ifd"], rel=1e-6) and x["answer_tokens"] == y["answer_tokens"]
+    assert not list(tmp_path.glob("two.jsonl.part*"))
+
+
+def test_a_bad_line_is_one_line_before_any_model(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"conversations": [{"role": "user", "content": "hi"},
+                                                                 {"role": "assistant", "content": "yo"}]},
+                                              "{not json"])
+    done = subprocess.run([sys.executable, SCRIPT, "score", "--data_path", str(data), "--ckpt", "nope.pth",
+                           "-o", str(tmp_path / "s.jsonl")], capture_output=True, text=True)
+    assert done.returncode == 2 and f"{data}:2: not valid JSON" in done.stderr
+    assert not (tmp_path / "s.jsonl").exists()

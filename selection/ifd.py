@@ -20,9 +20,9 @@ answer is cut from the right to fit after the question, and the same answer toke
 passes; a question longer than max_length - 16 is cut from the left (its first token kept). Either sets
 "truncated"; a sample with no answer token left has no score.
 
-Every pass of a batch (both passes of every sample, right-padded, so no mask) is one forward with logits
-only at the scored positions. Batches are fixed by the sample order before any work, so an interrupted
-run, or one split over ranks, computes exactly the same batches.
+Samples are batched by length (fixed before any work, so an interrupted run, or one split over ranks,
+computes exactly the same batches); each pass of a batch is one right-padded forward with logits only at
+the scored positions.
 """
 import math
 
@@ -107,25 +107,22 @@ class Pair:
 
 
 def make_batches(pairs, batch_tokens):
-    """Consecutive pairs, each batch at most batch_tokens padded tokens over its 2 x len rows (a pair
-    longer than that is a batch of its own): a partition fixed by the order alone."""
-    batches, cur, longest = [], [], 0
-    for p in pairs:
-        width = max(longest, len(p.question) + len(p.answer))
-        if cur and 2 * (len(cur) + 1) * width > batch_tokens:
+    """The pairs sorted by length (longest first, then by line) and cut into batches of at most
+    batch_tokens padded tokens per pass (a pair longer than that is a batch of its own): little padding,
+    and a partition fixed by the samples alone, so a resumed or sharded run computes the same batches."""
+    batches, cur = [], []
+    for p in sorted(pairs, key=lambda p: (-(len(p.question) + len(p.answer)), p.line)):
+        if cur and (len(cur) + 1) * (len(cur[0].question) + len(cur[0].answer)) > batch_tokens:
             batches.append(cur)
-            cur, width = [], len(p.question) + len(p.answer)
+            cur = []
         cur.append(p)
-        longest = width
     return batches + ([cur] if cur else [])
 
 
-@torch.inference_mode()
-def score_batch(model, pairs, pad_id):
-    """Score lines {"line", "ifd", "ifd_ppl", "loss_cond", "loss_alone", "answer_tokens", "truncated"} of a
-    batch of pairs: both passes of every pair in one forward."""
+def answer_loss_sums(model, rows, pad_id):
+    """[(context, answer)] -> the summed cross-entropy of each answer, one right-padded forward (no mask
+    needed: padding comes after every real token), logits only at answer positions."""
     device = next(model.parameters()).device
-    rows = [(p.question, p.answer) for p in pairs] + [(p.alone, p.answer) for p in pairs]
     width = max(len(c) + len(a) for c, a in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -136,15 +133,21 @@ def score_batch(model, pairs, pad_id):
     out = model(ids.to(device), labels=labels.to(device), targets_only=True, loss_reduction="sum")
     targets = labels[:, 1:][labels[:, 1:] != -100].to(device)
     losses = F.cross_entropy(out.logits.float(), targets, reduction="none").double()
-    sums = torch.zeros(len(rows), dtype=torch.float64, device=device)
     row_of = torch.repeat_interleave(torch.arange(len(rows), device=device),
                                      torch.tensor([len(a) for _, a in rows], device=device))
-    sums.index_add_(0, row_of, losses)
-    sums = sums.tolist()
+    return torch.zeros(len(rows), dtype=torch.float64, device=device).index_add_(0, row_of, losses).tolist()
+
+
+@torch.inference_mode()
+def score_batch(model, pairs, pad_id):
+    """Score lines {"line", "ifd", "ifd_ppl", "loss_cond", "loss_alone", "answer_tokens", "truncated"} of a
+    batch of pairs: one forward per pass (each padded to its own longest row)."""
+    conds = answer_loss_sums(model, [(p.question, p.answer) for p in pairs], pad_id)
+    alones = answer_loss_sums(model, [(p.alone, p.answer) for p in pairs], pad_id)
     lines = []
     for i, p in enumerate(pairs):
         n = len(p.answer)
-        cond, alone = (sums[i] / n, sums[len(pairs) + i] / n) if n else (None, None)
+        cond, alone = (conds[i] / n, alones[i] / n) if n else (None, None)
         lines.append({"line": p.line, "ifd": (cond / alone if alone > 0 else math.inf) if n else None,
                       "ifd_ppl": math.exp(cond - alone) if n else None, "loss_cond": cond, "loss_alone": alone,
                       "answer_tokens": n, "truncated": p.truncated})

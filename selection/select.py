@@ -54,3 +54,42 @@ def histogram(rows, by, cut, path, title):
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def ranks(values):
+    """1-based ranks, ties sharing their average rank."""
+    import numpy as np
+    v = np.asarray(values, dtype=float)
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(1, len(v) + 1)
+    for x in np.unique(v):                      # average the ranks of equal values
+        tie = v == x
+        if tie.sum() > 1:
+            r[tie] = r[tie].mean()
+    return r
+
+
+def spearman(a, b):
+    """Spearman's rank correlation of two equally long lists (Pearson's r of their ranks)."""
+    import numpy as np
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(np.sqrt((ra ** 2).sum() * (rb ** 2).sum()))
+    return float((ra * rb).sum() / denom) if denom else float("nan")
+
+
+def compare(rows_a, rows_b, by="ifd", top=0.1):
+    """Two scorers' scores of the same samples (Superfiltering: does a small scorer rank like a big one?)
+    -> {"samples", "spearman", "top_overlap"}: the rank correlation over the samples both scored, and the
+    share of the top `top` of a that is also in the top of b."""
+    a = {r["line"]: r[by] for r in rows_a if r.get(by) is not None}
+    b = {r["line"]: r[by] for r in rows_b if r.get(by) is not None}
+    lines = sorted(set(a) & set(b))
+    if len(lines) < 2:
+        raise ValueError("compare: fewer than 2 samples scored by both")
+    k = max(1, int(len(lines) * top))
+    best_a = set(sorted(lines, key=lambda n: -a[n])[:k])
+    best_b = set(sorted(lines, key=lambda n: -b[n])[:k])
+    return {"samples": len(lines), "spearman": spearman([a[n] for n in lines], [b[n] for n in lines]),
+            "top": top, "top_overlap": len(best_a & best_b) / k}

@@ -16,8 +16,9 @@ from factories import REPO, default_tokenizer, make_checkpoint, write_chat, writ
 from model.inference import load_for_inference
 from selection import ifd, run
 from selection.ifd import Pair, split_sample
+from selection.cluster import embed, pick_per_cluster
 from selection.samples import read_samples
-from selection.select import choose
+from selection.select import choose, compare, spearman
 from trainer.distributed import Dist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,9 +59,10 @@ def test_scores_equal_a_transformers_computation(tmp_path, prompt):
     loaded = load_for_inference(ckpt=ckpt)
     samples = read_samples(mixed_data(tmp_path))
     pairs = [Pair(s, loaded.tokenizer, prompt, 64) for s in samples]
-    got = [r for b in ifd.make_batches(pairs, 300) for r in ifd.score_batch(loaded.model, b, 0)]
-    assert len(got) == len(samples) and len(ifd.make_batches(pairs, 300)) > 1       # several batches, padded
-    for pair, row in zip(pairs, got):
+    got = {r["line"]: r for b in ifd.make_batches(pairs, 150) for r in ifd.score_batch(loaded.model, b, 0)}
+    assert len(got) == len(samples) and len(ifd.make_batches(pairs, 150)) > 1       # several batches, padded
+    for pair in pairs:
+        row = got[pair.line]
         cond, alone = hf_reference(loaded, pair)
         assert row["loss_cond"] == pytest.approx(cond, rel=1e-4)
         assert row["loss_alone"] == pytest.approx(alone, rel=1e-4)
@@ -125,7 +127,7 @@ def test_select_writes_the_input_format_stats_and_histogram(tmp_path):
 def test_an_interrupted_run_resumes_to_the_same_file(tmp_path, monkeypatch):
     loaded = load_for_inference(ckpt=make_checkpoint(tmp_path / "m.pth", std=0.08))
     samples = read_samples(write_chat(tmp_path / "d.jsonl", n=30))
-    whole = run.score_file(samples, loaded, tmp_path / "whole.jsonl", "chatml", 64, 600, Dist(), progress=False)
+    whole = run.score_file(samples, loaded, tmp_path / "whole.jsonl", "chatml", 64, 200, Dist(), progress=False)
     real, calls = ifd.score_batch, []
 
     def dies(*a):
@@ -136,13 +138,13 @@ def test_an_interrupted_run_resumes_to_the_same_file(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "score_batch", dies)
     out = tmp_path / "again.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        run.score_file(samples, loaded, out, "chatml", 64, 600, Dist(), progress=False)
+        run.score_file(samples, loaded, out, "chatml", 64, 200, Dist(), progress=False)
     part = run.part_path(out, 0, 1)
     assert len(part.read_text().splitlines()) > 0 and not out.exists()
     lines = part.read_text().splitlines()
     part.write_text("\n".join(lines[:-1]) + '\n{"line": 99, "ifd"')   # a batch half written, a torn line
     monkeypatch.setattr(run, "score_batch", real)
-    run.score_file(samples, loaded, out, "chatml", 64, 600, Dist(), progress=False)
+    run.score_file(samples, loaded, out, "chatml", 64, 200, Dist(), progress=False)
     assert out.read_bytes() == whole.read_bytes() and not part.exists()
 
 
@@ -172,3 +174,41 @@ def test_a_bad_line_is_one_line_before_any_model(tmp_path):
                            "-o", str(tmp_path / "s.jsonl")], capture_output=True, text=True)
     assert done.returncode == 2 and f"{data}:2: not valid JSON" in done.stderr
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_spearman_and_top_overlap_of_two_scorers(tmp_path):
+    stats = pytest.importorskip("scipy.stats")
+    rng = __import__("random").Random(0)
+    a = [rng.random() for _ in range(50)]
+    b = [x + rng.gauss(0, 0.3) for x in a]
+    b[3] = b[4]                                              # a tie
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman(a, a) == pytest.approx(1.0) and spearman(a, [-x for x in a]) == pytest.approx(-1.0)
+    res = compare(rows_of(a), rows_of(a[:40] + [None] * 10), top=0.25)
+    assert res["samples"] == 40 and res["top_overlap"] == 1.0 and res["spearman"] == pytest.approx(1.0)
+    write_jsonl(tmp_path / "a.jsonl", rows_of(a))
+    write_jsonl(tmp_path / "b.jsonl", rows_of(b))
+    done = subprocess.run([sys.executable, SCRIPT, "compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"50 samples scored by both: Spearman {spearman(a, b):.4f} (ifd)" in done.stdout
+
+
+def test_clustering_returns_k_clusters_and_the_samples_nearest_their_centres(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "m.pth", std=0.08)
+    loaded = load_for_inference(ckpt=ckpt)
+    samples = read_samples(write_chat(tmp_path / "d.jsonl", n=24, seed=5))
+    vectors = embed(loaded, samples, "chatml", 64, batch_tokens=100)            # several padded batches
+    one = embed(loaded, samples[3:4], "chatml", 64)                            # alone, unpadded
+    assert vectors.shape == (24, loaded.model.config.hidden_size)
+    assert abs(vectors[3] - one[0]).max() < 1e-4                               # padding changes nothing
+    lines, labels = pick_per_cluster(vectors, [s.line for s in samples], k=4, per_cluster=2)
+    assert sorted(set(labels)) == [0, 1, 2, 3] and len(lines) == 8
+    assert sorted(labels[n - 1] for n in lines) == [0, 0, 1, 1, 2, 2, 3, 3]   # two from each cluster
+    out = tmp_path / "pre.jsonl"
+    done = subprocess.run([sys.executable, SCRIPT, "cluster", "--data_path", str(tmp_path / "d.jsonl"), "--ckpt",
+                           str(ckpt), "--k", "4", "--per_cluster", "2", "--max_length", "64", "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(out.read_text().splitlines()) == 8
+    assert len((tmp_path / "pre.jsonl.clusters.jsonl").read_text().splitlines()) == 24

@@ -123,6 +123,8 @@ def score(args):
     from trainer.distributed import cleanup_distributed, setup_distributed
     data, output = paths.resolve_input(args.data_path), Path(args.output)
     check_writable(output)
+    if output.exists() and not list(output.parent.glob(output.name + ".part*")):
+        raise UserError(f"{output}: already scored (a finished run); delete it to score again, or give another -o")
     samples = read_samples(data)                            # a bad line: one line, before any model
     dist = setup_distributed(args.device)
     try:
@@ -150,11 +152,14 @@ def select(args):
     rows = read_scores(scores)
     by_line = {s.line: s for s in samples}
     unknown = [r["line"] for r in rows if r["line"] not in by_line]
-    if unknown or len(rows) != len(samples):
+    if unknown or sorted(r["line"] for r in rows) != sorted(by_line):
         raise UserError(f"{scores}: scores {len(rows):,} lines for the {len(samples):,} samples of {data}"
                         + (f" (line {unknown[0]} is not a sample there)" if unknown else "")
                         + "; score this file (or finish the run)")
     kept, stats = choose(rows, args.ratio, args.count, args.by, args.keep_above_one, args.min_answer_tokens)
+    if not kept:
+        raise UserError(f"--ratio {args.ratio}: selects none of the {stats['eligible']:,} samples left after the "
+                        "filters; give a larger --ratio or --count")
     write_samples(output, [by_line[n] for n in kept], like=data)
     stats.update(data=str(data), scores=str(scores), output=str(output), ratio=args.ratio, count=args.count)
     write_text(stats_path, json.dumps(stats, indent=2) + "\n")
@@ -170,10 +175,17 @@ def read_scores(path):
     path = paths.resolve_input(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found; make it with `python scripts/select_data.py score ...`")
-    try:
-        return [json.loads(s) for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not a scores file ({e.msg})") from None
+    rows = []
+    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not a scores line ({e.msg}); make the file with `score`") from None
+        if row is not None and not (isinstance(row, dict) and {"line", "ifd", "ifd_ppl", "answer_tokens"} <= set(row)):
+            raise UserError(f"{path}:{n}: not a scores line (it needs line, ifd, ifd_ppl, answer_tokens); "
+                            "make the file with `score`")
+        rows += [row] if row is not None else []
+    return rows
 
 
 def compare_scores(args):
@@ -197,6 +209,9 @@ def cluster(args):
     if args.k > len(samples):
         raise UserError(f"--k {args.k}: more clusters than the {len(samples):,} samples of {data}")
     loaded = load_model_spec(args.ckpt, paths.out_dir(args.out_dir), device=args.device, dtype="float32")
+    if args.max_length > loaded.model.config.max_position_embeddings:
+        raise UserError(f"--max_length {args.max_length}: the model's window is "
+                        f"{loaded.model.config.max_position_embeddings} tokens")
     vectors = embed(loaded, samples, args.prompt, args.max_length)
     lines, labels = pick_per_cluster(vectors, [s.line for s in samples], args.k, args.per_cluster, args.seed)
     by_line = {s.line: s for s in samples}

@@ -2,8 +2,8 @@
 
 Each rank scores the batches b with b % world_size == rank (the batches fixed up front by
 selection.ifd.make_batches) and appends each finished batch's lines, in one write, to its part file
-{scores}.part{rank}of{world}; a run started again skips the lines its part already has (a torn last line
-is scored again). When every rank is done, rank 0 merges the parts, sorted by line, into the scores file
+{scores}.part{rank}of{world}; a run started again with the same settings ({scores}.run.json records them)
+skips the lines its part already has (a torn last line is scored again). When every rank is done, rank 0 merges the parts, sorted by line, into the scores file
 (atomically) and removes them.
 
     from selection.run import score_file
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from dataset.formats import dumps
 from model.atomic import write_text
+from model.errors import UserError
 from trainer.distributed import barrier
 from .ifd import Pair, make_batches, score_batch
 
@@ -49,16 +50,39 @@ def rewrite_clean(path, rows):
     write_text(path, "".join(dumps(r) + "\n" for r in rows))
 
 
+def settings_path(scores):
+    return Path(f"{scores}.run.json")
+
+
+def check_settings(scores, settings, dist):
+    """A run continues only with the settings it started with (else its parts would mix other scores):
+    {scores}.run.json records them; another one is one line."""
+    path = settings_path(scores)
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != settings:
+            diff = ", ".join(f"{k} {old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
+            raise UserError(f"{scores}: an unfinished run of it used other settings: {diff}; run it with those, "
+                            f"or delete {path} and its {Path(scores).name}.part* files to start again")
+    elif dist.is_main:
+        write_text(path, json.dumps(settings, indent=2) + "\n")
+    barrier(dist)
+
+
 def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, progress=True, say=print):
     """Score every sample into the scores file (see the module doc); returns its path."""
     model, tok = loaded.model, loaded.tokenizer
+    Path(scores).parent.mkdir(parents=True, exist_ok=True)
+    check_settings(scores, {"model": loaded.info["checkpoint"], "adapter": (loaded.info.get("adapter") or {}).get(
+        "path"), "dtype": loaded.info.get("dtype"), "prompt": prompt, "max_length": max_length,
+        "batch_tokens": batch_tokens, "processes": dist.world_size, "samples": len(samples)}, dist)
     pairs = [Pair(s, tok, prompt, max_length) for s in samples]
     mine = [b for i, b in enumerate(make_batches(pairs, batch_tokens)) if i % dist.world_size == dist.rank]
     part = part_path(scores, dist.rank, dist.world_size)
-    part.parent.mkdir(parents=True, exist_ok=True)
     done_rows = read_lines(part)
-    if part.is_file() and len(done_rows) != len(part.read_text(encoding="utf-8").splitlines()):
-        rewrite_clean(part, done_rows)
+    if part.is_file() and (len(done_rows) != len(part.read_text(encoding="utf-8").splitlines())
+                           or not part.read_text(encoding="utf-8").endswith("\n")):
+        rewrite_clean(part, done_rows)          # a torn last line, or a whole one without its newline
     done = {r["line"] for r in done_rows}
     todo = [b for b in mine if not all(p.line in done for p in b)]
     n_done = sum(len(b) for b in mine) - sum(len(b) for b in todo)
@@ -74,8 +98,12 @@ def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, 
     if dist.is_main:
         rows = [r for rank in range(dist.world_size) for r in read_lines(part_path(scores, rank, dist.world_size))]
         rows.sort(key=lambda r: r["line"])
+        if [r["line"] for r in rows] != sorted(s.line for s in samples):
+            raise UserError(f"{scores}: the parts hold {len(rows):,} score lines for {len(samples):,} samples; "
+                            f"they are kept ({Path(scores).name}.part*): delete them and score again")
         write_text(scores, "".join(dumps(r) + "\n" for r in rows))
         for rank in range(dist.world_size):
             part_path(scores, rank, dist.world_size).unlink(missing_ok=True)
+        settings_path(scores).unlink(missing_ok=True)
     barrier(dist)
     return Path(scores)

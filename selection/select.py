@@ -4,6 +4,8 @@ the report of what was kept (stats and a histogram of the scores with the cut ma
     from selection.select import choose, histogram
     kept, stats = choose(score_rows, ratio=0.1)
 """
+import math
+
 BY = ("ifd", "ifd_ppl")
 
 
@@ -14,12 +16,14 @@ def choose(rows, ratio=None, count=None, by="ifd", keep_above_one=False, min_ans
     score (Cherry's data_by_IFD: the rate is of the samples left after the filters)."""
     if (ratio is None) == (count is None):
         raise ValueError("choose: give exactly one of ratio, count")
-    no_score = [r for r in rows if r.get(by) is None]
-    short = [r for r in rows if r.get(by) is not None and r["answer_tokens"] < min_answer_tokens]
-    scored = [r for r in rows if r.get(by) is not None and r["answer_tokens"] >= min_answer_tokens]
+    def has(r):                                 # a score that is a number (NaN counts as none)
+        return r.get(by) is not None and r[by] == r[by]
+    no_score = [r for r in rows if not has(r)]
+    short = [r for r in rows if has(r) and r["answer_tokens"] < min_answer_tokens]
+    scored = [r for r in rows if has(r) and r["answer_tokens"] >= min_answer_tokens]
     above = [r for r in scored if r["ifd"] >= 1]
     eligible = scored if keep_above_one else [r for r in scored if r["ifd"] < 1]
-    n = count if count is not None else int(len(eligible) * ratio)
+    n = count if count is not None else math.floor(len(eligible) * ratio + 1e-9)
     n = min(n, len(eligible))
     ranked = sorted(eligible, key=lambda r: (-r[by], r["line"]))
     kept = ranked[:n]
@@ -57,17 +61,12 @@ def histogram(rows, by, cut, path, title):
 
 
 def ranks(values):
-    """1-based ranks, ties sharing their average rank."""
+    """1-based ranks, ties sharing their average rank (one sort)."""
     import numpy as np
     v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="stable")
-    r = np.empty(len(v))
-    r[order] = np.arange(1, len(v) + 1)
-    for x in np.unique(v):                      # average the ranks of equal values
-        tie = v == x
-        if tie.sum() > 1:
-            r[tie] = r[tie].mean()
-    return r
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])          # 0-based rank of each value's first copy
+    return (first + (counts + 1) / 2)[inverse]
 
 
 def spearman(a, b):

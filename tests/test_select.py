@@ -19,6 +19,7 @@ from selection.ifd import Pair, split_sample
 from selection.cluster import embed, pick_per_cluster
 from selection.samples import read_samples
 from selection.select import choose, compare, spearman
+from model.errors import UserError
 from trainer.distributed import Dist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -212,3 +213,44 @@ def test_clustering_returns_k_clusters_and_the_samples_nearest_their_centres(tmp
     assert done.returncode == 0, done.stderr
     assert len(out.read_text().splitlines()) == 8
     assert len((tmp_path / "pre.jsonl.clusters.jsonl").read_text().splitlines()) == 24
+
+
+def test_a_resume_refuses_other_settings_and_survives_a_missing_newline(tmp_path, monkeypatch):
+    loaded = load_for_inference(ckpt=make_checkpoint(tmp_path / "m.pth", std=0.08))
+    samples = read_samples(write_chat(tmp_path / "d.jsonl", n=30))
+    whole = run.score_file(samples, loaded, tmp_path / "whole.jsonl", "chatml", 64, 200, Dist(), progress=False)
+    real, calls = ifd.score_batch, []
+
+    def dies(*a):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a)
+    monkeypatch.setattr(run, "score_batch", dies)
+    out = tmp_path / "again.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run.score_file(samples, loaded, out, "chatml", 64, 200, Dist(), progress=False)
+    monkeypatch.setattr(run, "score_batch", real)
+    with pytest.raises(UserError, match="an unfinished run of it used other settings: prompt 'chatml' "
+                                        r"\(now 'plain'\)"):
+        run.score_file(samples, loaded, out, "plain", 64, 200, Dist(), progress=False)
+    part = run.part_path(out, 0, 1)
+    part.write_text(part.read_text().rstrip("\n"))           # the last line whole, its newline lost
+    run.score_file(samples, loaded, out, "chatml", 64, 200, Dist(), progress=False)
+    assert out.read_bytes() == whole.read_bytes() and not run.settings_path(out).exists()
+
+
+def test_ratio_rounding_nan_and_a_finished_run():
+    rows = rows_of([0.5] * 100)
+    assert len(choose(rows, ratio=0.29)[0]) == 29 and len(choose(rows, ratio=0.57)[0]) == 57
+    rows[0]["ifd"] = float("nan")
+    assert choose(rows, count=200)[1]["without_score"] == 1
+
+
+def test_scoring_into_a_finished_file_is_one_line(tmp_path):
+    data = write_chat(tmp_path / "d.jsonl", n=3)
+    done = tmp_path / "s.jsonl"
+    done.write_text("{}\n")
+    res = subprocess.run([sys.executable, SCRIPT, "score", "--data_path", str(data), "--ckpt", "x.pth", "-o",
+                          str(done)], capture_output=True, text=True)
+    assert res.returncode == 2 and "already scored (a finished run); delete it to score again" in res.stderr

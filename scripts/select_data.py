@@ -26,6 +26,13 @@ cluster: Cherry's "pre-experienced" set for the brief first SFT of its 3 steps: 
 embedded by --ckpt (its last hidden states averaged over the instruction's tokens), KMeans into --k
 clusters (scikit-learn), the --per_cluster samples nearest each centre; also {output}.clusters.jsonl.
 
+cherry: the paper's three steps in one command: cluster (above), a brief full SFT of --ckpt on that sample
+(trainer/train_full_sft.py, --epochs), IFD scores with the briefly trained model, select; the steps' files
+go beside --output ({output}.pre.jsonl, .cherry/, .scores.jsonl).
+
+    python scripts/select_data.py cherry --data_path dataset/sft.jsonl --ckpt out/full_sft_512.pth --ratio 0.1 \\
+        -o out/select/sft_cherry.jsonl
+
 compare A B: Superfiltering's question, does a small scorer rank the samples as a big one does? Spearman's
 rank correlation of two scores files' ifd over the samples both scored, and the overlap of their top --top.
 
@@ -87,6 +94,22 @@ def parse_args(argv=None):
     k.add_argument("--seed", type=int, default=42)
     k.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     k.add_argument("--out_dir", default=None)
+    h = sub.add_parser("cherry", help="the paper's 3 steps: cluster sample, brief SFT of the scorer, IFD, select")
+    h.add_argument("--data_path", required=True)
+    h.add_argument("--ckpt", required=True, help="the scorer to train briefly: a TinyMind .pth checkpoint")
+    h.add_argument("-o", "--output", required=True, help="the selected samples; the steps' files go beside it")
+    how = h.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float)
+    how.add_argument("--count", type=int)
+    h.add_argument("--k", type=int, default=100)
+    h.add_argument("--per_cluster", type=int, default=10)
+    h.add_argument("--epochs", type=int, default=1, help="of the brief SFT on the clustered sample")
+    h.add_argument("--batch_size", type=int, default=16)
+    h.add_argument("--prompt", choices=PROMPTS, default="chatml")
+    h.add_argument("--max_length", type=int, default=512)
+    h.add_argument("--seed", type=int, default=42)
+    h.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    h.add_argument("--out_dir", default=None)
     c = sub.add_parser("compare", help="rank correlation of two scorers' scores (Superfiltering)")
     c.add_argument("scores", nargs=2, help="two scores files of the same data")
     c.add_argument("--by", choices=BY, default="ifd")
@@ -94,6 +117,15 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.command == "compare":
         check_range("--top", args.top, 0, 1, low_open=True)
+    elif args.command == "cherry":
+        check_device(args.device)
+        for flag in ("k", "per_cluster", "epochs", "batch_size"):
+            check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
+        if args.ratio is not None:
+            check_range("--ratio", args.ratio, 0, 1, low_open=True)
+        if args.count is not None:
+            check_range("--count", args.count, 1, integer=True)
+        check_range("--max_length", args.max_length, 8, integer=True)
     elif args.command == "cluster":
         check_device(args.device)
         check_range("--k", args.k, 1, integer=True)
@@ -221,9 +253,48 @@ def cluster(args):
     print(f"{len(lines):,} samples from {args.k} clusters of {len(samples):,}; wrote {output}, {labels_path}")
 
 
+def cherry(args):
+    """Cherry's three steps, each a command of this script (its files beside --output): cluster (the
+    pre-experienced sample), a brief full SFT of the scorer on it (trainer/train_full_sft.py), score every
+    sample with the briefly trained model, select."""
+    import subprocess
+    from argparse import Namespace
+    from model.adapter import is_adapter
+    from model.checkpoint import FORMAT, read_pth
+    output = Path(args.output)
+    kind, ckpt = paths.find_model(paths.out_dir(args.out_dir), args.ckpt)
+    obj = read_pth(ckpt, mmap=True) if kind == "pth" else None
+    if obj is None or is_adapter(obj) or obj.get("format") != FORMAT:
+        raise UserError(f"--ckpt {args.ckpt}: cherry trains the scorer briefly, so it needs a TinyMind checkpoint "
+                        ".pth (import others with scripts/convert_model.py)")
+    pre, work = output.with_name(output.name + ".pre.jsonl"), output.with_name(output.name + ".cherry")
+    scores = output.with_name(output.name + ".scores.jsonl")
+    for p in (output, pre, scores):
+        check_writable(p)
+    check_writable(work, folder=True)
+    common = dict(data_path=args.data_path, prompt=args.prompt, max_length=args.max_length, device=args.device,
+                  out_dir=args.out_dir)
+    cluster(Namespace(**common, ckpt=str(ckpt), output=str(pre), k=args.k, per_cluster=args.per_cluster,
+                      seed=args.seed))
+    cmd = [sys.executable, str(paths.repo_root() / "trainer" / "train_full_sft.py"), "--base", str(ckpt),
+           "--data_path", str(pre), "--out_dir", str(work), "--epochs", str(args.epochs), "--batch_size",
+           str(args.batch_size), "--max_seq_len", str(args.max_length), "--device", args.device, "--seed",
+           str(args.seed), "--val_ratio", "0"]
+    print("brief SFT: " + " ".join(cmd[1:]))
+    if subprocess.run(cmd).returncode:
+        raise UserError("the brief SFT failed (its output is above); the clustered sample is " + str(pre))
+    trained = paths.find_stage_checkpoint(work, "full_sft")
+    if not scores.exists():
+        score(Namespace(**common, ckpt=str(trained), output=str(scores), batch_tokens=1024, dtype="float32",
+                        no_progress=False))
+    select(Namespace(data_path=args.data_path, scores=str(scores), output=str(output), ratio=args.ratio,
+                     count=args.count, by="ifd", keep_above_one=False, min_answer_tokens=0))
+
+
 def main(argv=None):
     args = parse_args(argv)
-    {"score": score, "select": select, "compare": compare_scores, "cluster": cluster}[args.command](args)
+    {"score": score, "select": select, "compare": compare_scores, "cluster": cluster,
+     "cherry": cherry}[args.command](args)
     return 0
 
 

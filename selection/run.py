@@ -3,11 +3,12 @@
 Each rank scores the batches b with b % world_size == rank (the batches fixed up front by
 selection.ifd.make_batches) and appends each finished batch's lines, in one write, to its part file
 {scores}.part{rank}of{world}; a run started again with the same settings ({scores}.run.json records them)
-skips the lines its part already has (a torn last line is scored again). When every rank is done, rank 0 merges the parts, sorted by line, into the scores file
+skips the lines its part already has (a torn last line is scored again). When every rank is done, rank 0
+checks that every sample is scored once, merges the parts, sorted by line, into the scores file
 (atomically) and removes them.
 
     from selection.run import score_file
-    score_file(samples, loaded, "scores.jsonl", prompt="alpaca", max_length=512, batch_tokens=8192, dist=dist)
+    score_file(samples, loaded, "scores.jsonl", prompt="alpaca", max_length=512, batch_tokens=1024, dist=dist)
 """
 import json
 import os

@@ -254,3 +254,24 @@ def test_scoring_into_a_finished_file_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, SCRIPT, "score", "--data_path", str(data), "--ckpt", "x.pth", "-o",
                           str(done)], capture_output=True, text=True)
     assert res.returncode == 2 and "already scored (a finished run); delete it to score again" in res.stderr
+
+
+def test_cherry_runs_the_three_steps(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "out" / "full_sft_64.pth", std=0.08)
+    data = write_chat(tmp_path / "d.jsonl", n=24, seed=2)
+    out = tmp_path / "sel" / "top.jsonl"
+    done = subprocess.run([sys.executable, SCRIPT, "cherry", "--data_path", str(data), "--ckpt", str(ckpt),
+                           "--k", "3", "--per_cluster", "2", "--count", "5", "--max_length", "64", "--batch_size",
+                           "2", "--device", "cpu", "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len((tmp_path / "sel" / "top.jsonl.pre.jsonl").read_text().splitlines()) == 6      # 3 clusters x 2
+    trained = tmp_path / "sel" / "top.jsonl.cherry" / "full_sft_64.pth"
+    assert trained.is_file()
+    scores = [json.loads(s) for s in (tmp_path / "sel" / "top.jsonl.scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 24 and len(out.read_text().splitlines()) == 5
+    # the scores are the briefly trained model's, not the untrained scorer's
+    first = Pair(read_samples(data)[0], default_tokenizer(), "chatml", 64)
+    row = ifd.score_batch(load_for_inference(ckpt=trained).model, [first], 0)[0]
+    assert scores[0]["ifd"] == pytest.approx(row["ifd"], rel=1e-5)
+    untrained = ifd.score_batch(load_for_inference(ckpt=ckpt).model, [first], 0)[0]
+    assert scores[0]["ifd"] != pytest.approx(untrained["ifd"], rel=1e-5)

@@ -122,8 +122,9 @@ def load(args):
     """The model the flags name -> model.inference.Loaded."""
     out = paths.out_dir(args.out_dir)
     common = dict(device=args.device, force=args.force, out=out, dtype=args.dtype)
-    if precision_hint(args.dtype, args.device):
-        print(precision_hint(args.dtype, args.device))
+    hint = precision_hint(args.dtype, args.device)
+    if hint:
+        print(hint)
     if args.load == 1:
         if not args.hf_path:
             raise UserError("--load 1 needs --hf_path DIR (a Hugging Face model folder)")

@@ -115,6 +115,8 @@ def describe(model, ckpt, tokenizer, path, adapter=None, adapter_path=None):
             "config": dict(ckpt.get("config", {})), "tokenizer_sha256": tokenizer.sha256}
     if meta.get("identity"):
         info["identity"] = meta["identity"]
+    if meta.get("source"):
+        info["source"] = meta["source"]                   # what an imported model came from
     if adapter is not None:
         info["adapter"] = {"path": str(adapter_path), "base": adapter.get("base", {}).get("path"),
                            "step": adapter.get("meta", {}).get("step"),

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the machine line printed beside every table.
+"""What the benchmark scripts share: the machine line printed beside every table, and transformers' model
+on TinyMind's weights (the reference most tables race against).
 
 Library module for scripts/bench_*.py (they run as `python scripts/bench_x.py`, so this folder is on
 sys.path).
@@ -16,3 +17,12 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def to_hf(model):
+    """transformers' LlamaForCausalLM holding a TinyMind model's weights (strict load), in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from model.convert import hf_config_dict
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(model.config)))
+    hf.load_state_dict(model.state_dict(), strict=True)
+    return hf.eval()

@@ -28,22 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli import ArgumentParser, run_cli  # noqa: E402
 from evaluation.qa import asked, read_conversations  # noqa: E402
 from model import paths  # noqa: E402
-from model.checkpoint import read_pth  # noqa: E402
 from model.config import PRESETS, get_preset  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generate import build_prompt, generate  # noqa: E402
 from model.inference import load_model_spec  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
 from model.precision import PRECISIONS, apply_precision  # noqa: E402
-from bench_common import cpu_name  # noqa: E402
-
-
-def to_hf(model):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from model.convert import hf_config_dict
-    hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(model.config)))
-    hf.load_state_dict(model.state_dict(), strict=True)
-    return hf.eval()
+from bench_common import cpu_name, to_hf  # noqa: E402
 
 
 def best_of(fn, repeats):
@@ -61,9 +52,8 @@ def load(spec):
         torch.manual_seed(0)
         return spec, TinyMindForCausalLM(get_preset(spec)).eval(), None, None
     loaded = load_model_spec(spec, paths.out_dir(), dtype="float32")
-    source = read_pth(loaded.info["checkpoint"]).get("meta", {}).get("source", "") \
-        if str(loaded.info["checkpoint"]).endswith(".pth") else str(loaded.info["checkpoint"])
-    return loaded.label, loaded.model, loaded.tokenizer, source if str(source).endswith(".gguf") else None
+    source = str(loaded.info.get("source") or loaded.info["checkpoint"])       # an imported model's origin
+    return loaded.label, loaded.model, loaded.tokenizer, source if source.endswith(".gguf") else None
 
 
 def check_prompts(model, tokenizer, n):

@@ -24,7 +24,7 @@ from model.inference import load_model_spec  # noqa: E402
 from model.precision import PRECISIONS, apply_precision  # noqa: E402
 from selection.ifd import PROMPTS, Pair, make_batches, score_batch  # noqa: E402
 from selection.samples import read_samples  # noqa: E402
-from bench_common import cpu_name  # noqa: E402
+from bench_common import cpu_name, to_hf  # noqa: E402
 
 
 def reference(hf, pairs):
@@ -52,15 +52,11 @@ def main():
     ap.add_argument("--batch_tokens", type=int, default=1024)
     ap.add_argument("--dtypes", default="float32,bfloat16", help="TinyMind's precisions, comma-separated")
     args = ap.parse_args()
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from model.convert import hf_config_dict
     loaded = load_model_spec(args.ckpt, paths.out_dir(), dtype="float32")
     samples = read_samples(paths.resolve_input(args.data_path))[:args.samples]
     pairs = [Pair(s, loaded.tokenizer, args.prompt, args.max_length) for s in samples]
     pairs = [p for p in pairs if p.answer]
-    hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(loaded.model.config)))
-    hf.load_state_dict(loaded.model.state_dict(), strict=True)
-    hf.eval()
+    hf = to_hf(loaded.model)
     reference(hf, pairs[:2])                                             # warm up
     t0 = time.perf_counter()
     ref = reference(hf, pairs)

@@ -131,8 +131,9 @@ def main(argv=None):
         tasks = [benchmarks.load_task(t) for t in args.tasks]
         models = []
         for dtype in args.dtypes:                   # each model loaded once per precision, for both kinds of task
-            if precision_hint(dtype, args.device):
-                print(precision_hint(dtype, args.device))
+            hint = precision_hint(dtype, args.device)
+            if hint:
+                print(hint)
             models += load_models(specs, out, args.device, dtype, args.with_base, hidden_size=args.hidden_size)
         rows = evaluate_models(models, tasks, out, args.num_fewshot, args.limit, args.seed,
                                args.apply_chat_template, args.batch_tokens, progress=not args.no_progress)

@@ -56,91 +56,78 @@ from selection.samples import read_samples, write_samples  # noqa: E402
 from selection.select import BY, choose, compare, histogram  # noqa: E402
 
 
+def add_common(sub, ckpt_help, output_help):
+    """The flags every model-running command shares (data, model, output, prompt, window, device)."""
+    sub.add_argument("--data_path", required=True, help="JSONL (any format) or Alpaca's JSON array")
+    sub.add_argument("--ckpt", required=True, help=ckpt_help)
+    sub.add_argument("-o", "--output", required=True, help=output_help)
+    sub.add_argument("--prompt", choices=PROMPTS, default="chatml",
+                     help="how the question is written: chatml (the scorer's chat template, default), alpaca "
+                          "(Cherry's Stanford-Alpaca template), plain")
+    sub.add_argument("--max_length", type=int, default=512, help="tokens per pass (default 512, as Cherry's)")
+    sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sub.add_argument("--out_dir", default=None, help="where model names are looked up (default <repo>/out)")
+
+
+def add_amount(sub):
+    how = sub.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, help="share of the samples left after the filters (e.g. 0.1)")
+    how.add_argument("--count", type=int, help="how many samples")
+
+
+def add_clusters(sub):
+    sub.add_argument("--k", type=int, default=100, help="clusters (default 100, as Cherry's)")
+    sub.add_argument("--per_cluster", type=int, default=10, help="samples taken from each (nearest its centre)")
+    sub.add_argument("--seed", type=int, default=42)
+
+
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="score every sample (IFD)")
-    s.add_argument("--data_path", required=True, help="JSONL (any format) or Alpaca's JSON array")
-    s.add_argument("--ckpt", required=True, help="the scorer: a .pth, smollm2, .gguf, HF folder or a name")
-    s.add_argument("-o", "--output", required=True, help="the scores file (JSONL, one line per sample)")
-    s.add_argument("--prompt", choices=PROMPTS, default="chatml",
-                   help="how the question is written: chatml (the scorer's chat template, default), alpaca "
-                        "(Cherry's Stanford-Alpaca template), plain")
-    s.add_argument("--max_length", type=int, default=512, help="tokens per pass (default 512, as Cherry's)")
+    add_common(s, "the scorer: a .pth, smollm2, .gguf, HF folder or a name",
+               "the scores file (JSONL, one line per sample)")
     s.add_argument("--batch_tokens", type=int, default=1024,
                    help="padded tokens per forward (default 1024: the fastest measured on a 2-core CPU)")
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     s.add_argument("--dtype", choices=PRECISIONS, default="float32", help="the scorer's precision")
-    s.add_argument("--out_dir", default=None, help="where model names are looked up (default <repo>/out)")
     s.add_argument("--no_progress", action="store_true")
     t = sub.add_parser("select", help="keep the top samples by their scores")
     t.add_argument("--data_path", required=True, help="the file that was scored")
     t.add_argument("--scores", required=True, help="the scores file of `score`")
     t.add_argument("-o", "--output", required=True, help="the selected samples (the input's format)")
-    how = t.add_mutually_exclusive_group(required=True)
-    how.add_argument("--ratio", type=float, help="share of the samples left after the filters (e.g. 0.1)")
-    how.add_argument("--count", type=int, help="how many samples")
+    add_amount(t)
     t.add_argument("--by", choices=BY, default="ifd", help="ifd (default) or ifd_ppl (Superfiltering)")
     t.add_argument("--keep_above_one", action="store_true", help="keep samples with ifd >= 1")
     t.add_argument("--min_answer_tokens", type=int, default=0, help="drop samples with fewer answer tokens")
     k = sub.add_parser("cluster", help="Cherry's pre-experienced set: n samples from each of k KMeans clusters")
-    k.add_argument("--data_path", required=True)
-    k.add_argument("--ckpt", required=True, help="the model whose hidden states embed the instructions")
-    k.add_argument("-o", "--output", required=True, help="the chosen samples (the input's format)")
-    k.add_argument("--k", type=int, default=100, help="clusters (default 100, as Cherry's)")
-    k.add_argument("--per_cluster", type=int, default=10, help="samples taken from each (nearest its centre)")
-    k.add_argument("--prompt", choices=PROMPTS, default="chatml")
-    k.add_argument("--max_length", type=int, default=512)
-    k.add_argument("--seed", type=int, default=42)
-    k.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    k.add_argument("--out_dir", default=None)
+    add_common(k, "the model whose hidden states embed the instructions", "the chosen samples (the input's format)")
+    add_clusters(k)
     h = sub.add_parser("cherry", help="the paper's 3 steps: cluster sample, brief SFT of the scorer, IFD, select")
-    h.add_argument("--data_path", required=True)
-    h.add_argument("--ckpt", required=True, help="the scorer to train briefly: a TinyMind .pth checkpoint")
-    h.add_argument("-o", "--output", required=True, help="the selected samples; the steps' files go beside it")
-    how = h.add_mutually_exclusive_group(required=True)
-    how.add_argument("--ratio", type=float)
-    how.add_argument("--count", type=int)
-    h.add_argument("--k", type=int, default=100)
-    h.add_argument("--per_cluster", type=int, default=10)
+    add_common(h, "the scorer to train briefly: a TinyMind .pth checkpoint",
+               "the selected samples; the steps' files go beside it")
+    add_amount(h)
+    add_clusters(h)
     h.add_argument("--epochs", type=int, default=1, help="of the brief SFT on the clustered sample")
     h.add_argument("--batch_size", type=int, default=16)
-    h.add_argument("--prompt", choices=PROMPTS, default="chatml")
-    h.add_argument("--max_length", type=int, default=512)
-    h.add_argument("--seed", type=int, default=42)
-    h.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    h.add_argument("--out_dir", default=None)
     c = sub.add_parser("compare", help="rank correlation of two scorers' scores (Superfiltering)")
     c.add_argument("scores", nargs=2, help="two scores files of the same data")
     c.add_argument("--by", choices=BY, default="ifd")
     c.add_argument("--top", type=float, default=0.1, help="also: how much of one's top share the other keeps")
-    args = p.parse_args(argv)
-    if args.command == "compare":
-        check_range("--top", args.top, 0, 1, low_open=True)
-    elif args.command == "cherry":
+    return check_args(p.parse_args(argv))
+
+
+def check_args(args):
+    """Every flag a command has, range-checked before any work (one line each)."""
+    given = vars(args)
+    if "device" in given:
         check_device(args.device)
-        for flag in ("k", "per_cluster", "epochs", "batch_size"):
-            check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
-        if args.ratio is not None:
-            check_range("--ratio", args.ratio, 0, 1, low_open=True)
-        if args.count is not None:
-            check_range("--count", args.count, 1, integer=True)
-        check_range("--max_length", args.max_length, 8, integer=True)
-    elif args.command == "cluster":
-        check_device(args.device)
-        check_range("--k", args.k, 1, integer=True)
-        check_range("--per_cluster", args.per_cluster, 1, integer=True)
-        check_range("--max_length", args.max_length, 8, integer=True)
-    elif args.command == "score":
-        check_device(args.device)
-        check_range("--max_length", args.max_length, 8, integer=True)
-        check_range("--batch_tokens", args.batch_tokens, 16, integer=True)
-    else:
-        if args.ratio is not None:
-            check_range("--ratio", args.ratio, 0, 1, low_open=True)
-        if args.count is not None:
-            check_range("--count", args.count, 1, integer=True)
-        check_range("--min_answer_tokens", args.min_answer_tokens, 0, integer=True)
+    for flag, low in (("max_length", 8), ("batch_tokens", 16), ("k", 1), ("per_cluster", 1), ("epochs", 1),
+                      ("batch_size", 1), ("count", 1), ("min_answer_tokens", 0)):
+        if given.get(flag) is not None:
+            check_range(f"--{flag}", given[flag], low, integer=True)
+    for flag in ("ratio", "top"):
+        if given.get(flag) is not None:
+            check_range(f"--{flag}", given[flag], 0, 1, low_open=True)
     return args
 
 

@@ -225,8 +225,9 @@ def choose_model(sb):
     base_path = inside(OUT_DIR, base_rel)
     dtype = sb.selectbox("Precision", DEMO_PRECISIONS, key="dtype",
                          help="int8: weights quantised at load time, fastest decoding on a CPU; float32: exact")
-    if precision_hint(dtype, DEVICE):
-        sb.caption(precision_hint(dtype, DEVICE).replace("--dtype ", ""))
+    hint = precision_hint(dtype, DEVICE)
+    if hint:
+        sb.caption(hint.replace("--dtype ", ""))
     loaded = load_or_stop(base_path, dtype=dtype)
     info = loaded.info
     fitting = [rel for rel, head in adapters.items()

@@ -28,15 +28,18 @@ def part_path(scores, rank, world):
 
 
 def read_lines(path):
-    """The score lines of a (part) file; a torn last line (an interrupted write) is left out."""
-    rows = []
-    if Path(path).is_file():
-        for text in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(text))
-            except json.JSONDecodeError:
-                break
-    return rows
+    """(the score lines of a (part) file, whether it ends cleanly). A torn last line (an interrupted
+    write) is left out; a file that does not end in a newline after its last whole line is not clean."""
+    if not Path(path).is_file():
+        return [], True
+    text = Path(path).read_text(encoding="utf-8")
+    rows, lines = [], text.splitlines()
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows, len(rows) == len(lines) and (not text or text.endswith("\n"))
 
 
 def append_lines(path, rows):
@@ -80,9 +83,8 @@ def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, 
     pairs = [Pair(s, tok, prompt, max_length) for s in samples]
     mine = [b for i, b in enumerate(make_batches(pairs, batch_tokens)) if i % dist.world_size == dist.rank]
     part = part_path(scores, dist.rank, dist.world_size)
-    done_rows = read_lines(part)
-    if part.is_file() and (len(done_rows) != len(part.read_text(encoding="utf-8").splitlines())
-                           or not part.read_text(encoding="utf-8").endswith("\n")):
+    done_rows, clean = read_lines(part)
+    if not clean:
         rewrite_clean(part, done_rows)          # a torn last line, or a whole one without its newline
     done = {r["line"] for r in done_rows}
     todo = [b for b in mine if not all(p.line in done for p in b)]
@@ -97,7 +99,7 @@ def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, 
     bar.close()
     barrier(dist)
     if dist.is_main:
-        rows = [r for rank in range(dist.world_size) for r in read_lines(part_path(scores, rank, dist.world_size))]
+        rows = [r for rank in range(dist.world_size) for r in read_lines(part_path(scores, rank, dist.world_size))[0]]
         rows.sort(key=lambda r: r["line"])
         if [r["line"] for r in rows] != sorted(s.line for s in samples):
             raise UserError(f"{scores}: the parts hold {len(rows):,} score lines for {len(samples):,} samples; "

@@ -125,27 +125,37 @@ def test_select_writes_the_input_format_stats_and_histogram(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_an_interrupted_run_resumes_to_the_same_file(tmp_path, monkeypatch):
+def interrupted_run(tmp_path, monkeypatch, after_batches):
+    """A scoring run stopped after some batches -> (the uninterrupted run's file, the stopped run's scores
+    path, again(prompt="chatml") that runs it again)."""
     loaded = load_for_inference(ckpt=make_checkpoint(tmp_path / "m.pth", std=0.08))
     samples = read_samples(write_chat(tmp_path / "d.jsonl", n=30))
-    whole = run.score_file(samples, loaded, tmp_path / "whole.jsonl", "chatml", 64, 200, Dist(), progress=False)
+
+    def score(out, prompt="chatml"):
+        return run.score_file(samples, loaded, out, prompt, 64, 200, Dist(), progress=False)
+    whole = score(tmp_path / "whole.jsonl")
     real, calls = ifd.score_batch, []
 
     def dies(*a):
-        if len(calls) == 3:
+        if len(calls) == after_batches:
             raise KeyboardInterrupt
         calls.append(1)
         return real(*a)
     monkeypatch.setattr(run, "score_batch", dies)
     out = tmp_path / "again.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        run.score_file(samples, loaded, out, "chatml", 64, 200, Dist(), progress=False)
+        score(out)
+    monkeypatch.setattr(run, "score_batch", real)
+    return whole, out, lambda prompt="chatml": score(out, prompt)
+
+
+def test_an_interrupted_run_resumes_to_the_same_file(tmp_path, monkeypatch):
+    whole, out, again = interrupted_run(tmp_path, monkeypatch, 3)
     part = run.part_path(out, 0, 1)
     assert len(part.read_text().splitlines()) > 0 and not out.exists()
     lines = part.read_text().splitlines()
     part.write_text("\n".join(lines[:-1]) + '\n{"line": 99, "ifd"')   # a batch half written, a torn line
-    monkeypatch.setattr(run, "score_batch", real)
-    run.score_file(samples, loaded, out, "chatml", 64, 200, Dist(), progress=False)
+    again()
     assert out.read_bytes() == whole.read_bytes() and not part.exists()
 
 
@@ -216,27 +226,13 @@ def test_clustering_returns_k_clusters_and_the_samples_nearest_their_centres(tmp
 
 
 def test_a_resume_refuses_other_settings_and_survives_a_missing_newline(tmp_path, monkeypatch):
-    loaded = load_for_inference(ckpt=make_checkpoint(tmp_path / "m.pth", std=0.08))
-    samples = read_samples(write_chat(tmp_path / "d.jsonl", n=30))
-    whole = run.score_file(samples, loaded, tmp_path / "whole.jsonl", "chatml", 64, 200, Dist(), progress=False)
-    real, calls = ifd.score_batch, []
-
-    def dies(*a):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a)
-    monkeypatch.setattr(run, "score_batch", dies)
-    out = tmp_path / "again.jsonl"
-    with pytest.raises(KeyboardInterrupt):
-        run.score_file(samples, loaded, out, "chatml", 64, 200, Dist(), progress=False)
-    monkeypatch.setattr(run, "score_batch", real)
+    whole, out, again = interrupted_run(tmp_path, monkeypatch, 2)
     with pytest.raises(UserError, match="an unfinished run of it used other settings: prompt 'chatml' "
                                         r"\(now 'plain'\)"):
-        run.score_file(samples, loaded, out, "plain", 64, 200, Dist(), progress=False)
+        again("plain")
     part = run.part_path(out, 0, 1)
     part.write_text(part.read_text().rstrip("\n"))           # the last line whole, its newline lost
-    run.score_file(samples, loaded, out, "chatml", 64, 200, Dist(), progress=False)
+    again()
     assert out.read_bytes() == whole.read_bytes() and not run.settings_path(out).exists()
 
 

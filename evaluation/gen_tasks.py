@@ -3,7 +3,8 @@ and scored per item, one row per metric in the shape of evaluation.suite.result_
 - identity (dataset/identity_test.jsonl): pass, dataset.scoring.identity_verdict against the identity the
   model records (evaluation.qa.expected_identity); a model that records none is scored against the first
   one in the table that does (a base next to its adapter: 0% when it never says that name), and when no
-  model records one the rows are "not scored";
+  model records one the rows are "not scored" (with untaught_file, evaluate_gen holds such models to the
+  identity the test file's lines ask for instead: a study of runs none of which was taught an identity);
 - a question/answer file (music = dataset/music_test.jsonl): exact_match (SQuAD EM), contains (a gold
   phrase in the answer, not negated: task_verdict) and f1 (SQuAD token F1), each the max over its golds.
 value is the mean over items, stderr the standard error of that mean. Each (model, task) report, every
@@ -116,16 +117,24 @@ def describe(result, note):
                      for k, v in result["metrics"].items())
 
 
-def evaluate_gen(models, tasks, out, max_new_tokens=MAX_NEW_TOKENS, batch_size=16, say=print):
+def file_identity(task):
+    """(identity, where from) that an identity test file's first line asks for, or None."""
+    asks = task.records[0].get("identity") if task.records else None
+    return (asks, f"the identity {task.file.name} asks for") if isinstance(asks, dict) and asks.get("name") else None
+
+
+def evaluate_gen(models, tasks, out, max_new_tokens=MAX_NEW_TOKENS, batch_size=16, say=print, untaught_file=False):
     """Rows of every (model, generation task, metric) for already loaded models (evaluation.suite.load_models);
-    a row that could not be scored has value None and a "note"."""
+    a row that could not be scored has value None and a "note". untaught_file: when no model records an
+    identity, hold them all to the one the identity test's lines ask for (evaluation.gen_tasks.file_identity)."""
     sampling = {"temperature": 0.0, "max_new_tokens": max_new_tokens}          # greedy
     taught = next((m for m in models if m.identity), None)
     fallback = (taught.identity, f"the identity {taught.label} records") if taught else None
     rows = []
     for m in models:
         for task in tasks:
-            result, note = run_gen_task(m, task, sampling, batch_size, fallback)
+            held = fallback or (file_identity(task) if untaught_file and task.kind == "identity" else None)
+            result, note = run_gen_task(m, task, sampling, batch_size, held)
             body = {"kind": "gen", "file": str(task.file), "label": m.label, "model": m.info, "model_key": model_key(m),
                     "sampling": sampling, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "note": note, **result}
             save_report(body, out, f"gen_{task.name}", m)

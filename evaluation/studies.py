@@ -8,6 +8,8 @@ scripts/study.py runs them, scores them on the same tasks and writes one report.
 
 An arm's outputs go to its own out folder, out/study/{study}/{arm}/ (the trainer's layout inside it:
 lora/{arm}_{hidden}.pth or full_sft_{hidden}.pth, logs/, state/), so the user's out/ is never touched.
+An arm may train on its own share of the data (Arm.data): the study's prepare_commands write those files
+into out/study/{study}/data/ before any arm trains (the ifd study: Cherry selection by scripts/select_data.py).
 """
 import os
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from pathlib import Path
 from model import paths
 
 LORA, FULL = "trainer/train_lora.py", "trainer/train_full_sft.py"
+SELECT = "scripts/select_data.py"
 SYSTEM = "You are a helpful assistant."
 RANKS = (4, 8, 16, 64)
 EPOCHS = 5                             # the README command's; the time budget usually ends the run first
@@ -28,6 +31,7 @@ class Arm:
     what: str                          # one line for the dry run and the summary
     script: object = LORA              # the trainer it runs; None: no training, the base itself is scored
     flags: tuple = ()                  # what this arm adds to the flags every arm shares
+    data: str = ""                     # "": the study's --data_path; else its prepared share, data/{data}.jsonl
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class Study:
     question: str                      # what the study answers, for its summary
     arms: tuple
     note: str = ""                     # how to read its results
+    base: str = "lora"                 # the default base: "lora" (train_lora.py's), "pretrain" (a pretrained one)
+    defaults: tuple = ()               # (flag, value) of study.py's flags that differ for this study
 
 
 STUDIES = {s.name: s for s in (
@@ -57,6 +63,17 @@ STUDIES = {s.name: s for s in (
     Study("lora_rank", "Which LoRA rank? Alpha is 2 x rank throughout, so the scaling alpha/r stays 2.",
           tuple(Arm(f"rank{r}", f"LoRA --lora_rank {r} --lora_alpha {2 * r}", LORA,
                     ("--lora_rank", r, "--lora_alpha", 2 * r)) for r in RANKS)),
+    Study("ifd", "Does full SFT on the top share of the data by IFD (Cherry selection) beat a random share of "
+          "the same size, the bottom share, and all of the data, in the same number of steps?",
+          (Arm("top", "full SFT on the top --ratio by IFD (select_data.py cherry: the scorer is the base after "
+                      "a brief SFT on a clustered sample)", FULL, data="top"),
+           Arm("random", "full SFT on as many samples drawn at random", FULL, data="random"),
+           Arm("bottom", "full SFT on as many with the lowest IFD", FULL, data="bottom"),
+           Arm("all", "full SFT on every sample", FULL)),
+          "every arm runs the same --max_steps from the same pretrained base, so the small shares repeat "
+          "their samples; validation loss is on the same --val_data for every arm.",
+          base="pretrain", defaults=(("data_path", "dataset/sft.jsonl"), ("val_data", "dataset/sft_val.jsonl"),
+                                     ("max_steps", 600), ("minutes", 60.0), ("gen", "music,identity"))),
 )}
 
 
@@ -67,10 +84,16 @@ def shown(path):
     return os.path.relpath(p, root) if root in p.parents else str(p)
 
 
-def arm_command(arm, base, data, arm_dir, minutes, seed, device="", max_steps=0):
+def arm_data(arm, data, folder):
+    """The file an arm trains on: the study's data, or its share prepared in the study folder."""
+    return Path(folder) / "data" / f"{arm.data}.jsonl" if arm.data else Path(data)
+
+
+def arm_command(arm, base, data, arm_dir, minutes, seed, device="", max_steps=0, val_data="", max_seq_len=0):
     """The trainer command of an arm (as run from the repository root; "python" is the running one), or
-    None for an arm that does not train. Shared by every arm: --base, --data_path, --epochs, --seed,
-    --max_minutes, --out_dir (the arm's own folder)."""
+    None for an arm that does not train. Shared by every arm: --base, --epochs, --seed, --max_minutes and
+    what is given of --device, --max_steps, --val_data, --max_seq_len; its own: --data_path (data: the
+    arm's file, arm_data) and --out_dir (the arm's own folder)."""
     if arm.script is None:
         return None
     cmd = ["python", arm.script, "--base", shown(base), "--data_path", shown(data), "--epochs", EPOCHS,
@@ -78,7 +101,31 @@ def arm_command(arm, base, data, arm_dir, minutes, seed, device="", max_steps=0)
     cmd += ["--lora_name", arm.name] if arm.script == LORA else []
     cmd += ["--device", device] if device else []
     cmd += ["--max_steps", max_steps] if max_steps else []
+    cmd += ["--val_data", shown(val_data)] if val_data else []
+    cmd += ["--max_seq_len", max_seq_len] if max_seq_len else []
     return [str(c) for c in cmd + list(arm.flags)]
+
+
+def prepare_commands(study, base, data, folder, samples, count, seed, max_length, device=""):
+    """The commands that write the arms' own shares (Arm.data) into {folder}/data/, in order -> [(share,
+    command)]; [] for a study whose arms all train on its data. The ifd study's: `select_data.py cherry`
+    (cluster into Cherry's 100 clusters, fewer for fewer than 1,000 samples; a brief SFT of the base on 10
+    of each; IFD scores of every sample with it; the top count), then the bottom count and a random draw
+    of count (from every sample, --keep_above_one) from the same scores."""
+    shares = [a.data for a in study.arms if a.data]
+    if not shares:
+        return []
+    if shares != ["top", "random", "bottom"]:
+        raise ValueError(f"study {study.name}: no recipe for the shares {shares}")
+    out = {s: shown(Path(folder) / "data" / f"{s}.jsonl") for s in shares}
+    scores = out["top"] + ".scores.jsonl"                 # where cherry leaves its scores (select_data.py)
+    common = ["--data_path", shown(data), "--count", count]
+    cherry = ["python", SELECT, "cherry", *common, "--ckpt", shown(base), "--k", max(1, min(100, samples // 10)),
+              "--seed", seed, "--max_length", max_length, "-o", out["top"]] + (["--device", device] if device else [])
+    pick = ["python", SELECT, "select", *common, "--scores", scores]
+    cmds = [("top", cherry), ("bottom", pick + ["--pick", "bottom", "-o", out["bottom"]]),
+            ("random", pick + ["--pick", "random", "--keep_above_one", "--seed", seed, "-o", out["random"]])]
+    return [(s, [str(c) for c in cmd]) for s, cmd in cmds]
 
 
 def arm_output(arm, base, arm_dir, config):

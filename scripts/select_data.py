@@ -18,7 +18,8 @@ interrupted run continues its scores file when started again. --ckpt takes what 
 
 select: the top --ratio (of the samples left after the filters) or --count by --by (ifd or ifd_ppl);
 samples with ifd >= 1 are dropped unless --keep_above_one, and those with fewer than --min_answer_tokens
-answer tokens. Writes the selected samples in the input's own format (JSONL, or Alpaca's JSON array), and
+answer tokens. --pick bottom keeps the lowest instead, --pick random a random draw (--seed): the baselines
+`python scripts/study.py --study ifd` trains beside the top. Writes the selected samples in the input's own format (JSONL, or Alpaca's JSON array), and
 beside them {output}.stats.json and {output}.hist.png (the scores' histogram with the cut marked).
 Inputs: every JSONL format TinyMind reads, and Alpaca's alpaca_data.json (one JSON array).
 
@@ -53,7 +54,7 @@ from model.errors import UserError  # noqa: E402
 from model.precision import PRECISIONS  # noqa: E402
 from selection.ifd import PROMPTS  # noqa: E402
 from selection.samples import read_samples, write_samples  # noqa: E402
-from selection.select import BY, choose, compare, histogram  # noqa: E402
+from selection.select import BY, PICKS, choose, compare, histogram  # noqa: E402
 
 
 def add_common(sub, ckpt_help, output_help):
@@ -99,6 +100,10 @@ def parse_args(argv=None):
     t.add_argument("--by", choices=BY, default="ifd", help="ifd (default) or ifd_ppl (Superfiltering)")
     t.add_argument("--keep_above_one", action="store_true", help="keep samples with ifd >= 1")
     t.add_argument("--min_answer_tokens", type=int, default=0, help="drop samples with fewer answer tokens")
+    t.add_argument("--pick", choices=PICKS, default="top", help="top (default), bottom, or random (a baseline: "
+                   "as many drawn at random from the samples left after the filters; add --keep_above_one to "
+                   "draw from all)")
+    t.add_argument("--seed", type=int, default=42, help="of --pick random")
     k = sub.add_parser("cluster", help="Cherry's pre-experienced set: n samples from each of k KMeans clusters")
     add_common(k, "the model whose hidden states embed the instructions", "the chosen samples (the input's format)")
     add_clusters(k)
@@ -122,9 +127,9 @@ def check_args(args):
     if "device" in given:
         check_device(args.device)
     for flag, low in (("max_length", 8), ("batch_tokens", 16), ("k", 1), ("per_cluster", 1), ("epochs", 1),
-                      ("batch_size", 1), ("count", 1), ("min_answer_tokens", 0)):
+                      ("batch_size", 1), ("count", 1), ("min_answer_tokens", 0), ("seed", 0)):
         if given.get(flag) is not None:
-            check_range(f"--{flag}", given[flag], low, integer=True)
+            check_range(f"--{flag}", given[flag], low, 2**32 - 1 if flag == "seed" else None, integer=True)
     for flag in ("ratio", "top"):
         if given.get(flag) is not None:
             check_range(f"--{flag}", given[flag], 0, 1, low_open=True)
@@ -175,7 +180,8 @@ def select(args):
         raise UserError(f"{scores}: scores {len(rows):,} lines for the {len(samples):,} samples of {data}"
                         + (f" (line {unknown[0]} is not a sample there)" if unknown else "")
                         + "; score this file (or finish the run)")
-    kept, stats = choose(rows, args.ratio, args.count, args.by, args.keep_above_one, args.min_answer_tokens)
+    kept, stats = choose(rows, args.ratio, args.count, args.by, args.keep_above_one, args.min_answer_tokens,
+                         args.pick, args.seed)
     if not kept:
         raise UserError(f"--ratio {args.ratio}: selects none of the {stats['eligible']:,} samples left after the "
                         "filters; give a larger --ratio or --count")
@@ -183,7 +189,7 @@ def select(args):
     stats.update(data=str(data), scores=str(scores), output=str(output), ratio=args.ratio, count=args.count)
     write_text(stats_path, json.dumps(stats, indent=2) + "\n")
     histogram(rows, args.by, stats["cut"], png_path, f"{data.name}: {stats['selected']:,} of "
-              f"{stats['samples']:,} selected by {args.by}")
+              f"{stats['samples']:,} selected by {args.by} ({args.pick})", args.pick)
     print(f"selected {stats['selected']:,} of {stats['samples']:,} samples ({stats['ifd_at_least_1_dropped']:,} "
           f"with ifd >= 1 dropped, {stats['without_score']:,} without a score); cut {args.by} "
           f"{stats['cut'] if stats['cut'] is not None else '-'}")
@@ -275,7 +281,7 @@ def cherry(args):
         score(Namespace(**common, ckpt=str(trained), output=str(scores), batch_tokens=1024, dtype="float32",
                         no_progress=False))
     select(Namespace(data_path=args.data_path, scores=str(scores), output=str(output), ratio=args.ratio,
-                     count=args.count, by="ifd", keep_above_one=False, min_answer_tokens=0))
+                     count=args.count, by="ifd", keep_above_one=False, min_answer_tokens=0, pick="top", seed=42))
 
 
 def main(argv=None):

@@ -4,12 +4,18 @@ scored on the same benchmarks and generation tests, in one report (the arms: eva
     python scripts/study.py                                  # forgetting: the base before and after the music LoRA
     python scripts/study.py --study loss_on --dry_run        # the arms' commands, nothing run
     python scripts/study.py --study lora_rank --minutes 5 --tasks arc_easy --limit 300 --gen music
+    python scripts/study.py --study ifd                      # Cherry selection: top 10% by IFD vs random, bottom, all
 
-Studies: forgetting (the default), loss_on, system_prompt, lora_vs_full, lora_rank. The default took 15m40s
+Studies: forgetting (the default), loss_on, system_prompt, lora_vs_full, lora_rank, ifd. The default took 15m40s
 on the project's 2-core CPU with SmolLM2-135M as the base: 12 minutes of LoRA training, then each arm's
 benchmarks (--limit 150 items of each --tasks, 0-shot; run `python scripts/eval_bench.py --fetch` once) and
 generation tests (--gen, greedy, the first --gen_limit questions). Every arm runs the real trainer command
 with --max_minutes and its own --out_dir out/study/{study}/{arm}; the user's out/ is never touched.
+
+ifd: from a pretrained base (the quickstart's out/scratch/pretrain_*.pth on a CPU), full SFT for the same
+--max_steps on the top --ratio of dataset/sft.jsonl by IFD (select_data.py cherry), on a random share of
+the same size, on the bottom share, and on all of it; validation loss on dataset/sft_val.jsonl. The shares
+are written first into out/study/ifd/data/ (with their scores, stats and histograms).
 
 Writes out/study/{study}/: README.md (what ran, each arm's command, steps, losses, the table),
 eval/study_{study}.md/.csv/.json/.png (evaluation/report.py), loss_curves.png (every trained arm's curves),
@@ -19,6 +25,7 @@ A re-run first moves the earlier out/study/{study}/ whole to out/study/previous/
 check has passed, before the first arm trains): nothing finished is lost. A failed arm stops the study with
 one line naming it and its train.log, which stays where the study was being written.
 """
+import json
 import shlex
 import subprocess
 import sys
@@ -31,7 +38,8 @@ sys.path.insert(0, str(ROOT))  # repo root
 from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
 from evaluation import benchmarks, report  # noqa: E402
 from evaluation.gen_tasks import evaluate_gen, load_gen_tasks  # noqa: E402
-from evaluation.studies import DEFAULT_STUDY, STUDIES, arm_command, arm_output, shown  # noqa: E402
+from evaluation.studies import (DEFAULT_STUDY, STUDIES, arm_command, arm_data, arm_output,  # noqa: E402
+                                prepare_commands, shown)
 from evaluation.suite import evaluate_models  # noqa: E402
 from model import paths  # noqa: E402
 from model.adapter import is_adapter  # noqa: E402
@@ -39,33 +47,48 @@ from model.atomic import check_writable, move, write_text  # noqa: E402
 from model.checkpoint import read_pth  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from scripts.quickstart_clock import fmt_time  # noqa: E402
+from selection.samples import read_samples  # noqa: E402
 from trainer.runlog import plot_curves, run_stats  # noqa: E402
 
-TASKS, GEN = "arc_easy,hellaswag,piqa", "music,identity"
+TASKS = "arc_easy,hellaswag,piqa"
+COMMON_DEFAULTS = {"data_path": "dataset/music.jsonl", "val_data": "", "minutes": 12.0, "max_steps": 0,
+                   "gen": "music,identity"}                  # a study's own (Study.defaults) come first
 
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--study", default=DEFAULT_STUDY, choices=tuple(STUDIES), help="which study (default %(default)s)")
     p.add_argument("--base", default="", help="the checkpoint every arm starts from (default: what "
-                   "train_lora.py takes: out/full_sft_*.pth, else the imported SmolLM2)")
-    p.add_argument("--data_path", default="dataset/music.jsonl", help="every arm's training data")
-    p.add_argument("--minutes", type=float, default=12.0, help="training minutes per arm (--max_minutes)")
-    p.add_argument("--max_steps", type=int, default=0, help="also stop each arm after this many steps (0: the "
-                                                            "time budget alone)")
+                   "train_lora.py takes: out/full_sft_*.pth, else the imported SmolLM2; the ifd study: the "
+                   "pretrained out/pretrain_*.pth, else the quickstart's out/scratch/pretrain_*.pth)")
+    p.add_argument("--data_path", default=None, help="every arm's training data (default dataset/music.jsonl; "
+                                                     "the ifd study: dataset/sft.jsonl, the set it selects from)")
+    p.add_argument("--val_data", default=None, help="every arm's validation file (default: the trainer's own; "
+                                                    "the ifd study: dataset/sft_val.jsonl)")
+    p.add_argument("--ratio", type=float, default=0.1, help="the ifd study: the share each selected arm keeps "
+                                                            "(of every sample; default 0.1)")
+    p.add_argument("--minutes", type=float, default=None, help="training minutes per arm (--max_minutes; default "
+                                                               "12, the ifd study 60)")
+    p.add_argument("--max_steps", type=int, default=None, help="also stop each arm after this many steps (0: the "
+                                                               "time budget alone; default 0, the ifd study 600)")
     p.add_argument("--tasks", default=TASKS, help="benchmarks, comma-separated ('' for none)")
     p.add_argument("--limit", type=int, default=150, help="the first N items of each benchmark")
-    p.add_argument("--gen", default=GEN, help="generation tests, comma-separated: identity, music or a .jsonl "
-                                              "('' for none)")
+    p.add_argument("--gen", default=None, help="generation tests, comma-separated: identity, music or a .jsonl "
+                                               "('' for none; default music,identity)")
     p.add_argument("--gen_limit", type=int, default=32, help="the first N questions of each generation test")
-    p.add_argument("--seed", type=int, default=42, help="every arm's training seed")
+    p.add_argument("--seed", type=int, default=42, help="every arm's training seed (and the random share's)")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out_dir", default=None, help="the out folder (default $TINYMIND_OUT_DIR, else <repo>/out); "
                                                    "the study goes to {out_dir}/study/{study}/")
     p.add_argument("--dry_run", action="store_true", help="check everything, print the arms' commands, run nothing")
     args = p.parse_args(argv)
+    given = dict(STUDIES[args.study].defaults)
+    for flag, value in {**COMMON_DEFAULTS, **given}.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
     check_range("--minutes", args.minutes, 0.0, 1e6, low_open=True)
     check_range("--max_steps", args.max_steps, 0, integer=True)
+    check_range("--ratio", args.ratio, 0.0, 1.0, low_open=True)
     check_range("--limit", args.limit, 1, integer=True)
     check_range("--gen_limit", args.gen_limit, 1, integer=True)
     check_range("--seed", args.seed, 0, 2**32 - 1, integer=True)
@@ -78,11 +101,17 @@ def parse_args(argv=None):
 
 
 def find_base(args, out):
-    """--base, else train_lora.py's choice (model.paths.find_lora_base) -> (path, why, its model config)."""
+    """--base, else the study's kind of base: train_lora.py's choice (model.paths.find_lora_base), or a
+    pretrained checkpoint (out/, else the quickstart's out/scratch/) -> (path, why, its model config)."""
     if args.base:
         base, why = paths.resolve_input(args.base), "--base"
         if not base.is_file():
             raise UserError(f"--base {args.base}: file not found")
+    elif STUDIES[args.study].base == "pretrain":
+        scratch = Path(out) / "scratch"
+        where = out if paths.candidates(out, "pretrain") or not paths.candidates(scratch, "pretrain") else scratch
+        base = paths.find_stage_checkpoint(where, "pretrain")
+        why = f"the pretrained checkpoint in {shown(where)}/; --base picks another"
     else:
         base, why = paths.find_lora_base(out)
     ckpt = read_pth(base, mmap=True)
@@ -95,22 +124,32 @@ def make_plan(args):
     """Everything checked before any work: the base, the data, the benchmark items and test files, the
     output folder. -> dict of what the study runs."""
     out = paths.out_dir(args.out_dir)
+    study = STUDIES[args.study]
     folder = paths.study_dir(out, args.study)
     check_writable(folder, folder=True)
     base, why, config = find_base(args, out)
     data = paths.resolve_input(args.data_path)
-    if not data.is_file():
-        raise UserError(f"--data_path {args.data_path}: file not found")
+    val = paths.resolve_input(args.val_data) if args.val_data else ""
+    for flag, f in (("--data_path", data), ("--val_data", val)):
+        if f and not f.is_file():
+            raise UserError(f"{flag} {f}: file not found")
     for t in args.tasks:
         benchmarks.load_task(t)                        # items not fetched: one line saying how
     gen = load_gen_tasks(args.gen, args.gen_limit) if args.gen else []
+    window = min(512, config.get("max_position_embeddings", 512))
+    samples = len(read_samples(data)) if any(a.data for a in study.arms) else 0    # a bad line: one line, now
+    count = round(samples * args.ratio)
+    if samples and count < 1:
+        raise UserError(f"--ratio {args.ratio}: keeps no sample of the {samples} in {data}")
+    prepare = prepare_commands(study, base, data, folder, samples, count, args.seed, window, args.device)
     arms = []
-    for arm in STUDIES[args.study].arms:
+    for arm in study.arms:
         d = folder / arm.name
-        arms.append({"arm": arm, "dir": d, "output": arm_output(arm, base, d, config),
-                     "cmd": arm_command(arm, base, data, d, args.minutes, args.seed, args.device, args.max_steps)})
-    return {"study": STUDIES[args.study], "out": out, "folder": folder, "base": base, "why": why, "data": data,
-            "gen": gen, "arms": arms, "name": f"study_{args.study}"}
+        cmd = arm_command(arm, base, arm_data(arm, data, folder), d, args.minutes, args.seed, args.device,
+                          args.max_steps, val, window if window < 512 else 0)
+        arms.append({"arm": arm, "dir": d, "output": arm_output(arm, base, d, config), "cmd": cmd})
+    return {"study": study, "out": out, "folder": folder, "base": base, "why": why, "data": data, "val": val,
+            "count": count, "prepare": prepare, "gen": gen, "arms": arms, "name": f"study_{args.study}"}
 
 
 def describe_plan(args, plan):
@@ -121,6 +160,9 @@ def describe_plan(args, plan):
              f"data {shown(plan['data'])}; seed {args.seed}; {args.minutes:g} min of training per arm"
              + (f" (at most {args.max_steps} steps)" if args.max_steps else ""),
              f"outputs in {shown(plan['folder'])}/"]
+    if plan["prepare"]:
+        lines.append(f"first the arms' shares ({plan['count']:,} samples each, --ratio {args.ratio:g}):")
+        lines += [f"  $ {shlex.join(cmd)}" for _, cmd in plan["prepare"]]
     for a in plan["arms"]:
         lines.append(f"arm {a['arm'].name}: {a['arm'].what}")
         if a["cmd"]:
@@ -145,34 +187,52 @@ def keep_earlier(plan):
     print(f"kept the earlier {folder.name} study in {kept}", flush=True)
 
 
-def train_arm(plan, a):
-    """Run an arm's trainer command (its output shown and kept in {arm}/train.log) -> seconds it took.
-    A failure is one line naming the arm and its log."""
-    a["dir"].mkdir(parents=True, exist_ok=True)
-    log = a["dir"] / "train.log"
-    print(f"\n=== arm {a['arm'].name}: {a['arm'].what}\n$ {shlex.join(a['cmd'])}", flush=True)
+def run_logged(cmd, log, what):
+    """Run a command from the repository root, its output shown and kept in log -> (exit code, seconds,
+    its last 'error:' line or "")."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"\n=== {what}\n$ {shlex.join(cmd)}", flush=True)
     t, last = time.time(), ""
     with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.Popen([sys.executable, *a["cmd"][1:]], cwd=ROOT, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, *cmd[1:]], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in proc.stdout:
             sys.stdout.write(line)
             f.write(line)
             last = line.strip() or last
         rc = proc.wait()
-    if rc != 0 or not a["output"].is_file():
+    return rc, time.time() - t, (last if last.startswith("error:") else "")
+
+
+def prepare_shares(plan):
+    """Write the arms' own shares of the data (evaluation.studies.prepare_commands), each step's output in
+    data/{share}.log -> seconds. A failure is one line naming the step and its log."""
+    t = time.time()
+    for share, cmd in plan["prepare"]:
+        log = plan["folder"] / "data" / f"{share}.log"
+        rc, _, err = run_logged(cmd, log, f"the {share} share")
         if rc:
-            why = f"exit {rc}" + (f": {last}" if last.startswith("error:") else "")
-        else:
-            why = f"it left no {a['output'].name}"
-        raise UserError(f"arm {a['arm'].name} of study {plan['study'].name} failed ({why}); its log: {log}")
+            raise UserError(f"preparing the {share} share of study {plan['study'].name} failed (exit {rc}"
+                            + (f": {err}" if err else "") + f"); its log: {log}")
     return time.time() - t
+
+
+def train_arm(plan, a):
+    """Run an arm's trainer command (its output shown and kept in {arm}/train.log) -> seconds it took.
+    A failure is one line naming the arm and its log."""
+    log = a["dir"] / "train.log"
+    rc, seconds, err = run_logged(a["cmd"], log, f"arm {a['arm'].name}: {a['arm'].what}")
+    if rc != 0 or not a["output"].is_file():
+        why = (f"exit {rc}" + (f": {err}" if err else "")) if rc else f"it left no {a['output'].name}"
+        raise UserError(f"arm {a['arm'].name} of study {plan['study'].name} failed ({why}); its log: {log}")
+    return seconds
 
 
 def score_arms(args, plan):
     """Every arm's model (labelled with the arm's name) on the benchmarks and generation tests -> rows.
     They are loaded together, so an arm that records no identity (the untouched base) is held to the one
-    another arm's training data taught (evaluation.gen_tasks)."""
+    another arm's training data taught, and when none was taught one (the ifd study's full SFT on
+    sft.jsonl), to the one the identity test asks for (evaluation.gen_tasks)."""
     import torch
     from model.inference import load_for_inference
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -186,7 +246,7 @@ def score_arms(args, plan):
     if args.tasks:
         rows += evaluate_models(models, args.tasks, plan["folder"], limit=args.limit, progress=sys.stderr.isatty())
     if plan["gen"]:
-        rows += evaluate_gen(models, plan["gen"], plan["folder"])
+        rows += evaluate_gen(models, plan["gen"], plan["folder"], untaught_file=True)
     return rows
 
 
@@ -196,29 +256,47 @@ def log_stats(path):
     return steps, "-" if loss is None else f"{loss:.3f}", "-" if val is None else f"{val:.3f}"
 
 
+def share_note(plan, a):
+    """The data column of an arm: its file's samples (and mean IFD, for a share select_data.py wrote)."""
+    if not a["arm"].data:
+        return f"{shown(plan['data'])}"
+    stats = json.loads((arm_data(a["arm"], plan["data"], plan["folder"]).parent /
+                        f"{a['arm'].data}.jsonl.stats.json").read_text(encoding="utf-8"))
+    mean = f", mean ifd {stats['selected_mean']:.3f}" if stats.get("selected_mean") is not None else ""
+    return f"data/{a['arm'].data}.jsonl ({stats['selected']:,} samples{mean})"
+
+
 def summary(args, argv, plan, seconds, rows, written, curves, took):
     """out/study/{study}/README.md: the question, what ran, each arm's steps and losses, the table."""
     study, f = plan["study"], plan["folder"]
     lines = [f"# Study {study.name}", "", study.question + " Every arm starts from the same base with the same "
-             "data, seed and time budget, and is scored on the same tests.", "",
+             "seed and budget, and is scored on the same tests.", "",
              f"- base: {shown(plan['base'])} ({plan['why']})",
-             f"- data: {shown(plan['data'])}; seed {args.seed}; {args.minutes:g} min of training per arm"
-             + (f", at most {args.max_steps} steps" if args.max_steps else ""),
-             f"- took {fmt_time(took)} (training {fmt_time(sum(seconds.values()))}); "
-             f"{time.strftime('%Y-%m-%d %H:%M')}", "",
-             "| arm | what | steps | train loss | val loss | training time |", "|---|---|---:|---:|---:|---:|"]
+             f"- data: {shown(plan['data'])}" + (f"; validation {shown(plan['val'])}" if plan["val"] else "")
+             + f"; seed {args.seed}; {args.minutes:g} min of training per arm"
+             + (f", at most {args.max_steps} steps" if args.max_steps else "")]
+    if plan["prepare"]:
+        lines.append(f"- shares: {plan['count']:,} samples each (--ratio {args.ratio:g}), written in "
+                     f"{fmt_time(plan['prepare_seconds'])} by the commands below (logs: data/*.log)")
+    lines += [f"- took {fmt_time(took)} (training {fmt_time(sum(seconds.values()))}); "
+              f"{time.strftime('%Y-%m-%d %H:%M')}", "",
+              "| arm | what | data | steps | train loss | val loss | training time |",
+              "|---|---|---|---:|---:|---:|---:|"]
     for a in plan["arms"]:
         trained = a["cmd"] is not None
         steps, loss, val = log_stats(paths.log_path_for(a["output"])) if trained else ("-", "-", "-")
-        lines.append(f"| {a['arm'].name} | {a['arm'].what} | {steps} | {loss} | {val} | "
-                     f"{fmt_time(seconds[a['arm'].name]) if trained else '-'} |")
+        lines.append(f"| {a['arm'].name} | {a['arm'].what} | {share_note(plan, a) if trained else '-'} | {steps} | "
+                     f"{loss} | {val} | {fmt_time(seconds[a['arm'].name]) if trained else '-'} |")
     lines += (["", f"Note: {study.note}"] if study.note else []) + ["", "## Scores", "", report.markdown_table(rows)]
     files = [f"{Path(p).relative_to(f)}" for p in written.values()] + ([curves.name] if curves else [])
     lines += ["", f"Files here: {', '.join(files)}; eval/bench_*.json and gen_*.json (every item's answer); "
-              "{arm}/train.log and {arm}/logs/ (each run's output and log).", "", "## Commands", "",
-              "From the repository root. This study:", "",
-              "    python scripts/study.py " + shlex.join(sys.argv[1:] if argv is None else argv), "",
-              "Its arms ran:", ""]
+              "{arm}/train.log and {arm}/logs/ (each run's output and log)"
+              + ("; data/ (the shares, their stats, histograms and the scores)" if plan["prepare"] else "") + ".",
+              "", "## Commands", "", "From the repository root. This study:", "",
+              "    python scripts/study.py " + shlex.join(sys.argv[1:] if argv is None else argv), ""]
+    if plan["prepare"]:
+        lines += ["Its shares:", ""] + [f"    # {share}: {shlex.join(cmd)}" for share, cmd in plan["prepare"]] + [""]
+    lines += ["Its arms ran:", ""]
     for a in plan["arms"]:
         lines.append(f"    # {a['arm'].name}: " + ("no training" if a["cmd"] is None else shlex.join(a["cmd"])))
     return write_text(f / "README.md", "\n".join(lines) + "\n")
@@ -232,6 +310,7 @@ def main(argv=None):
         return 0
     keep_earlier(plan)
     t0, seconds = time.time(), {}
+    plan["prepare_seconds"] = prepare_shares(plan) if plan["prepare"] else 0.0
     for a in plan["arms"]:
         if a["cmd"]:
             seconds[a["arm"].name] = train_arm(plan, a)

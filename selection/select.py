@@ -1,21 +1,29 @@
 """Selection by IFD: the top --ratio or --count samples by ifd (or ifd_ppl), the paper's filters first, and
-the report of what was kept (stats and a histogram of the scores with the cut marked).
+the report of what was kept (stats and a histogram of the scores with the cut marked). The bottom and a
+random draw of as many are the baselines a study compares the top with.
 
     from selection.select import choose, histogram
     kept, stats = choose(score_rows, ratio=0.1)
+    kept, stats = choose(score_rows, count=1690, pick="random", keep_above_one=True, seed=42)
 """
 import math
+import random
 
 BY = ("ifd", "ifd_ppl")
+PICKS = ("top", "bottom", "random")
 
 
-def choose(rows, ratio=None, count=None, by="ifd", keep_above_one=False, min_answer_tokens=0):
+def choose(rows, ratio=None, count=None, by="ifd", keep_above_one=False, min_answer_tokens=0, pick="top",
+           seed=42):
     """-> (the chosen lines, in file order; stats). Dropped first: samples without a score, with fewer
     than min_answer_tokens answer tokens, and (unless keep_above_one) those with ifd >= 1 (the question
-    does not help: misaligned, in the paper). Of the rest, the count, or ratio of them, with the highest
-    score (Cherry's data_by_IFD: the rate is of the samples left after the filters)."""
+    does not help: misaligned, in the paper). Of the rest, the count, or ratio of them (Cherry's
+    data_by_IFD: the rate is of the samples left after the filters): with the highest score (pick "top"),
+    the lowest ("bottom"), or drawn at random with seed ("random", the scores unused past the filters)."""
     if (ratio is None) == (count is None):
         raise ValueError("choose: give exactly one of ratio, count")
+    if pick not in PICKS:
+        raise ValueError(f"choose: pick must be one of {PICKS}")
     def has(r):                                 # a score that is a number (NaN counts as none)
         return r.get(by) is not None and r[by] == r[by]
     no_score = [r for r in rows if not has(r)]
@@ -25,20 +33,24 @@ def choose(rows, ratio=None, count=None, by="ifd", keep_above_one=False, min_ans
     eligible = scored if keep_above_one else [r for r in scored if r["ifd"] < 1]
     n = count if count is not None else math.floor(len(eligible) * ratio + 1e-9)
     n = min(n, len(eligible))
-    ranked = sorted(eligible, key=lambda r: (-r[by], r["line"]))
-    kept = ranked[:n]
+    if pick == "random":
+        kept = random.Random(seed).sample(sorted(eligible, key=lambda r: r["line"]), n)
+    else:
+        sign = -1 if pick == "top" else 1
+        kept = sorted(eligible, key=lambda r: (sign * r[by], r["line"]))[:n]
     stats = {"samples": len(rows), "without_score": len(no_score), "below_min_answer_tokens": len(short),
              "ifd_at_least_1": len(above), "ifd_at_least_1_dropped": 0 if keep_above_one else len(above),
-             "eligible": len(eligible), "selected": len(kept), "by": by,
-             "cut": kept[-1][by] if kept else None,
+             "eligible": len(eligible), "selected": len(kept), "by": by, "pick": pick,
+             "cut": kept[-1][by] if kept and pick != "random" else None,
              "selected_mean": sum(r[by] for r in kept) / len(kept) if kept else None,
              "eligible_mean": sum(r[by] for r in eligible) / len(eligible) if eligible else None,
              "truncated": sum(bool(r.get("truncated")) for r in rows)}
     return sorted(r["line"] for r in kept), stats
 
 
-def histogram(rows, by, cut, path, title):
-    """A PNG of the scores' distribution with the selection's cut marked."""
+def histogram(rows, by, cut, path, title, pick="top"):
+    """A PNG of the scores' distribution with the selection's cut marked (kept: above it for pick "top",
+    below for "bottom"; a random draw has none)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -47,7 +59,7 @@ def histogram(rows, by, cut, path, title):
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(values, bins=50, color="#4C72B0")
     if cut is not None:
-        ax.axvline(cut, color="#C44E52", linestyle="--", label=f"cut {cut:.3f} (kept: above)")
+        ax.axvline(cut, color="#C44E52", linestyle="--", label=f"cut {cut:.3f} (kept: {'above' if pick == 'top' else 'below'})")
     ax.axvline(1.0, color="gray", linestyle=":", label=f"{by} = 1")
     ax.set_xlabel(by)
     ax.set_ylabel("samples")

@@ -104,6 +104,22 @@ def test_selection_drops_ifd_of_one_and_above_and_keeps_the_top():
     assert choose(rows, count=10, min_answer_tokens=12)[0] == [8, 9, 10]
 
 
+def test_bottom_and_random_picks_the_baselines():
+    rows = rows_of([0.5, 0.9, 1.2, 0.7, 1.0, 0.95, None, 0.3, 0.8, 0.6])
+    kept, stats = choose(rows, count=3, pick="bottom")
+    assert kept == [1, 8, 10] and stats["cut"] == 0.6 and stats["pick"] == "bottom"   # 0.3, 0.5, 0.6
+    assert choose(rows, count=2, pick="bottom", min_answer_tokens=12)[0] == [8, 10]
+    drawn, stats = choose(rows, count=4, pick="random", seed=3)
+    assert len(drawn) == 4 and stats["cut"] is None and not {3, 5, 7} & set(drawn)  # filters hold
+    assert choose(rows, count=4, pick="random", seed=3)[0] == drawn              # the seed decides
+    draws = {tuple(choose(rows, count=4, pick="random", seed=s)[0]) for s in range(20)}
+    assert len(draws) > 5                                                          # not always the same lines
+    every = {n for s in range(40) for n in choose(rows, count=3, pick="random", keep_above_one=True, seed=s)[0]}
+    assert every == {1, 2, 3, 4, 5, 6, 8, 9, 10}             # --keep_above_one draws from all that have a score
+    with pytest.raises(ValueError):
+        choose(rows, count=2, pick="middle")
+
+
 def test_select_writes_the_input_format_stats_and_histogram(tmp_path):
     data = tmp_path / "alpaca_data.json"
     items = [{"instruction": f"q{i}", "input": "", "output": f"answer {i}"} for i in range(6)]
@@ -118,6 +134,11 @@ def test_select_writes_the_input_format_stats_and_histogram(tmp_path):
     stats = json.loads((tmp_path / "sel" / "top.json.stats.json").read_text())
     assert stats["selected"] == 2 and stats["cut"] == 0.8
     assert (tmp_path / "sel" / "top.json.hist.png").read_bytes()[:4] == b"\x89PNG"
+    low = tmp_path / "sel" / "low.json"
+    done = subprocess.run([sys.executable, SCRIPT, "select", "--data_path", str(data), "--scores", str(scores),
+                           "--count", "2", "--pick", "bottom", "-o", str(low)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(low.read_text()) == [items[0], items[4]]          # ifd 0.5 and 0.2
     write_jsonl(scores, rows_of([0.5, 0.9]))
     bad = subprocess.run([sys.executable, SCRIPT, "select", "--data_path", str(data), "--scores", str(scores),
                           "--count", "2", "-o", str(tmp_path / "x.json")], capture_output=True, text=True)

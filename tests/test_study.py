@@ -28,11 +28,13 @@ def test_dry_run_prints_every_arm_with_the_same_base_seed_and_budget(tmp_path, b
         study.main(["--study", name, "--dry_run", "--base", str(base), "--data_path", str(data), "--seed", "7",
                     "--minutes", "0.5", "--tasks", "arc_easy,hellaswag", "--out_dir", str(out)])
         text = capsys.readouterr().out
-        cmds = [line[4:] for line in text.splitlines() if line.startswith("  $ ")]
+        arms_text = text[text.index("\narm "):]                   # the shares' commands (ifd) come first
+        cmds = [line[4:] for line in arms_text.splitlines() if line.startswith("  $ ")]
         assert len(cmds) == sum(a.script is not None for a in s.arms), text
         assert all(f"arm {a.name}:" in text for a in s.arms)
         for arm, cmd in zip([a for a in s.arms if a.script], cmds):
-            assert f"--base {base}" in cmd and f"--data_path {data}" in cmd, cmd
+            own = out / "study" / name / "data" / f"{arm.data}.jsonl" if arm.data else data
+            assert f"--base {base}" in cmd and f"--data_path {own} " in cmd, cmd
             assert "--seed 7 " in cmd and "--max_minutes 0.5 " in cmd, cmd
             assert f"--out_dir {out / 'study' / name / arm.name}" in cmd
             assert all(str(f) in cmd.split("--out_dir")[1] for f in arm.flags)     # the arm's own flags
@@ -61,8 +63,8 @@ def test_tiny_study_end_to_end_then_rerun_kept_and_failed_arm(tmp_path, bench_ca
                                                                   ("music", "f1"), ("identity", "pass")}
     assert all(str(t["n"]) == "2" for t in table["table"])
     readme = (folder / "README.md").read_text()
-    assert "--loss_on all" in readme and "--loss_on assistant" in readme and "| arm | what | steps |" in readme
-    assert "| assistant | LoRA, --loss_on assistant (the default) | 3 |" in readme
+    assert "--loss_on all" in readme and "--loss_on assistant" in readme and "| arm | what | data | steps |" in readme
+    assert f"| assistant | LoRA, --loss_on assistant (the default) | {data} | 3 |" in readme
     assert "study_loss_on" in res.stdout
 
     # a re-run keeps the finished study aside; its first arm fails on a broken data line: one line, exit 2
@@ -75,6 +77,48 @@ def test_tiny_study_end_to_end_then_rerun_kept_and_failed_arm(tmp_path, bench_ca
     kept = list((out / "study" / "previous").glob("loss_on-*"))
     assert len(kept) == 1 and (kept[0] / "eval" / "study_loss_on.md").is_file()
     assert not (folder / "eval").exists()
+
+
+def test_ifd_study_trains_each_arm_on_its_share_from_one_scoring(tmp_path, bench_cache):
+    """The ifd study end to end on a tiny pretrained base: cherry's scores make the top, bottom and random
+    shares (the same size), each arm trains on its own file for the same steps, validation on one file for
+    all, and the identity test (sft data teaches none) is held to the identity its file asks for."""
+    base = make_checkpoint(tmp_path / "base" / "pretrain_64.pth", stage="pretrain")
+    data, val = write_chat(tmp_path / "sft.jsonl", n=40), write_chat(tmp_path / "val.jsonl", n=6, seed=1)
+    out = tmp_path / "out"
+    argv = ["scripts/study.py", "--study", "ifd", "--base", str(base), "--data_path", str(data), "--val_data",
+            str(val), "--ratio", "0.25", "--max_steps", "2", "--tasks", "", "--gen", "music,identity",
+            "--gen_limit", "2", "--device", "cpu", "--out_dir", str(out)]
+    res = run_python(argv, REPO, {"TINYMIND_CACHE": str(bench_cache)})
+    folder = out / "study" / "ifd"
+    scores = {json.loads(x)["line"]: json.loads(x)["ifd"]
+              for x in (folder / "data" / "top.jsonl.scores.jsonl").read_text().splitlines()}
+    assert sorted(scores) == list(range(1, 41))                            # every sample scored once
+    rows = data.read_text().splitlines()
+    share = {}
+    for name in ("top", "bottom", "random"):
+        lines = (folder / "data" / f"{name}.jsonl").read_text().splitlines()
+        assert len(lines) == 10, name                                      # 25% of 40, each the same size
+        share[name] = [rows.index(x) + 1 for x in lines]
+    below = sorted(v for v in scores.values() if v < 1)
+    assert sorted(scores[n] for n in share["top"]) == below[-10:]          # the highest ifd under 1
+    assert sorted(scores[n] for n in share["bottom"]) == below[:10]
+    assert set(share["random"]) not in (set(share["top"]), set(share["bottom"]))
+    for arm in ("top", "random", "bottom", "all"):
+        log = [json.loads(x) for x in (folder / arm / "logs" / "full_sft_64.jsonl").read_text().splitlines()]
+        cfg = log[0]["config"]
+        want = data if arm == "all" else folder / "data" / f"{arm}.jsonl"
+        assert (cfg["data_path"], cfg["val_data"], cfg["max_steps"]) == (str(want), str(val), 2), arm
+    table = json.loads((folder / "eval" / "study_ifd.json").read_text())
+    assert table["models"] == ["top", "random", "bottom", "all"]
+    ident = [t for t in table["table"] if t["task"] == "identity"]
+    assert ident and all(v is not None for t in ident for v in t["values"].values()), ident
+    rep = json.loads((folder / "eval" / "gen_identity_top.json").read_text())
+    assert rep["identity_source"] == "the identity identity_test.jsonl asks for"
+    readme = (folder / "README.md").read_text()
+    assert "| top | full SFT on the top --ratio by IFD" in readme and "data/top.jsonl (10 samples, mean ifd " in readme
+    assert "# bottom: python scripts/select_data.py select" in readme and "--pick bottom" in readme
+    assert "study_ifd" in res.stdout
 
 
 def test_bad_study_name_is_one_line(tmp_path, capsys):

@@ -65,7 +65,7 @@ STUDIES = {s.name: s for s in (
                     ("--lora_rank", r, "--lora_alpha", 2 * r)) for r in RANKS)),
     Study("ifd", "Does full SFT on the top share of the data by IFD (Cherry selection) beat a random share of "
           "the same size, the bottom share, and all of the data, in the same number of steps?",
-          (Arm("top", "full SFT on the top --ratio by IFD (select_data.py cherry: the scorer is the base after "
+          (Arm("top", "full SFT on the top --ratio by IFD (the scorer: --scorer, else Cherry's, the base after "
                       "a brief SFT on a clustered sample)", FULL, data="top"),
            Arm("random", "full SFT on as many samples drawn at random", FULL, data="random"),
            Arm("bottom", "full SFT on as many with the lowest IFD", FULL, data="bottom"),
@@ -106,26 +106,36 @@ def arm_command(arm, base, data, arm_dir, minutes, seed, device="", max_steps=0,
     return [str(c) for c in cmd + list(arm.flags)]
 
 
-def prepare_commands(study, base, data, folder, samples, count, seed, max_length, device=""):
-    """The commands that write the arms' own shares (Arm.data) into {folder}/data/, in order -> [(share,
-    command)]; [] for a study whose arms all train on its data. The ifd study's: `select_data.py cherry`
-    (cluster into Cherry's 100 clusters, fewer for fewer than 1,000 samples; a brief SFT of the base on 10
-    of each; IFD scores of every sample with it; the top count), then the bottom count and a random draw
-    of count (from every sample, --keep_above_one) from the same scores."""
+def prepare_commands(study, base, data, folder, samples, count, seed, max_length, device="", scorer="",
+                     scorer_dtype="float32"):
+    """The commands that write the arms' own shares (Arm.data) into {folder}/data/, in order -> [(step,
+    command)]; [] for a study whose arms all train on its data. The ifd study's: the IFD scores and the top
+    count, then the bottom count and a random draw of count (from every sample, --keep_above_one) from the
+    same scores. The scores: Cherry's way, `select_data.py cherry` (cluster into Cherry's 100 clusters, fewer
+    for fewer than 1,000 samples; a brief SFT of the base on 10 of each; IFD of every sample with it), or
+    with scorer (any --ckpt of select_data.py: Superfiltering's way, another model scores) at scorer_dtype."""
     shares = [a.data for a in study.arms if a.data]
     if not shares:
         return []
     if shares != ["top", "random", "bottom"]:
         raise ValueError(f"study {study.name}: no recipe for the shares {shares}")
     out = {s: shown(Path(folder) / "data" / f"{s}.jsonl") for s in shares}
-    scores = out["top"] + ".scores.jsonl"                 # where cherry leaves its scores (select_data.py)
+    on_device = ["--device", device] if device else []
     common = ["--data_path", shown(data), "--count", count]
-    cherry = ["python", SELECT, "cherry", *common, "--ckpt", shown(base), "--k", max(1, min(100, samples // 10)),
-              "--seed", seed, "--max_length", max_length, "-o", out["top"]] + (["--device", device] if device else [])
+    if scorer:
+        scores = shown(Path(folder) / "data" / "scores.jsonl")
+        first = [("scores", ["python", SELECT, "score", "--data_path", shown(data), "--ckpt", scorer, "--max_length",
+                             max_length, "--dtype", scorer_dtype, "-o", scores] + on_device)]
+    else:
+        scores = out["top"] + ".scores.jsonl"             # where cherry leaves its scores (select_data.py)
+        first = []
     pick = ["python", SELECT, "select", *common, "--scores", scores]
-    cmds = [("top", cherry), ("bottom", pick + ["--pick", "bottom", "-o", out["bottom"]]),
-            ("random", pick + ["--pick", "random", "--keep_above_one", "--seed", seed, "-o", out["random"]])]
-    return [(s, [str(c) for c in cmd]) for s, cmd in cmds]
+    top = pick + ["-o", out["top"]] if scorer else \
+        ["python", SELECT, "cherry", *common, "--ckpt", shown(base), "--k", max(1, min(100, samples // 10)),
+         "--seed", seed, "--max_length", max_length, "-o", out["top"]] + on_device
+    cmds = first + [("top", top), ("bottom", pick + ["--pick", "bottom", "-o", out["bottom"]]),
+                    ("random", pick + ["--pick", "random", "--keep_above_one", "--seed", seed, "-o", out["random"]])]
+    return [(step, [str(c) for c in cmd]) for step, cmd in cmds]
 
 
 def arm_output(arm, base, arm_dir, config):

@@ -12,6 +12,7 @@ import torch
 from .config import ModelConfig
 from .convert import check_keys
 from .errors import UserError
+from .export_gguf import STATE_KEY, tokenizer_state
 from .hf_tokenizer import GGUFBPETokenizer, chat_template_from_jinja
 
 GGUF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -72,9 +73,10 @@ def import_gguf(path, dtype=torch.float32):
     if (scaling not in (None, "none", "linear") or (scaling == "linear" and get("rope.scaling.factor", 1.0) != 1.0)
             or any(t.name == "rope_freqs.weight" for t in reader.tensors)):
         raise UserError(f"{path}: rope scaling is not supported (TinyMind uses plain rope)")
-    if meta.get("tokenizer.ggml.model") != "gpt2":
+    own = meta.get(STATE_KEY)                # written by TinyMind (model/export_gguf.py): the exact tokenizer
+    if own is None and meta.get("tokenizer.ggml.model") != "gpt2":
         raise UserError(f"{path}: tokenizer type {meta.get('tokenizer.ggml.model')!r} is not supported "
-                        "(only GPT-2-style byte-level BPE, tokenizer.ggml.model == 'gpt2')")
+                        "(only GPT-2-style byte-level BPE, tokenizer.ggml.model == 'gpt2', or a GGUF TinyMind wrote)")
     tokens = meta["tokenizer.ggml.tokens"]
     heads = int(get("attention.head_count"))
     kv_heads = int(get("attention.head_count_kv", heads))
@@ -104,6 +106,17 @@ def import_gguf(path, dtype=torch.float32):
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)), attention_bias=arch == "qwen2",
         tie_word_embeddings=tied, model_type=arch)
 
+    from .tokenizer import load_tokenizer_from_state
+    tokenizer = tokenizer_from(meta, tokens, path) if own is None else \
+        load_tokenizer_from_state(tokenizer_state(own), where=str(path))
+    check_keys(state, config, str(path))
+    config.bos_token_id = tokenizer.bos_id if tokenizer.bos_id is not None else -1
+    config.eos_token_id, config.pad_token_id = tokenizer.eos_id, tokenizer.pad_id
+    return state, config, tokenizer
+
+
+def tokenizer_from(meta, tokens, path):
+    """The byte-level BPE tokenizer (GGUFBPETokenizer) of a GGUF file's tokenizer.ggml.* fields."""
     eos = int(meta.get("tokenizer.ggml.eos_token_id", 0))
     pad = meta.get("tokenizer.ggml.padding_token_id")
     bos = meta.get("tokenizer.ggml.bos_token_id")
@@ -111,11 +124,6 @@ def import_gguf(path, dtype=torch.float32):
     eos_str = tokens[eos]
     tpl = chat_template_from_jinja(meta.get("tokenizer.chat_template"), tokens[bos] if bos is not None else "",
                                    eos_str, where=str(path))
-    tokenizer = GGUFBPETokenizer(tokens, meta.get("tokenizer.ggml.merges", []),
-                                 meta.get("tokenizer.ggml.token_type"), meta.get("tokenizer.ggml.pre", "default"),
-                                 eos, int(pad) if pad is not None else None, int(bos) if bos is not None else None,
-                                 add_bos, tpl)
-    check_keys(state, config, str(path))
-    config.bos_token_id = tokenizer.bos_id if tokenizer.bos_id is not None else -1
-    config.eos_token_id, config.pad_token_id = tokenizer.eos_id, tokenizer.pad_id
-    return state, config, tokenizer
+    return GGUFBPETokenizer(tokens, meta.get("tokenizer.ggml.merges", []), meta.get("tokenizer.ggml.token_type"),
+                            meta.get("tokenizer.ggml.pre", "default"), eos, int(pad) if pad is not None else None,
+                            int(bos) if bos is not None else None, add_bos, tpl)

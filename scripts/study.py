@@ -46,6 +46,7 @@ from model.adapter import is_adapter  # noqa: E402
 from model.atomic import check_writable, move, write_text  # noqa: E402
 from model.checkpoint import read_pth  # noqa: E402
 from model.errors import UserError  # noqa: E402
+from model.precision import PRECISIONS  # noqa: E402
 from scripts.quickstart_clock import fmt_time  # noqa: E402
 from selection.samples import read_samples  # noqa: E402
 from trainer.runlog import plot_curves, run_stats  # noqa: E402
@@ -67,6 +68,10 @@ def parse_args(argv=None):
                                                     "the ifd study: dataset/sft_val.jsonl)")
     p.add_argument("--ratio", type=float, default=0.1, help="the ifd study: the share each selected arm keeps "
                                                             "(of every sample; default 0.1)")
+    p.add_argument("--scorer", default="", help="the ifd study: the model whose IFD picks the shares, any --ckpt "
+                   "of select_data.py (smollm2, a .pth, ...; Superfiltering's way); default Cherry's: the base after "
+                   "a brief SFT on a clustered sample")
+    p.add_argument("--scorer_dtype", default="float32", choices=PRECISIONS, help="--scorer's precision")
     p.add_argument("--minutes", type=float, default=None, help="training minutes per arm (--max_minutes; default "
                                                                "12, the ifd study 60)")
     p.add_argument("--max_steps", type=int, default=None, help="also stop each arm after this many steps (0: the "
@@ -141,7 +146,12 @@ def make_plan(args):
     count = round(samples * args.ratio)
     if samples and count < 1:
         raise UserError(f"--ratio {args.ratio}: keeps no sample of the {samples} in {data}")
-    prepare = prepare_commands(study, base, data, folder, samples, count, args.seed, window, args.device)
+    if args.scorer:
+        if not samples:
+            raise UserError(f"--scorer: study {args.study} selects no data (the ifd study does)")
+        args.scorer = shown(paths.find_model(out, args.scorer)[1])      # not found: one line, now
+    prepare = prepare_commands(study, base, data, folder, samples, count, args.seed, window, args.device,
+                               args.scorer, args.scorer_dtype)
     arms = []
     for arm in study.arms:
         d = folder / arm.name
@@ -206,13 +216,13 @@ def run_logged(cmd, log, what):
 
 def prepare_shares(plan):
     """Write the arms' own shares of the data (evaluation.studies.prepare_commands), each step's output in
-    data/{share}.log -> seconds. A failure is one line naming the step and its log."""
+    data/{step}.log -> seconds. A failure is one line naming the step and its log."""
     t = time.time()
-    for share, cmd in plan["prepare"]:
-        log = plan["folder"] / "data" / f"{share}.log"
-        rc, _, err = run_logged(cmd, log, f"the {share} share")
+    for step, cmd in plan["prepare"]:
+        log = plan["folder"] / "data" / f"{step}.log"
+        rc, _, err = run_logged(cmd, log, f"the {step} share" if step != "scores" else "the scores")
         if rc:
-            raise UserError(f"preparing the {share} share of study {plan['study'].name} failed (exit {rc}"
+            raise UserError(f"preparing the {step} step of study {plan['study'].name} failed (exit {rc}"
                             + (f": {err}" if err else "") + f"); its log: {log}")
     return time.time() - t
 

@@ -12,6 +12,8 @@ checks that every sample is scored once, merges the parts, sorted by line, into 
 """
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -73,6 +75,36 @@ def check_settings(scores, settings, dist):
     barrier(dist)
 
 
+def batch_cost(batch):
+    """The padded tokens of a batch's two passes: what its time goes with."""
+    return len(batch) * (max(len(p.question) + len(p.answer) for p in batch) +
+                         max(len(p.alone) + len(p.answer) for p in batch))
+
+
+class ScoringBar:
+    """The progress bar of a scoring run: samples done and samples/s, its percentage and time left counted
+    in padded tokens (the longest batches come first, so a count of samples would promise too soon an
+    end); in a log rather than a terminal, a line every 30 s."""
+
+    def __init__(self, mine, todo, enabled=True):
+        self.total, self.done = sum(len(b) for b in mine), sum(len(b) for b in mine) - sum(len(b) for b in todo)
+        self.new, self.t0 = 0, time.time()
+        self.bar = tqdm(total=sum(batch_cost(b) for b in mine), initial=sum(batch_cost(b) for b in mine) -
+                        sum(batch_cost(b) for b in todo), desc="scoring", disable=not enabled, dynamic_ncols=True,
+                        mininterval=0.1 if sys.stderr.isatty() else 30,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+        self.bar.set_postfix_str(f"{self.done:,}/{self.total:,} samples", refresh=False)
+
+    def update(self, batch):
+        self.done, self.new = self.done + len(batch), self.new + len(batch)
+        rate = self.new / max(time.time() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{self.done:,}/{self.total:,} samples, {rate:.1f} samples/s", refresh=False)
+        self.bar.update(batch_cost(batch))
+
+    def close(self):
+        self.bar.close()
+
+
 def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, progress=True, say=print):
     """Score every sample into the scores file (see the module doc); returns its path."""
     model, tok = loaded.model, loaded.tokenizer
@@ -88,14 +120,12 @@ def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, 
         rewrite_clean(part, done_rows)          # a torn last line, or a whole one without its newline
     done = {r["line"] for r in done_rows}
     todo = [b for b in mine if not all(p.line in done for p in b)]
-    n_done = sum(len(b) for b in mine) - sum(len(b) for b in todo)
     if done and dist.is_main:
         say(f"resuming {scores}: {len(done_rows):,} samples already scored")
-    bar = tqdm(total=sum(len(b) for b in mine), initial=n_done, unit="sample", desc="scoring",
-               disable=not progress or not dist.is_main, dynamic_ncols=True)
+    bar = ScoringBar(mine, todo, enabled=progress and dist.is_main)
     for batch in todo:                  # a batch whose lines were partly written is scored again, whole
         append_lines(part, [r for r in score_batch(model, batch, tok.pad_id) if r["line"] not in done])
-        bar.update(len(batch))
+        bar.update(batch)
     bar.close()
     barrier(dist)
     if dist.is_main:

@@ -52,6 +52,24 @@ def make_model(vocab_size=None, seed=0, std=None, **overrides):
     return model
 
 
+def train_memorizer(prompt, seed=0):
+    """A tiny model trained (float32, a few seconds) to continue prompt with one fixed 40-token sequence:
+    its greedy choices are decided by real margins, as a trained model's are, not by near ties.
+    -> (model in eval mode, the 40 tokens)."""
+    torch.manual_seed(seed)
+    model = make_model(seed=seed)
+    seq = torch.tensor([list(prompt) + torch.randint(5, 6000, (40,)).tolist()])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        loss = model(seq, labels=seq).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.05
+    return model.eval(), seq[0, len(prompt):].tolist()
+
+
 def make_checkpoint(path, stage="full_sft", hidden=64, seed=0, meta=None, std=None, **overrides):
     """A tiny untrained checkpoint with the shipped tokenizer, as a trainer would save it; returns path.
     overrides are ModelConfig fields (dropout=0.1, num_hidden_layers=3, ...); std as make_model's."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from factories import REPO, make_adapter, make_checkpoint, make_model
+from factories import REPO, make_adapter, make_checkpoint, make_model, train_memorizer
 from model import precision
 from model.generate import generate
 from model.inference import load_for_inference
@@ -23,20 +23,7 @@ PROMPT = [5, 100, 200, 300, 400, 500, 600, 700]
 
 @pytest.fixture(scope="module")
 def memorizer():
-    """A tiny model trained (float32, a few seconds) to continue PROMPT with one fixed 40-token sequence:
-    its greedy choices are decided by real margins, as a trained model's are, not by near ties."""
-    torch.manual_seed(0)
-    model = make_model(seed=0)
-    seq = torch.tensor([PROMPT + torch.randint(5, 6000, (40,)).tolist()])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(150):
-        loss = model(seq, labels=seq).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < 0.05
-    return model.eval(), seq[0, len(PROMPT):].tolist()
+    return train_memorizer(PROMPT)
 
 
 def test_quantised_weight_is_within_half_a_step_per_output_channel():

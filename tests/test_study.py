@@ -121,6 +121,28 @@ def test_ifd_study_trains_each_arm_on_its_share_from_one_scoring(tmp_path, bench
     assert "study_ifd" in res.stdout
 
 
+def test_ifd_with_a_scorer_scores_once_then_picks_three_shares(tmp_path, bench_cache, inputs, capsys):
+    base, data = inputs
+    out, scorer = tmp_path / "out", make_checkpoint(tmp_path / "scorer_64.pth", seed=3)
+    study.main(["--study", "ifd", "--dry_run", "--base", str(base), "--data_path", str(data), "--ratio", "0.5",
+                "--scorer", str(scorer), "--scorer_dtype", "bfloat16", "--tasks", "arc_easy", "--out_dir", str(out)])
+    text = capsys.readouterr().out
+    shares = text[text.index("first the arms' shares (12 samples each"):text.index("\narm ")]
+    cmds = [line[4:] for line in shares.splitlines() if line.startswith("  $ ")]
+    folder = out / "study" / "ifd" / "data"
+    assert cmds[0].startswith(f"python scripts/select_data.py score --data_path {data} --ckpt {scorer} ")
+    assert "--dtype bfloat16" in cmds[0] and cmds[0].endswith(f"-o {folder / 'scores.jsonl'}")
+    for cmd, pick in zip(cmds[1:], ("", " --pick bottom", " --pick random --keep_above_one --seed 42")):
+        assert cmd.startswith("python scripts/select_data.py select ") and f"--scores {folder / 'scores.jsonl'}" in cmd
+        assert "--count 12 " in cmd and f"{pick} -o " in cmd, cmd
+    assert len(cmds) == 4 and "cherry" not in shares
+    with pytest.raises(SystemExit) as e:
+        run_cli(study.main, ["--study", "loss_on", "--base", str(base), "--scorer", str(scorer), "--dry_run",
+                             "--tasks", "arc_easy", "--out_dir", str(out)])
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == \
+        "error: --scorer: study loss_on selects no data (the ifd study does)"
+
+
 def test_bad_study_name_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(study.main, ["--study", "nope", "--out_dir", str(tmp_path)])

@@ -1,0 +1,192 @@
+"""Write GGUF (llama.cpp's and Ollama's format) from a TinyMind checkpoint, a merged one, or an adapter on
+its base (merged here): the weights as f32, f16 or q8_0, the model's shape, its tokenizer in llama.cpp's
+own terms (a sentencepiece BPE as tokenizer.ggml.model "llama", an imported GGUF vocabulary as "gpt2") and
+its chat template as jinja, written with the gguf package. The tokenizer's whole TinyMind state rides along
+under "tinymind.tokenizer", so model.convert_gguf.import_gguf gives back exactly the tokenizer it had.
+Library module; the CLI is scripts/convert_model.py --to_gguf FILE --ckpt F [--type f32|f16|q8_0].
+
+    from model.export_gguf import export_gguf
+    export_gguf("out/full_sft_512.pth", "out/model.gguf", "q8_0")
+"""
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import UserError
+
+TYPES = ("f32", "f16", "q8_0")
+STATE_KEY = "tinymind.tokenizer"            # the tokenizer's TinyMind state, JSON (bytes as base64)
+Q8_BLOCK = 32                               # q8_0 quantises blocks of 32 values along a row
+LAYER_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down"}
+
+
+def gguf_name(name):
+    """A TinyMind (Hugging Face) weight name -> its GGUF name (the inverse of convert_gguf.gguf_to_hf_name)."""
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+    if name in top:
+        return top[name]
+    parts = name.split(".")                 # model.layers.N.self_attn.q_proj.weight
+    layer, kind = parts[2], ".".join(parts[3:-1])
+    if parts[:2] != ["model", "layers"] or kind not in LAYER_NAMES:
+        raise UserError(f"checkpoint: weight {name!r} has no GGUF name")
+    return f"blk.{layer}.{LAYER_NAMES[kind]}.{parts[-1]}"
+
+
+def permute_qk(w, n_head):
+    """llama.cpp's permute() of convert_hf_to_gguf: each head's rows from rotate-half order (i, i + d/2) to
+    interleaved pairs (2i, 2i + 1), as GGML's rope for llama wants them (weights and biases)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def load_for_export(ckpt):
+    """A checkpoint path (full, merged, or an adapter: merged on its recorded base) -> (ModelConfig,
+    tokenizer, state dict of float tensors)."""
+    from .adapter import is_adapter, load_model_with_adapter
+    from .checkpoint import check_checkpoint, read_pth
+    from .lora import merged_state_dict
+    from .tokenizer import load_tokenizer_from_state
+    obj = read_pth(ckpt)
+    if is_adapter(obj):
+        model, tokenizer, base, _ = load_model_with_adapter(ckpt)
+        return ModelConfig.from_dict(base["config"]), tokenizer, merged_state_dict(model)
+    obj = check_checkpoint(obj, ckpt)
+    state = dict(obj["model"])
+    if any(".lora_A." in k or ".base." in k for k in state):
+        raise UserError(f"{ckpt}: holds unmerged LoRA weights; merge it first (scripts/merge_lora.py)")
+    return ModelConfig.from_dict(obj["config"]), load_tokenizer_from_state(obj["tokenizer"], str(ckpt)), state
+
+
+def architecture(config):
+    """GGUF's general.architecture: qwen2 for a model with q/k/v biases (an imported Qwen2), else llama."""
+    if config.use_moe:
+        raise UserError("GGUF export of mixture-of-experts models is not supported")
+    if config.mlp_bias or (config.attention_bias and config.model_type != "qwen2"):
+        raise UserError("GGUF export: biases are supported only on q/k/v of a Qwen2 model")
+    return "qwen2" if config.attention_bias else "llama"
+
+
+def tensor_data(name, w, config, arch, kind):
+    """(array to write, its GGML type or None for the array's own dtype) of one weight."""
+    import gguf
+    w = w.detach().float().cpu().numpy()
+    if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+        w = permute_qk(w, config.num_attention_heads if ".attn_q." in name else config.num_key_value_heads)
+    if w.ndim == 1 or kind == "f32":
+        return w.astype(np.float32), None               # norms and biases stay float32, as llama.cpp's own
+    if kind == "q8_0" and w.shape[-1] % Q8_BLOCK == 0:
+        q = gguf.GGMLQuantizationType.Q8_0
+        return gguf.quants.quantize(w, q), q
+    return w.astype(np.float16), None                   # f16 (and a q8_0 row length q8_0 cannot cut)
+
+
+def add_tokenizer(writer, tokenizer):
+    """The tokenizer in llama.cpp's terms, its chat template, and its TinyMind state (STATE_KEY)."""
+    from .hf_tokenizer import GGUFBPETokenizer, chat_template_to_jinja
+    from .tokenizer import SentencePieceTokenizer
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        sp = tokenizer.sp
+        n = sp.get_piece_size()
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
+        writer.add_token_scores([float(sp.get_score(i)) for i in range(n)])
+        writer.add_token_types([sp_type(sp, i) for i in range(n)])
+        writer.add_add_space_prefix(False)              # TinyMind's sentencepiece adds no dummy prefix
+        if sp.unk_id() >= 0:
+            writer.add_unk_token_id(sp.unk_id())
+    elif isinstance(tokenizer, GGUFBPETokenizer):
+        g = tokenizer.gguf
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(g["pre"])
+        writer.add_token_list(g["tokens"])
+        writer.add_token_types(g["token_types"])
+        writer.add_token_merges(g["merges"])
+    else:
+        raise UserError(f"GGUF export of a {type(tokenizer).__name__} tokenizer is not supported "
+                        "(TinyMind's sentencepiece and imported GGUF vocabularies are); use --to_hf")
+    writer.add_eos_token_id(tokenizer.eos_id)
+    writer.add_pad_token_id(tokenizer.pad_id)
+    end = tokenizer.encode_special(tokenizer.chat_template.end) if tokenizer.chat_template.end else []
+    if len(end) == 1 and end[0] != tokenizer.eos_id:
+        writer.add_eot_token_id(end[0])                  # llama.cpp stops at the end of a turn too
+    bos = getattr(tokenizer, "bos_token", None) or ""
+    if tokenizer.bos_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_id)
+    writer.add_add_bos_token(tokenizer.bos_id is not None)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(chat_template_to_jinja(tokenizer.chat_template, bos if tokenizer.bos_id is not None
+                                                    else ""))
+    state = {k: ({"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v)
+             for k, v in tokenizer.to_state().items()}
+    writer.add_string(STATE_KEY, json.dumps(state, ensure_ascii=False))
+
+
+def sp_type(sp, i):
+    """GGUF's token type of a sentencepiece piece (the same numbers as sentencepiece's own)."""
+    if sp.is_unknown(i):
+        return 2
+    if sp.is_control(i):
+        return 3
+    if sp.is_byte(i):
+        return 6
+    return 5 if sp.is_unused(i) else 1
+
+
+def tokenizer_state(value):
+    """STATE_KEY's JSON -> the tokenizer state it holds (bytes restored)."""
+    state = json.loads(value)
+    return {k: (base64.b64decode(v["base64"]) if isinstance(v, dict) and set(v) == {"base64"} else v)
+            for k, v in state.items()}
+
+
+def export_gguf(ckpt, out_path, kind="f16", name=None):
+    """Write out_path (atomically: a failure leaves nothing) -> its path."""
+    import gguf
+    from .atomic import atomic_path
+    if kind not in TYPES:
+        raise UserError(f"--type {kind}: choose one of {', '.join(TYPES)}")
+    config, tokenizer, state = load_for_export(ckpt)
+    arch = architecture(config)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
+    with atomic_path(out_path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), arch)
+        w.add_name(name or Path(ckpt).stem)
+        w.add_context_length(config.max_position_embeddings)
+        w.add_embedding_length(config.hidden_size)
+        w.add_block_count(config.num_hidden_layers)
+        w.add_feed_forward_length(config.intermediate_size)
+        w.add_head_count(config.num_attention_heads)
+        w.add_head_count_kv(config.num_key_value_heads)
+        w.add_key_length(config.head_dim)
+        w.add_value_length(config.head_dim)
+        w.add_rope_dimension_count(config.head_dim)
+        w.add_rope_freq_base(config.rope_theta)
+        w.add_layer_norm_rms_eps(config.rms_norm_eps)
+        w.add_vocab_size(config.vocab_size)
+        w.add_file_type(file_type)
+        add_tokenizer(w, tokenizer)
+        for key in sorted(state, key=order):
+            data, raw = tensor_data(gguf_name(key), state[key], config, arch, kind)
+            w.add_tensor(gguf_name(key), data, raw_dtype=raw)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return Path(out_path)
+
+
+def order(key):
+    """Tensors in llama.cpp's usual order: embeddings, then each block in turn, then the head."""
+    parts = key.split(".")
+    if key.startswith("model.layers."):
+        return (1, int(parts[2]), key)
+    return (0 if "embed_tokens" in key else 2, 0, key)

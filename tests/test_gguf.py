@@ -1,0 +1,112 @@
+"""GGUF export (model/export_gguf.py, scripts/convert_model.py --to_gguf): the round trip back through
+--from_gguf for f32, f16 and q8_0 (the same tokenizer exactly, the logits within each type's error), the
+tensors laid out as llama.cpp's own converter lays them (its permute of q/k, verbatim), an adapter merged
+on export, one-line refusals, and, where llama-cpp-python is installed, llama.cpp's greedy tokens equal to
+TinyMind's on the same prompt.
+
+    pytest tests/test_gguf.py
+"""
+import numpy as np
+import pytest
+import torch
+
+from factories import REPO, default_tokenizer, make_adapter, make_checkpoint, run_python, train_memorizer
+from model.checkpoint import save_checkpoint
+from model.export_gguf import export_gguf
+from model.generate import generate
+from model.inference import load_for_inference
+
+SCRIPT = "scripts/convert_model.py"
+TEXT = "Hello, world! 你好，世界。 <|im_end|> tabs\tand  two spaces, a literal \u2581 and é"
+PROMPT = [5, 100, 200, 300, 400, 500, 600, 700]
+
+
+def logits(loaded, ids):
+    with torch.no_grad():
+        return loaded.model(torch.tensor([ids])).logits[0].float()
+
+
+def llama_cpp_permute(weights, n_head):
+    """llama.cpp convert_hf_to_gguf.py LlamaModel.permute, verbatim (n_head already the kv heads for k)."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
+def test_round_trip_through_from_gguf(tmp_path, kind):
+    ck = make_checkpoint(tmp_path / "full_sft_64.pth", std=0.2)
+    gg, back = tmp_path / f"m_{kind}.gguf", tmp_path / "back.pth"
+    run_python([SCRIPT, "--to_gguf", str(gg), "--ckpt", str(ck), "--type", kind], REPO)
+    run_python([SCRIPT, "--from_gguf", str(gg), "--out", str(back)], REPO)
+    a, b = load_for_inference(ckpt=ck), load_for_inference(ckpt=back)
+    assert b.tokenizer.to_state() == a.tokenizer.to_state()              # the very tokenizer, template included
+    ids = a.tokenizer.encode(TEXT)
+    assert b.tokenizer.encode(TEXT) == ids and b.tokenizer.decode(ids) == TEXT
+    la, lb = logits(a, ids), logits(b, ids)
+    cos = torch.nn.functional.cosine_similarity(la.flatten(), lb.flatten(), dim=0).item()
+    err = (la - lb).abs().max().item() / la.abs().max().item()
+    limits = {"f32": (1e-6, 1 - 1e-9), "f16": (2e-3, 0.99999), "q8_0": (0.1, 0.999)}[kind]
+    assert err <= limits[0] and cos >= limits[1], (kind, err, cos)
+
+
+def test_tensors_are_laid_out_as_llama_cpp_writes_them(tmp_path):
+    import gguf
+    ck = make_checkpoint(tmp_path / "full_sft_64.pth", std=0.2)
+    ref = load_for_inference(ckpt=ck).model.state_dict()
+    cfg = load_for_inference(ckpt=ck).model.config
+    for kind, matrix in (("f32", "F32"), ("f16", "F16"), ("q8_0", "Q8_0")):
+        reader = gguf.GGUFReader(str(export_gguf(ck, tmp_path / f"{kind}.gguf", kind)))
+        t = {x.name: x for x in reader.tensors}
+        assert "output.weight" not in t                                  # tied: llama.cpp reuses token_embd
+        assert t["blk.0.attn_q.weight"].tensor_type.name == matrix and t["output_norm.weight"].tensor_type.name == "F32"
+        fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+        assert fields["general.architecture"] == "llama" and fields["llama.block_count"] == cfg.num_hidden_layers
+        assert fields["llama.attention.head_count_kv"] == cfg.num_key_value_heads
+        assert fields["tokenizer.ggml.model"] == "llama" and "<|im_start|>" in fields["tokenizer.chat_template"]
+        if kind == "f32":
+            for name, heads in (("q_proj", cfg.num_attention_heads), ("k_proj", cfg.num_key_value_heads)):
+                w = ref[f"model.layers.1.self_attn.{name}.weight"].numpy()
+                got = np.asarray(t[f"blk.1.attn_{name[0]}.weight"].data).reshape(w.shape)
+                assert np.array_equal(got, llama_cpp_permute(w, heads)), name
+            w = ref["model.layers.0.mlp.down_proj.weight"].numpy()
+            assert np.array_equal(np.asarray(t["blk.0.ffn_down.weight"].data).reshape(w.shape), w)
+
+
+def test_an_adapter_is_merged_on_export(tmp_path):
+    base = make_checkpoint(tmp_path / "full_sft_64.pth", std=0.2)
+    adapter = tmp_path / "lora" / "lora_x_64.pth"
+    make_adapter(adapter, base)
+    gg = export_gguf(adapter, tmp_path / "merged.gguf", "f32")
+    ids = default_tokenizer().encode(TEXT)
+    with_adapter, exported = load_for_inference(ckpt=adapter), load_for_inference(gguf_path=gg)
+    assert (logits(with_adapter, ids) - logits(load_for_inference(ckpt=base), ids)).abs().max() > 1e-3
+    assert torch.allclose(logits(exported, ids), logits(with_adapter, ids), atol=1e-5)
+
+
+def test_what_cannot_be_exported_is_one_line(tmp_path):
+    moe = make_checkpoint(tmp_path / "full_sft_64_moe.pth", use_moe=True)
+    for args, msg in (([str(moe)], "error: GGUF export of mixture-of-experts models is not supported"),
+                      ([str(tmp_path / "nope.pth")], f"error: --ckpt {tmp_path / 'nope.pth'}: file not found")):
+        res = run_python([SCRIPT, "--to_gguf", str(tmp_path / "m.gguf"), "--ckpt", *args], REPO, check=False)
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [msg], res.stderr
+    assert not list(tmp_path.glob("*.gguf*"))                            # nothing half-written
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16"])
+def test_llama_cpp_gives_tinymind_greedy_tokens(tmp_path, kind):
+    llama_cpp = pytest.importorskip("llama_cpp")             # PyPI ships it as source only: a long build
+    model, continuation = train_memorizer(PROMPT)
+    ck = tmp_path / "full_sft_64.pth"
+    save_checkpoint(ck, model.state_dict(), model.config, default_tokenizer(), {"stage": "full_sft"})
+    ours = generate(model, [PROMPT], max_new_tokens=24)[0]
+    assert ours == continuation[:24]
+    llm = llama_cpp.Llama(model_path=str(export_gguf(ck, tmp_path / f"m_{kind}.gguf", kind)), n_ctx=128,
+                          n_threads=2, verbose=False)
+    theirs = []
+    for tok in llm.generate(PROMPT, top_k=1, temp=0.0, repeat_penalty=1.0):
+        theirs.append(tok)
+        if len(theirs) == 24:
+            break
+    assert theirs == ours
+    text = "Hello world, 你好世界. Music: piano and guitar."
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == default_tokenizer().encode(text)

@@ -4,7 +4,7 @@ and scored per item, one row per metric in the shape of evaluation.suite.result_
   model records (evaluation.qa.expected_identity); a model that records none is scored against the first
   one in the table that does (a base next to its adapter: 0% when it never says that name), and when no
   model records one the rows are "not scored" (with untaught_file, evaluate_gen holds such models to the
-  identity the test file's lines ask for instead: a study of runs none of which was taught an identity);
+  identity the test file's first line asks for instead: a study of runs none of which was taught one);
 - a question/answer file (music = dataset/music_test.jsonl): exact_match (SQuAD EM), contains (a gold
   phrase in the answer, not negated: task_verdict) and f1 (SQuAD token F1), each the max over its golds.
 value is the mean over items, stderr the standard error of that mean. Each (model, task) report, every
@@ -120,7 +120,9 @@ def describe(result, note):
 def file_identity(task):
     """(identity, where from) that an identity test file's first line asks for, or None."""
     asks = task.records[0].get("identity") if task.records else None
-    return (asks, f"the identity {task.file.name} asks for") if isinstance(asks, dict) and asks.get("name") else None
+    if not (isinstance(asks, dict) and asks.get("name") and asks.get("creator")):
+        return None
+    return {k: asks.get(k) for k in ("name", "creator", "creator_zh")}, f"the identity {task.file.name} asks for"
 
 
 def evaluate_gen(models, tasks, out, max_new_tokens=MAX_NEW_TOKENS, batch_size=16, say=print, untaught_file=False):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model import paths
+from selection.select import cherry_paths
 
 LORA, FULL = "trainer/train_lora.py", "trainer/train_full_sft.py"
 SELECT = "scripts/select_data.py"
@@ -42,6 +43,7 @@ class Study:
     note: str = ""                     # how to read its results
     base: str = "lora"                 # the default base: "lora" (train_lora.py's), "pretrain" (a pretrained one)
     defaults: tuple = ()               # (flag, value) of study.py's flags that differ for this study
+    file_identity: bool = False        # no arm is taught an identity: hold them to the one the test file asks for
 
 
 STUDIES = {s.name: s for s in (
@@ -73,7 +75,8 @@ STUDIES = {s.name: s for s in (
           "every arm runs the same --max_steps from the same pretrained base, so the small shares repeat "
           "their samples; validation loss is on the same --val_data for every arm.",
           base="pretrain", defaults=(("data_path", "dataset/sft.jsonl"), ("val_data", "dataset/sft_val.jsonl"),
-                                     ("max_steps", 600), ("minutes", 60.0), ("gen", "music,identity"))),
+                                     ("max_steps", 600), ("minutes", 60.0), ("gen", "music,identity")),
+          file_identity=True),
 )}
 
 
@@ -127,7 +130,7 @@ def prepare_commands(study, base, data, folder, samples, count, seed, max_length
         first = [("scores", ["python", SELECT, "score", "--data_path", shown(data), "--ckpt", scorer, "--max_length",
                              max_length, "--dtype", scorer_dtype, "-o", scores] + on_device)]
     else:
-        scores = out["top"] + ".scores.jsonl"             # where cherry leaves its scores (select_data.py)
+        scores = shown(cherry_paths(Path(folder) / "data" / "top.jsonl")[2])      # where cherry leaves them
         first = []
     pick = ["python", SELECT, "select", *common, "--scores", scores]
     top = pick + ["-o", out["top"]] if scorer else \
@@ -136,6 +139,11 @@ def prepare_commands(study, base, data, folder, samples, count, seed, max_length
     cmds = first + [("top", top), ("bottom", pick + ["--pick", "bottom", "-o", out["bottom"]]),
                     ("random", pick + ["--pick", "random", "--keep_above_one", "--seed", seed, "-o", out["random"]])]
     return [(step, [str(c) for c in cmd]) for step, cmd in cmds]
+
+
+def step_output(folder, step):
+    """The file a prepare step leaves in {folder}/data/: the scores file, or a share (whose stats are beside)."""
+    return Path(folder) / "data" / ("scores.jsonl" if step == "scores" else f"{step}.jsonl")
 
 
 def arm_output(arm, base, arm_dir, config):

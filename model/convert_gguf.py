@@ -12,31 +12,70 @@ import torch
 from .config import ModelConfig
 from .convert import check_keys
 from .errors import UserError
-from .export_gguf import STATE_KEY, tokenizer_state
 from .hf_tokenizer import GGUFBPETokenizer, chat_template_from_jinja
 
+# GGUF's tensor names <-> TinyMind's (Hugging Face's), both ways (model/export_gguf.py writes with them)
 GGUF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
               "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
               "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
               "ffn_down": "mlp.down_proj"}
+GGUF_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight"}
+STATE_KEY = "tinymind.tokenizer"            # a TinyMind-written file's exact tokenizer state, JSON (bytes: base64)
 
 
 def gguf_to_hf_name(name):
-    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-           "output.weight": "lm_head.weight"}
-    if name in top:
-        return top[name]
+    if name in GGUF_TOP:
+        return GGUF_TOP[name]
     parts = name.split(".")            # blk.N.attn_q.weight
     if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_NAMES:
         return f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
     return None
 
 
+def hf_to_gguf_name(name):
+    """The inverse of gguf_to_hf_name (None for a name GGUF has no place for)."""
+    top = {v: k for k, v in GGUF_TOP.items()}
+    if name in top:
+        return top[name]
+    parts = name.split(".")            # model.layers.N.self_attn.q_proj.weight
+    kind = {v: k for k, v in GGUF_NAMES.items()}.get(".".join(parts[3:-1]))
+    if parts[:2] == ["model", "layers"] and kind:
+        return f"blk.{parts[2]}.{kind}.{parts[-1]}"
+    return None
+
+
+def permute_qk(w, n_head):
+    """llama.cpp's convert_hf_to_gguf permute(): each head's rows from HF's rotate-half layout (i, i + d/2)
+    to interleaved pairs (2i, 2i + 1) for GGML's rope (weights and biases; n_head: the kv heads for k)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def unpermute_qk(w, n_head):
-    """Undo llama.cpp's convert_hf_to_gguf permute(): it reorders each head's rows from HF's rotate-half
-    layout (i, i + d/2) to interleaved pairs (2i, 2i + 1) for GGML's rope. Works on weights and biases."""
+    """Undo permute_qk."""
     dim = w.shape[0] // n_head // 2
     return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tokenizer_state_json(state):
+    """A tokenizer state (model.tokenizer's to_state) -> STATE_KEY's JSON."""
+    import base64
+    import json
+    return json.dumps({k: ({"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v)
+                       for k, v in state.items()}, ensure_ascii=False)
+
+
+def tokenizer_state(value, where):
+    """STATE_KEY's JSON -> the tokenizer state it holds (bytes restored); damaged: one line naming where."""
+    import base64
+    import json
+    try:
+        state = json.loads(value)
+        return {k: (base64.b64decode(v["base64"]) if isinstance(v, dict) and set(v) == {"base64"} else v)
+                for k, v in state.items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{where}: its {STATE_KEY} entry is damaged ({type(e).__name__}); export the file "
+                        "again") from None
 
 
 def _gguf_fields(reader):
@@ -108,7 +147,7 @@ def import_gguf(path, dtype=torch.float32):
 
     from .tokenizer import load_tokenizer_from_state
     tokenizer = tokenizer_from(meta, tokens, path) if own is None else \
-        load_tokenizer_from_state(tokenizer_state(own), where=str(path))
+        load_tokenizer_from_state(tokenizer_state(own, path), where=str(path))
     check_keys(state, config, str(path))
     config.bos_token_id = tokenizer.bos_id if tokenizer.bos_id is not None else -1
     config.eos_token_id, config.pad_token_id = tokenizer.eos_id, tokenizer.pad_id

@@ -2,47 +2,31 @@
 its base (merged here): the weights as f32, f16 or q8_0, the model's shape, its tokenizer in llama.cpp's
 own terms (a sentencepiece BPE as tokenizer.ggml.model "llama", an imported GGUF vocabulary as "gpt2") and
 its chat template as jinja, written with the gguf package. The tokenizer's whole TinyMind state rides along
-under "tinymind.tokenizer", so model.convert_gguf.import_gguf gives back exactly the tokenizer it had.
+under "tinymind.tokenizer", so model.convert_gguf.import_gguf gives back exactly the tokenizer it had (the
+name tables, the q/k permutation and that entry's encoding live there, used both ways).
 Library module; the CLI is scripts/convert_model.py --to_gguf FILE --ckpt F [--type f32|f16|q8_0].
 
     from model.export_gguf import export_gguf
     export_gguf("out/full_sft_512.pth", "out/model.gguf", "q8_0")
 """
-import base64
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .config import ModelConfig
+from .convert_gguf import STATE_KEY, hf_to_gguf_name, permute_qk, tokenizer_state_json
 from .errors import UserError
 
 TYPES = ("f32", "f16", "q8_0")
-STATE_KEY = "tinymind.tokenizer"            # the tokenizer's TinyMind state, JSON (bytes as base64)
 Q8_BLOCK = 32                               # q8_0 quantises blocks of 32 values along a row
-LAYER_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-               "mlp.down_proj": "ffn_down"}
 
 
 def gguf_name(name):
-    """A TinyMind (Hugging Face) weight name -> its GGUF name (the inverse of convert_gguf.gguf_to_hf_name)."""
-    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-           "lm_head.weight": "output.weight"}
-    if name in top:
-        return top[name]
-    parts = name.split(".")                 # model.layers.N.self_attn.q_proj.weight
-    layer, kind = parts[2], ".".join(parts[3:-1])
-    if parts[:2] != ["model", "layers"] or kind not in LAYER_NAMES:
+    """A TinyMind (Hugging Face) weight name -> its GGUF name."""
+    found = hf_to_gguf_name(name)
+    if found is None:
         raise UserError(f"checkpoint: weight {name!r} has no GGUF name")
-    return f"blk.{layer}.{LAYER_NAMES[kind]}.{parts[-1]}"
-
-
-def permute_qk(w, n_head):
-    """llama.cpp's permute() of convert_hf_to_gguf: each head's rows from rotate-half order (i, i + d/2) to
-    interleaved pairs (2i, 2i + 1), as GGML's rope for llama wants them (weights and biases)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return found
 
 
 def load_for_export(ckpt):
@@ -91,15 +75,7 @@ def add_tokenizer(writer, tokenizer):
     from .hf_tokenizer import GGUFBPETokenizer, chat_template_to_jinja
     from .tokenizer import SentencePieceTokenizer
     if isinstance(tokenizer, SentencePieceTokenizer):
-        sp = tokenizer.sp
-        n = sp.get_piece_size()
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
-        writer.add_token_scores([float(sp.get_score(i)) for i in range(n)])
-        writer.add_token_types([sp_type(sp, i) for i in range(n)])
-        writer.add_add_space_prefix(False)              # TinyMind's sentencepiece adds no dummy prefix
-        if sp.unk_id() >= 0:
-            writer.add_unk_token_id(sp.unk_id())
+        add_sentencepiece(writer, tokenizer)
     elif isinstance(tokenizer, GGUFBPETokenizer):
         g = tokenizer.gguf
         writer.add_tokenizer_model("gpt2")
@@ -116,33 +92,34 @@ def add_tokenizer(writer, tokenizer):
     if len(end) == 1 and end[0] != tokenizer.eos_id:
         writer.add_eot_token_id(end[0])                  # llama.cpp stops at the end of a turn too
     bos = getattr(tokenizer, "bos_token", None) or ""
-    if tokenizer.bos_id is not None:
-        writer.add_bos_token_id(tokenizer.bos_id)
+    bos_id = tokenizer.special_tokens.get(bos) if bos else None
+    if bos_id is not None:                               # written even when not prepended: templates name it
+        writer.add_bos_token_id(bos_id)
     writer.add_add_bos_token(tokenizer.bos_id is not None)
     writer.add_add_eos_token(False)
     writer.add_chat_template(chat_template_to_jinja(tokenizer.chat_template, bos if tokenizer.bos_id is not None
                                                     else ""))
-    state = {k: ({"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v)
-             for k, v in tokenizer.to_state().items()}
-    writer.add_string(STATE_KEY, json.dumps(state, ensure_ascii=False))
+    writer.add_string(STATE_KEY, tokenizer_state_json(tokenizer.to_state()))
 
 
-def sp_type(sp, i):
-    """GGUF's token type of a sentencepiece piece (the same numbers as sentencepiece's own)."""
-    if sp.is_unknown(i):
-        return 2
-    if sp.is_control(i):
-        return 3
-    if sp.is_byte(i):
-        return 6
-    return 5 if sp.is_unused(i) else 1
-
-
-def tokenizer_state(value):
-    """STATE_KEY's JSON -> the tokenizer state it holds (bytes restored)."""
-    state = json.loads(value)
-    return {k: (base64.b64decode(v["base64"]) if isinstance(v, dict) and set(v) == {"base64"} else v)
-            for k, v in state.items()}
+def add_sentencepiece(writer, tokenizer):
+    """A sentencepiece BPE model as llama.cpp's "llama" (SPM) vocabulary: its pieces, scores and types
+    (sentencepiece's type numbers are GGUF's) and whether it puts a space before the text."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    proto = pb.ModelProto()
+    proto.ParseFromString(tokenizer.model_bytes)
+    if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
+        raise UserError("GGUF export: the sentencepiece model is not BPE, which llama.cpp's SPM vocabulary assumes")
+    if proto.normalizer_spec.remove_extra_whitespaces:
+        raise UserError("GGUF export: the sentencepiece model squeezes whitespace, which llama.cpp does not; "
+                        "its prompts would tokenize differently")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([x.piece for x in proto.pieces])
+    writer.add_token_scores([float(x.score) for x in proto.pieces])
+    writer.add_token_types([int(x.type) for x in proto.pieces])
+    writer.add_add_space_prefix(bool(proto.normalizer_spec.add_dummy_prefix))
+    if tokenizer.sp.unk_id() >= 0:
+        writer.add_unk_token_id(tokenizer.sp.unk_id())
 
 
 def export_gguf(ckpt, out_path, kind="f16", name=None):
@@ -151,10 +128,12 @@ def export_gguf(ckpt, out_path, kind="f16", name=None):
     from .atomic import atomic_path
     if kind not in TYPES:
         raise UserError(f"--type {kind}: choose one of {', '.join(TYPES)}")
+    from .convert import check_keys
     config, tokenizer, state = load_for_export(ckpt)
     arch = architecture(config)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
+    check_keys(state, config, str(ckpt))
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
     with atomic_path(out_path) as tmp:

@@ -12,8 +12,11 @@ into LlamaForCausalLM for transformers; each precision applied at load time to t
 same random prompt, greedy, no stop token, interleaved, best of --repeats. "same greedy" compares the first
 --check_tokens tokens of each row with TinyMind float32's on --check_prompts prompts (the music test set's
 questions in the chat template for a real model; random prompts for a preset, whose random weights have
-near ties that any rounding flips), and "same tokens" how many first tokens agree on average. --llama_cpp adds llama.cpp (llama-cpp-python, if installed) for a model
-imported from a GGUF file, on that file as it is (its own quantisation, named in the row).
+near ties that any rounding flips), and "same tokens" how many first tokens agree on average.
+--llama_cpp adds llama.cpp (llama-cpp-python, if installed) on the GGUF files TinyMind writes of the same
+weights (model/export_gguf.py; --gguf_types, default f32,f16,q8_0: float32's match, half precision (f16,
+not bfloat16's format but its size) and int8's nearest, 8-bit blocks of 32), and for a model imported from
+a GGUF file, on that file as it is (its own quantisation).
 """
 import copy
 import importlib.util
@@ -30,6 +33,7 @@ from evaluation.qa import asked, read_conversations  # noqa: E402
 from model import paths  # noqa: E402
 from model.config import PRESETS, get_preset  # noqa: E402
 from model.errors import UserError  # noqa: E402
+from model.export_gguf import TYPES as GGUF_TYPES  # noqa: E402
 from model.generate import build_prompt, generate  # noqa: E402
 from model.inference import load_model_spec  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
@@ -94,11 +98,10 @@ class TransformersRow:
 
 
 class LlamaCppRow:
-    def __init__(self, gguf, threads):
+    def __init__(self, gguf, threads, name=None):
         from llama_cpp import Llama
         self.llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
-        quant = Path(gguf).stem.rsplit(".", 1)[-1]
-        self.name = f"llama.cpp {quant} (its GGUF)"
+        self.name = name or f"llama.cpp {Path(gguf).stem.rsplit('.', 1)[-1]} (its GGUF)"
 
     def prefill(self, ids):
         self.llm.reset()
@@ -114,6 +117,19 @@ class LlamaCppRow:
         return out
 
 
+def written_gguf_rows(model, tokenizer, types, work):
+    """llama.cpp rows on GGUF files of the model's own weights, written by TinyMind (model/export_gguf.py)."""
+    from model.checkpoint import save_checkpoint
+    from model.export_gguf import export_gguf
+    from model.tokenizer import load_default_tokenizer
+    ckpt = Path(work) / "bench_model.pth"
+    save_checkpoint(ckpt, model.state_dict(), model.config, tokenizer or load_default_tokenizer(), {"stage": "bench"})
+    rows = [LlamaCppRow(export_gguf(ckpt, Path(work) / f"bench_{t}.gguf", t), torch.get_num_threads(),
+                        f"llama.cpp {t} (TinyMind's GGUF)") for t in types]
+    ckpt.unlink()
+    return rows
+
+
 def common_prefix(a, b):
     """How many first tokens two outputs share."""
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -122,8 +138,9 @@ def common_prefix(a, b):
 def bench_model(spec, args):
     name, model, tokenizer, gguf = load(spec)
     rows = [TinyMindRow(model, d) for d in args.dtypes] + [TransformersRow(model)]
-    if args.llama_cpp and gguf:
-        rows.append(LlamaCppRow(gguf, torch.get_num_threads()))
+    if args.llama_cpp:
+        rows += written_gguf_rows(model, tokenizer, args.gguf_types, args.work)
+        rows += [LlamaCppRow(gguf, torch.get_num_threads())] if gguf else []
     prompt = torch.randint(5, model.config.vocab_size, (args.prompt_len,),
                            generator=torch.Generator().manual_seed(0)).tolist()
     for r in rows:
@@ -155,8 +172,12 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--check_prompts", type=int, default=8, help="prompts of the same-greedy check")
     ap.add_argument("--check_tokens", type=int, default=32, help="tokens compared per prompt")
-    ap.add_argument("--llama_cpp", action="store_true", help="add llama.cpp for a model imported from a GGUF")
+    ap.add_argument("--llama_cpp", action="store_true", help="add llama.cpp on GGUF files of the same weights")
+    ap.add_argument("--gguf_types", default="f32,f16,q8_0", help="--llama_cpp: the GGUF types TinyMind writes")
     args = ap.parse_args()
+    args.gguf_types = [t for t in args.gguf_types.split(",") if t]
+    if set(args.gguf_types) - set(GGUF_TYPES):
+        raise UserError(f"--gguf_types {','.join(args.gguf_types)}: use some of {', '.join(GGUF_TYPES)}")
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     if not args.dtypes or set(args.dtypes) - set(PRECISIONS):
         raise UserError(f"--dtypes {','.join(args.dtypes)}: use some of {', '.join(PRECISIONS)}")
@@ -166,23 +187,26 @@ def main():
                         "(it compiles llama.cpp, several minutes)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [bench_model(m, args) for m in models]
+    import tempfile
+    with tempfile.TemporaryDirectory() as work:                                # the GGUF files, removed after
+        args.work = work
+        results = [bench_model(m, args) for m in models]
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()} kernels), batch 1, "
           f"prompt {args.prompt_len} random tokens, {args.new_tokens} new tokens, greedy, best of "
           f"{args.repeats} interleaved rounds")
     print()
-    print(f"| {'model':<20} | {'implementation':<26} | {'prefill tok/s':>13} | {'decode tok/s':>12} | "
+    print(f"| {'model':<20} | {'implementation':<28} | {'prefill tok/s':>13} | {'decode tok/s':>12} | "
           f"{'vs transformers':>15} | {'same greedy':>11} | {'same tokens':>11} |")
-    print(f"|{'-' * 22}|{'-' * 28}|{'-' * 14}:|{'-' * 13}:|{'-' * 16}:|{'-' * 12}:|{'-' * 12}:|")
+    print(f"|{'-' * 22}|{'-' * 30}|{'-' * 14}:|{'-' * 13}:|{'-' * 16}:|{'-' * 12}:|{'-' * 12}:|")
     for name, n_params, table in results:
         ref = next(dec for impl, _, dec, _ in table if impl.startswith("transformers"))
         label = f"{name} ({n_params / 1e6:.0f}M)"
         for impl, pre, dec, agree in table:
             same = f"{sum(a == args.check_tokens for a in agree)}/{len(agree)}" if agree else "-"
             mean = f"{sum(agree) / len(agree):.1f}" if agree else "-"
-            print(f"| {label:<20} | {impl:<26} | {pre:>13,.0f} | {dec:>12,.1f} | {dec / ref:>14.2f}x | "
+            print(f"| {label:<20} | {impl:<28} | {pre:>13,.0f} | {dec:>12,.1f} | {dec / ref:>14.2f}x | "
                   f"{same:>11} | {mean:>11} |")
             label = ""
     print(f"\nsame greedy: prompts whose first {args.check_tokens} greedy tokens equal TinyMind float32's; same "

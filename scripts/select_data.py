@@ -18,9 +18,10 @@ interrupted run continues its scores file when started again. --ckpt takes what 
 
 select: the top --ratio (of the samples left after the filters) or --count by --by (ifd or ifd_ppl);
 samples with ifd >= 1 are dropped unless --keep_above_one, and those with fewer than --min_answer_tokens
-answer tokens. --pick bottom keeps the lowest instead, --pick random a random draw (--seed): the baselines
-`python scripts/study.py --study ifd` trains beside the top. Writes the selected samples in the input's own format (JSONL, or Alpaca's JSON array), and
-beside them {output}.stats.json and {output}.hist.png (the scores' histogram with the cut marked).
+answer tokens. --pick bottom keeps the lowest instead, --pick random a random draw (--seed): the
+baselines `python scripts/study.py --study ifd` trains beside the top. Writes the selected samples in
+the input's own format (JSONL, or Alpaca's JSON array), and beside them {output}.stats.json and
+{output}.hist.png (the scores' histogram with the cut marked).
 Inputs: every JSONL format TinyMind reads, and Alpaca's alpaca_data.json (one JSON array).
 
 cluster: Cherry's "pre-experienced" set for the brief first SFT of its 3 steps: each sample's instruction
@@ -54,7 +55,7 @@ from model.errors import UserError  # noqa: E402
 from model.precision import PRECISIONS  # noqa: E402
 from selection.ifd import PROMPTS  # noqa: E402
 from selection.samples import read_samples, write_samples  # noqa: E402
-from selection.select import BY, PICKS, choose, compare, histogram  # noqa: E402
+from selection.select import BY, PICKS, cherry_paths, choose, compare, histogram, side_paths  # noqa: E402
 
 
 def add_common(sub, ckpt_help, output_help):
@@ -101,8 +102,8 @@ def parse_args(argv=None):
     t.add_argument("--keep_above_one", action="store_true", help="keep samples with ifd >= 1")
     t.add_argument("--min_answer_tokens", type=int, default=0, help="drop samples with fewer answer tokens")
     t.add_argument("--pick", choices=PICKS, default="top", help="top (default), bottom, or random (a baseline: "
-                   "as many drawn at random from the samples left after the filters; add --keep_above_one to "
-                   "draw from all)")
+                   "as many drawn at random from the samples left after the filters; --keep_above_one keeps "
+                   "those with ifd >= 1 among them)")
     t.add_argument("--seed", type=int, default=42, help="of --pick random")
     k = sub.add_parser("cluster", help="Cherry's pre-experienced set: n samples from each of k KMeans clusters")
     add_common(k, "the model whose hidden states embed the instructions", "the chosen samples (the input's format)")
@@ -134,11 +135,6 @@ def check_args(args):
         if given.get(flag) is not None:
             check_range(f"--{flag}", given[flag], 0, 1, low_open=True)
     return args
-
-
-def side_paths(output):
-    output = Path(output)
-    return output.with_name(output.name + ".stats.json"), output.with_name(output.name + ".hist.png")
 
 
 def score(args):
@@ -260,8 +256,7 @@ def cherry(args):
     if obj is None or is_adapter(obj) or obj.get("format") != FORMAT:
         raise UserError(f"--ckpt {args.ckpt}: cherry trains the scorer briefly, so it needs a TinyMind checkpoint "
                         ".pth (import others with scripts/convert_model.py)")
-    pre, work = output.with_name(output.name + ".pre.jsonl"), output.with_name(output.name + ".cherry")
-    scores = output.with_name(output.name + ".scores.jsonl")
+    pre, work, scores = cherry_paths(output)
     for p in (output, pre, scores):
         check_writable(p)
     check_writable(work, folder=True)

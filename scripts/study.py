@@ -27,6 +27,7 @@ one line naming it and its train.log, which stays where the study was being writ
 """
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -39,7 +40,8 @@ from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
 from evaluation import benchmarks, report  # noqa: E402
 from evaluation.gen_tasks import evaluate_gen, load_gen_tasks  # noqa: E402
 from evaluation.studies import (DEFAULT_STUDY, STUDIES, arm_command, arm_data, arm_output,  # noqa: E402
-                                prepare_commands, shown)
+                                prepare_commands, shown, step_output)
+from evaluation.study_report import summary  # noqa: E402
 from evaluation.suite import evaluate_models  # noqa: E402
 from model import paths  # noqa: E402
 from model.adapter import is_adapter  # noqa: E402
@@ -49,7 +51,9 @@ from model.errors import UserError  # noqa: E402
 from model.precision import PRECISIONS  # noqa: E402
 from scripts.quickstart_clock import fmt_time  # noqa: E402
 from selection.samples import read_samples  # noqa: E402
-from trainer.runlog import plot_curves, run_stats  # noqa: E402
+from selection.select import side_paths  # noqa: E402
+from trainer.args import TrainConfig  # noqa: E402
+from trainer.runlog import plot_curves  # noqa: E402
 
 TASKS = "arc_easy,hellaswag,piqa"
 COMMON_DEFAULTS = {"data_path": "dataset/music.jsonl", "val_data": "", "minutes": 12.0, "max_steps": 0,
@@ -141,7 +145,8 @@ def make_plan(args):
     for t in args.tasks:
         benchmarks.load_task(t)                        # items not fetched: one line saying how
     gen = load_gen_tasks(args.gen, args.gen_limit) if args.gen else []
-    window = min(512, config.get("max_position_embeddings", 512))
+    seq = TrainConfig().max_seq_len                                     # the trainer's default
+    window = score_len = min(seq, config.get("max_position_embeddings", seq))
     samples = len(read_samples(data)) if any(a.data for a in study.arms) else 0    # a bad line: one line, now
     count = round(samples * args.ratio)
     if samples and count < 1:
@@ -149,14 +154,17 @@ def make_plan(args):
     if args.scorer:
         if not samples:
             raise UserError(f"--scorer: study {args.study} selects no data (the ifd study does)")
-        args.scorer = shown(paths.find_model(out, args.scorer)[1])      # not found: one line, now
-    prepare = prepare_commands(study, base, data, folder, samples, count, args.seed, window, args.device,
+        kind, found = paths.find_model(out, args.scorer)                    # not found: one line, now
+        if kind == "pth":
+            score_len = min(window, read_pth(found, mmap=True).get("config", {}).get("max_position_embeddings", seq))
+        args.scorer = shown(found)
+    prepare = prepare_commands(study, base, data, folder, samples, count, args.seed, score_len, args.device,
                                args.scorer, args.scorer_dtype)
     arms = []
     for arm in study.arms:
         d = folder / arm.name
         cmd = arm_command(arm, base, arm_data(arm, data, folder), d, args.minutes, args.seed, args.device,
-                          args.max_steps, val, window if window < 512 else 0)
+                          args.max_steps, val, window if window < seq else 0)
         arms.append({"arm": arm, "dir": d, "output": arm_output(arm, base, d, config), "cmd": cmd})
     return {"study": study, "out": out, "folder": folder, "base": base, "why": why, "data": data, "val": val,
             "count": count, "prepare": prepare, "gen": gen, "arms": arms, "name": f"study_{args.study}"}
@@ -195,6 +203,10 @@ def keep_earlier(plan):
     kept.parent.mkdir(parents=True, exist_ok=True)
     move(folder, kept)
     print(f"kept the earlier {folder.name} study in {kept}", flush=True)
+    done = kept / "data" / "commands.json"
+    if plan["prepare"] and done.is_file() and json.loads(done.read_text()) == [c for _, c in plan["prepare"]]:
+        shutil.copytree(kept / "data", plan["folder"] / "data")        # the same shares: what is done stays done
+        print("its shares were made by the same commands: reusing its data/ (finished steps are not run again)")
 
 
 def run_logged(cmd, log, what):
@@ -217,13 +229,23 @@ def run_logged(cmd, log, what):
 def prepare_shares(plan):
     """Write the arms' own shares of the data (evaluation.studies.prepare_commands), each step's output in
     data/{step}.log -> seconds. A failure is one line naming the step and its log."""
-    t = time.time()
+    t, data = time.time(), plan["folder"] / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    write_text(data / "commands.json", json.dumps([c for _, c in plan["prepare"]], indent=1) + "\n")
     for step, cmd in plan["prepare"]:
-        log = plan["folder"] / "data" / f"{step}.log"
+        out, log = step_output(plan["folder"], step), data / f"{step}.log"
+        if out.is_file() and (step == "scores" or side_paths(out)[0].is_file()):
+            print(f"the {step} step: {shown(out)} is there from the earlier run", flush=True)
+            continue
         rc, _, err = run_logged(cmd, log, f"the {step} share" if step != "scores" else "the scores")
-        if rc:
+        if rc or not out.is_file():
             raise UserError(f"preparing the {step} step of study {plan['study'].name} failed (exit {rc}"
                             + (f": {err}" if err else "") + f"); its log: {log}")
+    top = json.loads(side_paths(step_output(plan["folder"], "top"))[0].read_text(encoding="utf-8"))
+    if top["selected"] < plan["count"] or top["eligible"] < 2 * plan["count"]:
+        raise UserError(f"--ratio: the top and bottom shares of {plan['count']:,} samples each need twice that "
+                        f"many with ifd < 1, and {top['eligible']:,} have it; give a smaller --ratio "
+                        f"(the shares: {shown(data)})")
     return time.time() - t
 
 
@@ -241,8 +263,8 @@ def train_arm(plan, a):
 def score_arms(args, plan):
     """Every arm's model (labelled with the arm's name) on the benchmarks and generation tests -> rows.
     They are loaded together, so an arm that records no identity (the untouched base) is held to the one
-    another arm's training data taught, and when none was taught one (the ifd study's full SFT on
-    sft.jsonl), to the one the identity test asks for (evaluation.gen_tasks)."""
+    another arm's training data taught, and in a study none of whose arms is taught one (Study.file_identity:
+    the ifd study's full SFT on sft.jsonl), to the one the identity test asks for (evaluation.gen_tasks)."""
     import torch
     from model.inference import load_for_inference
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -256,60 +278,8 @@ def score_arms(args, plan):
     if args.tasks:
         rows += evaluate_models(models, args.tasks, plan["folder"], limit=args.limit, progress=sys.stderr.isatty())
     if plan["gen"]:
-        rows += evaluate_gen(models, plan["gen"], plan["folder"], untaught_file=True)
+        rows += evaluate_gen(models, plan["gen"], plan["folder"], untaught_file=plan["study"].file_identity)
     return rows
-
-
-def log_stats(path):
-    """(steps, last train loss, last val loss) of a run log as the summary shows them; "-" for what it lacks."""
-    steps, loss, val = run_stats(path)
-    return steps, "-" if loss is None else f"{loss:.3f}", "-" if val is None else f"{val:.3f}"
-
-
-def share_note(plan, a):
-    """The data column of an arm: its file's samples (and mean IFD, for a share select_data.py wrote)."""
-    if not a["arm"].data:
-        return f"{shown(plan['data'])}"
-    stats = json.loads((arm_data(a["arm"], plan["data"], plan["folder"]).parent /
-                        f"{a['arm'].data}.jsonl.stats.json").read_text(encoding="utf-8"))
-    mean = f", mean ifd {stats['selected_mean']:.3f}" if stats.get("selected_mean") is not None else ""
-    return f"data/{a['arm'].data}.jsonl ({stats['selected']:,} samples{mean})"
-
-
-def summary(args, argv, plan, seconds, rows, written, curves, took):
-    """out/study/{study}/README.md: the question, what ran, each arm's steps and losses, the table."""
-    study, f = plan["study"], plan["folder"]
-    lines = [f"# Study {study.name}", "", study.question + " Every arm starts from the same base with the same "
-             "seed and budget, and is scored on the same tests.", "",
-             f"- base: {shown(plan['base'])} ({plan['why']})",
-             f"- data: {shown(plan['data'])}" + (f"; validation {shown(plan['val'])}" if plan["val"] else "")
-             + f"; seed {args.seed}; {args.minutes:g} min of training per arm"
-             + (f", at most {args.max_steps} steps" if args.max_steps else "")]
-    if plan["prepare"]:
-        lines.append(f"- shares: {plan['count']:,} samples each (--ratio {args.ratio:g}), written in "
-                     f"{fmt_time(plan['prepare_seconds'])} by the commands below (logs: data/*.log)")
-    lines += [f"- took {fmt_time(took)} (training {fmt_time(sum(seconds.values()))}); "
-              f"{time.strftime('%Y-%m-%d %H:%M')}", "",
-              "| arm | what | data | steps | train loss | val loss | training time |",
-              "|---|---|---|---:|---:|---:|---:|"]
-    for a in plan["arms"]:
-        trained = a["cmd"] is not None
-        steps, loss, val = log_stats(paths.log_path_for(a["output"])) if trained else ("-", "-", "-")
-        lines.append(f"| {a['arm'].name} | {a['arm'].what} | {share_note(plan, a) if trained else '-'} | {steps} | "
-                     f"{loss} | {val} | {fmt_time(seconds[a['arm'].name]) if trained else '-'} |")
-    lines += (["", f"Note: {study.note}"] if study.note else []) + ["", "## Scores", "", report.markdown_table(rows)]
-    files = [f"{Path(p).relative_to(f)}" for p in written.values()] + ([curves.name] if curves else [])
-    lines += ["", f"Files here: {', '.join(files)}; eval/bench_*.json and gen_*.json (every item's answer); "
-              "{arm}/train.log and {arm}/logs/ (each run's output and log)"
-              + ("; data/ (the shares, their stats, histograms and the scores)" if plan["prepare"] else "") + ".",
-              "", "## Commands", "", "From the repository root. This study:", "",
-              "    python scripts/study.py " + shlex.join(sys.argv[1:] if argv is None else argv), ""]
-    if plan["prepare"]:
-        lines += ["Its shares:", ""] + [f"    # {share}: {shlex.join(cmd)}" for share, cmd in plan["prepare"]] + [""]
-    lines += ["Its arms ran:", ""]
-    for a in plan["arms"]:
-        lines.append(f"    # {a['arm'].name}: " + ("no training" if a["cmd"] is None else shlex.join(a["cmd"])))
-    return write_text(f / "README.md", "\n".join(lines) + "\n")
 
 
 def main(argv=None):

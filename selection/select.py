@@ -8,9 +8,22 @@ random draw of as many are the baselines a study compares the top with.
 """
 import math
 import random
+from pathlib import Path
 
 BY = ("ifd", "ifd_ppl")
 PICKS = ("top", "bottom", "random")
+
+
+def side_paths(output):
+    """The files `select` writes beside its output: (stats JSON, histogram PNG)."""
+    output = Path(output)
+    return output.with_name(output.name + ".stats.json"), output.with_name(output.name + ".hist.png")
+
+
+def cherry_paths(output):
+    """The files `cherry` writes beside its output: (the clustered sample, the brief SFT's folder, the scores)."""
+    output = Path(output)
+    return tuple(output.with_name(output.name + ext) for ext in (".pre.jsonl", ".cherry", ".scores.jsonl"))
 
 
 def choose(rows, ratio=None, count=None, by="ifd", keep_above_one=False, min_answer_tokens=0, pick="top",
@@ -59,7 +72,8 @@ def histogram(rows, by, cut, path, title, pick="top"):
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(values, bins=50, color="#4C72B0")
     if cut is not None:
-        ax.axvline(cut, color="#C44E52", linestyle="--", label=f"cut {cut:.3f} (kept: {'above' if pick == 'top' else 'below'})")
+        kept = "above" if pick == "top" else "below"
+        ax.axvline(cut, color="#C44E52", linestyle="--", label=f"cut {cut:.3f} (kept: {kept})")
     ax.axvline(1.0, color="gray", linestyle=":", label=f"{by} = 1")
     ax.set_xlabel(by)
     ax.set_ylabel("samples")

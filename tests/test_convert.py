@@ -385,31 +385,3 @@ def test_smollm2_real_matches_transformers(tmp_path_factory):
     assert got == ref, (tok.decode(got), tok.decode(ref))
     assert "Paris" in tok.decode(got)
 
-
-def test_export_gguf_of_an_imported_bpe_model_round_trips(tmp_path, bpe_json):
-    """An imported GGUF (byte-level BPE, as SmolLM2's) written back by --to_gguf: llama.cpp's gpt2 fields
-    as they came in, and the same weights, tokenizer and logits when imported again."""
-    import gguf
-    from model.config import ModelConfig
-    from model.convert_gguf import import_gguf
-    from model.export_gguf import export_gguf
-    from model.model import TinyMindForCausalLM
-    from tokenizers import Tokenizer
-    vocab = Tokenizer.from_str(bpe_json).get_vocab_size()
-    cfg = ModelConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=96, rope_theta=10000.0, rms_norm_eps=1e-6,
-                      max_position_embeddings=128)
-    torch.manual_seed(0)
-    write_gguf(tmp_path / "m.gguf", TinyMindForCausalLM(cfg).state_dict(), bpe_json)
-    state, config, tok = import_gguf(tmp_path / "m.gguf")
-    save_checkpoint(tmp_path / "imported.pth", state, config, tok, {"stage": "imported"})
-    out = export_gguf(tmp_path / "imported.pth", tmp_path / "again.gguf", "f32")
-    fields = {k: f.contents() for k, f in gguf.GGUFReader(str(out)).fields.items() if not k.startswith("GGUF.")}
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.merges"] == tok.gguf["merges"]
-    state2, config2, tok2 = import_gguf(out)
-    assert tok2.to_state() == tok.to_state() and config2.num_key_value_heads == 2
-    for k in state:
-        torch.testing.assert_close(state2[k], state[k], atol=0, rtol=0)
-    x = ids_batch(vocab)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(state2, config2)(x).logits, ours(state, config)(x).logits, atol=0, rtol=0)

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from factories import REPO, default_tokenizer, make_adapter, make_checkpoint, run_python, train_memorizer
+from factories import REPO, default_tokenizer, make_adapter, make_checkpoint, make_model, run_python, train_memorizer
 from model.checkpoint import save_checkpoint
+from test_convert import bpe_json, ids_batch, ours, write_gguf  # noqa: F401,F811 (bpe_json: a fixture)
 from model.export_gguf import export_gguf
 from model.generate import generate
 from model.inference import load_for_inference
 
 SCRIPT = "scripts/convert_model.py"
-TEXT = "Hello, world! 你好，世界。 <|im_end|> tabs\tand  two spaces, a literal \u2581 and é"
+TEXT = "Hello, world! 你好，世界。 <|im_end|> tabs\tand  two spaces,\nlines, a literal \u2581 and é"
 PROMPT = [5, 100, 200, 300, 400, 500, 600, 700]
 
 
@@ -45,7 +46,7 @@ def test_round_trip_through_from_gguf(tmp_path, kind):
     la, lb = logits(a, ids), logits(b, ids)
     cos = torch.nn.functional.cosine_similarity(la.flatten(), lb.flatten(), dim=0).item()
     err = (la - lb).abs().max().item() / la.abs().max().item()
-    limits = {"f32": (1e-6, 1 - 1e-9), "f16": (2e-3, 0.99999), "q8_0": (0.1, 0.999)}[kind]
+    limits = {"f32": (1e-6, 1 - 1e-9), "f16": (5e-3, 0.99999), "q8_0": (0.1, 0.999)}[kind]
     assert err <= limits[0] and cos >= limits[1], (kind, err, cos)
 
 
@@ -70,6 +71,59 @@ def test_tensors_are_laid_out_as_llama_cpp_writes_them(tmp_path):
                 assert np.array_equal(got, llama_cpp_permute(w, heads)), name
             w = ref["model.layers.0.mlp.down_proj.weight"].numpy()
             assert np.array_equal(np.asarray(t["blk.0.ffn_down.weight"].data).reshape(w.shape), w)
+
+
+def gguf_fields(path):
+    import gguf
+    return {k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items() if not k.startswith("GGUF.")}
+
+
+def test_the_fields_llama_cpp_reads(tmp_path):
+    tok = default_tokenizer()
+    f = gguf_fields(export_gguf(make_checkpoint(tmp_path / "full_sft_64.pth"), tmp_path / "m.gguf", "f16"))
+    types, tokens = f["tokenizer.ggml.token_type"], f["tokenizer.ggml.tokens"]
+    im_start, im_end = tok.encode_special("<|im_start|>")[0], tok.encode_special("<|im_end|>")[0]
+    assert tokens[im_start] == "<|im_start|>" and types[im_start] == types[im_end] == 3      # control tokens
+    assert types[tok.sp.piece_to_id("<0x0A>")] == 6 and types[tok.sp.unk_id()] == 2 and types[1000] == 1
+    assert f["tokenizer.ggml.eot_token_id"] == im_end and f["tokenizer.ggml.eos_token_id"] == tok.eos_id
+    assert f["tokenizer.ggml.add_space_prefix"] is False and f["tokenizer.ggml.add_bos_token"] is False
+    assert "tokenizer.ggml.bos_token_id" not in f and f["tokenizer.ggml.scores"][1000] == tok.sp.get_score(1000)
+
+
+def test_a_llama_style_sentencepiece_keeps_its_space_prefix(tmp_path):
+    """An imported Llama-2-style tokenizer.model (a dummy prefix before the text, a bos token it prepends):
+    llama.cpp is told both, and the round trip keeps them."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from model.hf_tokenizer import SentencePieceHFTokenizer
+    proto = pb.ModelProto()
+    proto.ParseFromString(default_tokenizer().model_bytes)
+    proto.normalizer_spec.add_dummy_prefix = True
+    tok = SentencePieceHFTokenizer(proto.SerializeToString(), "<|endoftext|>", "<|pad|>", "<|im_start|>", True)
+    assert tok.sp.id_to_piece(tok.encode("Hello")[0]) == "\u2581H"                 # the dummy prefix
+    model = make_model()
+    save_checkpoint(tmp_path / "llama2_64.pth", model.state_dict(), model.config, tok, {"stage": "imported"})
+    gg = export_gguf(tmp_path / "llama2_64.pth", tmp_path / "m.gguf", "f32")
+    f = gguf_fields(gg)
+    assert f["tokenizer.ggml.add_space_prefix"] is True and f["tokenizer.ggml.add_bos_token"] is True
+    assert f["tokenizer.ggml.bos_token_id"] == tok.bos_id
+    back = load_for_inference(gguf_path=gg).tokenizer
+    assert back.to_state() == tok.to_state() and back.encode(TEXT) == tok.encode(TEXT)
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    from model import export_gguf as module
+    calls = []
+
+    def failing(name, *a):
+        calls.append(name)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        return real(name, *a)
+    real = module.tensor_data
+    monkeypatch.setattr(module, "tensor_data", failing)
+    with pytest.raises(OSError):
+        export_gguf(make_checkpoint(tmp_path / "full_sft_64.pth"), tmp_path / "m.gguf", "f16")
+    assert len(calls) == 5 and sorted(p.name for p in tmp_path.iterdir()) == ["full_sft_64.pth"]
 
 
 def test_an_adapter_is_merged_on_export(tmp_path):
@@ -108,5 +162,34 @@ def test_llama_cpp_gives_tinymind_greedy_tokens(tmp_path, kind):
         if len(theirs) == 24:
             break
     assert theirs == ours
-    text = "Hello world, 你好世界. Music: piano and guitar."
-    assert llm.tokenize(text.encode(), add_bos=False, special=False) == default_tokenizer().encode(text)
+    for text in ("Hello world, 你好世界. Music: piano and guitar.", "two  spaces,\ttab\nand a new line, é ü"):
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == default_tokenizer().encode(text), text
+
+
+
+def test_export_gguf_of_an_imported_bpe_model_round_trips(tmp_path, bpe_json):
+    """An imported GGUF (byte-level BPE, as SmolLM2's) written back by --to_gguf: llama.cpp's gpt2 fields
+    as they came in, and the same weights, tokenizer and logits when imported again."""
+    import gguf
+    from model.config import ModelConfig
+    from model.convert_gguf import import_gguf
+    from model.model import TinyMindForCausalLM
+    from tokenizers import Tokenizer
+    vocab = Tokenizer.from_str(bpe_json).get_vocab_size()
+    cfg = ModelConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=96, rope_theta=10000.0, rms_norm_eps=1e-6,
+                      max_position_embeddings=128)
+    torch.manual_seed(0)
+    write_gguf(tmp_path / "m.gguf", TinyMindForCausalLM(cfg).state_dict(), bpe_json)
+    state, config, tok = import_gguf(tmp_path / "m.gguf")
+    save_checkpoint(tmp_path / "imported.pth", state, config, tok, {"stage": "imported"})
+    out = export_gguf(tmp_path / "imported.pth", tmp_path / "again.gguf", "f32")
+    fields = {k: f.contents() for k, f in gguf.GGUFReader(str(out)).fields.items() if not k.startswith("GGUF.")}
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.merges"] == tok.gguf["merges"]
+    state2, config2, tok2 = import_gguf(out)
+    assert tok2.to_state() == tok.to_state() and config2.num_key_value_heads == 2
+    for k in state:
+        torch.testing.assert_close(state2[k], state[k], atol=0, rtol=0)
+    x = ids_batch(vocab)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(state2, config2)(x).logits, ours(state, config)(x).logits, atol=0, rtol=0)

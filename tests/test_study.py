@@ -120,6 +120,21 @@ def test_ifd_study_trains_each_arm_on_its_share_from_one_scoring(tmp_path, bench
     assert "# bottom: python scripts/select_data.py select" in readme and "--pick bottom" in readme
     assert "study_ifd" in res.stdout
 
+    # a re-run with the same shares' commands reuses them (nothing is selected again); a --ratio whose top
+    # and bottom shares would overlap is one line, before any arm trains
+    before = {n: (folder / "data" / f"{n}.jsonl").read_text() for n in ("top", "bottom", "random")}
+    again = run_python(argv, REPO, {"TINYMIND_CACHE": str(bench_cache)})
+    assert "reusing its data/" in again.stdout and "=== the top share" not in again.stdout
+    assert all(f"the {n} step: " in again.stdout for n in ("top", "bottom", "random"))
+    assert {n: (folder / "data" / f"{n}.jsonl").read_text() for n in before} == before
+    assert (folder / "all" / "full_sft_64.pth").is_file()
+    wide = [a if a != "0.25" else "0.6" for a in argv]
+    res = run_python(wide, REPO, {"TINYMIND_CACHE": str(bench_cache)}, check=False)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and err[0].startswith("error: --ratio: the top and bottom shares "
+                                                                        "of 24 samples each need twice"), err
+    assert not (folder / "top").exists()
+
 
 def test_ifd_with_a_scorer_scores_once_then_picks_three_shares(tmp_path, bench_cache, inputs, capsys):
     base, data = inputs

@@ -14,9 +14,9 @@ same random prompt, greedy, no stop token, interleaved, best of --repeats. "same
 questions in the chat template for a real model; random prompts for a preset, whose random weights have
 near ties that any rounding flips), and "same tokens" how many first tokens agree on average.
 --llama_cpp adds llama.cpp (llama-cpp-python, if installed) on the GGUF files TinyMind writes of the same
-weights (model/export_gguf.py; --gguf_types, default f32,f16,q8_0: float32's match, half precision (f16,
-not bfloat16's format but its size) and int8's nearest, 8-bit blocks of 32), and for a model imported from
-a GGUF file, on that file as it is (its own quantisation).
+weights (model/export_gguf.py; --gguf_types, default f32,f16,q8_0,its: float32's match, half precision
+(f16, not bfloat16's format but its size), int8's nearest (8-bit blocks of 32), and for a model imported
+from a GGUF file, that file as it is, its own quantisation).
 """
 import copy
 import importlib.util
@@ -139,8 +139,8 @@ def bench_model(spec, args):
     name, model, tokenizer, gguf = load(spec)
     rows = [TinyMindRow(model, d) for d in args.dtypes] + [TransformersRow(model)]
     if args.llama_cpp:
-        rows += written_gguf_rows(model, tokenizer, args.gguf_types, args.work)
-        rows += [LlamaCppRow(gguf, torch.get_num_threads())] if gguf else []
+        rows += written_gguf_rows(model, tokenizer, [t for t in args.gguf_types if t != "its"], args.work)
+        rows += [LlamaCppRow(gguf, torch.get_num_threads())] if gguf and "its" in args.gguf_types else []
     prompt = torch.randint(5, model.config.vocab_size, (args.prompt_len,),
                            generator=torch.Generator().manual_seed(0)).tolist()
     for r in rows:
@@ -173,11 +173,12 @@ def main():
     ap.add_argument("--check_prompts", type=int, default=8, help="prompts of the same-greedy check")
     ap.add_argument("--check_tokens", type=int, default=32, help="tokens compared per prompt")
     ap.add_argument("--llama_cpp", action="store_true", help="add llama.cpp on GGUF files of the same weights")
-    ap.add_argument("--gguf_types", default="f32,f16,q8_0", help="--llama_cpp: the GGUF types TinyMind writes")
+    ap.add_argument("--gguf_types", default="f32,f16,q8_0,its", help="--llama_cpp: the GGUF types TinyMind "
+                    "writes, and its: the file an imported model came from")
     args = ap.parse_args()
     args.gguf_types = [t for t in args.gguf_types.split(",") if t]
-    if set(args.gguf_types) - set(GGUF_TYPES):
-        raise UserError(f"--gguf_types {','.join(args.gguf_types)}: use some of {', '.join(GGUF_TYPES)}")
+    if set(args.gguf_types) - set(GGUF_TYPES) - {"its"}:
+        raise UserError(f"--gguf_types {','.join(args.gguf_types)}: use some of {', '.join(GGUF_TYPES)}, its")
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     if not args.dtypes or set(args.dtypes) - set(PRECISIONS):
         raise UserError(f"--dtypes {','.join(args.dtypes)}: use some of {', '.join(PRECISIONS)}")
@@ -197,16 +198,16 @@ def main():
           f"prompt {args.prompt_len} random tokens, {args.new_tokens} new tokens, greedy, best of "
           f"{args.repeats} interleaved rounds")
     print()
-    print(f"| {'model':<20} | {'implementation':<28} | {'prefill tok/s':>13} | {'decode tok/s':>12} | "
+    print(f"| {'model':<20} | {'implementation':<31} | {'prefill tok/s':>13} | {'decode tok/s':>12} | "
           f"{'vs transformers':>15} | {'same greedy':>11} | {'same tokens':>11} |")
-    print(f"|{'-' * 22}|{'-' * 30}|{'-' * 14}:|{'-' * 13}:|{'-' * 16}:|{'-' * 12}:|{'-' * 12}:|")
+    print(f"|{'-' * 22}|{'-' * 33}|{'-' * 14}:|{'-' * 13}:|{'-' * 16}:|{'-' * 12}:|{'-' * 12}:|")
     for name, n_params, table in results:
         ref = next(dec for impl, _, dec, _ in table if impl.startswith("transformers"))
         label = f"{name} ({n_params / 1e6:.0f}M)"
         for impl, pre, dec, agree in table:
             same = f"{sum(a == args.check_tokens for a in agree)}/{len(agree)}" if agree else "-"
             mean = f"{sum(agree) / len(agree):.1f}" if agree else "-"
-            print(f"| {label:<20} | {impl:<28} | {pre:>13,.0f} | {dec:>12,.1f} | {dec / ref:>14.2f}x | "
+            print(f"| {label:<20} | {impl:<31} | {pre:>13,.0f} | {dec:>12,.1f} | {dec / ref:>14.2f}x | "
                   f"{same:>11} | {mean:>11} |")
             label = ""
     print(f"\nsame greedy: prompts whose first {args.check_tokens} greedy tokens equal TinyMind float32's; same "

@@ -198,16 +198,16 @@ def main():
           f"prompt {args.prompt_len} random tokens, {args.new_tokens} new tokens, greedy, best of "
           f"{args.repeats} interleaved rounds")
     print()
-    print(f"| {'model':<20} | {'implementation':<31} | {'prefill tok/s':>13} | {'decode tok/s':>12} | "
+    print(f"| {'model':<20} | {'implementation':<32} | {'prefill tok/s':>13} | {'decode tok/s':>12} | "
           f"{'vs transformers':>15} | {'same greedy':>11} | {'same tokens':>11} |")
-    print(f"|{'-' * 22}|{'-' * 33}|{'-' * 14}:|{'-' * 13}:|{'-' * 16}:|{'-' * 12}:|{'-' * 12}:|")
+    print(f"|{'-' * 22}|{'-' * 34}|{'-' * 14}:|{'-' * 13}:|{'-' * 16}:|{'-' * 12}:|{'-' * 12}:|")
     for name, n_params, table in results:
         ref = next(dec for impl, _, dec, _ in table if impl.startswith("transformers"))
         label = f"{name} ({n_params / 1e6:.0f}M)"
         for impl, pre, dec, agree in table:
             same = f"{sum(a == args.check_tokens for a in agree)}/{len(agree)}" if agree else "-"
             mean = f"{sum(agree) / len(agree):.1f}" if agree else "-"
-            print(f"| {label:<20} | {impl:<31} | {pre:>13,.0f} | {dec:>12,.1f} | {dec / ref:>14.2f}x | "
+            print(f"| {label:<20} | {impl:<32} | {pre:>13,.0f} | {dec:>12,.1f} | {dec / ref:>14.2f}x | "
                   f"{same:>11} | {mean:>11} |")
             label = ""
     print(f"\nsame greedy: prompts whose first {args.check_tokens} greedy tokens equal TinyMind float32's; same "

@@ -14,7 +14,6 @@ import warnings
 
 import torch
 
-from .model import KVCache
 from .tokenizer import encode_chat
 
 
@@ -44,58 +43,16 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
 def generate_steps(model, prompts, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
                    repetition_penalty=1.0, stop_ids=(), seed=None, pad_id=0):
-    """Yield the next token of every sequence, (B,) long tensor per step, -1 once a sequence stopped."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    B = len(prompts)
-    lengths = [len(p) for p in prompts]
-    if min(lengths) == 0:
-        raise ValueError("every prompt needs at least one token")
-    L, window = max(lengths), model.config.max_position_embeddings
-    if L >= window:
-        raise ValueError(f"a prompt of {L} tokens leaves no room in the {window}-token window; "
-                         "cut it first (build_prompt does)")
-    if L + max_new_tokens > window:       # rope and the cache are defined for `window` positions only
-        warnings.warn(f"max_new_tokens {max_new_tokens} capped to {window - L}: the prompt has {L} tokens "
-                      f"and the model's window is {window}", WindowWarning, stacklevel=2)
-        max_new_tokens = window - L
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long, device=device)
-    attn = torch.zeros((B, L + max_new_tokens), dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):                    # left padding keeps every last token at L - 1
-        input_ids[i, L - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-        attn[i, L - len(p):] = True
-    attn[:, L:] = True
-    padded = min(lengths) != L
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-    vocab = model.config.vocab_size
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = torch.zeros((B, vocab), dtype=torch.bool, device=device)
-        for i, p in enumerate(prompts):
-            seen[i, torch.tensor(p, dtype=torch.long, device=device)] = True
-    stop = torch.tensor(sorted(set(stop_ids)) or [-2], device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = KVCache(model.config, B, L + max_new_tokens, device, dtype)
-    logits = model(input_ids, attention_mask=attn[:, :L] if padded else None, kv_cache=cache,
-                   last_only=True).logits[:, -1].float()
-    for step in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
-        token = torch.where(done, torch.full_like(token, -1), token)
-        done = done | torch.isin(token, stop)
-        yield token
-        if bool(done.all()) or step == max_new_tokens - 1:
-            return
-        fed = token.clamp(min=0).unsqueeze(1)                       # (B, 1)
-        if seen is not None:
-            seen.scatter_(1, fed, True)
-        logits = model(fed, attention_mask=attn[:, :L + step + 1] if padded else None,
-                       kv_cache=cache, last_only=True).logits[:, -1].float()
+    """Yield the next token of every sequence, (B,) long tensor per step, -1 once a sequence stopped: a
+    model.batching.Batch whose rows all join at the start (each row's sampler seeded with seed)."""
+    from .batching import Batch
+    batch = Batch(model, pad_id)
+    rows = batch.join(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, seed)
+    while batch.rows:
+        got = {r.id: t for r, t in batch.step()}
+        yield torch.tensor([got.get(r.id, -1) for r in rows])
 
 
 def generate(model, prompts, max_new_tokens=256, stop_ids=(), **sampling):

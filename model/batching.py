@@ -164,6 +164,11 @@ class Batch:
         self.mask[:, n - d:] = False
         self.cache.length = n - d
 
+    def leave(self, row):
+        """Take a row out now (its client went away); it produces nothing more."""
+        row.done = True
+        self._drop_done()
+
     def _drop_done(self):
         keep = [i for i, r in enumerate(self.rows) if not r.done]
         if len(keep) == len(self.rows):

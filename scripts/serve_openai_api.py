@@ -1,0 +1,66 @@
+"""Serve out/'s models over an OpenAI-compatible API (MiniMind's serve_openai_api.py), on FastAPI + uvicorn.
+
+    python scripts/serve_openai_api.py                          # http://127.0.0.1:8998/v1, every model of out/
+    python scripts/serve_openai_api.py --host 0.0.0.0 --api_key KEY --dtype int8
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="none")
+    client.chat.completions.create(model="smollm2_135m+lora_music_576", messages=[{"role": "user", "content": "hi"}])
+
+GET /v1/models: every checkpoint in out/ and, as "base+adapter", every adapter of out/lora/ on each checkpoint
+it fits. POST /v1/chat/completions: messages, model, temperature (default 1), top_p, max_tokens, stop, seed,
+stream (server-sent events; stream_options.include_usage). Concurrent requests to a model are decoded together
+(model/batching.py: they join and leave the batch between steps, at most --max_batch rows, the rest wait). It
+binds 127.0.0.1 unless --host says otherwise; --api_key makes "Authorization: Bearer KEY" required.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
+
+from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
+from model import paths  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.precision import PRECISIONS  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8998)
+    p.add_argument("--out_dir", default=None, help="where the models are (default $TINYMIND_OUT_DIR, else <repo>/out)")
+    p.add_argument("--api_key", default="", help="require this Bearer key on every request")
+    p.add_argument("--dtype", choices=PRECISIONS, default=None, help="the models' precision (default: their weights')")
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--max_batch", type=int, default=16, help="rows decoded together per model (default 16)")
+    p.add_argument("--max_tokens", type=int, default=2048, help="the most max_tokens a request may ask")
+    p.add_argument("--max_body", type=int, default=1 << 20, help="the largest request body in bytes")
+    args = p.parse_args(argv)
+    check_range("--port", args.port, 1, 65535, integer=True)
+    for flag in ("max_batch", "max_tokens", "max_body"):
+        check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
+    check_device(args.device)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    import uvicorn
+    from serving.api import make_app
+    from serving.engine import Engine
+    out = paths.out_dir(args.out_dir)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    engine = Engine(out, args.max_batch, args.dtype, device)
+    offered = engine.models()
+    if not offered:
+        raise UserError(f"{out}: no model to serve; train one (python scripts/quickstart.py) or give --out_dir")
+    print(f"serving {len(offered)} model(s) of {out}: {', '.join(offered)}", flush=True)
+    print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(make_app(engine, args.api_key or None, args.max_body, args.max_tokens), host=args.host,
+                port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,172 @@
+"""The serving engine: the models a server offers (out/'s checkpoints, each with the adapters that fit it,
+as "base+adapter" names), loaded on first use, and one decoding thread per model that joins requests into
+its model.batching.Batch between steps and streams each request's text back to its asyncio queue.
+
+    engine = Engine(out_dir, max_rows=16)
+    req = engine.submit("smollm2_135m", ids, max_tokens=64, sampling={"temperature": 0.7}, stop=["\\n\\n"])
+    while (item := await req.queue.get())["type"] == "text": ...     # then {"type": "end", "finish": ...}
+"""
+import asyncio
+import queue
+import threading
+from pathlib import Path
+
+from model import paths
+from model.errors import UserError
+from model.generate import StreamDecoder
+
+
+def list_models(out):
+    """{name: (checkpoint path, adapter path or None)} of what out/ offers: every checkpoint, and every
+    adapter in out/lora/ on each checkpoint it fits (model config and tokenizer: model.adapter.adapter_fits)."""
+    from model.adapter import adapter_fits, is_adapter, load_adapter
+    from model.checkpoint import read_pth
+    from model.tokenizer import load_tokenizer_from_state
+    found, adapters = {}, []
+    for a in paths.find_adapters(out):
+        try:
+            adapters.append((a, load_adapter(a)))
+        except (UserError, OSError):
+            continue                                  # a damaged file is not offered
+    for c in paths.find_checkpoints(out):
+        try:
+            ckpt = read_pth(c, mmap=True)
+            if is_adapter(ckpt) or "config" not in ckpt:
+                continue
+            sha = load_tokenizer_from_state(ckpt["tokenizer"], str(c)).sha256
+        except (UserError, OSError, KeyError, TypeError):
+            continue
+        found[c.stem] = (c, None)
+        for a, head in adapters:
+            if not adapter_fits(head, ckpt["config"], sha):
+                found[f"{c.stem}+{a.stem}"] = (c, a)
+    return found
+
+
+class Request:
+    """One completion in flight: the decoding thread pushes {"type": "text", "text"} and finally
+    {"type": "end", "finish": "stop" | "length" | "cancelled", "prompt_tokens", "completion_tokens"}."""
+
+    def __init__(self, ids, max_tokens, sampling, stop, tokenizer, loop):
+        self.ids, self.max_tokens, self.sampling, self.stop = ids, max_tokens, sampling, list(stop or [])
+        self.tokenizer, self.loop, self.queue = tokenizer, loop, asyncio.Queue()
+        self.decoder, self.held, self.row, self.cancelled, self.tokens = StreamDecoder(tokenizer), "", None, False, 0
+
+    def push(self, item):
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def end(self, finish):
+        self.push({"type": "end", "finish": finish, "prompt_tokens": len(self.ids), "completion_tokens": self.tokens})
+
+    def add(self, token):
+        """A new token -> True when a stop string ended the reply. Text that could begin a stop string is
+        held back until it cannot."""
+        self.tokens += 1
+        self.held += self.decoder.push(token)
+        for s in self.stop:
+            at = self.held.find(s)
+            if at >= 0:
+                if at:
+                    self.push({"type": "text", "text": self.held[:at]})
+                return True
+        keep = max((k for s in self.stop for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
+        if len(self.held) > keep:
+            self.push({"type": "text", "text": self.held[:len(self.held) - keep]})
+            self.held = self.held[len(self.held) - keep:]
+        return False
+
+
+class Worker(threading.Thread):
+    """The one decoding thread of a model: joins waiting requests (up to max_rows live rows), steps the
+    batch, routes each row's token to its request, and drops requests whose client went away."""
+
+    def __init__(self, loaded, max_rows):
+        super().__init__(daemon=True)
+        from model.batching import Batch
+        self.loaded, self.max_rows = loaded, max_rows
+        self.batch = Batch(loaded.model, pad_id=loaded.tokenizer.pad_id)
+        self.waiting, self.live = queue.Queue(), {}
+
+    def run(self):
+        while True:
+            new = [] if self.live else [self.waiting.get()]
+            while len(self.live) + len(new) < self.max_rows and not self.waiting.empty():
+                new.append(self.waiting.get_nowait())
+            self.admit(new)
+            for req in [r for r in self.live.values() if r.cancelled]:
+                self.batch.leave(req.row)
+                self.finish(req, "cancelled")
+            if self.batch.rows:
+                self.route(self.batch.step())
+
+    def admit(self, reqs):
+        """Join waiting requests, those with the same settings in one prefill."""
+        groups = {}
+        for req in reqs:
+            if req.cancelled:
+                req.end("cancelled")
+            else:
+                groups.setdefault((req.max_tokens, tuple(sorted(req.sampling.items()))), []).append(req)
+        for (max_tokens, _), group in groups.items():
+            try:
+                rows = self.batch.join([r.ids for r in group], max_new_tokens=max_tokens,
+                                       stop_ids=self.loaded.tokenizer.stop_ids, **group[0].sampling)
+            except Exception as e:                    # noqa: BLE001 - the requests fail, the server stays
+                for r in group:
+                    r.push({"type": "error", "message": str(e)})
+                continue
+            for req, row in zip(group, rows):
+                req.row, self.live[row.id] = row, req
+
+    def route(self, events):
+        stops = self.loaded.tokenizer.stop_ids
+        for row, token in events:
+            req = self.live.get(row.id)
+            if req is None:
+                continue
+            if token in stops:
+                self.finish(req, "stop")
+            elif req.add(token):
+                self.batch.leave(row)
+                self.finish(req, "stop", by_string=True)
+            elif row.done:
+                self.finish(req, "length")
+
+    def finish(self, req, why, by_string=False):
+        """End a request; text held back for a stop string that never came is sent first."""
+        if req.held and not by_string:
+            req.push({"type": "text", "text": req.held})
+        self.live.pop(req.row.id, None)
+        req.end(why)
+
+
+class Engine:
+    """The models of out/ and their decoding threads (started on a model's first request)."""
+
+    def __init__(self, out, max_rows=16, dtype=None, device="cpu"):
+        self.out, self.max_rows, self.dtype, self.device = Path(out), max_rows, dtype, device
+        self.workers, self.lock = {}, threading.Lock()
+
+    def models(self):
+        return list_models(self.out)
+
+    def worker(self, name):
+        """The model's worker, loading the model on first use; an unknown name is a LookupError."""
+        from model.inference import load_for_inference
+        with self.lock:
+            if name not in self.workers:
+                offered = self.models()
+                if name not in offered:
+                    raise LookupError(name)
+                ckpt, adapter = offered[name]
+                loaded = load_for_inference(ckpt=adapter or ckpt, base=ckpt if adapter else None, device=self.device,
+                                            dtype=self.dtype, out=self.out)
+                w = Worker(loaded, self.max_rows)
+                w.start()
+                self.workers[name] = w
+            return self.workers[name]
+
+    def submit(self, worker, ids, max_tokens, sampling, stop, loop):
+        req = Request(ids, max_tokens, sampling, stop, worker.loaded.tokenizer, loop)
+        worker.waiting.put(req)
+        return req

@@ -1,0 +1,171 @@
+"""The OpenAI-compatible server (scripts/serve_openai_api.py, serving/) as a real process on localhost, asked
+by the official openai client and by a raw SSE read with httpx: the model list (checkpoints and fitting
+adapters), answers equal to TinyMind's own greedy decoding, streaming, stop strings, usage, concurrent
+requests decoded together giving what each gives alone, OpenAI-shaped errors with their status, the API key,
+and a client that goes away mid-stream.
+
+    pytest tests/test_server.py
+"""
+import concurrent.futures as cf
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from factories import REPO, make_adapter, make_checkpoint
+
+MESSAGES = [{"role": "user", "content": "Tell me about music and the piano"}]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(out, *extra):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "scripts/serve_openai_api.py", "--out_dir", str(out), "--port", str(port),
+                             "--device", "cpu", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/models", timeout=1, headers={"authorization": "Bearer k"}).status_code in (200, 401):
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(proc.stdout.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    base = make_checkpoint(out / "full_sft_64.pth", std=0.2, max_position_embeddings=256)
+    make_adapter(out / "lora" / "lora_x_64.pth", base)
+    make_checkpoint(out / "long_64.pth", std=0.2, max_position_embeddings=32768)     # room for a long reply
+    proc, url = start_server(out, "--max_tokens", "30000")
+    yield url, out
+    proc.terminate()
+    proc.wait(10)
+
+
+def client(url, key="none"):
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+
+
+def ours(out, max_tokens):
+    """TinyMind's own greedy reply to MESSAGES (model.generate, no server)."""
+    from model.generate import build_prompt, generate
+    from model.inference import load_for_inference
+    loaded = load_for_inference(ckpt=out / "full_sft_64.pth")
+    ids = generate(loaded.model, [build_prompt(loaded.tokenizer, MESSAGES)], max_new_tokens=max_tokens,
+                   stop_ids=loaded.tokenizer.stop_ids)[0]
+    return loaded.tokenizer.decode(ids), len(ids)
+
+
+def test_models_and_answers_through_the_openai_client(server):
+    url, out = server
+    c = client(url)
+    assert sorted(m.id for m in c.models.list().data) == ["full_sft_64", "full_sft_64+lora_x_64", "long_64"]
+    r = c.chat.completions.create(model="full_sft_64", messages=MESSAGES, max_tokens=12, temperature=0)
+    text, n = ours(out, 12)
+    assert r.choices[0].message.content == text and r.choices[0].message.role == "assistant"
+    assert r.usage.completion_tokens == n and r.usage.prompt_tokens > 5 and r.object == "chat.completion"
+    assert r.choices[0].finish_reason == ("length" if n == 12 else "stop")
+    other = c.chat.completions.create(model="full_sft_64+lora_x_64", messages=MESSAGES, max_tokens=12, temperature=0)
+    assert other.choices[0].message.content != text                     # the adapter changes the answer
+    pieces, finish, usage = [], None, None
+    for ch in c.chat.completions.create(model="full_sft_64", messages=MESSAGES, max_tokens=12, temperature=0,
+                                        stream=True, stream_options={"include_usage": True}):
+        if ch.choices:
+            pieces.append(ch.choices[0].delta.content or "")
+            finish = ch.choices[0].finish_reason or finish
+        usage = ch.usage or usage
+    assert "".join(pieces) == text and finish == r.choices[0].finish_reason and usage.completion_tokens == n
+    # a stop string ends the reply before it (and is not sent)
+    cut = text[len(text) // 2:len(text) // 2 + 3]
+    s = c.chat.completions.create(model="full_sft_64", messages=MESSAGES, max_tokens=12, temperature=0, stop=[cut])
+    assert s.choices[0].message.content == text[:text.index(cut)] and s.choices[0].finish_reason == "stop"
+
+
+def test_raw_server_sent_events_with_httpx(server):
+    url, _ = server
+    body = {"model": "full_sft_64", "messages": MESSAGES, "max_tokens": 4, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and chunks[-1]["choices"][0]["finish_reason"]
+
+
+def test_concurrent_requests_give_what_each_gives_alone(server):
+    url, _ = server
+    c = client(url)
+    asks = [[{"role": "user", "content": f"question {i} " * (1 + i % 5)}] for i in range(8)]
+
+    def ask(m):
+        return c.chat.completions.create(model="full_sft_64", messages=m, max_tokens=10 + len(m[0]["content"]) % 7,
+                                         temperature=0).choices[0].message.content
+    alone = [ask(m) for m in asks]
+    with cf.ThreadPoolExecutor(8) as ex:
+        together = list(ex.map(ask, asks))
+    assert together == alone and len(set(alone)) > 1
+
+
+def test_bad_requests_get_openai_shaped_errors(server):
+    url, _ = server
+    c = client(url)
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="nope", messages=MESSAGES)
+    assert e.value.status_code == 404 and e.value.code == "model_not_found"
+    for kwargs, param in (({"temperature": 5}, "temperature"), ({"max_tokens": 0}, "max_tokens"),
+                          ({"messages": []}, "messages"), ({"n": 2}, "n"), ({"stop": ["a"] * 5}, "stop")):
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(**{"model": "full_sft_64", "messages": MESSAGES, **kwargs})
+        assert e.value.status_code == 400 and e.value.body["param"] == param, kwargs
+    long = [{"role": "user", "content": "piano " * 300}]
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="full_sft_64", messages=long)
+    assert e.value.code == "context_length_exceeded" and "window is" in e.value.body["message"]
+    r = httpx.post(f"{url}/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_client_that_leaves_mid_stream_takes_its_row_out(server):
+    url, _ = server
+    body = {"model": "long_64", "messages": MESSAGES, "max_tokens": 30000, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        next(lines), next(lines)                                          # two events, then hang up
+        assert httpx.get(f"{url[:-3]}/health").json()["models"]["long_64"]["live"] == 1
+    t0 = time.time()
+    while httpx.get(f"{url[:-3]}/health").json()["models"]["long_64"]["live"] and time.time() - t0 < 10:
+        time.sleep(0.05)
+    # 30,000 tokens take far longer than 10 s: the row left when the client did
+    assert httpx.get(f"{url[:-3]}/health").json()["models"]["long_64"]["live"] == 0
+    r = client(url).chat.completions.create(model="long_64", messages=MESSAGES, max_tokens=3, temperature=0)
+    assert r.choices[0].finish_reason in ("length", "stop")
+
+
+def test_an_api_key_is_required_when_given(tmp_path):
+    make_checkpoint(tmp_path / "full_sft_64.pth")
+    proc, url = start_server(tmp_path, "--api_key", "k")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            client(url, "wrong").models.list()
+        assert [m.id for m in client(url, "k").models.list().data] == ["full_sft_64"]
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -64,6 +64,8 @@ class Batch:
         lengths = [len(p) for p in prompts]
         if not prompts or min(lengths) == 0:
             raise ValueError("every prompt needs at least one token")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
         L = max(lengths)
         if L >= self.window:
             raise ValueError(f"a prompt of {L} tokens leaves no room in the {self.window}-token window; "
@@ -109,18 +111,19 @@ class Batch:
         if L > cur:                                           # the others move right to make room
             self._shift(L - cur)
             cur = L
-        B, cap = len(self.rows) + len(rows), self.cache.max_len
-        for i in range(len(self.cache.k)):
-            for mine, theirs in ((self.cache.k, cache.k), (self.cache.v, cache.v)):
+        cap = self.cache.max_len
+        grown = {}                                            # built whole first: a failure changes nothing
+        for name, mine, theirs in (("k", self.cache.k, cache.k), ("v", self.cache.v, cache.v)):
+            grown[name] = []
+            for i in range(len(mine)):
                 extra = mine[i].new_zeros((len(rows), *mine[i].shape[1:]))
                 extra[:, :, cur - L:cur] = theirs[i][:, :, :L]
-                mine[i] = torch.cat([mine[i], extra])
+                grown[name].append(torch.cat([mine[i], extra]))
         extra = torch.zeros((len(rows), cap), dtype=torch.bool, device=self.device)
         extra[:, cur - L:cur] = mask
-        self.mask = torch.cat([self.mask, extra])
-        self.logits = torch.cat([self.logits, logits])
+        mask_all, logits_all = torch.cat([self.mask, extra]), torch.cat([self.logits, logits])
+        self.cache.k, self.cache.v, self.mask, self.logits = grown["k"], grown["v"], mask_all, logits_all
         self.rows += rows
-        assert self.mask.shape[0] == B
 
     def _shift(self, d):
         """Move every row's cached positions d to the right (growing the cache if needed)."""

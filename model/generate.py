@@ -37,6 +37,7 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cum - sorted_logits.softmax(dim=-1) >= top_p     # keep the smallest set reaching top_p
+        drop[..., 0] = False                                    # and always the likeliest (top_p 0: greedy)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
@@ -46,8 +47,11 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=
 def generate_steps(model, prompts, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
                    repetition_penalty=1.0, stop_ids=(), seed=None, pad_id=0):
     """Yield the next token of every sequence, (B,) long tensor per step, -1 once a sequence stopped: a
-    model.batching.Batch whose rows all join at the start (each row's sampler seeded with seed)."""
+    model.batching.Batch whose rows all join at the start. Each row has its own sampler seeded with seed,
+    so a row samples what it would alone (two equal prompts, the same tokens)."""
     from .batching import Batch
+    if max_new_tokens < 1:
+        return
     batch = Batch(model, pad_id)
     rows = batch.join(prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, seed)
     while batch.rows:

@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def start(args):
         port = s.getsockname()[1]
     cmd = [sys.executable, str(ROOT / "scripts" / "serve_openai_api.py"), "--port", str(port), "--out_dir",
            str(paths.out_dir(args.out_dir)), "--max_batch", str(max(args.clients, args.max_batch)), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(Path(tempfile.gettempdir()) / f"bench_serve_{port}.log", "w+")      # read only if it fails
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     import httpx
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):
@@ -42,7 +44,8 @@ def start(args):
             return proc, url
         except httpx.TransportError:
             if proc.poll() is not None:
-                raise UserError("the server did not start: " + proc.stdout.read().strip().splitlines()[-1])
+                log.seek(0)
+                raise UserError("the server did not start: " + (log.read().strip().splitlines() or ["?"])[-1])
             time.sleep(0.1)
     proc.kill()
     raise UserError("the server did not answer within 60 s")
@@ -95,12 +98,14 @@ def main(argv=None):
         check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
     records = read_conversations(ROOT / "dataset" / "music_test.jsonl")
     prompts = [asked(r["conversations"]) for r in records]
+    if args.clients > len(prompts):
+        raise UserError(f"--clients {args.clients}: the music test set has {len(prompts)} questions")
     proc, url = start(args)
     try:
         ask(url, args.model, prompts[0], 4)                                  # loads the model, warms up
         alone, t_alone = run(url, args.model, prompts[:args.clients], args.max_tokens, 1)
         together, t_together = run(url, args.model, prompts[:args.clients], args.max_tokens, args.clients)
-        burst, t_burst = run(url, args.model, (prompts * 4)[:args.burst], 16, args.burst)
+        burst, t_burst = run(url, args.model, (prompts * (1 + args.burst // len(prompts)))[:args.burst], 16, args.burst)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -57,6 +57,8 @@ def main(argv=None):
         raise UserError(f"{out}: no model to serve; train one (python scripts/quickstart.py) or give --out_dir")
     print(f"serving {len(offered)} model(s) of {out}: {', '.join(offered)}", flush=True)
     print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: --host {args.host} without --api_key: anyone who reaches this machine can use it", flush=True)
     uvicorn.run(make_app(engine, args.api_key or None, args.max_body, args.max_tokens), host=args.host,
                 port=args.port, log_level="warning")
     return 0

@@ -5,12 +5,14 @@ Prompts are built by model.generate.build_prompt (THE chat template); decoding i
     app = make_app(Engine(out_dir), api_key=None, max_body=1 << 20, max_tokens_limit=2048)
 """
 import asyncio
+import hmac
 import json
 import time
 import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.generate import build_prompt
 
@@ -69,26 +71,30 @@ def plan_request(engine, body, max_tokens_limit):
     if not isinstance(name, str):
         raise ApiError(400, "model is required (GET /v1/models lists them)", "model")
     messages = parse_messages(body)
-    if number(body, "n", 1, 1, 1, integer=True) != 1:
-        raise ApiError(400, "n must be 1", "n")
+    number(body, "n", 1, 1, 1, integer=True)                  # one choice per request
     sampling = {"temperature": number(body, "temperature", 1.0, 0.0, 2.0),
                 "top_p": number(body, "top_p", 1.0, 0.0, 1.0), "seed": number(body, "seed", None, 0, 2**63 - 1, True)}
-    if sampling["top_p"] == 0:
-        sampling["temperature"] = 0.0                          # top_p 0 keeps the likeliest token: greedy
     stop = parse_stop(body)
+    for flag in ("stream",):
+        if not isinstance(body.get(flag, False), bool):
+            raise ApiError(400, f"{flag} must be true or false", flag)
+    if not isinstance(body.get("stream_options") or {}, dict):
+        raise ApiError(400, "stream_options must be an object", "stream_options")
+    limit = number(body, "max_tokens", None, 1, max_tokens_limit, integer=True)
+    limit = number(body, "max_completion_tokens", limit, 1, max_tokens_limit, integer=True)
     try:
         worker = engine.worker(name)
     except LookupError:
         raise ApiError(404, f"The model '{name}' does not exist (GET /v1/models lists them)", "model",
                        code="model_not_found") from None
+    except Exception as e:                                    # noqa: BLE001 - a model that fails to load
+        raise ApiError(500, f"model '{name}' could not be loaded: {e}", "model", kind="server_error") from None
     tok, window = worker.loaded.tokenizer, worker.loaded.model.config.max_position_embeddings
     ids = build_prompt(tok, messages)
     if len(ids) >= window:
         raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's window is {window} tokens "
                             "(prompt and reply together)", "messages", code="context_length_exceeded")
-    room = window - len(ids)
-    max_tokens = number(body, "max_tokens", None, 1, max_tokens_limit, integer=True)
-    max_tokens = number(body, "max_completion_tokens", max_tokens, 1, max_tokens_limit, integer=True)
+    room, max_tokens = window - len(ids), limit
     if max_tokens is not None and max_tokens > room:
         raise ApiError(400, f"max_tokens {max_tokens} does not fit: the prompt is {len(ids)} tokens and this model's "
                             f"window is {window}", "max_tokens", code="context_length_exceeded")
@@ -98,9 +104,13 @@ def plan_request(engine, body, max_tokens_limit):
 def make_app(engine, api_key=None, max_body=1 << 20, max_tokens_limit=2048):
     app = FastAPI(title="TinyMind OpenAI-compatible API")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):                   # FastAPI's own 404/405 in OpenAI's shape too
+        return error_response(ApiError(exc.status_code, str(exc.detail)))
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+        if api_key and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {api_key}"):
             return error_response(ApiError(401, "Incorrect API key provided (Authorization: Bearer KEY)",
                                            kind="invalid_api_key", code="invalid_api_key"))
         if int(request.headers.get("content-length") or 0) > max_body:
@@ -116,7 +126,8 @@ def make_app(engine, api_key=None, max_body=1 << 20, max_tokens_limit=2048):
     @app.get("/health")
     async def health():
         """Not OpenAI's: the loaded models and how many requests each is decoding and has waiting."""
-        return {"models": {n: {"live": len(w.live), "waiting": w.waiting.qsize()} for n, w in engine.workers.items()}}
+        return {"models": {n: {"live": len(w.live), "waiting": w.waiting.qsize()}
+                           for n, w in list(engine.workers.items())}}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -139,7 +150,7 @@ def make_app(engine, api_key=None, max_body=1 << 20, max_tokens_limit=2048):
         if body.get("stream"):
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(stream(req, meta, usage), media_type="text/event-stream")
-        return await complete(req, meta)
+        return await complete(req, meta, request)
 
     return app
 
@@ -149,16 +160,25 @@ def usage_of(end):
             "total_tokens": end["prompt_tokens"] + end["completion_tokens"]}
 
 
-async def complete(req, meta):
+async def complete(req, meta, request):
+    """The whole reply; a client that disconnects before it is done cancels it."""
     parts = []
-    while True:
-        item = await req.queue.get()
-        if item["type"] == "text":
-            parts.append(item["text"])
-        elif item["type"] == "error":
-            return error_response(ApiError(500, item["message"], kind="server_error"))
-        else:
-            break
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(req.queue.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return error_response(ApiError(499, "the client closed the request"))
+                continue
+            if item["type"] == "text":
+                parts.append(item["text"])
+            elif item["type"] == "error":
+                return error_response(ApiError(500, item["message"], kind="server_error"))
+            else:
+                break
+    finally:
+        req.cancelled = True                 # a no-op for a finished request
     return {**meta, "object": "chat.completion", "usage": usage_of(item),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
                          "finish_reason": item["finish"], "logprobs": None}]}

@@ -63,12 +63,11 @@ class Request:
         held back until it cannot."""
         self.tokens += 1
         self.held += self.decoder.push(token)
-        for s in self.stop:
-            at = self.held.find(s)
-            if at >= 0:
-                if at:
-                    self.push({"type": "text", "text": self.held[:at]})
-                return True
+        found = [at for at in (self.held.find(s) for s in self.stop) if at >= 0]
+        if found:                                     # the earliest stop string ends the reply
+            if min(found):
+                self.push({"type": "text", "text": self.held[:min(found)]})
+            return True
         keep = max((k for s in self.stop for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
         if len(self.held) > keep:
             self.push({"type": "text", "text": self.held[:len(self.held) - keep]})
@@ -89,15 +88,30 @@ class Worker(threading.Thread):
 
     def run(self):
         while True:
-            new = [] if self.live else [self.waiting.get()]
-            while len(self.live) + len(new) < self.max_rows and not self.waiting.empty():
-                new.append(self.waiting.get_nowait())
-            self.admit(new)
-            for req in [r for r in self.live.values() if r.cancelled]:
-                self.batch.leave(req.row)
-                self.finish(req, "cancelled")
-            if self.batch.rows:
-                self.route(self.batch.step())
+            try:
+                self.turn()
+            except Exception as e:                    # noqa: BLE001 - fail the requests in flight, keep serving
+                self.fail_all(f"{type(e).__name__}: {e}")
+
+    def turn(self):
+        """Admit waiting requests, drop cancelled ones, decode one step."""
+        new = [] if self.live else [self.waiting.get()]
+        while len(self.live) + len(new) < self.max_rows and not self.waiting.empty():
+            new.append(self.waiting.get_nowait())
+        self.admit(new)
+        for req in [r for r in self.live.values() if r.cancelled]:
+            self.batch.leave(req.row)
+            self.finish(req, "cancelled")
+        if self.batch.rows:
+            self.route(self.batch.step())
+
+    def fail_all(self, message):
+        """Something broke mid-step: every live request gets the error, and the batch starts afresh."""
+        from model.batching import Batch
+        for req in self.live.values():
+            req.push({"type": "error", "message": message})
+        self.live = {}
+        self.batch = Batch(self.loaded.model, pad_id=self.loaded.tokenizer.pad_id)
 
     def admit(self, reqs):
         """Join waiting requests, those with the same settings in one prefill."""
@@ -145,7 +159,7 @@ class Engine:
 
     def __init__(self, out, max_rows=16, dtype=None, device="cpu"):
         self.out, self.max_rows, self.dtype, self.device = Path(out), max_rows, dtype, device
-        self.workers, self.lock = {}, threading.Lock()
+        self.workers, self.lock, self.loading = {}, threading.Lock(), {}
 
     def models(self):
         return list_models(self.out)
@@ -153,14 +167,19 @@ class Engine:
     def worker(self, name):
         """The model's worker, loading the model on first use; an unknown name is a LookupError."""
         from model.inference import load_for_inference
+        if name in self.workers:
+            return self.workers[name]
         with self.lock:
+            lock = self.loading.setdefault(name, threading.Lock())
+        with lock:                                    # one load per model; the others' requests go on
             if name not in self.workers:
                 offered = self.models()
                 if name not in offered:
                     raise LookupError(name)
                 ckpt, adapter = offered[name]
+                # an adapter is offered on every base it fits (config and tokenizer), as the web demo does
                 loaded = load_for_inference(ckpt=adapter or ckpt, base=ckpt if adapter else None, device=self.device,
-                                            dtype=self.dtype, out=self.out)
+                                            dtype=self.dtype, out=self.out, force=adapter is not None)
                 w = Worker(loaded, self.max_rows)
                 w.start()
                 self.workers[name] = w

@@ -99,3 +99,11 @@ def test_a_prompt_that_fills_the_window_is_refused():
     model = make_model(max_position_embeddings=16)
     with pytest.raises(ValueError, match="leaves no room"):
         Batch(model).join([list(range(5, 21))])
+
+
+def test_top_p_zero_is_greedy_and_no_new_tokens_is_none():
+    from model.generate import generate_steps, sample_next
+    logits = torch.tensor([[0.1, 3.0, 2.9, -1.0]])
+    assert all(int(sample_next(logits, 1.0, top_p=0.0, generator=torch.Generator().manual_seed(s))) == 1
+               for s in range(20))
+    assert list(generate_steps(make_model(), [[5, 6]], max_new_tokens=0)) == []

@@ -53,6 +53,7 @@ def server(tmp_path_factory):
     base = make_checkpoint(out / "full_sft_64.pth", std=0.2, max_position_embeddings=256)
     make_adapter(out / "lora" / "lora_x_64.pth", base)
     make_checkpoint(out / "long_64.pth", std=0.2, max_position_embeddings=32768)     # room for a long reply
+    make_checkpoint(out / "other_64.pth", seed=5, max_position_embeddings=256)     # another base the adapter fits
     proc, url = start_server(out, "--max_tokens", "30000")
     yield url, out
     proc.terminate()
@@ -76,7 +77,10 @@ def ours(out, max_tokens):
 def test_models_and_answers_through_the_openai_client(server):
     url, out = server
     c = client(url)
-    assert sorted(m.id for m in c.models.list().data) == ["full_sft_64", "full_sft_64+lora_x_64", "long_64"]
+    assert sorted(m.id for m in c.models.list().data) == ["full_sft_64", "full_sft_64+lora_x_64", "long_64",
+                                                          "other_64", "other_64+lora_x_64"]
+    on_other = c.chat.completions.create(model="other_64+lora_x_64", messages=MESSAGES, max_tokens=3)
+    assert on_other.usage.completion_tokens >= 1                       # listed, so it loads
     r = c.chat.completions.create(model="full_sft_64", messages=MESSAGES, max_tokens=12, temperature=0)
     text, n = ours(out, 12)
     assert r.choices[0].message.content == text and r.choices[0].message.role == "assistant"
@@ -141,6 +145,11 @@ def test_bad_requests_get_openai_shaped_errors(server):
     assert e.value.code == "context_length_exceeded" and "window is" in e.value.body["message"]
     r = httpx.post(f"{url}/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.get(f"{url}/nothing/here")
+    assert r.status_code == 404 and r.json()["error"]["message"] == "Not Found"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="full_sft_64", messages=MESSAGES, stream_options="yes")
+    assert e.value.body["param"] == "stream_options"
 
 
 def test_a_client_that_leaves_mid_stream_takes_its_row_out(server):
@@ -169,3 +178,32 @@ def test_an_api_key_is_required_when_given(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_failing_step_fails_its_requests_and_the_model_serves_on(tmp_path, monkeypatch):
+    """In process: a decoding step that raises gives the requests in flight an error (none waits forever),
+    and the next request is answered."""
+    import asyncio
+    from serving.engine import Engine
+    make_checkpoint(tmp_path / "full_sft_64.pth")
+    engine = Engine(tmp_path, max_rows=4)
+    worker = engine.worker("full_sft_64")
+    real, calls = worker.batch.step, []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("out of memory")
+
+    async def drain(req):
+        items = [await asyncio.wait_for(req.queue.get(), 30)]
+        while items[-1]["type"] == "text":
+            items.append(await asyncio.wait_for(req.queue.get(), 30))
+        return items[-1]
+    loop = asyncio.new_event_loop()
+    monkeypatch.setattr(worker.batch, "step", broken)
+    first = engine.submit(worker, [5, 6, 7], 5, {"temperature": 0.0}, [], loop)
+    assert loop.run_until_complete(drain(first)) == {"type": "error", "message": "RuntimeError: out of memory"}
+    assert calls and worker.batch.step != broken and real      # a fresh batch replaced the broken one
+    second = engine.submit(worker, [5, 6, 7], 5, {"temperature": 0.0}, [], loop)
+    end = loop.run_until_complete(drain(second))
+    assert end["type"] == "end" and end["completion_tokens"] >= 1

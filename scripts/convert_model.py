@@ -106,10 +106,11 @@ def do_export_gguf(args):
     from model.paths import resolve_input
     if not args.ckpt:
         raise UserError("--to_gguf needs --ckpt FILE (a TinyMind checkpoint, a merged one, or an adapter)")
-    for flag, given in (("--adapter", args.adapter), ("--out", args.out), ("--dtype", args.dtype != "float32")):
+    for flag, given, instead in (("--adapter", args.adapter, "give the adapter as --ckpt: it is merged"),
+                                 ("--out", args.out, "name the file with --to_gguf FILE"),
+                                 ("--dtype", args.dtype != "float32", "choose the weights' type with --type")):
         if given:
-            raise UserError(f"{flag} does not go with --to_gguf (give the adapter as --ckpt, the file as --to_gguf "
-                            "FILE, the weights' type as --type)")
+            raise UserError(f"{flag} does not go with --to_gguf ({instead})")
     ckpt = resolve_input(args.ckpt)
     if not ckpt.is_file():
         raise UserError(f"--ckpt {args.ckpt}: file not found")

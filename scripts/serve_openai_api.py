@@ -27,14 +27,15 @@ from model.precision import PRECISIONS  # noqa: E402
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8998)
+    p.add_argument("--port", type=int, default=8998, help="port to listen on (default %(default)s)")
     p.add_argument("--out_dir", default=None, help="where the models are (default $TINYMIND_OUT_DIR, else <repo>/out)")
     p.add_argument("--api_key", default="", help="require this Bearer key on every request")
     p.add_argument("--dtype", choices=PRECISIONS, default=None, help="the models' precision (default: their weights')")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max_batch", type=int, default=16, help="rows decoded together per model (default 16)")
-    p.add_argument("--max_tokens", type=int, default=2048, help="the most max_tokens a request may ask")
-    p.add_argument("--max_body", type=int, default=1 << 20, help="the largest request body in bytes")
+    p.add_argument("--max_tokens", type=int, default=2048, help="the most max_tokens a request may ask "
+                   "(default %(default)s)")
+    p.add_argument("--max_body", type=int, default=1 << 20, help="the largest request body in bytes (default %(default)s)")
     args = p.parse_args(argv)
     check_range("--port", args.port, 1, 65535, integer=True)
     for flag in ("max_batch", "max_tokens", "max_body"):

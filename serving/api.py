@@ -71,7 +71,8 @@ def plan_request(engine, body, max_tokens_limit):
     if not isinstance(name, str):
         raise ApiError(400, "model is required (GET /v1/models lists them)", "model")
     messages = parse_messages(body)
-    number(body, "n", 1, 1, 1, integer=True)                  # one choice per request
+    if body.get("n", 1) not in (1, None) or isinstance(body.get("n"), bool):
+        raise ApiError(400, f"n must be 1: one choice per request (got {json.dumps(body.get('n'))})", "n")
     sampling = {"temperature": number(body, "temperature", 1.0, 0.0, 2.0),
                 "top_p": number(body, "top_p", 1.0, 0.0, 1.0), "seed": number(body, "seed", None, 0, 2**63 - 1, True)}
     stop = parse_stop(body)

@@ -135,3 +135,28 @@ def load_model_spec(spec, out, device="cpu", dtype=None, hidden_size=None, force
     if kind == "gguf":
         return load_for_inference(gguf_path=path, device=device, dtype=dtype)
     return load_for_inference(ckpt=path, device=device, dtype=dtype, force=force, out=out)
+
+
+def file_header(path, adapter=False):
+    """What a menu of out/'s models (the web demo's, the server's /v1/models) needs of a file, without its
+    weights: read memory-mapped and its network built on the meta device (shapes only: no memory, no time),
+    so that only files that load are offered. -> {"config", "tokenizer_sha256"} of a checkpoint, plus "base"
+    and "base_sha256" of an adapter (adapter=True: the file is read as one). A file that would not load
+    raises: a UserError with its one line, or whatever its damage raises."""
+    import torch
+    from .adapter import attach_adapter, load_adapter
+    from .checkpoint import build_model
+    from .config import ModelConfig
+    obj = load_adapter(path) if adapter else read_pth(path, mmap=True)          # entries, not weights
+    if is_adapter(obj):
+        with torch.device("meta"):
+            attach_adapter(build_model(ModelConfig.from_dict(obj["config"]), device="meta"), obj)
+        if not isinstance(obj["tokenizer_sha256"], str):
+            raise TypeError(f"tokenizer_sha256 is {type(obj['tokenizer_sha256']).__name__}")
+        base = obj["base"]
+        return {"config": obj["config"], "tokenizer_sha256": obj["tokenizer_sha256"],
+                "base": str(base.get("path") or ""), "base_sha256": base.get("sha256")}
+    ckpt = check_checkpoint(obj, path)
+    with torch.device("meta"):
+        _, tokenizer = model_from_checkpoint(ckpt, device="meta", where=str(path))
+    return {"config": ckpt["config"], "tokenizer_sha256": tokenizer.sha256}

@@ -30,12 +30,11 @@ import torch  # noqa: E402
 from streamlit import config as st_config  # noqa: E402
 
 from chat.history import trim_history  # noqa: E402
-from model.adapter import adapter_fits, attach_adapter, config_diff, is_adapter, load_adapter  # noqa: E402
-from model.checkpoint import build_model, check_checkpoint, file_sha256, model_from_checkpoint, read_pth  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
+from model.adapter import adapter_fits, config_diff  # noqa: E402
+from model.checkpoint import file_sha256  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generate import chat  # noqa: E402
-from model.inference import load_for_inference  # noqa: E402
+from model.inference import file_header as read_header, load_for_inference  # noqa: E402
 from model.paths import find_adapter_base, find_adapters, find_checkpoints, inside, out_dir  # noqa: E402
 from model.precision import PRECISIONS, precision_hint  # noqa: E402
 
@@ -83,26 +82,12 @@ def short_reason(err, path):
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def file_header(path, version, adapter=False):
-    """What the sidebar needs of a file of out/ (adapter=True: of out/lora/), found by reading it and
-    building its network on the meta device (shapes only: no memory, no time), so that only files that
-    load are offered: {"config", "tokenizer_sha256", "base", "base_sha256"} (the last three for an
-    adapter), else {"error": one short phrase}. version: stamp(path), so a changed file is read again."""
+    """model.inference.file_header of a file of out/ (adapter=True: of out/lora/), or {"error": one short
+    phrase} for a file that would not load. version: stamp(path), so a changed file is read again."""
     try:
         if not os.access(path, os.R_OK):
             return {"error": "no read permission"}
-        obj = load_adapter(path) if adapter else read_pth(path, mmap=True)     # entries, not weights
-        if is_adapter(obj):
-            with torch.device("meta"):
-                attach_adapter(build_model(ModelConfig.from_dict(obj["config"]), device="meta"), obj)
-            if not isinstance(obj["tokenizer_sha256"], str):
-                raise TypeError(f"tokenizer_sha256 is {type(obj['tokenizer_sha256']).__name__}")
-            base = obj["base"]
-            return {"config": obj["config"], "tokenizer_sha256": obj["tokenizer_sha256"],
-                    "base": str(base.get("path") or ""), "base_sha256": base.get("sha256")}
-        ckpt = check_checkpoint(obj, path)
-        with torch.device("meta"):
-            model_from_checkpoint(ckpt, device="meta", where=path)
-        return {"config": ckpt["config"]}
+        return read_header(path, adapter)
     except UserError as e:
         print(f"web_demo: skipped {e}", file=sys.stderr)
         return {"error": short_reason(e, path)}

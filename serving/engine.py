@@ -12,33 +12,30 @@ import threading
 from pathlib import Path
 
 from model import paths
-from model.errors import UserError
 from model.generate import StreamDecoder
 
 
 def list_models(out):
-    """{name: (checkpoint path, adapter path or None)} of what out/ offers: every checkpoint, and every
-    adapter in out/lora/ on each checkpoint it fits (model config and tokenizer: model.adapter.adapter_fits)."""
-    from model.adapter import adapter_fits, is_adapter, load_adapter
-    from model.checkpoint import read_pth
-    from model.tokenizer import load_tokenizer_from_state
-    found, adapters = {}, []
-    for a in paths.find_adapters(out):
+    """{name: (checkpoint path, adapter path or None)} of what out/ offers: every checkpoint that loads, and
+    every adapter of out/lora/ on each checkpoint it fits (model config and tokenizer: adapter_fits), read
+    as the web demo reads them (model.inference.file_header); a file that would not load is left out."""
+    from model.adapter import adapter_fits
+    from model.inference import file_header
+
+    def header(path, adapter=False):
         try:
-            adapters.append((a, load_adapter(a)))
-        except (UserError, OSError):
-            continue                                  # a damaged file is not offered
+            return file_header(path, adapter)
+        except Exception:                             # noqa: BLE001 - a damaged file is not offered
+            return None
+    adapters = [(a, h) for a in paths.find_adapters(out) if (h := header(a, adapter=True))]
+    found = {}
     for c in paths.find_checkpoints(out):
-        try:
-            ckpt = read_pth(c, mmap=True)
-            if is_adapter(ckpt) or "config" not in ckpt:
-                continue
-            sha = load_tokenizer_from_state(ckpt["tokenizer"], str(c)).sha256
-        except (UserError, OSError, KeyError, TypeError):
+        head = header(c)
+        if head is None:
             continue
         found[c.stem] = (c, None)
-        for a, head in adapters:
-            if not adapter_fits(head, ckpt["config"], sha):
+        for a, h in adapters:
+            if not adapter_fits(h, head["config"], head["tokenizer_sha256"]):
                 found[f"{c.stem}+{a.stem}"] = (c, a)
     return found
 

@@ -54,6 +54,7 @@ def server(tmp_path_factory):
     make_adapter(out / "lora" / "lora_x_64.pth", base)
     make_checkpoint(out / "long_64.pth", std=0.2, max_position_embeddings=32768)     # room for a long reply
     make_checkpoint(out / "other_64.pth", seed=5, max_position_embeddings=256)     # another base the adapter fits
+    (out / "broken_64.pth").write_bytes(b"not a checkpoint")                        # not offered
     proc, url = start_server(out, "--max_tokens", "30000")
     yield url, out
     proc.terminate()

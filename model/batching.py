@@ -126,14 +126,17 @@ class Batch:
         self.rows += rows
 
     def _shift(self, d):
-        """Move every row's cached positions d to the right (growing the cache if needed)."""
-        self._ensure(self.cache.length + d)
+        """Move every row's cached positions d to the right (d < 0: to the left, dropping the first -d
+        positions, which no live row uses); the cache grows first if needed."""
+        if d > 0:
+            self._ensure(self.cache.length + d)
         n = self.cache.length
+        src, dst = (slice(0, n), slice(d, d + n)) if d > 0 else (slice(-d, n), slice(0, n + d))
         for i in range(len(self.cache.k)):
             for t in (self.cache.k, self.cache.v):
-                t[i][:, :, d:d + n] = t[i][:, :, :n].clone()
-        self.mask[:, d:d + n] = self.mask[:, :n].clone()
-        self.mask[:, :d] = False
+                t[i][:, :, dst] = t[i][:, :, src].clone()
+        self.mask[:, dst] = self.mask[:, src].clone()
+        self.mask[:, slice(0, d) if d > 0 else slice(n + d, n)] = False      # the positions it left
         self.cache.length = n + d
 
     def _ensure(self, n):
@@ -145,7 +148,7 @@ class Batch:
             start = int(self.mask.any(0).long().argmax())         # the oldest live token
             if start == 0 or n - start > self.window:
                 raise ValueError(f"the batch needs {n} positions; the window is {self.window}")
-            self._shift_left(start)
+            self._shift(-start)
             n -= start
             if n <= cap:
                 return
@@ -157,15 +160,6 @@ class Batch:
                 t[i] = bigger
         self.mask = torch.cat([self.mask, self.mask.new_zeros((self.mask.shape[0], new - cap))], dim=1)
         self.cache.max_len = new
-
-    def _shift_left(self, d):
-        n = self.cache.length
-        for i in range(len(self.cache.k)):
-            for t in (self.cache.k, self.cache.v):
-                t[i][:, :, :n - d] = t[i][:, :, d:n].clone()
-        self.mask[:, :n - d] = self.mask[:, d:n].clone()
-        self.mask[:, n - d:] = False
-        self.cache.length = n - d
 
     def leave(self, row):
         """Take a row out now (its client went away); it produces nothing more."""

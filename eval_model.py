@@ -8,10 +8,13 @@
     python eval_model.py --model_mode 1 --identity_test --bot_name TinyMind --bot_creator "the TinyMind project"
     python eval_model.py --lora_name lora_music --task_test dataset/music_test.jsonl
     python eval_model.py --load 1 --hf_path path/to/hf_model         # a Hugging Face folder, imported in memory
+    python eval_model.py --persona music_tutor --docs dataset/knowledge/music --session alice   # the chatbot
+    python eval_model.py --chat_test --persona tinymind --docs dataset/knowledge/music       # its test suite
 
 A thin command over the modules that do the work: model/paths.py finds the files (out/{pretrain|full_sft}_
 {hidden}.pth, out/lora/{lora_name}_{hidden}.pth), model/inference.py loads them (an adapter onto the base it
-records), chat/terminal.py chats, evaluation/qa.py runs the tests (greedy by default, a JSON report under
+records), chat/engine.py builds every chat prompt (persona, retrieval over --docs, the memory of a
+--session, the history fitted to the window), chat/terminal.py chats, evaluation/qa.py runs the tests (greedy by default, a JSON report under
 out/eval/; strict scorers of dataset/scoring.py). The identity checked is the one the model records (its
 training data's "identity", from scripts/make_identity.py) unless --bot_name/--bot_creator say otherwise.
 Sampling is THE loop of model/generate.py.
@@ -24,8 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # repo root
 
 import torch  # noqa: E402
 
+from chat.engine import ChatEngine  # noqa: E402
+from chat.memory import Memory  # noqa: E402
+from chat.persona import load_persona, shipped_personas  # noqa: E402
+from chat.retrieval import document_files, open_index  # noqa: E402
 from chat.terminal import auto_prompts, auto_test, converse, read_prompts_file, stdin_prompts, tty_prompts  # noqa: E402
 from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
+from evaluation.chat_test import read_suite, run_chat_test  # noqa: E402
 from evaluation.qa import expected_identity, read_test_file, run_identity_test, run_task_test  # noqa: E402
 from model import paths  # noqa: E402
 from model.atomic import check_writable  # noqa: E402
@@ -35,6 +43,7 @@ from model.precision import PRECISIONS, precision_hint  # noqa: E402
 
 STAGES = {0: "pretrain", 1: "full_sft"}
 DEFAULT_IDENTITY_TEST = paths.repo_root() / "dataset" / "identity_test.jsonl"
+DEFAULT_CHAT_TEST = paths.repo_root() / "dataset" / "chat_test"
 
 
 def parse_args(argv=None):
@@ -63,7 +72,20 @@ def parse_args(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=None, help="default 512 for chat, 128 for tests")
     p.add_argument("--history_cnt", type=int, default=None,
                    help="earlier exchanges kept in the chat (default 2 interactively, 0 for --prompt/stdin)")
-    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--system", default=None, help="system prompt (after the persona's, with --persona)")
+    p.add_argument("--persona", default=None, metavar="FILE",
+                   help="a persona YAML file, or a shipped one's name: " + ", ".join(shipped_personas()))
+    p.add_argument("--docs", default=None, metavar="DIR",
+                   help="answer from these documents (.txt, .md, .jsonl, .pdf): the top passages go into the "
+                        "prompt, their sources are shown (index cached under out/index/)")
+    p.add_argument("--docs_k", type=int, default=3, help="passages retrieved per message (with --docs)")
+    p.add_argument("--session", default=None, metavar="NAME",
+                   help="long-term memory: exchanges kept in out/memory/NAME.jsonl, across runs; the most "
+                        "relevant come back into the prompt")
+    p.add_argument("--memory_k", type=int, default=2, help="remembered exchanges recalled per message")
+    p.add_argument("--chat_test", nargs="?", const=str(DEFAULT_CHAT_TEST), default=None, metavar="DIR",
+                   help="the chatbot test suite: persona, retrieval, memory, multi-turn, refusal "
+                        f"(default question sets {DEFAULT_CHAT_TEST.relative_to(paths.repo_root())}/)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible answers)")
     p.add_argument("--prompt", action="append", default=[], help="answer this and exit (repeatable)")
     p.add_argument("--prompts_file", default=None,
@@ -108,6 +130,8 @@ def check_args(args):
     check_range("--top_k", args.top_k, 0, integer=True)
     check_range("--repetition_penalty", args.repetition_penalty, 0.0, low_open=True)
     check_range("--batch_size", args.batch_size, 1, 4096, integer=True)
+    check_range("--docs_k", args.docs_k, 1, 50, integer=True)
+    check_range("--memory_k", args.memory_k, 0, 50, integer=True)
     for flag in ("max_new_tokens", "hidden_size", "num_hidden_layers"):
         if getattr(args, flag) is not None:
             check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
@@ -164,64 +188,98 @@ def sampling(args, test=False):
                 max_new_tokens=args.max_new_tokens or (128 if test else 512))
 
 
-def checked_identity(args, loaded):
-    """(identity, where it came from) the identity questions are scored against (evaluation.qa)."""
+def checked_identity(args, loaded, persona=None):
+    """(identity, where it came from) the identity questions are scored against (evaluation.qa): the
+    --bot_* flags, else the persona's, else the one the model records."""
+    if persona and not (args.bot_name or args.bot_creator or args.bot_creator_zh):
+        return persona.identity, f"the persona {persona.path}"
     return expected_identity(loaded, args.bot_name, args.bot_creator, args.bot_creator_zh)
 
 
-def auto_identity(args, loaded):
+def auto_identity(args, loaded, persona=None):
     """checked_identity for the automatic test, where a model without one is chatted with all the same:
     (None, why) then."""
     try:
-        return checked_identity(args, loaded)
+        return checked_identity(args, loaded, persona)
     except UserError as e:
         return None, str(e)
 
 
-def run_tests(args, loaded, identity, tasks):
+def run_tests(args, loaded, identity, tasks, engine):
     out, s = paths.out_dir(args.out_dir), sampling(args, test=True)
-    common = dict(out=out, system=args.system, batch_size=args.batch_size, report=args.report)
+    common = dict(out=out, engine=engine, batch_size=args.batch_size, report=args.report)
     if identity:
-        expected, source = checked_identity(args, loaded)      # before any answering: a missing one is one line
+        expected, source = checked_identity(args, loaded, engine.persona)    # a missing one: one line, first
         run_identity_test(loaded, identity, args.identity_test, s, identity=expected, source=source, **common)
     for file, records in tasks:
         run_task_test(loaded, records, file, s, **common)
+
+
+def chat_parts(args):
+    """What the chat engine is given, read and checked before any model loads: (persona, memory)."""
+    persona = load_persona(args.persona) if args.persona else None
+    if args.docs:
+        document_files(paths.resolve_input(args.docs))
+    memory = Memory.open(args.session, args.out_dir) if args.session else None
+    if memory:
+        check_writable(memory.path)
+    return persona, memory
+
+
+def make_engine(args, loaded, persona, memory, history_cap=None):
+    """The chat engine of the flags (the documents indexed, or their cached index read, here)."""
+    index = open_index(args.docs, args.out_dir) if args.docs else None
+    if index:
+        print(f"documents: {index.folder}: {index.describe()}", file=sys.stderr)
+    engine = ChatEngine(loaded, persona, args.system, index, memory, args.docs_k, args.memory_k, history_cap)
+    if persona or index or memory:
+        print(f"chat: {engine.describe()}", file=sys.stderr)
+    if loaded.continuation and (persona or index or memory):
+        print("note: a pretrained model continues text: no persona, documents or memory go into its prompt",
+              file=sys.stderr)
+    return engine
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    # read test files first: a bad line is reported before any model is loaded
+    # read test files and the chat's parts first: a bad line is reported before any model is loaded
     identity = read_test_file(args.identity_test, "identity") if args.identity_test else None
     tasks = [(f, read_test_file(f, "task")) for f in args.task_test]
-    if args.report and bool(identity) + len(tasks) > 1:
-        raise UserError("--report names one file: give it with a single --identity_test or --task_test")
+    suite = read_suite(args.chat_test) if args.chat_test else None
+    if args.report and bool(identity) + len(tasks) + bool(suite) > 1:
+        raise UserError("--report names one file: give it with a single --identity_test, --task_test or --chat_test")
     if args.prompts_file:
         read_prompts_file(args.prompts_file)
-    if identity or tasks:
+    if identity or tasks or suite:
         check_writable(paths.report_path(paths.out_dir(args.out_dir), "test", "model"))
+    persona, memory = chat_parts(args)
     interactive = not args.prompt and sys.stdin is not None and sys.stdin.isatty()
     if args.prompts_file and not interactive and not args.prompt:
         args.prompt = read_prompts_file(args.prompts_file)       # a script's prompts: answer them, then exit
-    piped = None if args.prompt or interactive or identity or tasks else stdin_prompts(sys.stdin)
+    testing = identity or tasks or suite
+    piped = None if args.prompt or interactive or testing else stdin_prompts(sys.stdin)
     loaded = load(args)
     print(f"model: {loaded.describe()} on {args.device}", file=sys.stderr)
-    chat_args = (sampling(args), args.system)
-    if identity or tasks:
-        run_tests(args, loaded, identity, tasks)
-        if args.prompt:
-            converse(loaded, args.prompt, *chat_args, args.history_cnt or 0)
-    elif args.prompt:
-        converse(loaded, args.prompt, *chat_args, args.history_cnt or 0)
-    elif piped is not None:
-        converse(loaded, piped, *chat_args, args.history_cnt or 0)
-    else:
+    cap = args.history_cnt if args.history_cnt is not None else (None if interactive else 0)
+    engine = make_engine(args, loaded, persona, memory, cap)
+    if testing:
+        test_engine = ChatEngine(loaded, persona, args.system, engine.index, None, args.docs_k)   # remembers nothing
+        run_tests(args, loaded, identity, tasks, test_engine)
+        if suite:
+            run_chat_test(loaded, suite, sampling(args, test=True), paths.out_dir(args.out_dir), persona=persona,
+                          index=engine.index, system=args.system, docs_k=args.docs_k, report=args.report,
+                          identity=auto_identity(args, loaded, persona)[0])
+    if args.prompt or piped is not None:
+        converse(engine, args.prompt or piped, sampling(args))
+    elif not testing:
         print("automatic test:")
-        auto_test(loaded, auto_prompts(loaded, args.prompts_file), *chat_args, auto_identity(args, loaded))
-        turns = 2 if args.history_cnt is None else args.history_cnt
-        print(f"chat (keeps {turns} earlier exchanges; /clear forgets them, exit or Ctrl-D ends):")
-        converse(loaded, tty_prompts(), *chat_args, turns, interactive=True)
+        auto_test(ChatEngine(loaded, persona, args.system, engine.index, None, args.docs_k),
+                  auto_prompts(loaded, args.prompts_file), sampling(args), auto_identity(args, loaded, persona))
+        kept = "as many earlier exchanges as the window holds" if cap is None else f"{cap} earlier exchanges"
+        print(f"chat (keeps {kept}; /clear forgets them, exit or Ctrl-D ends):")
+        converse(engine, tty_prompts(), sampling(args), interactive=True)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,9 @@ Library module; the command is eval_model.py:
 """
 import io
 
-from chat.history import trim_history
+from chat.engine import sources_line
 from evaluation.qa import asked, describe_identity, first_user, judge, last_user, read_conversations, reference
 from model.errors import UserError
-from model.generate import chat
 from model.paths import resolve_input
 
 PROMPTS = {
@@ -64,16 +63,17 @@ def auto_prompts(loaded, prompts_file=None, n=8):
     return [as_record(p) for p in PROMPTS["pretrain" if loaded.continuation else "chat"]]
 
 
-def auto_test(loaded, records, sampling, system=None, identity=None):
+def auto_test(engine, records, sampling, identity=None):
     """The automatic test: answer each record's question (streamed), then show its reference answer and
     the verdict (PASS/FAIL and why, by evaluation.qa.judge: identity questions against identity, a
-    (identity, source) pair or None, the others against their gold answers)."""
+    (identity, source) pair or None, the others against their gold answers). Nothing is remembered."""
     ident, source = identity or (None, "no identity given")
     print(describe_identity(ident, source) if ident else f"identity: not scored ({source})")
     for rec in records:
         messages = asked(rec["conversations"])
         print(f"> {last_user(messages)}\n🤖: ", end="", flush=True)
-        answer = reply(loaded, messages, system, sampling)
+        turn = engine.prepare(messages[:-1], messages[-1]["content"], sampling["max_new_tokens"])
+        answer = show(engine.stream(turn, **sampling), turn)
         ref = reference(rec)
         if ref is not None:
             print(f"   reference: {ref}")
@@ -81,21 +81,28 @@ def auto_test(loaded, records, sampling, system=None, identity=None):
         print(f"   [{'-' if ok is None else 'PASS' if ok else 'FAIL'}] {why}\n")
 
 
-def reply(loaded, messages, system, sampling):
-    """Stream one answer to stdout; return its text."""
+def show(pieces, turn):
+    """Stream a reply to stdout, then the sources it was given and what was remembered; return its text."""
     text = []
-    for piece in chat(loaded.model, loaded.tokenizer, messages, system_prompt=system,
-                      continuation=loaded.continuation, **sampling):
+    for piece in pieces:
         text.append(piece)
         print(piece, end="", flush=True)
     print(flush=True)
+    if turn.passages:
+        print(f"   {sources_line(turn.passages)}")
+    if turn.recalled:
+        print(f"   (remembered {len(turn.recalled)} earlier exchange{'s' * (len(turn.recalled) > 1)}: "
+              + "; ".join(repr(t["user"][:60]) for t in turn.recalled) + ")")
     return "".join(text)
 
 
-def converse(loaded, prompts, sampling, system=None, history_turns=0, interactive=False):
-    """Answer prompts (an iterable of strings) in order, keeping history_turns earlier exchanges.
-    Interactively, exit/quit ends and /clear forgets the history."""
+def converse(engine, prompts, sampling, interactive=False):
+    """Answer prompts (an iterable of strings) in order through the chat engine, which keeps what of the
+    history the window holds (engine.history_cap exchanges at most). Interactively, exit/quit ends and
+    /clear forgets the history (a session's long-term memory stays)."""
     history = []
+    if interactive and engine.persona and engine.persona.greeting:
+        print(f"🤖: {engine.persona.greeting}\n")
     for prompt in prompts:
         prompt = prompt.strip()
         if not prompt:
@@ -104,14 +111,14 @@ def converse(loaded, prompts, sampling, system=None, history_turns=0, interactiv
             break
         if interactive and prompt == "/clear":
             history = []
-            print("(history cleared)")
+            print("(history cleared" + ("; the session's memory is kept)" if engine.memory else ")"))
             continue
         if not interactive:
             print(f"> {prompt}")
-        messages = trim_history(history, history_turns) + [{"role": "user", "content": prompt}]
         print("🤖: ", end="", flush=True)
-        answer = reply(loaded, messages, system, sampling)
-        history = messages + [{"role": "assistant", "content": answer}]
+        turn, pieces = engine.reply(history, prompt, **sampling)
+        answer = show(pieces, turn)
+        history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         print()
 
 

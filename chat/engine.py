@@ -1,0 +1,154 @@
+"""THE chat engine: eval_model.py, the web demo and the API server build every chat prompt here.
+
+A reply's prompt is the system prompt (a persona's, chat/persona.py, or one given), the remembered
+exchanges most relevant to the new message (chat/memory.py, when a session is on), as many of the newest
+earlier exchanges as the context window holds (the oldest whole exchanges are dropped first), and the new
+message, with the top passages of the documents (chat/retrieval.py; the query is the message and the
+user's message before it) and their sources before it. The
+system prompt and the new message are always kept; THE chat template (model.generate.build_prompt) makes
+the tokens.
+
+    from chat.engine import ChatEngine
+    engine = ChatEngine(loaded, persona=load_persona("music_tutor"), index=open_index("dataset/knowledge/music"))
+    turn = engine.prepare(history, "Who was Bach?", max_new_tokens=256)
+    for piece in engine.stream(turn, max_new_tokens=256, temperature=0.7):
+        print(piece, end="")
+    engine.finish(turn, answer)          # into the session's memory, if any
+    print(sources_line(turn.passages))
+"""
+from dataclasses import dataclass, field
+
+from model.generate import build_prompt, prompt_budget, stream_generate
+from model.tokenizer import encode_chat
+
+from .history import split_exchanges, trim_history
+from .persona import persona_prompt
+from .retrieval import CJK_RE
+
+HEADERS = {"en": ("Use the passages below to answer the question.", "Question: "),
+           "zh": ("请根据下面的资料回答问题。", "问题：")}
+
+
+@dataclass
+class Turn:
+    """What one reply is built from."""
+    message: str                # the user's message as typed
+    ids: list                   # the prompt's token ids
+    messages: list              # the conversation sent: remembered, kept history, the message with passages
+    passages: list = field(default_factory=list)       # chat.retrieval.Passage, best first
+    recalled: list = field(default_factory=list)       # remembered exchanges brought back [{"user", "assistant"}]
+    dropped: int = 0            # earlier exchanges of the history left out to fit the window
+    answer: str = ""            # the reply, once reply()'s pieces are all read
+
+
+def with_passages(message, passages):
+    """The new message with the retrieved passages (numbered, with their sources) before it."""
+    if not passages:
+        return message
+    head, ask = HEADERS["zh" if CJK_RE.search(message) else "en"]
+    lines = [head] + [f"[{i}] ({p.source}) {p.text}" for i, p in enumerate(passages, 1)]
+    return "\n".join(lines) + f"\n\n{ask}{message}"
+
+
+def sources_line(passages):
+    """The sources shown with an answer: 'sources: [1] composers.md (12.3), [2] ...'."""
+    return "sources: " + ", ".join(f"[{i}] {p.source} ({p.score:.1f})" for i, p in enumerate(passages, 1))
+
+
+class ChatEngine:
+    def __init__(self, loaded, persona=None, system=None, index=None, memory=None, docs_k=3, memory_k=2,
+                 history_cap=None):
+        self.loaded, self.persona, self.index, self.memory = loaded, persona, index, memory
+        self.docs_k, self.memory_k, self.history_cap = docs_k, memory_k, history_cap
+        parts = [persona_prompt(persona) if persona else None, system or None]
+        self.system = "\n".join(p for p in parts if p) or None       # None: the template's default system
+
+    @property
+    def window(self):
+        return self.loaded.model.config.max_position_embeddings
+
+    def describe(self):
+        parts = [f"persona {self.persona.name} ({self.persona.path})" if self.persona else None,
+                 f"retrieval: {self.index.describe()}, top {self.docs_k}" if self.index else None,
+                 f"memory: {self.memory.path} ({len(self.memory)} exchanges)" if self.memory else None]
+        return "; ".join(p for p in parts if p) or "plain chat"
+
+    def length(self, messages):
+        """Tokens that messages add to a prompt (the template's parts are per message, so lengths add)."""
+        tok = self.loaded.tokenizer
+        return len(encode_chat(tok, messages, system_prompt="")[0]) - len(encode_chat(tok, [], system_prompt="")[0])
+
+    def prepare(self, history, message, max_new_tokens=256):
+        """The Turn for a new user message after history (a list of user/assistant messages; a system
+        message in it, as an API request or a test record has one, replaces the engine's system prompt)."""
+        tok = self.loaded.tokenizer
+        system = next((m["content"] for m in history if m["role"] == "system"), self.system)
+        if self.loaded.continuation:        # a pretrained model continues the text: nothing else goes in
+            user = [{"role": "user", "content": message}]
+            return Turn(message, build_prompt(tok, user, None, True, self.window, max_new_tokens), user)
+        budget = prompt_budget(self.window, max_new_tokens)
+        # a follow-up ("what key is it in?") names its subject in the message before: both are the query
+        before = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        passages = self.index.search(f"{message}\n{before}", self.docs_k) if self.index else []
+        while True:                         # passages that do not fit go, the lowest ranked first
+            user = {"role": "user", "content": with_passages(message, passages)}
+            base = len(build_prompt(tok, [user], system))
+            if base <= budget or not passages:
+                break
+            passages = passages[:-1]
+        exchanges = split_exchanges(trim_history(history, self.history_cap))
+        kept = newest_that_fit(exchanges, [self.length(ex) for ex in exchanges], budget - base)
+        recalled = self.recall(message, exchanges[len(exchanges) - kept:])
+        remembered = [[{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["assistant"]}]
+                      for t in recalled]
+        room = budget - base - sum(self.length(ex) for ex in remembered)
+        while remembered and room < 0:      # memories that do not fit go, the least relevant first
+            room += self.length(remembered.pop())
+            recalled.pop()
+        kept = newest_that_fit(exchanges, [self.length(ex) for ex in exchanges], room)
+        messages = [m for ex in remembered + exchanges[len(exchanges) - kept:] for m in ex] + [user]
+        ids = build_prompt(tok, messages, system, window=self.window, max_new_tokens=max_new_tokens)
+        if system:
+            messages = [{"role": "system", "content": system}] + messages
+        return Turn(message, ids, messages, passages, recalled, len(exchanges) - kept)
+
+    def recall(self, message, in_window):
+        """The remembered exchanges most relevant to message, those still in the window left out."""
+        if not self.memory:
+            return []
+        seen = {(ex[0]["content"], ex[-1]["content"]) for ex in in_window if len(ex) > 1}
+        skip = [i for i, t in enumerate(self.memory.turns) if (t["user"], t["assistant"]) in seen]
+        return [t for _, t in self.memory.recall(message, self.memory_k, exclude=skip)]
+
+    def stream(self, turn, max_new_tokens=256, stats=None, **sampling):
+        """Text pieces of the reply to a prepared Turn (THE sampling loop, model/generate.py)."""
+        return stream_generate(self.loaded.model, self.loaded.tokenizer, turn.ids, max_new_tokens,
+                               stats=stats, **sampling)
+
+    def finish(self, turn, answer):
+        """A finished reply: kept in the session's memory (when one is on)."""
+        if self.memory is not None and not self.loaded.continuation:
+            self.memory.add(turn.message, answer)
+
+    def reply(self, history, message, max_new_tokens=256, stats=None, **sampling):
+        """prepare, stream and finish in one: (Turn, a generator of pieces that finishes the turn at its end)."""
+        turn = self.prepare(history, message, max_new_tokens)
+
+        def pieces():
+            text = []
+            for piece in self.stream(turn, max_new_tokens, stats, **sampling):
+                text.append(piece)
+                yield piece
+            turn.answer = "".join(text)
+            self.finish(turn, turn.answer)
+        return turn, pieces()
+
+
+def newest_that_fit(exchanges, lengths, room):
+    """How many of the newest exchanges fit in room tokens (whole exchanges, the oldest dropped first)."""
+    kept, used = 0, 0
+    for n in reversed(lengths):
+        if used + n > room:
+            break
+        used, kept = used + n, kept + 1
+    return kept

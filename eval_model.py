@@ -221,7 +221,7 @@ def chat_parts(args):
     if args.docs:
         document_files(paths.resolve_input(args.docs))
     memory = Memory.open(args.session, args.out_dir) if args.session else None
-    if memory:
+    if memory is not None:
         check_writable(memory.path)
     return persona, memory
 
@@ -232,9 +232,9 @@ def make_engine(args, loaded, persona, memory, history_cap=None):
     if index:
         print(f"documents: {index.folder}: {index.describe()}", file=sys.stderr)
     engine = ChatEngine(loaded, persona, args.system, index, memory, args.docs_k, args.memory_k, history_cap)
-    if persona or index or memory:
+    if persona or index or memory is not None:
         print(f"chat: {engine.describe()}", file=sys.stderr)
-    if loaded.continuation and (persona or index or memory):
+    if loaded.continuation and (persona or index or memory is not None):
         print("note: a pretrained model continues text: no persona, documents or memory go into its prompt",
               file=sys.stderr)
     return engine

@@ -70,7 +70,7 @@ class ChatEngine:
     def describe(self):
         parts = [f"persona {self.persona.name} ({self.persona.path})" if self.persona else None,
                  f"retrieval: {self.index.describe()}, top {self.docs_k}" if self.index else None,
-                 f"memory: {self.memory.path} ({len(self.memory)} exchanges)" if self.memory else None]
+                 f"memory: {self.memory.path} ({len(self.memory.turns)} exchanges)" if self.memory is not None else None]
         return "; ".join(p for p in parts if p) or "plain chat"
 
     def length(self, messages):
@@ -114,7 +114,7 @@ class ChatEngine:
 
     def recall(self, message, in_window):
         """The remembered exchanges most relevant to message, those still in the window left out."""
-        if not self.memory:
+        if self.memory is None:
             return []
         seen = {(ex[0]["content"], ex[-1]["content"]) for ex in in_window if len(ex) > 1}
         skip = [i for i, t in enumerate(self.memory.turns) if (t["user"], t["assistant"]) in seen]

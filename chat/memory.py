@@ -47,9 +47,6 @@ class Memory:
         hits = self._index.top(message, k + len(exclude))
         return [(i, self.turns[i]) for i, _ in hits if i not in exclude][:k]
 
-    def __len__(self):
-        return len(self.turns)
-
 
 def read_turns(path):
     """The exchanges of a memory file; a line that is not one is named (file and line)."""

@@ -21,9 +21,9 @@ from model.atomic import atomic_path
 from model.errors import UserError
 
 EXTENSIONS = (".txt", ".md", ".jsonl", ".pdf")
-PASSAGE_CHARS = 400           # a passage's length: about 100 English words, a short paragraph of Chinese
+PASSAGE_CHARS = 400           # a passage's length (weight): about 70 English words, or 130 Chinese characters
 OVERLAP_CHARS = 100           # the end of a passage that the next one repeats, so no fact is cut in two
-INDEX_VERSION = 2             # raise when the passages or the tokens change, so old indexes are rebuilt
+INDEX_VERSION = 3             # raise when the passages or the tokens change, so old indexes are rebuilt
 STOPWORDS = set("""a an the of in on at to for from by with and or but is are was were be been being am do does did
 has have had it its this that these those what which who whom whose when where why how i you he she we they me him
 her us them my your his our their as if than then so not no yes can could would should will shall may might must
@@ -86,33 +86,50 @@ class BM25Index:
         return [(i, float(scores[i])) for i in order if scores[i] > 0]
 
 
+def weight(text):
+    """A text's length for passage sizes: a Chinese character counts as three letters (it carries about a
+    word, and costs a byte-level tokenizer two or three tokens)."""
+    return len(text) + 2 * len(CJK_RE.findall(text))
+
+
+def cut(text, size):
+    """Pieces of text each of weight at most size (a unit too long for one passage)."""
+    pieces, start, w = [], 0, 0
+    for i, ch in enumerate(text):
+        w += weight(ch)
+        if w > size:
+            pieces.append(text[start:i])
+            start, w = i, weight(ch)
+    return [p for p in pieces + [text[start:]] if p.strip()]
+
+
 def split_passages(text, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
-    """Passages of at most about `size` characters made of whole paragraphs (a long one split at sentence
-    ends); each passage after the first starts with the last units of the one before, up to `overlap`
-    characters of them."""
+    """Passages of weight at most `size` (about that many letters) made of whole paragraphs (a long one
+    split at sentence ends); each passage after the first starts with the last units of the one before, up
+    to `overlap` of them."""
     units = []
     for para in re.split(r"\n\s*\n", text):
         para = " ".join(para.split())
         if not para:
             continue
-        if len(para) <= size:
+        if weight(para) <= size:
             units.append(para)
             continue
         for sent in re.split(r"(?<=[.!?。！？;；])\s*", para):
-            units += [sent[i:i + size] for i in range(0, len(sent), size) if sent[i:i + size].strip()]
+            units += cut(sent, size)
     passages, start = [], 0
     while start < len(units):
         end, length = start, 0
-        while end < len(units) and (end == start or length + len(units[end]) + 1 <= size):
-            length += len(units[end]) + 1
+        while end < len(units) and (end == start or length + weight(units[end]) + 1 <= size):
+            length += weight(units[end]) + 1
             end += 1
         passages.append(" ".join(units[start:end]))
         if end >= len(units):
             break
         back, kept = end, 0             # the next passage repeats the tail of this one
-        while back - 1 > start and kept + len(units[back - 1]) <= overlap:
+        while back - 1 > start and kept + weight(units[back - 1]) <= overlap:
             back -= 1
-            kept += len(units[back])
+            kept += weight(units[back])
         start = back
     return passages
 

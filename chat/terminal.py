@@ -111,7 +111,7 @@ def converse(engine, prompts, sampling, interactive=False):
             break
         if interactive and prompt == "/clear":
             history = []
-            print("(history cleared" + ("; the session's memory is kept)" if engine.memory else ")"))
+            print("(history cleared" + ("; the session's memory is kept)" if engine.memory is not None else ")"))
             continue
         if not interactive:
             print(f"> {prompt}")

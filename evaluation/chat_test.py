@@ -115,7 +115,7 @@ def run_chat_test(loaded, suite, sampling, out, persona=None, index=None, system
                 memory = Memory(Path(tmp) / f"{cat}_{n}.jsonl") if cat == "memory" else None
                 docs = index if cat in ("retrieval", "multiturn") else None
                 engine = ChatEngine(loaded, persona, system, docs, memory, docs_k,
-                                    history_cap=MEMORY_WINDOW if memory else None)
+                                    history_cap=MEMORY_WINDOW if memory is not None else None)
                 convs.append({"cat": cat, "rec": rec, "engine": engine, "history": []})
         converse_all(loaded, convs, sampling, batch_size)
     results = [judge_conversation(c, identity, persona) for c in convs]

@@ -111,18 +111,21 @@ def judge(record, answer, identity):
 
 def answer_batch(loaded, questions, sampling, system=None, batch_size=16, engine=None, turns=None):
     """Answers (text) to a list of message lists, in batches of batch_size; each prompt is the chat
-    engine's (chat/engine.py: a plain one with system, unless engine is given). turns, a list, receives
-    each question's chat.engine.Turn (its passages, what was remembered)."""
+    engine's (chat/engine.py: a plain one with system, unless engine is given). Prompts of similar length
+    are batched together (less padding; each row decodes as it would alone). turns, a list, receives each
+    question's chat.engine.Turn (its passages, what was remembered)."""
     from chat.engine import ChatEngine
-    answers = []
     engine = engine or ChatEngine(loaded, system=system)
-    for i in range(0, len(questions), batch_size):
-        chunk = [engine.prepare(q[:-1], q[-1]["content"], sampling.get("max_new_tokens", 0))
-                 for q in questions[i:i + batch_size]]
-        if turns is not None:
-            turns.extend(chunk)
-        answers.extend(answer_prompts(loaded, [t.ids for t in chunk], sampling))
-        print(f"  {min(i + batch_size, len(questions))}/{len(questions)} answered", file=sys.stderr, flush=True)
+    prepared = [engine.prepare(q[:-1], q[-1]["content"], sampling.get("max_new_tokens", 0)) for q in questions]
+    if turns is not None:
+        turns.extend(prepared)
+    order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].ids))
+    answers = [None] * len(prepared)
+    for i in range(0, len(order), batch_size):
+        chunk = order[i:i + batch_size]
+        for j, answer in zip(chunk, answer_prompts(loaded, [prepared[j].ids for j in chunk], sampling)):
+            answers[j] = answer
+        print(f"  {min(i + batch_size, len(order))}/{len(order)} answered", file=sys.stderr, flush=True)
     return answers
 
 

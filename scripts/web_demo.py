@@ -8,8 +8,10 @@ The sidebar lists the checkpoints in out/ and the LoRA adapters in out/lora/ tha
 (same model config and tokenizer); a file that does not load (damaged, foreign, unreadable) is left out
 with a note. It starts on the newest adapter (by modification time) with the base it records, else on a
 full SFT checkpoint without one; a choice made in the sidebar is kept. The chosen files are loaded once
-and cached; replies stream from THE sampling loop (model/generate.py) with the sidebar's settings. Only
-files inside out/ are ever opened.
+and cached; replies stream from THE chat engine (chat/engine.py: the sidebar's persona, documents, memory
+session and history) and sampling loop (model/generate.py). Only files inside out/, the personas of personas/
+and the documents folders dataset/knowledge/* and out/docs/* (put your own there) are ever opened; each
+answer from documents shows the passages it was given and their files (scripts/web_chat.py).
 
 The server's settings are .streamlit/config.toml, which Streamlit reads from the folder it starts in: this
 machine only, no error details in the browser, no usage statistics, no file watcher. Started from another
@@ -29,14 +31,13 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 from streamlit import config as st_config  # noqa: E402
 
-from chat.history import trim_history  # noqa: E402
 from model.adapter import adapter_fits, config_diff  # noqa: E402
 from model.checkpoint import file_sha256  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from model.generate import chat  # noqa: E402
 from model.inference import file_header as read_header, load_for_inference  # noqa: E402
 from model.paths import find_adapter_base, find_adapters, find_checkpoints, inside, out_dir  # noqa: E402
 from model.precision import PRECISIONS, precision_hint  # noqa: E402
+from scripts.web_chat import answer, chat_engine, show_sources, stamp  # noqa: E402
 
 OUT_DIR = out_dir()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,12 +53,6 @@ def log_error(what):
     """what, and the exception being handled with its traceback, to the server's stderr (never the page)."""
     print(f"web_demo: {what}", file=sys.stderr)
     traceback.print_exc(file=sys.stderr)
-
-
-def stamp(path):
-    """What tells a new version of a file from the old one: size, modification and status-change times."""
-    s = Path(path).stat()
-    return s.st_size, s.st_mtime_ns, s.st_ctime_ns
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
@@ -240,24 +235,6 @@ def show_model_info(sb, info):
         st.json(info["config"], expanded=False)
 
 
-def answer(loaded, prompt, history_turns, system, settings):
-    """Show the user's prompt and stream the reply; both join the session's messages."""
-    st.session_state.messages.append({"role": "user", "content": prompt})
-    with st.chat_message("user"):
-        st.markdown(prompt)
-    history = trim_history(st.session_state.messages[:-1], history_turns)
-    messages = history + [{"role": "user", "content": prompt}]
-    stats = {}
-    with st.chat_message("assistant"):
-        pieces = chat(loaded.model, loaded.tokenizer, messages, system_prompt=system or None, stats=stats,
-                      continuation=loaded.continuation, **settings)
-        reply = st.write_stream(pieces)
-        if not isinstance(reply, str):
-            reply = "".join(str(x) for x in reply)
-    st.session_state.messages.append({"role": "assistant", "content": reply})
-    st.session_state.last_stats = stats
-
-
 def refuse_if_exposed():
     """Stop when Streamlit listens on every network interface because nobody chose an address: it was
     started outside the repository root, so .streamlit/config.toml was not read, and without
@@ -282,20 +259,23 @@ def main():
     sb = st.sidebar
     loaded = choose_model(sb)
     settings = sidebar_settings()
-    history_turns = sb.slider("History turns kept", 0, 10, 2, key="history_turns")
-    system = sb.text_area("System prompt / persona", "", key="system",
-                          placeholder="e.g. You are TinyMind, a friendly music expert.").strip()
+    engine = chat_engine(sb, loaded, OUT_DIR)
     sb.button("Clear chat", on_click=clear_chat, key="clear")
     speed_slot = sb.empty()
     show_model_info(sb, loaded.info)
     if loaded.continuation:
-        st.caption("A pretrained model continues your text (no chat template, no history).")
+        st.caption("A pretrained model continues your text (no chat template, history, persona or documents).")
+    if engine.persona and engine.persona.greeting and not st.session_state.messages:
+        with st.chat_message("assistant"):
+            st.markdown(engine.persona.greeting)
     for m in st.session_state.messages:
         with st.chat_message(m["role"]):
             st.markdown(m["content"])
+            if m.get("sources"):
+                show_sources(m["sources"])
     prompt = st.chat_input("Ask TinyMind something")
     if prompt:
-        answer(loaded, prompt, history_turns, system, settings)
+        answer(engine, prompt, settings)
     stats = st.session_state.last_stats
     if stats:
         speed_slot.metric("Last reply", f"{stats['tokens_per_s']:.1f} tok/s",

@@ -171,7 +171,7 @@ def test_memory_brings_back_a_fact_pushed_out_of_the_window_after_a_restart(tmp_
         turn, pieces = engine.reply(history, message, max_new_tokens=8)
         answer = "".join(pieces)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
-    assert len(engine.memory) == 9 and (tmp_path / "out" / "memory" / "alice.jsonl").is_file()
+    assert len(engine.memory.turns) == 9 and (tmp_path / "out" / "memory" / "alice.jsonl").is_file()
     plain = ChatEngine(loaded).prepare(history, "Which instrument is my favourite?", 8)
     assert fact not in json.dumps(plain.messages)                       # pushed out of the window
     # a new process: the session's memory is read back from out/memory/

@@ -11,6 +11,7 @@ import pytest
 
 import eval_model
 import evaluation.qa
+from chat.engine import ChatEngine
 from chat.terminal import PROMPTS, auto_prompts, auto_test
 from cli import run_cli
 from evaluation.qa import first_user
@@ -174,14 +175,14 @@ def test_a_second_models_report_keeps_the_first(out, tmp_path, capsys, monkeypat
 def test_automatic_test_shows_reference_and_verdict(out, capsys, monkeypatch):
     loaded = eval_model.load(eval_model.parse_args(["--out_dir", str(out)]))
     said = iter(["I'm not TinyMind.", "It is not in C major.", "TinyMind, a small model."])
-    monkeypatch.setattr("chat.terminal.reply", lambda *a: next(said))
+    monkeypatch.setattr("chat.terminal.show", lambda *a: next(said))
     records = [{"conversations": [{"role": "user", "content": "Who are you?"},
                                   {"role": "assistant", "content": "I'm TinyMind."}], "ask": "name"},
                {"conversations": [{"role": "user", "content": "What key is it in?"},
                                   {"role": "assistant", "content": "It is in C major."}], "answers": ["C major"]},
                {"conversations": [{"role": "user", "content": "你是谁？"}], "ask": "name"}]
     ident = {"name": "TinyMind", "creator": "the TinyMind project"}
-    auto_test(loaded, records, {"max_new_tokens": 4}, identity=(ident, "--bot_name, --bot_creator"))
+    auto_test(ChatEngine(loaded), records, {"max_new_tokens": 4}, identity=(ident, "--bot_name, --bot_creator"))
     shown = capsys.readouterr().out
     assert "identity checked: TinyMind by the TinyMind project (from --bot_name, --bot_creator)" in shown
     assert "> Who are you?" in shown and "   reference: I'm TinyMind.\n   [FAIL] denies being TinyMind" in shown
@@ -200,7 +201,7 @@ def test_eval_on_a_terminal_runs_the_automatic_test_first(out, capsys, monkeypat
     assert "automatic test:" in stdout and f"> {val[0]['content']}" in stdout
     assert f"   reference: {val[1]['content']}" in stdout and "   [FAIL] expected " in stdout
     assert "identity: not scored (lora_music_64 records no identity" in stdout
-    assert stdout.index("automatic test:") < stdout.index("chat (keeps 2 earlier exchanges")
+    assert stdout.index("automatic test:") < stdout.index("chat (keeps as many earlier exchanges as the window holds")
 
 
 def test_bad_test_file_is_one_line(out, tmp_path, capsys):

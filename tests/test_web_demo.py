@@ -313,7 +313,7 @@ def test_an_unexpected_failure_shows_no_details(monkeypatch, out_dir, capsys):
         raise RuntimeError("internal detail 4242")
         yield
     at = app(monkeypatch, out_dir)
-    monkeypatch.setattr("model.generate.chat", crash)
+    monkeypatch.setattr("chat.engine.stream_generate", crash)
     at.chat_input[0].set_value("hi").run()
     assert not at.exception
     assert at.error[-1].value == GENERIC_ERROR

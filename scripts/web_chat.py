@@ -1,0 +1,96 @@
+"""The web demo's chatbot panel: the sidebar's persona, documents, memory session and history settings
+become THE chat engine (chat/engine.py); an answer streams with the passages it was given shown under it.
+
+Library module; the command is:
+    streamlit run scripts/web_demo.py
+"""
+from pathlib import Path
+
+import streamlit as st
+
+from chat.engine import ChatEngine
+from chat.memory import Memory
+from chat.persona import load_persona, shipped_personas
+from chat.retrieval import document_files, open_index
+from model.paths import repo_root
+
+NONE = "(none)"
+KNOWLEDGE = repo_root() / "dataset" / "knowledge"      # shipped knowledge bases; a visitor's own: out/docs/
+
+
+def stamp(path):
+    """What tells a new version of a file from the old one: size, modification and status-change times."""
+    s = Path(path).stat()
+    return s.st_size, s.st_mtime_ns, s.st_ctime_ns
+
+
+def docs_folders(out):
+    """{label: folder} of the documents the page offers: dataset/knowledge/* and out/docs/*."""
+    found = {}
+    for root, label in ((KNOWLEDGE, "dataset/knowledge"), (Path(out) / "docs", "out/docs")):
+        if root.is_dir():
+            found.update({f"{label}/{d.name}": d for d in sorted(root.iterdir()) if d.is_dir()})
+    return found
+
+
+@st.cache_resource(max_entries=8, show_spinner="Indexing the documents...")
+def load_index(folder, version, out):
+    """chat.retrieval.open_index of a folder (its index cached under out/index/); version: the files'
+    stamps, so a changed file is indexed again."""
+    return open_index(folder, out)
+
+
+def chat_engine(sb, loaded, out):
+    """The sidebar's chatbot settings (persona, documents, memory session, history) -> chat.engine.ChatEngine."""
+    sb.subheader("Chatbot")
+    personas = shipped_personas()
+    choice = sb.selectbox("Persona (personas/)", [NONE] + list(personas), key="persona",
+                          help="a character from a YAML file: its name, manner and facts become the system prompt")
+    persona = load_persona(personas[choice]) if choice != NONE else None
+    system = sb.text_area("System prompt", "", key="system", placeholder="e.g. Answer briefly.").strip()
+    folders = docs_folders(out)
+    docs = sb.selectbox("Answer from documents", [NONE] + list(folders), key="docs",
+                        help="retrieval: the best passages of these files go into the prompt; their sources are shown")
+    k = sb.slider("Passages per answer", 1, 10, 3, key="docs_k")
+    index = None
+    if docs != NONE:
+        files = document_files(folders[docs])
+        index = load_index(str(folders[docs]), tuple((rel, *stamp(p)) for rel, p in files.items()), str(out))
+        sb.caption(f"{docs}: {index.describe()}")
+    session = sb.text_input("Memory session (out/memory/)", "", key="session",
+                            placeholder="a name, e.g. alice: remembered across visits").strip()
+    memory = Memory.open(session, out) if session else None
+    if memory is not None:
+        sb.caption(f"remembers {len(memory.turns)} exchanges in out/memory/{memory.path.name}")
+    cap = sb.slider("Earlier exchanges kept (at most; the window decides too)", 0, 20, 6, key="history_turns")
+    return ChatEngine(loaded, persona, system or None, index, memory, k, history_cap=cap)
+
+
+def show_sources(sources):
+    """The passages an answer was given, with their files, under the answer."""
+    with st.expander(f"Sources ({len(sources)} passages)"):
+        for i, p in enumerate(sources, 1):
+            st.markdown(f"**[{i}] {p['source']}** · score {p['score']:.1f}")
+            st.caption(p["text"])
+
+
+def answer(engine, prompt, settings):
+    """Show the user's prompt and stream the reply (through THE chat engine); both join the session's
+    messages, the reply with the passages it was given."""
+    history = [{"role": m["role"], "content": m["content"]} for m in st.session_state.messages]
+    st.session_state.messages.append({"role": "user", "content": prompt})
+    with st.chat_message("user"):
+        st.markdown(prompt)
+    stats = {}
+    with st.chat_message("assistant"):
+        turn, pieces = engine.reply(history, prompt, stats=stats, **settings)
+        reply = st.write_stream(pieces)
+        if not isinstance(reply, str):
+            reply = "".join(str(x) for x in reply)
+        sources = [{"source": p.source, "text": p.text, "score": p.score} for p in turn.passages]
+        if sources:
+            show_sources(sources)
+        if turn.recalled:
+            st.caption(f"remembered: {'; '.join(t['user'][:80] for t in turn.recalled)}")
+    st.session_state.messages.append({"role": "assistant", "content": reply, "sources": sources})
+    st.session_state.last_stats = stats

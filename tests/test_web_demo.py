@@ -1,5 +1,6 @@
 """The Streamlit web demo, driven by Streamlit's own testing API (no browser): pytest tests/test_web_demo.py"""
 import builtins
+import json
 import os
 import shutil
 import time
@@ -320,3 +321,41 @@ def test_an_unexpected_failure_shows_no_details(monkeypatch, out_dir, capsys):
     assert "4242" not in page_text(at) and "Traceback" not in page_text(at)
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: internal detail 4242" in err
+
+
+def test_chatbot_with_persona_documents_and_memory(monkeypatch, out_dir):
+    """The sidebar's persona, documents and memory session reach the prompt through THE chat engine; the
+    passages an answer was given are shown under it with their files."""
+    docs = out_dir / "docs" / "mine"
+    docs.mkdir(parents=True)
+    (docs / "instruments.md").write_text("The oboe is a double-reed woodwind instrument.\n\n"
+                                         "The cello is a bowed string instrument.\n", encoding="utf-8")
+    at = app(monkeypatch, out_dir)
+    at.sidebar.selectbox(key="adapter").set_value("(none)")
+    at.sidebar.number_input(key="max_new_tokens").set_value(4)
+    at.sidebar.slider(key="temperature").set_value(0.0)
+    assert {"(none)", "dataset/knowledge/music", "out/docs/mine"} <= set(at.sidebar.selectbox(key="docs").options)
+    at.sidebar.selectbox(key="persona").set_value("music_tutor").run()
+    assert "Hi, I'm Melody" in page_text(at)                                      # the persona's greeting
+    at.sidebar.selectbox(key="docs").set_value("out/docs/mine")
+    at.sidebar.text_input(key="session").set_value("visitor").run()
+    assert not at.exception and "1 passage from 1 file (indexed now)" in page_text(at)
+    at.chat_input[0].set_value("What kind of instrument is the oboe?").run()
+    assert not at.exception
+    sources = at.session_state.messages[-1]["sources"]
+    assert sources[0]["source"] == "instruments.md" and "double-reed" in sources[0]["text"]
+    shown = [e for e in at.expander if e.label.startswith("Sources")]
+    assert shown and "instruments.md" in " ".join(m.value for m in shown[-1].markdown)
+    memory = out_dir / "memory" / "visitor.jsonl"
+    assert json.loads(memory.read_text(encoding="utf-8"))["user"] == "What kind of instrument is the oboe?"
+    # the reply is exactly what the engine gives for that persona and those passages
+    from chat.engine import ChatEngine
+    from chat.persona import load_persona
+    from chat.retrieval import open_index
+    from model.generate import stream_generate
+    from model.inference import load_for_inference
+    m = load_for_inference(ckpt=out_dir / "full_sft_64.pth", out=out_dir)
+    engine = ChatEngine(m, load_persona("music_tutor"), None, open_index(docs, out_dir), None, 3)
+    turn = engine.prepare([], "What kind of instrument is the oboe?", 4)
+    expected = "".join(stream_generate(m.model, m.tokenizer, turn.ids, 4, temperature=0.0))
+    assert at.session_state.messages[-1]["content"] == expected

@@ -2,6 +2,7 @@
 
     python scripts/serve_openai_api.py                          # http://127.0.0.1:8998/v1, every model of out/
     python scripts/serve_openai_api.py --host 0.0.0.0 --api_key KEY --dtype int8
+    python scripts/serve_openai_api.py --persona music_tutor --docs dataset/knowledge/music   # a chatbot
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="none")
@@ -11,7 +12,11 @@ GET /v1/models: every checkpoint in out/ and, as "base+adapter", every adapter o
 it fits. POST /v1/chat/completions: messages, model, temperature (default 1), top_p, max_tokens, stop, seed,
 stream (server-sent events; stream_options.include_usage). Concurrent requests to a model are decoded together
 (model/batching.py: they join and leave the batch between steps, at most --max_batch rows, the rest wait). It
-binds 127.0.0.1 unless --host says otherwise; --api_key makes "Authorization: Bearer KEY" required.
+binds 127.0.0.1 unless --host says otherwise; --api_key makes "Authorization: Bearer KEY" required. Prompts
+come from THE chat engine (chat/engine.py), as in eval_model.py and the web demo: a conversation longer than
+the window loses its oldest whole exchanges; --persona is the system prompt of a request without one; with
+--docs the passages retrieved for the last message go into it and come back in the reply's "sources" field
+(not OpenAI's; the client keeps it: response.model_extra["sources"]).
 """
 import sys
 from pathlib import Path
@@ -36,7 +41,13 @@ def parse_args(argv=None):
     p.add_argument("--max_tokens", type=int, default=2048, help="the most max_tokens a request may ask "
                    "(default %(default)s)")
     p.add_argument("--max_body", type=int, default=1 << 20, help="the largest request body in bytes (default %(default)s)")
+    p.add_argument("--persona", default=None, metavar="FILE",
+                   help="the system prompt of requests without one: a persona YAML file or a shipped one's name")
+    p.add_argument("--docs", default=None, metavar="DIR",
+                   help="retrieve from these documents for every request; the passages come back in \"sources\"")
+    p.add_argument("--docs_k", type=int, default=3, help="passages retrieved per request (with --docs)")
     args = p.parse_args(argv)
+    check_range("--docs_k", args.docs_k, 1, 50, integer=True)
     check_range("--port", args.port, 1, 65535, integer=True)
     for flag in ("max_batch", "max_tokens", "max_body"):
         check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
@@ -50,7 +61,13 @@ def main(argv=None):
     import uvicorn
     from serving.api import make_app
     from serving.engine import Engine
+    from chat.persona import load_persona
+    from chat.retrieval import open_index
     out = paths.out_dir(args.out_dir)
+    chat = {"persona": load_persona(args.persona) if args.persona else None, "docs_k": args.docs_k,
+            "index": open_index(args.docs, out) if args.docs else None}
+    if chat["index"]:
+        print(f"documents: {chat['index'].folder}: {chat['index'].describe()}", flush=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     engine = Engine(out, args.max_batch, args.dtype, device)
     offered = engine.models()
@@ -60,7 +77,7 @@ def main(argv=None):
     print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: --host {args.host} without --api_key: anyone who reaches this machine can use it", flush=True)
-    uvicorn.run(make_app(engine, args.api_key or None, args.max_body, args.max_tokens), host=args.host,
+    uvicorn.run(make_app(engine, args.api_key or None, args.max_body, args.max_tokens, chat), host=args.host,
                 port=args.port, log_level="warning")
     return 0
 

@@ -1,8 +1,11 @@
 """The OpenAI-compatible API (FastAPI): GET /v1/models, POST /v1/chat/completions (stream as server-sent
 events), errors in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with the right status.
-Prompts are built by model.generate.build_prompt (THE chat template); decoding is serving.engine's batch.
+Prompts are built by THE chat engine (chat/engine.py: the conversation's oldest whole exchanges dropped to fit
+the window, the server's --persona as the system prompt unless the request has one, passages of its --docs
+retrieved, their sources returned in a "sources" field that is not OpenAI's); decoding is serving.engine's batch.
 
-    app = make_app(Engine(out_dir), api_key=None, max_body=1 << 20, max_tokens_limit=2048)
+    app = make_app(Engine(out_dir), api_key=None, max_body=1 << 20, max_tokens_limit=2048,
+                   chat={"persona": load_persona("tinymind"), "index": open_index("dataset/knowledge/music")})
 """
 import asyncio
 import hmac
@@ -14,7 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.generate import build_prompt
+from chat.engine import ChatEngine
+from model.generate import build_prompt, prompt_budget
 
 ROLES = ("system", "user", "assistant")
 
@@ -65,8 +69,9 @@ def parse_stop(body):
     return stop
 
 
-def plan_request(engine, body, max_tokens_limit):
-    """Everything checked before decoding -> (worker, prompt ids, max_tokens, sampling, stop)."""
+def plan_request(engine, body, max_tokens_limit, chat=None):
+    """Everything checked before decoding -> (worker, prompt ids, max_tokens, sampling, stop, passages).
+    chat: the server's chat engine settings (persona, index, docs_k)."""
     name = body.get("model")
     if not isinstance(name, str):
         raise ApiError(400, "model is required (GET /v1/models lists them)", "model")
@@ -90,19 +95,34 @@ def plan_request(engine, body, max_tokens_limit):
                        code="model_not_found") from None
     except Exception as e:                                    # noqa: BLE001 - a model that fails to load
         raise ApiError(500, f"model '{name}' could not be loaded: {e}", "model", kind="server_error") from None
-    tok, window = worker.loaded.tokenizer, worker.loaded.model.config.max_position_embeddings
-    ids = build_prompt(tok, messages)
-    if len(ids) >= window:
-        raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's window is {window} tokens "
-                            "(prompt and reply together)", "messages", code="context_length_exceeded")
+    ids, sources = prompt_of(worker.loaded, messages, limit, max_tokens_limit, chat)
+    window = worker.loaded.model.config.max_position_embeddings
     room, max_tokens = window - len(ids), limit
     if max_tokens is not None and max_tokens > room:
         raise ApiError(400, f"max_tokens {max_tokens} does not fit: the prompt is {len(ids)} tokens and this model's "
                             f"window is {window}", "max_tokens", code="context_length_exceeded")
-    return worker, ids, max_tokens or min(room, max_tokens_limit, 512), sampling, stop
+    return worker, ids, max_tokens or min(room, max_tokens_limit, 512), sampling, stop, sources
 
 
-def make_app(engine, api_key=None, max_body=1 << 20, max_tokens_limit=2048):
+def prompt_of(loaded, messages, limit, max_tokens_limit, chat=None):
+    """(prompt ids, retrieved passages) from THE chat engine; a 400 when even the system prompt and the
+    last message leave no room in the window (older turns are dropped, never the last one cut)."""
+    engine = ChatEngine(loaded, **(chat or {}))
+    tok, window = loaded.tokenizer, loaded.model.config.max_position_embeddings
+    system = next((m["content"] for m in messages if m["role"] == "system"), engine.system)
+    last = messages[-1]
+    minimal = len(build_prompt(tok, [last], system))
+    reserve = limit or min(max(1, window - minimal), max_tokens_limit, 512)
+    if minimal >= window or (last["role"] == "user" and minimal > prompt_budget(window, reserve)):
+        raise ApiError(400, f"the prompt is {minimal} tokens; this model's window is {window} tokens "
+                            "(prompt and reply together)", "messages", code="context_length_exceeded")
+    if last["role"] != "user":            # a conversation that ends in a system message: sent as it is
+        return build_prompt(tok, messages, system), []
+    turn = engine.prepare(messages[:-1], last["content"], reserve)
+    return turn.ids, turn.passages
+
+
+def make_app(engine, api_key=None, max_body=1 << 20, max_tokens_limit=2048, chat=None):
     app = FastAPI(title="TinyMind OpenAI-compatible API")
 
     @app.exception_handler(StarletteHTTPException)
@@ -142,12 +162,14 @@ def make_app(engine, api_key=None, max_body=1 << 20, max_tokens_limit=2048):
                 raise ApiError(400, "the body is not JSON") from None
             if not isinstance(body, dict):
                 raise ApiError(400, "the body must be a JSON object")
-            worker, ids, max_tokens, sampling, stop = await asyncio.to_thread(plan_request, engine, body,
-                                                                              max_tokens_limit)
+            worker, ids, max_tokens, sampling, stop, passages = await asyncio.to_thread(
+                plan_request, engine, body, max_tokens_limit, chat)
         except ApiError as e:
             return error_response(e)
         req = engine.submit(worker, ids, max_tokens, sampling, stop, asyncio.get_running_loop())
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body["model"]}
+        if passages:        # not OpenAI's: what the answer was given to read (the server's --docs)
+            meta["sources"] = [{"source": p.source, "text": p.text, "score": round(p.score, 3)} for p in passages]
         if body.get("stream"):
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(stream(req, meta, usage), media_type="text/event-stream")

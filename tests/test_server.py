@@ -208,3 +208,37 @@ def test_a_failing_step_fails_its_requests_and_the_model_serves_on(tmp_path, mon
     second = engine.submit(worker, [5, 6, 7], 5, {"temperature": 0.0}, [], loop)
     end = loop.run_until_complete(drain(second))
     assert end["type"] == "end" and end["completion_tokens"] >= 1
+
+
+def test_the_chat_engine_builds_the_prompt_persona_documents_and_window(tmp_path):
+    """--persona and --docs: a request without a system message gets the persona's, the passages retrieved
+    for it come back in "sources", and a conversation longer than the window loses its oldest exchanges
+    (through chat/engine.py, as eval_model.py and the web demo) instead of being refused."""
+    from chat.engine import ChatEngine
+    from chat.persona import load_persona
+    from chat.retrieval import open_index
+    from evaluation.qa import answer_prompts
+    from model.inference import load_for_inference
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    make_checkpoint(out / "full_sft_64.pth", std=0.2, max_position_embeddings=1024)
+    docs.mkdir()
+    (docs / "notes.md").write_text("The oboe is a double-reed woodwind instrument.\n", encoding="utf-8")
+    proc, url = start_server(out, "--persona", "music_tutor", "--docs", str(docs), "--docs_k", "2")
+    try:
+        c = client(url)
+        question = [{"role": "user", "content": "What is an oboe?"}]
+        r = c.chat.completions.create(model="full_sft_64", messages=question, max_tokens=6, temperature=0)
+        assert r.model_extra["sources"][0]["source"] == "notes.md"
+        loaded = load_for_inference(ckpt=out / "full_sft_64.pth")
+        engine = ChatEngine(loaded, load_persona("music_tutor"), index=open_index(docs, out), docs_k=2)
+        sampling = {"max_new_tokens": 6, "temperature": 0.0}
+        want = answer_prompts(loaded, [engine.prepare([], "What is an oboe?", 6).ids], sampling)[0]
+        assert r.choices[0].message.content.strip() == want
+        long = [m for i in range(40) for m in ({"role": "user", "content": f"question {i} " + "piano " * 20},
+                                                {"role": "assistant", "content": "an answer " * 10})]
+        r = c.chat.completions.create(model="full_sft_64", messages=long + question, max_tokens=6, temperature=0)
+        turn = engine.prepare(long, "What is an oboe?", 6)
+        assert turn.dropped > 0 and r.usage.prompt_tokens == len(turn.ids) <= 1024
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -2,6 +2,7 @@
 
     python scripts/make_identity.py --name TinyMind --creator "the TinyMind project"
     python scripts/make_identity.py --name Melody --creator "Ada Lab" --creator_zh "Ada 实验室" --out_dir my_data
+    python scripts/make_identity.py --persona personas/music_tutor.yaml --out_dir my_data   # the persona's identity
 
 Writes OUT_DIR/identity.jsonl (training conversations) and OUT_DIR/identity_test.jsonl: held-out
 questions whose phrasings never occur in the training file (they come from disjoint template lists),
@@ -11,7 +12,9 @@ one per line as {"conversations": [{"role": "user", "content": q}], "ask": "name
 "creator_zh"}, so the identity travels with the data through any mix or split into the adapter's record,
 where eval_model.py reads what to check; training records of name, creator and "are you X" questions carry
 their "ask" too. Every answer names NAME and CREATOR and denies being another assistant. The output is a
-pure function of the flags and --seed.
+pure function of the flags and --seed. With --persona FILE (chat/persona.py) the name and creators are the
+persona's and its example exchanges join the training conversations, so that a LoRA trained on the file and
+the persona's system prompt (eval_model.py --persona FILE) agree.
 """
 import random
 import sys
@@ -122,11 +125,14 @@ def expand(templates, others):
     return [t.format(other=o) for t in templates for o in (others if "{other}" in t else [None])]
 
 
-def make_identity(name, creator, creator_zh=None, seed=42, n_multi=120):
-    """Return (train_records, test_records) as lists of canonical dicts, each carrying the identity."""
+def make_identity(name, creator, creator_zh=None, seed=42, n_multi=120, examples=()):
+    """Return (train_records, test_records) as lists of canonical dicts, each carrying the identity.
+    examples: [{"user", "assistant"}] exchanges (a persona's) added to the training records."""
     rng = random.Random(seed)
     identity = {"name": name, "creator": creator, "creator_zh": creator_zh or creator}
     train = train_records(rng, identity, n_multi)
+    train += [record([{"role": "user", "content": ex["user"]}, {"role": "assistant", "content": ex["assistant"]}],
+                     None, identity) for ex in examples]
     seen = {normalize_question(m["content"]) for r in train for m in r["conversations"] if m["role"] == "user"}
     return train, test_records(rng, identity, seen)
 
@@ -177,8 +183,8 @@ def test_records(rng, identity, seen):
     return test
 
 
-def write_identity(out_dir, name, creator, creator_zh=None, seed=42):
-    train, test = make_identity(name, creator, creator_zh, seed)
+def write_identity(out_dir, name, creator, creator_zh=None, seed=42, examples=()):
+    train, test = make_identity(name, creator, creator_zh, seed, examples=examples)
     out_dir = Path(out_dir)
     for fname, records in (("identity.jsonl", train), ("identity_test.jsonl", test)):
         with atomic_open(out_dir / fname) as f:
@@ -192,16 +198,27 @@ def main(argv=None):
     p.add_argument("--name", default="TinyMind", help="the assistant's name, used in every answer")
     p.add_argument("--creator", default="the TinyMind project", help="who made it (English answers)")
     p.add_argument("--creator_zh", default=None, help="who made it in Chinese answers (default: --creator)")
+    p.add_argument("--persona", default=None, metavar="FILE",
+                   help="take the name, creators and example exchanges from a persona file (personas/*.yaml)")
     p.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "dataset"))
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
+    examples = ()
+    if args.persona:
+        from chat.persona import load_persona
+        given = [f for f in ("--name", "--creator", "--creator_zh") if f in (argv if argv is not None else sys.argv)]
+        if given:
+            raise UserError(f"--persona sets the identity: leave out {', '.join(given)} (or edit the persona file)")
+        persona = load_persona(args.persona)
+        args.name, args.creator, args.creator_zh = persona.name, persona.creator, persona.identity["creator_zh"]
+        examples = persona.examples
     if not args.name.strip() or not args.creator.strip():
         raise UserError("--name and --creator must not be empty; e.g. --name Melody --creator \"Ada Lab\"")
     creator_zh = args.creator_zh
     if creator_zh is None and args.creator == "the TinyMind project" and args.name == "TinyMind":
         creator_zh = "TinyMind 项目"  # the default identity reads naturally in Chinese too
     n_train, n_test = write_identity(args.out_dir, args.name.strip(), args.creator.strip(),
-                                     creator_zh and creator_zh.strip(), args.seed)
+                                     creator_zh and creator_zh.strip(), args.seed, examples)
     print(f"wrote {args.out_dir}/identity.jsonl ({n_train} conversations) and "
           f"{args.out_dir}/identity_test.jsonl ({n_test} held-out questions)")
 

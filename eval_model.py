@@ -71,7 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--repetition_penalty", type=float, default=1.0)
     p.add_argument("--max_new_tokens", type=int, default=None, help="default 512 for chat, 128 for tests")
     p.add_argument("--history_cnt", type=int, default=None,
-                   help="earlier exchanges kept in the chat (default 2 interactively, 0 for --prompt/stdin)")
+                   help="earlier exchanges kept in the chat at most (default: as many as the window holds "
+                        "interactively, 0 for --prompt/stdin, where each line is answered on its own)")
     p.add_argument("--system", default=None, help="system prompt (after the persona's, with --persona)")
     p.add_argument("--persona", default=None, metavar="FILE",
                    help="a persona YAML file, or a shipped one's name: " + ", ".join(shipped_personas()))

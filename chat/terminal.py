@@ -1,6 +1,7 @@
 """The terminal chat of eval_model.py: answer prompts one after another (from --prompt, stdin or the
-keyboard), streaming each reply, keeping a bounded history; and the automatic test, which shows each
-question's reference answer and the verdict of the strict scorers (evaluation/qa.py judge).
+keyboard) through THE chat engine (chat/engine.py: persona, documents, memory, the history fitted to the
+window), streaming each reply and then its sources; and the automatic test, which shows each question's
+reference answer and the verdict of the strict scorers (evaluation/qa.py judge).
 
 Library module; the command is eval_model.py:
     python eval_model.py --lora_name lora_music --model_mode 1

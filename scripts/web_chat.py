@@ -68,7 +68,7 @@ def chat_engine(sb, loaded, out):
 
 def show_sources(sources):
     """The passages an answer was given, with their files, under the answer."""
-    with st.expander(f"Sources ({len(sources)} passages)"):
+    with st.expander(f"Sources ({len(sources)} passage{'s' * (len(sources) != 1)})"):
         for i, p in enumerate(sources, 1):
             st.markdown(f"**[{i}] {p['source']}** · score {p['score']:.1f}")
             st.caption(p["text"])

@@ -99,6 +99,9 @@ def streamlit_server(tmp_path):
     once it answers on 127.0.0.1; the server is killed afterwards."""
     out = tmp_path / "out"
     make_checkpoint(out / "full_sft_64.pth")
+    docs = out / "docs" / "mine"                # documents the page offers (out/docs/*)
+    docs.mkdir(parents=True)
+    (docs / "instruments.md").write_text("The oboe is a double-reed woodwind instrument.\n", encoding="utf-8")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
     env["TINYMIND_OUT_DIR"] = str(out)
@@ -185,6 +188,38 @@ def test_chat_in_headless_chromium(server, tmp_path):
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         if os.environ.get("TINYMIND_SCREENSHOT"):
             shutil.copy(shot, os.environ["TINYMIND_SCREENSHOT"])
+
+
+def choose(driver, label, option):
+    """Pick option in the Streamlit selectbox labelled label (click it open, click the option)."""
+    from selenium.webdriver.common.by import By
+    box = wait_until(lambda: next(b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
+                                  if b.text.startswith(label)), 60, f"the {label!r} selectbox")
+    box.find_element(By.CSS_SELECTOR, '[data-baseweb="select"]').click()
+    wait_until(lambda: next(o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]')
+                            if o.text.strip() == option), 30, f"the option {option!r}").click()
+
+
+def test_chat_with_documents_shows_the_sources(server):
+    """Retrieval switched on in the sidebar: the answer comes with its passages and their file."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    with chromium() as driver:
+        driver.get(server)
+        choose(driver, "Answer from documents", "out/docs/mine")
+        wait_until(lambda: "1 passage from 1 file" in driver.find_element(By.TAG_NAME, "body").text, 60,
+                   "the documents' index")
+        box = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, '[data-testid="stChatInput"] textarea'),
+                         60, "the chat input")
+        box.send_keys("What kind of instrument is the oboe?")
+        box.send_keys(Keys.ENTER)
+        expander = wait_until(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"]')
+                                           if "Sources" in e.text), 90, "the answer's sources")
+        assert "Sources (1 passage)" in expander.text
+        expander.find_element(By.TAG_NAME, "summary").click()
+        wait_until(lambda: "double-reed woodwind" in expander.text, 30, "the passage shown")
+        assert "instruments.md" in expander.text
 
 
 # the pixels of a text drawn on a canvas; U+10FFFD (private use) has a glyph in no font: the box

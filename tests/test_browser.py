@@ -195,7 +195,7 @@ def choose(driver, label, option):
     from selenium.webdriver.common.by import By
     box = wait_until(lambda: next(b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
                                   if b.text.startswith(label)), 60, f"the {label!r} selectbox")
-    box.find_element(By.CSS_SELECTOR, '[data-baseweb="select"]').click()
+    box.find_element(By.CSS_SELECTOR, '[role="combobox"]').click()
     wait_until(lambda: next(o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]')
                             if o.text.strip() == option), 30, f"the option {option!r}").click()
 

@@ -1,4 +1,5 @@
-"""Retrieval over your own documents: a folder of .txt, .md, .jsonl (question/answer) and .pdf files
+"""Retrieval over your own documents: a folder of .txt, .md, .jsonl (texts or question/answer conversations, in
+any format dataset/formats.py reads) and .pdf files
 (through pypdf, if installed) split into overlapping passages, ranked by BM25 (bm25s; Chinese split into
 words by jieba), the index cached under out/index/ and rebuilt when a file is added, removed or changed.
 The chat engine (chat/engine.py) puts the top passages into the prompt with their sources; chat/memory.py
@@ -16,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dataset.formats import iter_jsonl
 from model import paths
 from model.atomic import atomic_path
 from model.errors import UserError
@@ -135,7 +137,7 @@ def split_passages(text, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
 
 
 def read_document(path, rel):
-    """[(text, source)] of one file: a text file whole; a .jsonl file one "Q: ... A: ..." per record."""
+    """[(text, source)] of one file: a text file whole; a .jsonl file one passage per record (record_text)."""
     if path.suffix == ".pdf":
         from pypdf import PdfReader
         try:
@@ -143,31 +145,18 @@ def read_document(path, rel):
             return [(page.extract_text() or "", f"{rel} p{i + 1}") for i, page in enumerate(pages)]
         except Exception as e:      # noqa: BLE001 - a damaged PDF is named, whatever pypdf raises
             raise UserError(f"{path}: cannot read this PDF ({type(e).__name__}); fix or remove it") from None
-    text = path.read_bytes().decode("utf-8", errors="replace")
     if path.suffix != ".jsonl":
-        return [(text, rel)]
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            out.append((qa_text(line, f"{path}:{n}"), f"{rel}:{n}"))
-    return out
+        return [(path.read_bytes().decode("utf-8", errors="replace"), rel)]
+    return [(record_text(rec), f"{rel}:{n}") for n, rec in iter_jsonl(path)]
 
 
-def qa_text(line, where):
-    """A question/answer record ({"question", "answer"}, {"conversations": [...]} or {"text"}) as a passage."""
-    try:
-        r = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where}: not valid JSON ({e.msg}); fix the line or remove the file from the folder") from None
-    if isinstance(r, dict) and isinstance(r.get("question"), str) and isinstance(r.get("answer"), str):
-        return f"Q: {r['question']}\nA: {r['answer']}"
-    if isinstance(r, dict) and isinstance(r.get("conversations"), list):
-        turns = [m for m in r["conversations"] if isinstance(m, dict) and isinstance(m.get("content"), str)]
-        return "\n".join(f"{'Q' if m.get('role') == 'user' else 'A'}: {m['content']}" for m in turns
-                         if m.get("role") in ("user", "assistant"))
-    if isinstance(r, dict) and isinstance(r.get("text"), str):
-        return r["text"]
-    raise UserError(f"{where}: a record needs \"question\" and \"answer\", \"conversations\" or \"text\"")
+def record_text(record):
+    """A JSONL record (any format TinyMind reads: dataset/formats.py) as a passage: its text, or its
+    conversation as "Q: ... / A: ..." lines."""
+    if "text" in record:
+        return record["text"]
+    return "\n".join(f"{'A' if m['role'] == 'assistant' else 'Q'}: {m['content']}" for m in record["conversations"]
+                     if m["role"] in ("user", "assistant"))
 
 
 def document_files(docs):

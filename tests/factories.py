@@ -141,3 +141,19 @@ def run_python(args, cwd, env=None, check=True):
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
+
+
+def run_main(main, argv, capsys, stdin=None, monkeypatch=None):
+    """A command's main(argv) run in this process as its script runs it (cli.run_cli: a UserError is one
+    line and exit 2) -> (exit status, stdout, stderr); stdin, a string, is what it reads."""
+    import io
+    from cli import run_cli
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = 0
+    try:
+        run_cli(main, argv)
+    except SystemExit as e:
+        code = e.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

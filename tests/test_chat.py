@@ -100,8 +100,8 @@ def write_docs(folder):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "instruments.md").write_text("# Instruments\n\nThe oboe is a double-reed woodwind instrument.\n\n"
                                            "The cello is a bowed string instrument.\n", encoding="utf-8")
-    (folder / "faq.jsonl").write_text(json.dumps({"question": "Who wrote Für Elise?", "answer": "Beethoven"}) + "\n",
-                                      encoding="utf-8")
+    (folder / "faq.jsonl").write_text(json.dumps({"instruction": "Who wrote Für Elise?", "output": "Beethoven"})
+                                      + "\n", encoding="utf-8")
     return folder
 
 
@@ -131,7 +131,7 @@ def test_bad_documents_are_one_line(tmp_path):
         open_index(tmp_path / "empty", tmp_path / "out")
     bad = write_docs(tmp_path / "bad")
     (bad / "faq.jsonl").write_text('{"question": "q"}\n{oops\n', encoding="utf-8")
-    with pytest.raises(UserError, match=r"faq.jsonl:1: a record needs"):
+    with pytest.raises(UserError, match=r"faq.jsonl:1: missing"):
         open_index(bad, tmp_path / "out")
     assert not (tmp_path / "out" / "index").exists() or not any((tmp_path / "out" / "index").iterdir())
 

@@ -5,19 +5,12 @@ import json
 import pytest
 
 import eval_model
-from cli import run_cli
 from evaluation.chat_test import CATEGORIES, read_suite
-from factories import REPO, make_checkpoint, run_python
+from factories import REPO, make_checkpoint, run_main, run_python
 
 
 def run(argv, capsys):
-    code = 0
-    try:
-        run_cli(eval_model.main, argv)
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_main(eval_model.main, argv, capsys)
 
 
 @pytest.fixture

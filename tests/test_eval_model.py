@@ -13,9 +13,8 @@ import eval_model
 import evaluation.qa
 from chat.engine import ChatEngine
 from chat.terminal import PROMPTS, auto_prompts, auto_test
-from cli import run_cli
 from evaluation.qa import first_user
-from factories import REPO as ROOT, make_adapter, make_checkpoint, write_chat, write_jsonl
+from factories import REPO as ROOT, make_adapter, make_checkpoint, run_main, write_chat, write_jsonl
 
 MELODY = {"name": "Melody", "creator": "Ada Lab", "creator_zh": "Ada 实验室"}
 
@@ -32,15 +31,7 @@ def out(tmp_path):
 
 
 def run(argv, capsys, stdin=None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = 0
-    try:
-        run_cli(eval_model.main, argv)
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_main(eval_model.main, argv, capsys, stdin, monkeypatch)
 
 
 def test_prompt_answers_and_exits(out, capsys):

@@ -30,10 +30,10 @@ import torch  # noqa: E402
 from chat.engine import ChatEngine  # noqa: E402
 from chat.memory import Memory  # noqa: E402
 from chat.persona import load_persona, shipped_personas  # noqa: E402
-from chat.retrieval import document_files, open_index  # noqa: E402
+from chat.retrieval import open_index  # noqa: E402
 from chat.terminal import auto_prompts, auto_test, converse, read_prompts_file, stdin_prompts, tty_prompts  # noqa: E402
 from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
-from evaluation.chat_test import read_suite, run_chat_test  # noqa: E402
+from evaluation.chat_suite import DEFAULT_DOCS, read_suite, run_chat_test  # noqa: E402
 from evaluation.qa import expected_identity, read_test_file, run_identity_test, run_task_test  # noqa: E402
 from model import paths  # noqa: E402
 from model.atomic import check_writable  # noqa: E402
@@ -216,22 +216,23 @@ def run_tests(args, loaded, identity, tasks, engine):
         run_task_test(loaded, records, file, s, **common)
 
 
-def chat_parts(args):
-    """What the chat engine is given, read and checked before any model loads: (persona, memory)."""
+def chat_parts(args, suite=None):
+    """What the chat engine is given, read and checked before any model loads: (persona, memory, index).
+    The documents are indexed here (or their cached index read); the chat test suite without --docs
+    retrieves from the shipped knowledge base."""
     persona = load_persona(args.persona) if args.persona else None
-    if args.docs:
-        document_files(paths.resolve_input(args.docs))
     memory = Memory.open(args.session, args.out_dir) if args.session else None
     if memory is not None:
         check_writable(memory.path)
-    return persona, memory
-
-
-def make_engine(args, loaded, persona, memory, history_cap=None):
-    """The chat engine of the flags (the documents indexed, or their cached index read, here)."""
-    index = open_index(args.docs, args.out_dir) if args.docs else None
+    docs = args.docs or (DEFAULT_DOCS if suite and {"retrieval", "multiturn"} & set(suite) else None)
+    index = open_index(docs, args.out_dir) if docs else None
     if index:
         print(f"documents: {index.folder}: {index.describe()}", file=sys.stderr)
+    return persona, memory, index
+
+
+def make_engine(args, loaded, persona, memory, index, history_cap=None):
+    """The chat engine of the flags."""
     engine = ChatEngine(loaded, persona, args.system, index, memory, args.docs_k, args.memory_k, history_cap)
     if persona or index or memory is not None:
         print(f"chat: {engine.describe()}", file=sys.stderr)
@@ -255,7 +256,7 @@ def main(argv=None):
         read_prompts_file(args.prompts_file)
     if identity or tasks or suite:
         check_writable(paths.report_path(paths.out_dir(args.out_dir), "test", "model"))
-    persona, memory = chat_parts(args)
+    persona, memory, index = chat_parts(args, suite)
     interactive = not args.prompt and sys.stdin is not None and sys.stdin.isatty()
     if args.prompts_file and not interactive and not args.prompt:
         args.prompt = read_prompts_file(args.prompts_file)       # a script's prompts: answer them, then exit
@@ -264,13 +265,13 @@ def main(argv=None):
     loaded = load(args)
     print(f"model: {loaded.describe()} on {args.device}", file=sys.stderr)
     cap = args.history_cnt if args.history_cnt is not None else (None if interactive else 0)
-    engine = make_engine(args, loaded, persona, memory, cap)
+    engine = make_engine(args, loaded, persona, memory, index if args.docs else None, cap)
     if testing:
         test_engine = ChatEngine(loaded, persona, args.system, engine.index, None, args.docs_k)   # remembers nothing
         run_tests(args, loaded, identity, tasks, test_engine)
         if suite:
             run_chat_test(loaded, suite, sampling(args, test=True), paths.out_dir(args.out_dir), persona=persona,
-                          index=engine.index, system=args.system, docs_k=args.docs_k, report=args.report,
+                          index=index, system=args.system, docs_k=args.docs_k, report=args.report,
                           identity=auto_identity(args, loaded, persona)[0])
     if args.prompt or piped is not None:
         converse(engine, args.prompt or piped, sampling(args))

@@ -2,7 +2,8 @@
 
 A reply's prompt is the system prompt (a persona's, chat/persona.py, or one given), the remembered
 exchanges most relevant to the new message (chat/memory.py, when a session is on), as many of the newest
-earlier exchanges as the context window holds (the oldest whole exchanges are dropped first), and the new
+earlier exchanges as the context window holds (the oldest whole exchanges are dropped first; remembered
+ones take at most a quarter of the room), and the new
 message, with the top passages of the documents (chat/retrieval.py; the query is the message and the
 user's message before it) and their sources before it. The
 system prompt and the new message are always kept; THE chat template (model.generate.build_prompt) makes
@@ -78,15 +79,16 @@ class ChatEngine:
         tok = self.loaded.tokenizer
         return len(encode_chat(tok, messages, system_prompt="")[0]) - len(encode_chat(tok, [], system_prompt="")[0])
 
-    def prepare(self, history, message, max_new_tokens=256):
+    def prepare(self, history, message, max_new_tokens=256, budget=None):
         """The Turn for a new user message after history (a list of user/assistant messages; a system
-        message in it, as an API request or a test record has one, replaces the engine's system prompt)."""
+        message in it, as an API request or a test record has one, replaces the engine's system prompt).
+        budget: the most prompt tokens (default: the window less room for max_new_tokens, at most half)."""
         tok = self.loaded.tokenizer
         system = next((m["content"] for m in history if m["role"] == "system"), self.system)
         if self.loaded.continuation:        # a pretrained model continues the text: nothing else goes in
             user = [{"role": "user", "content": message}]
             return Turn(message, build_prompt(tok, user, None, True, self.window, max_new_tokens), user)
-        budget = prompt_budget(self.window, max_new_tokens)
+        budget = budget or prompt_budget(self.window, max_new_tokens)
         # a follow-up ("what key is it in?") names its subject in the message before: both are the query
         before = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
         passages = self.index.search(f"{message}\n{before}", self.docs_k) if self.index else []
@@ -97,16 +99,19 @@ class ChatEngine:
                 break
             passages = passages[:-1]
         exchanges = split_exchanges(trim_history(history, self.history_cap))
-        kept = newest_that_fit(exchanges, [self.length(ex) for ex in exchanges], budget - base)
-        recalled = self.recall(message, exchanges[len(exchanges) - kept:])
-        remembered = [[{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["assistant"]}]
-                      for t in recalled]
-        room = budget - base - sum(self.length(ex) for ex in remembered)
-        while remembered and room < 0:      # memories that do not fit go, the least relevant first
-            room += self.length(remembered.pop())
-            recalled.pop()
-        kept = newest_that_fit(exchanges, [self.length(ex) for ex in exchanges], room)
-        messages = [m for ex in remembered + exchanges[len(exchanges) - kept:] for m in ex] + [user]
+        lengths = [self.length(ex) for ex in exchanges]
+        room = budget - base
+        # remembered exchanges not in the window take at most a quarter of the room, the most relevant
+        # first; the newest history fills the rest
+        recalled, used = [], 0
+        for t in self.recall(message, exchanges[len(exchanges) - newest_that_fit(exchanges, lengths, room):]):
+            n = self.length(as_exchange(t))
+            if used + n <= room // 4:
+                recalled.append(t)
+                used += n
+        kept = newest_that_fit(exchanges, lengths, room - used)
+        messages = [m for t in recalled for m in as_exchange(t)] + \
+            [m for ex in exchanges[len(exchanges) - kept:] for m in ex] + [user]
         ids = build_prompt(tok, messages, system, window=self.window, max_new_tokens=max_new_tokens)
         if system:
             messages = [{"role": "system", "content": system}] + messages
@@ -142,6 +147,11 @@ class ChatEngine:
             turn.answer = "".join(text)
             self.finish(turn, turn.answer)
         return turn, pieces()
+
+
+def as_exchange(turn):
+    """A remembered exchange ({"user", "assistant"}) as the two messages it was."""
+    return [{"role": "user", "content": turn["user"]}, {"role": "assistant", "content": turn["assistant"]}]
 
 
 def newest_that_fit(exchanges, lengths, room):

@@ -28,7 +28,10 @@ class Memory:
         return cls(paths.memory_path(paths.out_dir(out), session))
 
     def add(self, user, assistant):
-        """Keep one finished exchange; the whole file is rewritten atomically (model.atomic)."""
+        """Keep one finished exchange; the whole file is rewritten atomically (model.atomic), from what it
+        holds now (another process, a second browser tab, may have added to it since it was read)."""
+        if self.path.exists():
+            self.turns = read_turns(self.path)
         self.turns.append({"user": user, "assistant": assistant, "time": round(time.time(), 3)})
         self._index = None
         with atomic_open(self.path) as f:
@@ -54,8 +57,11 @@ def read_turns(path):
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read this memory file ({e}); move it away to start the session afresh") from None
+        raise UserError(f"{path}: cannot read this memory file ({e}); move it away to start the session afresh") \
+            from None
     for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             t = json.loads(line)
         except json.JSONDecodeError:

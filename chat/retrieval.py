@@ -25,7 +25,7 @@ from model.errors import UserError
 EXTENSIONS = (".txt", ".md", ".jsonl", ".pdf")
 PASSAGE_CHARS = 400           # a passage's length (weight): about 70 English words, or 130 Chinese characters
 OVERLAP_CHARS = 100           # the end of a passage that the next one repeats, so no fact is cut in two
-INDEX_VERSION = 3             # raise when the passages or the tokens change, so old indexes are rebuilt
+INDEX_VERSION = 4             # raise when the passages or the tokens change, so old indexes are rebuilt
 STOPWORDS = set("""a an the of in on at to for from by with and or but is are was were be been being am do does did
 has have had it its this that these those what which who whom whose when where why how i you he she we they me him
 her us them my your his our their as if than then so not no yes can could would should will shall may might must
@@ -138,16 +138,24 @@ def split_passages(text, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
 
 def read_document(path, rel):
     """[(text, source)] of one file: a text file whole; a .jsonl file one passage per record (record_text)."""
-    if path.suffix == ".pdf":
+    if path.suffix.lower() == ".pdf":
         from pypdf import PdfReader
         try:
             pages = PdfReader(str(path)).pages
             return [(page.extract_text() or "", f"{rel} p{i + 1}") for i, page in enumerate(pages)]
         except Exception as e:      # noqa: BLE001 - a damaged PDF is named, whatever pypdf raises
             raise UserError(f"{path}: cannot read this PDF ({type(e).__name__}); fix or remove it") from None
-    if path.suffix != ".jsonl":
-        return [(path.read_bytes().decode("utf-8", errors="replace"), rel)]
+    if path.suffix.lower() != ".jsonl":
+        return [(read_bytes(path).decode("utf-8", errors="replace"), rel)]
     return [(record_text(rec), f"{rel}:{n}") for n, rec in iter_jsonl(path)]
+
+
+def read_bytes(path):
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); fix its permissions or move it out of the folder") \
+            from None
 
 
 def record_text(record):
@@ -165,8 +173,14 @@ def document_files(docs):
     if not docs.is_dir():
         raise UserError(f"--docs {docs}: no such folder; give a folder of .txt, .md, .jsonl or .pdf files")
     exts = EXTENSIONS if _has_pypdf() else tuple(e for e in EXTENSIONS if e != ".pdf")
-    files = {p.relative_to(docs).as_posix(): p for p in sorted(docs.rglob("*"))
-             if p.is_file() and p.suffix.lower() in exts and not any(s.startswith(".") for s in p.relative_to(docs).parts)}
+    root = docs.resolve()
+    files = {}
+    for p in sorted(docs.rglob("*")):
+        rel = p.relative_to(docs)
+        # hidden files, and links that lead out of the folder, are not read
+        if p.is_file() and p.suffix.lower() in exts and not any(s.startswith(".") for s in rel.parts) \
+                and p.resolve().is_relative_to(root):
+            files[rel.as_posix()] = p
     if not files:
         raise UserError(f"--docs {docs}: no {', '.join(exts)} files in it")
     return files
@@ -197,7 +211,7 @@ class DocumentIndex:
 
 def fingerprint(files, size, overlap):
     """What the index depends on: each file's name and sha256, the splitting, the index version."""
-    digests = {rel: hashlib.sha256(p.read_bytes()).hexdigest() for rel, p in files.items()}
+    digests = {rel: hashlib.sha256(read_bytes(p)).hexdigest() for rel, p in files.items()}
     return {"version": INDEX_VERSION, "size": size, "overlap": overlap, "files": digests}
 
 
@@ -207,7 +221,7 @@ def open_index(docs, out=None, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
     import bm25s
     docs = paths.resolve_input(docs)
     files = document_files(docs)
-    skipped = [] if _has_pypdf() else sorted(p for p in docs.rglob("*.pdf"))
+    skipped = [] if _has_pypdf() else sorted(p for p in docs.rglob("*") if p.suffix.lower() == ".pdf")
     where = paths.index_dir(paths.out_dir(out), docs)
     manifest = fingerprint(files, size, overlap)
     try:
@@ -215,14 +229,17 @@ def open_index(docs, out=None, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
             passages = [Passage(**json.loads(line)) for line in
                         (where / "passages.jsonl").read_text(encoding="utf-8").splitlines()]
             bm25 = bm25s.BM25.load(str(where / "bm25"), show_progress=False)
-            return DocumentIndex(docs, passages, BM25Index(bm25=bm25), False, skipped)
+            if bm25.scores["num_docs"] == len(passages):     # else parts of two builds: build it again
+                return DocumentIndex(docs, passages, BM25Index(bm25=bm25), False, skipped)
     except (OSError, ValueError, KeyError, TypeError):
         pass                        # missing, older or damaged: build it again
     passages = [Passage(source, text) for rel, path in files.items() for doc, source in read_document(path, rel)
                 for text in split_passages(doc, size, overlap)]
     if not passages:
         raise UserError(f"--docs {docs}: its files hold no text")
-    index = BM25Index([tokenize(f"{p.source} {p.text}") for p in passages])
+    # the file's name is part of what a passage says ("instruments"), its line or page number is not
+    index = BM25Index([tokenize(f"{Path(re.split(r'[: ]', p.source)[0]).stem.replace('_', ' ')} {p.text}")
+                       for p in passages])
     with atomic_path(where) as tmp:
         tmp.mkdir(parents=True)
         index.bm25.save(str(tmp / "bm25"), show_progress=False)

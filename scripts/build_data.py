@@ -653,6 +653,8 @@ def build_music(dirs, rng, size, stats):
 def wordnet_knowledge(dirs):
     """{file name: entries} of WordNet's musicians and composers, instruments and music genres: every name
     of the synset and its whole gloss (examples included)."""
+    if not find(dirs["wordnet"], "wordnet/data.noun"):
+        return {}
     synsets, glosses, _ = wordnet_synsets(dirs)
     files = {"musicians.jsonl": [], "instruments.jsonl": [], "genres.jsonl": []}
     name_of = {"person": "musicians.jsonl", "instrument": "instruments.jsonl", "genre": "genres.jsonl"}

@@ -195,8 +195,8 @@ def write_identity(out_dir, name, creator, creator_zh=None, seed=42, examples=()
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--name", default="TinyMind", help="the assistant's name, used in every answer")
-    p.add_argument("--creator", default="the TinyMind project", help="who made it (English answers)")
+    p.add_argument("--name", default=None, help="the assistant's name, used in every answer (default TinyMind)")
+    p.add_argument("--creator", default=None, help="who made it (English answers; default: the TinyMind project)")
     p.add_argument("--creator_zh", default=None, help="who made it in Chinese answers (default: --creator)")
     p.add_argument("--persona", default=None, metavar="FILE",
                    help="take the name, creators and example exchanges from a persona file (personas/*.yaml)")
@@ -206,12 +206,14 @@ def main(argv=None):
     examples = ()
     if args.persona:
         from chat.persona import load_persona
-        given = [f for f in ("--name", "--creator", "--creator_zh") if f in (argv if argv is not None else sys.argv)]
+        given = [f"--{f}" for f in ("name", "creator", "creator_zh") if getattr(args, f) is not None]
         if given:
             raise UserError(f"--persona sets the identity: leave out {', '.join(given)} (or edit the persona file)")
         persona = load_persona(args.persona)
         args.name, args.creator, args.creator_zh = persona.name, persona.creator, persona.identity["creator_zh"]
         examples = persona.examples
+    args.name = "TinyMind" if args.name is None else args.name
+    args.creator = "the TinyMind project" if args.creator is None else args.creator
     if not args.name.strip() or not args.creator.strip():
         raise UserError("--name and --creator must not be empty; e.g. --name Melody --creator \"Ada Lab\"")
     creator_zh = args.creator_zh

@@ -28,8 +28,9 @@ def docs_folders(out):
     """{label: folder} of the documents the page offers: dataset/knowledge/* and out/docs/*."""
     found = {}
     for root, label in ((KNOWLEDGE, "dataset/knowledge"), (Path(out) / "docs", "out/docs")):
-        if root.is_dir():
-            found.update({f"{label}/{d.name}": d for d in sorted(root.iterdir()) if d.is_dir()})
+        if root.is_dir():       # a link that leads out of its root is not offered
+            found.update({f"{label}/{d.name}": d for d in sorted(root.iterdir())
+                          if d.is_dir() and d.resolve().is_relative_to(root.resolve())})
     return found
 
 

@@ -113,12 +113,13 @@ def prompt_of(loaded, messages, limit, max_tokens_limit, chat=None):
     last = messages[-1]
     minimal = len(build_prompt(tok, [last], system))
     reserve = limit or min(max(1, window - minimal), max_tokens_limit, 512)
-    if minimal >= window or (last["role"] == "user" and minimal > prompt_budget(window, reserve)):
+    budget = window - limit if limit else prompt_budget(window, reserve)
+    if minimal >= window or (last["role"] == "user" and minimal > budget):
         raise ApiError(400, f"the prompt is {minimal} tokens; this model's window is {window} tokens "
                             "(prompt and reply together)", "messages", code="context_length_exceeded")
     if last["role"] != "user":            # a conversation that ends in a system message: sent as it is
         return build_prompt(tok, messages, system), []
-    turn = engine.prepare(messages[:-1], last["content"], reserve)
+    turn = engine.prepare(messages[:-1], last["content"], reserve, budget=budget)
     return turn.ids, turn.passages
 
 
@@ -214,8 +215,9 @@ async def stream(req, meta, include_usage):
         body = {**meta, "object": "chat.completion.chunk", **extra,
                 "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+    sources = meta.pop("sources", None)           # once, with the first chunk
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        yield chunk({"role": "assistant", "content": ""}, **({"sources": sources} if sources else {}))
         while True:
             item = await req.queue.get()
             if item["type"] == "text":

@@ -33,7 +33,7 @@ def test_window_keeps_system_and_newest_message_and_drops_oldest_whole_exchanges
     engine = ChatEngine(loaded, persona=persona)
     history = [m for i in range(30) for m in exchange(i)]
     turn = engine.prepare(history, "And the newest question?", max_new_tokens=64)
-    assert len(turn.ids) <= prompt_budget(768, 64)
+    assert len(turn.ids) <= prompt_budget(768, 64) < len(build_prompt(loaded.tokenizer, history, persona_prompt(persona)))
     sent = turn.messages
     assert sent[0] == {"role": "system", "content": persona_prompt(persona)}
     assert sent[-1] == {"role": "user", "content": "And the newest question?"}
@@ -163,15 +163,15 @@ def test_retrieved_passages_and_their_sources_go_into_the_prompt(tmp_path):
 
 
 def test_memory_brings_back_a_fact_pushed_out_of_the_window_after_a_restart(tmp_path):
-    loaded = loaded_model(window=160)
+    loaded = loaded_model(window=256)
     fact = "My favourite instrument is the oboe."
     engine = ChatEngine(loaded, memory=Memory.open("alice", tmp_path / "out"), memory_k=1)
     history = []
-    for message in [fact] + [f"Filler question {i} about the weather today and tomorrow?" for i in range(8)]:
+    for message in [fact] + [f"Filler question {i} about the weather today and tomorrow?" for i in range(12)]:
         turn, pieces = engine.reply(history, message, max_new_tokens=8)
         answer = "".join(pieces)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
-    assert len(engine.memory.turns) == 9 and (tmp_path / "out" / "memory" / "alice.jsonl").is_file()
+    assert len(engine.memory.turns) == 13 and (tmp_path / "out" / "memory" / "alice.jsonl").is_file()
     plain = ChatEngine(loaded).prepare(history, "Which instrument is my favourite?", 8)
     assert fact not in json.dumps(plain.messages)                       # pushed out of the window
     # a new process: the session's memory is read back from out/memory/
@@ -180,7 +180,7 @@ def test_memory_brings_back_a_fact_pushed_out_of_the_window_after_a_restart(tmp_
         turn = restarted.prepare(past, "Which instrument is my favourite?", 8)
         assert [t["user"] for t in turn.recalled] == [fact]
         assert turn.messages[0] == {"role": "user", "content": fact}
-        assert len(turn.ids) <= prompt_budget(160, 8)
+        assert turn.ids == build_prompt(loaded.tokenizer, turn.messages)        # exactly what was kept, uncut
         assert loaded.tokenizer.encode(fact)[2:] and \
             str(loaded.tokenizer.encode(fact))[1:-1] in str(turn.ids)          # its tokens are in the prompt
     # an exchange still in the window is not brought back twice
@@ -197,3 +197,33 @@ def test_a_bad_session_name_or_memory_file_is_one_line(tmp_path):
     path.write_text('{"user": "hi", "assistant": "hello"}\nnot json\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"bob.jsonl:2: not a remembered exchange"):
         Memory.open("bob", tmp_path)
+
+
+def test_memory_never_pushes_out_the_newest_exchanges():
+    """Remembered exchanges take at most a quarter of the room: the newest history stays."""
+    loaded = loaded_model(window=640)
+    history = [m for i in range(8) for m in exchange(i, words=10)]
+    plain = ChatEngine(loaded).prepare(history, "question 0 again about music?", 16)
+
+    class Remembers:                # a memory holding every exchange of the history
+        turns = [{"user": history[i]["content"], "assistant": history[i + 1]["content"]}
+                 for i in range(0, len(history), 2)]
+
+        def recall(self, message, k, exclude=()):
+            return [(i, t) for i, t in enumerate(self.turns) if i not in set(exclude)][:k]
+
+    turn = ChatEngine(loaded, memory=Remembers(), memory_k=3).prepare(history, "question 0 again about music?", 16)
+    kept = split_exchanges(plain.messages[:-1])
+    assert turn.recalled and turn.recalled[0]["user"] == history[0]["content"]
+    assert turn.messages[-1 - 2 * (len(kept) - 1):-1] == [m for ex in kept[1:] for m in ex]     # all but one kept
+    assert len(turn.ids) <= prompt_budget(640, 16)
+
+
+def test_documents_outside_the_folder_are_not_read(tmp_path):
+    docs = write_docs(tmp_path / "docs")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the password is swordfish\n", encoding="utf-8")
+    (docs / "link.txt").symlink_to(secret)
+    (docs / ".hidden.md").write_text("swordfish hidden\n", encoding="utf-8")
+    index = open_index(docs, tmp_path / "out")
+    assert index.search("swordfish password", 3) == []

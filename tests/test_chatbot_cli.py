@@ -5,7 +5,7 @@ import json
 import pytest
 
 import eval_model
-from evaluation.chat_test import CATEGORIES, read_suite
+from evaluation.chat_suite import CATEGORIES, read_suite
 from factories import REPO, make_checkpoint, run_main, run_python
 
 
@@ -65,7 +65,7 @@ def test_chat_test_suite_reports_every_category(out, tmp_path, capsys):
     assert set(report["rates"]) == {"persona", "retrieval", "memory", "multiturn", "refusal", "all"}
     table = (out / "eval" / "chat_test_full_sft_64.md").read_text()
     assert "| memory |" in table and "recalled from memory 2/2" in table       # the fact left the window
-    assert "harmless requests declined" in table and table in stdout
+    assert "harmless answered" in table and table in stdout
     memory = [r for r in report["results"] if r["category"] == "memory"]
     assert all(r["recalled"] for r in memory)
     assert not (out / "memory").exists()                     # the suite remembers into a temporary folder

@@ -14,7 +14,8 @@
 A thin command over the modules that do the work: model/paths.py finds the files (out/{pretrain|full_sft}_
 {hidden}.pth, out/lora/{lora_name}_{hidden}.pth), model/inference.py loads them (an adapter onto the base it
 records), chat/engine.py builds every chat prompt (persona, retrieval over --docs, the memory of a
---session, the history fitted to the window), chat/terminal.py chats, evaluation/qa.py runs the tests (greedy by default, a JSON report under
+--session, the history fitted to the window), chat/terminal.py chats, evaluation/qa.py runs the tests
+and evaluation/chat_suite.py the chat test suite (greedy by default, a JSON report under
 out/eval/; strict scorers of dataset/scoring.py). The identity checked is the one the model records (its
 training data's "identity", from scripts/make_identity.py) unless --bot_name/--bot_creator say otherwise.
 Sampling is THE loop of model/generate.py.

@@ -71,7 +71,8 @@ class ChatEngine:
     def describe(self):
         parts = [f"persona {self.persona.name} ({self.persona.path})" if self.persona else None,
                  f"retrieval: {self.index.describe()}, top {self.docs_k}" if self.index else None,
-                 f"memory: {self.memory.path} ({len(self.memory.turns)} exchanges)" if self.memory is not None else None]
+                 f"memory: {self.memory.path} ({len(self.memory.turns)} exchanges)"
+                 if self.memory is not None else None]
         return "; ".join(p for p in parts if p) or "plain chat"
 
     def length(self, messages):

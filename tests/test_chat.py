@@ -33,7 +33,8 @@ def test_window_keeps_system_and_newest_message_and_drops_oldest_whole_exchanges
     engine = ChatEngine(loaded, persona=persona)
     history = [m for i in range(30) for m in exchange(i)]
     turn = engine.prepare(history, "And the newest question?", max_new_tokens=64)
-    assert len(turn.ids) <= prompt_budget(768, 64) < len(build_prompt(loaded.tokenizer, history, persona_prompt(persona)))
+    whole = build_prompt(loaded.tokenizer, history, persona_prompt(persona))
+    assert len(turn.ids) <= prompt_budget(768, 64) < len(whole)
     sent = turn.messages
     assert sent[0] == {"role": "system", "content": persona_prompt(persona)}
     assert sent[-1] == {"role": "user", "content": "And the newest question?"}

@@ -222,7 +222,7 @@ def chat_parts(args, suite=None):
     The documents are indexed here (or their cached index read); the chat test suite without --docs
     retrieves from the shipped knowledge base."""
     persona = load_persona(args.persona) if args.persona else None
-    memory = Memory.open(args.session, args.out_dir) if args.session else None
+    memory = Memory.open(args.session, args.out_dir) if args.session is not None else None
     if memory is not None:
         check_writable(memory.path)
     docs = args.docs or (DEFAULT_DOCS if suite and {"retrieval", "multiturn"} & set(suite) else None)

@@ -71,7 +71,7 @@ class ChatEngine:
     def describe(self):
         parts = [f"persona {self.persona.name} ({self.persona.path})" if self.persona else None,
                  f"retrieval: {self.index.describe()}, top {self.docs_k}" if self.index else None,
-                 f"memory: {self.memory.path} ({len(self.memory.turns)} exchanges)"
+                 f"memory: {self.memory.path} ({plural(len(self.memory.turns), 'exchange')})"
                  if self.memory is not None else None]
         return "; ".join(p for p in parts if p) or "plain chat"
 
@@ -91,7 +91,8 @@ class ChatEngine:
             return Turn(message, build_prompt(tok, user, None, True, self.window, max_new_tokens), user)
         budget = budget or prompt_budget(self.window, max_new_tokens)
         # a follow-up ("what key is it in?") names its subject in the message before: both are the query
-        before = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        exchanges = split_exchanges(trim_history(history, self.history_cap))
+        before = next((m["content"] for ex in exchanges[-1:] for m in ex if m["role"] == "user"), "")
         passages = self.index.search(f"{message}\n{before}", self.docs_k) if self.index else []
         while True:                         # passages that do not fit go, the lowest ranked first
             user = {"role": "user", "content": with_passages(message, passages)}
@@ -99,7 +100,6 @@ class ChatEngine:
             if base <= budget or not passages:
                 break
             passages = passages[:-1]
-        exchanges = split_exchanges(trim_history(history, self.history_cap))
         lengths = [self.length(ex) for ex in exchanges]
         room = budget - base
         # remembered exchanges not in the window take at most a quarter of the room, the most relevant
@@ -148,6 +148,10 @@ class ChatEngine:
             turn.answer = "".join(text)
             self.finish(turn, turn.answer)
         return turn, pieces()
+
+
+def plural(n, word):
+    return f"{n:,} {word}{'s' * (n != 1)}"
 
 
 def as_exchange(turn):

@@ -24,8 +24,9 @@ class Memory:
         self._index = None
 
     @classmethod
-    def open(cls, session, out=None):
-        return cls(paths.memory_path(paths.out_dir(out), session))
+    def open(cls, session, out=None, what="--session"):
+        """The memory of a session (its name checked: what names it in the message)."""
+        return cls(paths.memory_path(paths.out_dir(out), session, what))
 
     def add(self, user, assistant):
         """Keep one finished exchange; the whole file is rewritten atomically (model.atomic), from what it

@@ -25,7 +25,7 @@ from model.errors import UserError
 EXTENSIONS = (".txt", ".md", ".jsonl", ".pdf")
 PASSAGE_CHARS = 400           # a passage's length (weight): about 70 English words, or 130 Chinese characters
 OVERLAP_CHARS = 100           # the end of a passage that the next one repeats, so no fact is cut in two
-INDEX_VERSION = 4             # raise when the passages or the tokens change, so old indexes are rebuilt
+INDEX_VERSION = 5             # raise when the passages or the tokens change, so old indexes are rebuilt
 STOPWORDS = set("""a an the of in on at to for from by with and or but is are was were be been being am do does did
 has have had it its this that these those what which who whom whose when where why how i you he she we they me him
 her us them my your his our their as if than then so not no yes can could would should will shall may might must
@@ -49,7 +49,8 @@ def tokenize(text):
     tokens = []
     for run in WORD_RE.findall(text.lower()):
         if CJK_RE.match(run):
-            tokens += [w for w in _jieba().lcut(run) if w.strip() and w not in STOPWORDS]
+            # search mode: a long word and the words in it ("普洱茶", "普洱"), so a part finds the whole
+            tokens += [w for w in _jieba().cut_for_search(run) if w.strip() and w not in STOPWORDS]
         elif run not in STOPWORDS:
             tokens.append(stem(run))
     return tokens
@@ -171,7 +172,8 @@ def document_files(docs):
     """{name relative to docs: path} of the files retrieval reads (pdf only when pypdf is installed)."""
     docs = Path(docs)
     if not docs.is_dir():
-        raise UserError(f"--docs {docs}: no such folder; give a folder of .txt, .md, .jsonl or .pdf files")
+        what = "is a file, not a folder" if docs.is_file() else "no such folder"
+        raise UserError(f"--docs {docs}: {what}; give a folder of .txt, .md, .jsonl or .pdf files")
     exts = EXTENSIONS if _has_pypdf() else tuple(e for e in EXTENSIONS if e != ".pdf")
     root = docs.resolve()
     files = {}
@@ -182,7 +184,8 @@ def document_files(docs):
                 and p.resolve().is_relative_to(root):
             files[rel.as_posix()] = p
     if not files:
-        raise UserError(f"--docs {docs}: no {', '.join(exts)} files in it")
+        pdf = "" if ".pdf" in exts else " (.pdf files need pypdf: pip install pypdf)"
+        raise UserError(f"--docs {docs}: no {', '.join(exts)} files in it{pdf}")
     return files
 
 
@@ -203,7 +206,8 @@ class DocumentIndex:
 
     def describe(self):
         files = len({p.source.split(":")[0].split(" p")[0] for p in self.passages})
-        skipped = f"; {len(self.skipped)} PDF files skipped (pip install pypdf)" if self.skipped else ""
+        k = len(self.skipped)
+        skipped = f"; {k} PDF file{'s' * (k != 1)} skipped (pip install pypdf)" if k else ""
         n = len(self.passages)
         return (f"{n:,} passage{'s' * (n != 1)} from {files} file{'s' * (files != 1)} "
                 f"({'indexed now' if self.rebuilt else 'cached index'}){skipped}")

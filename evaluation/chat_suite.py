@@ -135,7 +135,7 @@ def run_chat_test(loaded, suite, sampling, out, persona=None, index=None, system
     print(table)
     body = report_body("chat_test", "dataset/chat_test", loaded, sampling, sum(bool(r["pass"]) for r in results),
                        results)
-    body.update(rates=rates, table=table, persona=persona.path if persona else None,
+    body.update(rate=rates.get("all"), rates=rates, table=table, persona=persona.path if persona else None,
                 docs=str(index.folder) if index else None, identity=identity)
     path = save_report(body, out, "chat_test", loaded, report)
     write_text(Path(path or report_path(out, "chat_test", loaded.label)).with_suffix(".md"), table + "\n")

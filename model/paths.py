@@ -193,10 +193,10 @@ def index_dir(out, docs):
 SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def memory_path(out, session):
+def memory_path(out, session, what="--session"):
     """out/memory/{session}.jsonl: a chat session's remembered turns; session is a plain name (--session)."""
-    if not isinstance(session, str) or not SESSION_RE.fullmatch(session) or session.endswith(".jsonl"):
-        raise UserError(f"--session {session!r}: give a plain name of letters, digits, '_', '.' or '-' "
+    if not isinstance(session, str) or not SESSION_RE.fullmatch(session):
+        raise UserError(f"{what} {session!r}: give a plain name of letters, digits, '_', '.' or '-' "
                         "(up to 64, starting with a letter or digit), e.g. --session alice")
     return Path(out) / "memory" / f"{session}.jsonl"
 

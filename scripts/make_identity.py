@@ -200,7 +200,8 @@ def main(argv=None):
     p.add_argument("--creator_zh", default=None, help="who made it in Chinese answers (default: --creator)")
     p.add_argument("--persona", default=None, metavar="FILE",
                    help="take the name, creators and example exchanges from a persona file (personas/*.yaml)")
-    p.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "dataset"))
+    p.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "dataset"),
+                   help="where identity.jsonl and identity_test.jsonl go (default: dataset/, replacing the shipped ones)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     examples = ()

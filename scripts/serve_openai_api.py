@@ -57,8 +57,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import warnings
     import torch
     import uvicorn
+    # listing a model builds it on the meta device, where loading weights copies nothing; torch says so
+    warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
     from serving.api import make_app
     from serving.engine import Engine
     from chat.persona import load_persona

@@ -60,9 +60,10 @@ def chat_engine(sb, loaded, out):
         sb.caption(f"{docs}: {index.describe()}")
     session = sb.text_input("Memory session (out/memory/)", "", key="session",
                             placeholder="a name, e.g. alice: remembered across visits").strip()
-    memory = Memory.open(session, out) if session else None
+    memory = Memory.open(session, out, what="Memory session") if session else None
     if memory is not None:
-        sb.caption(f"remembers {len(memory.turns)} exchanges in out/memory/{memory.path.name}")
+        n = len(memory.turns)
+        sb.caption(f"remembers {n} exchange{'s' * (n != 1)} in out/memory/{memory.path.name}")
     cap = sb.slider("Earlier exchanges kept (at most; the window decides too)", 0, 20, 6, key="history_turns")
     return ChatEngine(loaded, persona, system or None, index, memory, k, history_cap=cap)
 

@@ -273,7 +273,7 @@ def main():
             st.markdown(m["content"])
             if m.get("sources"):
                 show_sources(m["sources"])
-    prompt = st.chat_input("Ask TinyMind something")
+    prompt = st.chat_input(f"Ask {engine.persona.name if engine.persona else 'TinyMind'} something")
     if prompt:
         answer(engine, prompt, settings)
     stats = st.session_state.last_stats

@@ -63,6 +63,7 @@ class ChatEngine:
         self.docs_k, self.memory_k, self.history_cap = docs_k, memory_k, history_cap
         parts = [persona_prompt(persona) if persona else None, system or None]
         self.system = "\n".join(p for p in parts if p) or None       # None: the template's default system
+        self._bare = len(encode_chat(loaded.tokenizer, [], system_prompt="")[0])     # the template alone
 
     @property
     def window(self):
@@ -75,17 +76,20 @@ class ChatEngine:
                  if self.memory is not None else None]
         return "; ".join(p for p in parts if p) or "plain chat"
 
+    def system_of(self, messages):
+        """The system prompt of a conversation: its own system message, else the engine's."""
+        return next((m["content"] for m in messages if m["role"] == "system"), self.system)
+
     def length(self, messages):
         """Tokens that messages add to a prompt (the template's parts are per message, so lengths add)."""
-        tok = self.loaded.tokenizer
-        return len(encode_chat(tok, messages, system_prompt="")[0]) - len(encode_chat(tok, [], system_prompt="")[0])
+        return len(encode_chat(self.loaded.tokenizer, messages, system_prompt="")[0]) - self._bare
 
     def prepare(self, history, message, max_new_tokens=256, budget=None):
         """The Turn for a new user message after history (a list of user/assistant messages; a system
         message in it, as an API request or a test record has one, replaces the engine's system prompt).
         budget: the most prompt tokens (default: the window less room for max_new_tokens, at most half)."""
         tok = self.loaded.tokenizer
-        system = next((m["content"] for m in history if m["role"] == "system"), self.system)
+        system = self.system_of(history)
         if self.loaded.continuation:        # a pretrained model continues the text: nothing else goes in
             user = [{"role": "user", "content": message}]
             return Turn(message, build_prompt(tok, user, None, True, self.window, max_new_tokens), user)

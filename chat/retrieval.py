@@ -175,13 +175,12 @@ def document_files(docs):
         what = "is a file, not a folder" if docs.is_file() else "no such folder"
         raise UserError(f"--docs {docs}: {what}; give a folder of .txt, .md, .jsonl or .pdf files")
     exts = EXTENSIONS if _has_pypdf() else tuple(e for e in EXTENSIONS if e != ".pdf")
-    root = docs.resolve()
     files = {}
     for p in sorted(docs.rglob("*")):
         rel = p.relative_to(docs)
         # hidden files, and links that lead out of the folder, are not read
         if p.is_file() and p.suffix.lower() in exts and not any(s.startswith(".") for s in rel.parts) \
-                and p.resolve().is_relative_to(root):
+                and paths.within(docs, p):
             files[rel.as_posix()] = p
     if not files:
         pdf = "" if ".pdf" in exts else " (.pdf files need pypdf: pip install pypdf)"
@@ -192,6 +191,11 @@ def document_files(docs):
 def _has_pypdf():
     import importlib.util
     return importlib.util.find_spec("pypdf") is not None
+
+
+def source_file(source):
+    """The file a passage's source names ("songs.jsonl:12" and "notes.pdf p3" -> the file's name)."""
+    return re.split(r":\d+$| p\d+$", source)[0]
 
 
 class DocumentIndex:
@@ -205,7 +209,7 @@ class DocumentIndex:
         return [Passage(self.passages[i].source, self.passages[i].text, s) for i, s in self.index.top(query, k)]
 
     def describe(self):
-        files = len({p.source.split(":")[0].split(" p")[0] for p in self.passages})
+        files = len({source_file(p.source) for p in self.passages})
         k = len(self.skipped)
         skipped = f"; {k} PDF file{'s' * (k != 1)} skipped (pip install pypdf)" if k else ""
         n = len(self.passages)
@@ -242,7 +246,7 @@ def open_index(docs, out=None, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
     if not passages:
         raise UserError(f"--docs {docs}: its files hold no text")
     # the file's name is part of what a passage says ("instruments"), its line or page number is not
-    index = BM25Index([tokenize(f"{Path(re.split(r'[: ]', p.source)[0]).stem.replace('_', ' ')} {p.text}")
+    index = BM25Index([tokenize(f"{Path(source_file(p.source)).stem.replace('_', ' ')} {p.text}")
                        for p in passages])
     with atomic_path(where) as tmp:
         tmp.mkdir(parents=True)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from chat.engine import ChatEngine
 from dataset.formats import iter_jsonl
 from dataset.scoring import ASKS, identity_verdict, task_golds, task_verdict
 from model.atomic import move, write_text
@@ -114,7 +115,6 @@ def answer_batch(loaded, questions, sampling, system=None, batch_size=16, engine
     engine's (chat/engine.py: a plain one with system, unless engine is given). Prompts of similar length
     are batched together (less padding; each row decodes as it would alone). turns, a list, receives each
     question's chat.engine.Turn (its passages, what was remembered)."""
-    from chat.engine import ChatEngine
     engine = engine or ChatEngine(loaded, system=system)
     prepared = [engine.prepare(q[:-1], q[-1]["content"], sampling.get("max_new_tokens", 0)) for q in questions]
     if turns is not None:

@@ -15,6 +15,8 @@ from pathlib import Path
 from .adapter import is_adapter, load_model_with_adapter
 from .checkpoint import check_checkpoint, model_from_checkpoint, read_pth
 from .lora import merge_lora
+from . import paths
+from .errors import UserError
 from .precision import FLOAT_DTYPES, PRECISIONS, apply_precision
 
 
@@ -126,9 +128,8 @@ def describe(model, ckpt, tokenizer, path, adapter=None, adapter_path=None):
 
 
 def load_model_spec(spec, out, device="cpu", dtype=None, hidden_size=None, force=False):
-    """A model as a command line names it (--model: a path or a name, model.paths.find_model) -> Loaded;
+    """A model as a command line names it (--model: a path or a name, find_model below) -> Loaded;
     an adapter loads onto the base it records."""
-    from .paths import find_model
     kind, path = find_model(out, spec, hidden_size)
     if kind == "hf":
         return load_for_inference(hf_path=path, device=device, dtype=dtype)
@@ -160,3 +161,36 @@ def file_header(path, adapter=False):
     with torch.device("meta"):
         _, tokenizer = model_from_checkpoint(ckpt, device="meta", where=str(path))
     return {"config": ckpt["config"], "tokenizer_sha256": tokenizer.sha256}
+
+
+SPEC_FORMS = ("a .pth checkpoint or adapter, a .gguf file, a Hugging Face folder, pretrain, full_sft, smollm2, "
+              "or an adapter name in out/lora (lora_music)")
+
+
+def find_model(out, spec, hidden_size=None):
+    """A model named on a command line (--model) -> (kind, path): kind "pth" (a checkpoint or an adapter),
+    "gguf" or "hf" (a folder). An existing file or folder is taken as it is; else the names pretrain,
+    full_sft (out/{stage}_{hidden}.pth), smollm2 (the imported SmolLM2) and adapter names (out/lora/)."""
+    p = paths.resolve_input(spec)
+    if p.exists():
+        if p.is_dir():
+            if not (p / "config.json").is_file():
+                raise UserError(f"{spec}: a folder without config.json is not a Hugging Face model")
+            return "hf", p.resolve()
+        if p.suffix == ".gguf":
+            return "gguf", p.resolve()
+        if p.suffix == ".pth":
+            return "pth", p.resolve()
+        raise UserError(f"{spec}: not a model file (give {SPEC_FORMS})")
+    if spec in ("pretrain", "full_sft"):
+        return "pth", paths.find_stage_checkpoint(out, spec, hidden_size, flag_hint="--hidden_size or a path")
+    if spec == "smollm2":
+        if not paths.smollm2_path(out).is_file():
+            raise UserError(f"{paths.smollm2_path(out)}: not found; import it with `python scripts/convert_model.py --smollm2`")
+        return "pth", paths.smollm2_path(out).resolve()
+    if Path(spec).suffix or "/" in spec:
+        raise UserError(f"{spec}: file not found (give {SPEC_FORMS})")
+    if paths.candidates(Path(out) / "lora", spec):
+        return "pth", paths.find_adapter(out, spec, hidden_size)
+    have = ", ".join(p.stem for p in paths.find_adapters(out)) or "none"
+    raise UserError(f"{spec}: no such model (give {SPEC_FORMS}; adapters in {Path(out) / 'lora'}: {have})")

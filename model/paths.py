@@ -317,43 +317,14 @@ def find_adapter_base(adapter, base_path=None, out=None):
                     "pass it with --base PATH")
 
 
+def within(root, path):
+    """Whether path (relative to root, or absolute), resolved, lies inside root (symlinks and '..' included)."""
+    root = Path(root).resolve()
+    return (root / path).resolve().is_relative_to(root)
+
+
 def inside(out, path):
-    """path resolved, refused unless it lies inside out (symlinks and '..' included)."""
-    root = Path(out).resolve()
-    p = (root / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
-    if p != root and root not in p.parents:
-        raise UserError(f"{path}: only files under {root} can be opened")
-    return p
-
-
-SPEC_FORMS = ("a .pth checkpoint or adapter, a .gguf file, a Hugging Face folder, pretrain, full_sft, smollm2, "
-              "or an adapter name in out/lora (lora_music)")
-
-
-def find_model(out, spec, hidden_size=None):
-    """A model named on a command line (--model) -> (kind, path): kind "pth" (a checkpoint or an adapter),
-    "gguf" or "hf" (a folder). An existing file or folder is taken as it is; else the names pretrain,
-    full_sft (out/{stage}_{hidden}.pth), smollm2 (the imported SmolLM2) and adapter names (out/lora/)."""
-    p = resolve_input(spec)
-    if p.exists():
-        if p.is_dir():
-            if not (p / "config.json").is_file():
-                raise UserError(f"{spec}: a folder without config.json is not a Hugging Face model")
-            return "hf", p.resolve()
-        if p.suffix == ".gguf":
-            return "gguf", p.resolve()
-        if p.suffix == ".pth":
-            return "pth", p.resolve()
-        raise UserError(f"{spec}: not a model file (give {SPEC_FORMS})")
-    if spec in ("pretrain", "full_sft"):
-        return "pth", find_stage_checkpoint(out, spec, hidden_size, flag_hint="--hidden_size or a path")
-    if spec == "smollm2":
-        if not smollm2_path(out).is_file():
-            raise UserError(f"{smollm2_path(out)}: not found; import it with `python scripts/convert_model.py --smollm2`")
-        return "pth", smollm2_path(out).resolve()
-    if Path(spec).suffix or "/" in spec:
-        raise UserError(f"{spec}: file not found (give {SPEC_FORMS})")
-    if candidates(Path(out) / "lora", spec):
-        return "pth", find_adapter(out, spec, hidden_size)
-    have = ", ".join(p.stem for p in find_adapters(out)) or "none"
-    raise UserError(f"{spec}: no such model (give {SPEC_FORMS}; adapters in {Path(out) / 'lora'}: {have})")
+    """path resolved, refused unless it lies inside out (within)."""
+    if not within(out, path):
+        raise UserError(f"{path}: only files under {Path(out).resolve()} can be opened")
+    return (Path(out).resolve() / path).resolve()

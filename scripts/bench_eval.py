@@ -32,7 +32,8 @@ from evaluation.harness import argmax, evaluate_task, item_contexts, item_contin
 from model.atomic import check_writable, write_text  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.inference import load_model_spec  # noqa: E402
-from model.paths import comparison_path, find_model, out_dir  # noqa: E402
+from model.inference import find_model  # noqa: E402
+from model.paths import comparison_path, out_dir  # noqa: E402
 
 DEFAULT_TASKS = "arc_easy,hellaswag,piqa,winogrande"
 

@@ -46,7 +46,8 @@ def base_for(spec, work):
         path = work / f"{spec}_base.pth"
         save_checkpoint(path, model.state_dict(), model.config, tok, {"stage": "full_sft", "step": 0})
         return path, f"{spec} ({model.num_parameters() / 1e6:.0f}M, random)"
-    kind, path = paths.find_model(paths.out_dir(), spec)
+    from model.inference import find_model
+    kind, path = find_model(paths.out_dir(), spec)
     if kind != "pth":
         raise UserError(f"--models {spec}: give a preset or a TinyMind .pth (this is a {kind})")
     return path, Path(path).stem

@@ -17,6 +17,7 @@ tiny fake tree and checks that two builds give the same bytes).
 """
 import ast
 import csv
+import functools
 import glob
 import json
 import os
@@ -507,10 +508,14 @@ def wordnet_synsets(dirs):
     """WordNet's nouns: ({offset: (words, hypernym offsets, first gloss, header)}, full glosses by offset,
     ancestors(offset) -> hypernym offsets up to the root), or None without the source."""
     path = find(dirs["wordnet"], "wordnet/data.noun")
-    if not path:
-        return None
+    return parse_wordnet(str(path[0])) if path else None
+
+
+@functools.lru_cache(maxsize=2)
+def parse_wordnet(path):
+    """wordnet_synsets of one data.noun file, parsed once (the questions and the knowledge base read it)."""
     synsets, glosses = {}, {}
-    for line in read_text(path[0]).splitlines():
+    for line in read_text(path).splitlines():
         if line.startswith(" ") or "|" not in line:
             continue
         head, gloss = line.split("|", 1)

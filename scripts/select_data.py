@@ -251,7 +251,8 @@ def cherry(args):
     from model.adapter import is_adapter
     from model.checkpoint import FORMAT, read_pth
     output = Path(args.output)
-    kind, ckpt = paths.find_model(paths.out_dir(args.out_dir), args.ckpt)
+    from model.inference import find_model
+    kind, ckpt = find_model(paths.out_dir(args.out_dir), args.ckpt)
     obj = read_pth(ckpt, mmap=True) if kind == "pth" else None
     if obj is None or is_adapter(obj) or obj.get("format") != FORMAT:
         raise UserError(f"--ckpt {args.ckpt}: cherry trains the scorer briefly, so it needs a TinyMind checkpoint "

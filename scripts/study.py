@@ -154,7 +154,8 @@ def make_plan(args):
     if args.scorer:
         if not samples:
             raise UserError(f"--scorer: study {args.study} selects no data (the ifd study does)")
-        kind, found = paths.find_model(out, args.scorer)                    # not found: one line, now
+        from model.inference import find_model
+        kind, found = find_model(out, args.scorer)                    # not found: one line, now
         if kind == "pth":
             score_len = min(window, read_pth(found, mmap=True).get("config", {}).get("max_position_embeddings", seq))
         args.scorer = shown(found)

@@ -12,7 +12,7 @@ from chat.engine import ChatEngine
 from chat.memory import Memory
 from chat.persona import load_persona, shipped_personas
 from chat.retrieval import document_files, open_index
-from model.paths import repo_root
+from model.paths import repo_root, within
 
 NONE = "(none)"
 KNOWLEDGE = repo_root() / "dataset" / "knowledge"      # shipped knowledge bases; a visitor's own: out/docs/
@@ -30,7 +30,7 @@ def docs_folders(out):
     for root, label in ((KNOWLEDGE, "dataset/knowledge"), (Path(out) / "docs", "out/docs")):
         if root.is_dir():       # a link that leads out of its root is not offered
             found.update({f"{label}/{d.name}": d for d in sorted(root.iterdir())
-                          if d.is_dir() and d.resolve().is_relative_to(root.resolve())})
+                          if d.is_dir() and within(root, d)})
     return found
 
 

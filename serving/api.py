@@ -109,7 +109,7 @@ def prompt_of(loaded, messages, limit, max_tokens_limit, chat=None):
     last message leave no room in the window (older turns are dropped, never the last one cut)."""
     engine = ChatEngine(loaded, **(chat or {}))
     tok, window = loaded.tokenizer, loaded.model.config.max_position_embeddings
-    system = next((m["content"] for m in messages if m["role"] == "system"), engine.system)
+    system = engine.system_of(messages)
     last = messages[-1]
     minimal = len(build_prompt(tok, [last], system))
     reserve = limit or min(max(1, window - minimal), max_tokens_limit, 512)

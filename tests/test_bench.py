@@ -213,7 +213,7 @@ def test_a_table_name_with_a_folder_is_refused(tmp_path):
 def test_a_hugging_face_folder_scores_as_its_checkpoint_does(tmp_path, bench_cache):
     from evaluation.suite import evaluate_models, load_models
     from model.convert import export_hf
-    from model.paths import find_model
+    from model.inference import find_model
     out = tmp_path / "out"
     ckpt = make_checkpoint(out / "full_sft_64.pth", std=0.3)
     export_hf(ckpt, tmp_path / "hf")

@@ -11,40 +11,39 @@
     python eval_model.py --persona music_tutor --docs dataset/knowledge/music --session alice   # the chatbot
     python eval_model.py --chat_test --persona tinymind --docs dataset/knowledge/music       # its test suite
 
-A thin command over the modules that do the work: model/paths.py finds the files (out/{pretrain|full_sft}_
-{hidden}.pth, out/lora/{lora_name}_{hidden}.pth), model/inference.py loads them (an adapter onto the base it
+A thin command over the modules that do the work: checkpoint/layout.py finds the files (out/{pretrain|full_sft}_
+{hidden}.pth, out/lora/{lora_name}_{hidden}.pth), inference/load.py loads them (an adapter onto the base it
 records), chat/engine.py builds every chat prompt (persona, retrieval over --docs, the memory of a
---session, the history fitted to the window), chat/terminal.py chats, evaluation/qa.py runs the tests
+--session, the history fitted to the window), apps/terminal.py chats, evaluation/answer_tests.py runs the tests
 and evaluation/chat_suite.py the chat test suite (greedy by default, a JSON report under
-out/eval/; strict scorers of dataset/scoring.py). The identity checked is the one the model records (its
+out/eval/; strict scorers of evaluation/scoring.py). The identity checked is the one the model records (its
 training data's "identity", from scripts/make_identity.py) unless --bot_name/--bot_creator say otherwise.
-Sampling is THE loop of model/generate.py.
+Sampling is THE loop of inference/generate.py.
 """
 import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # repo root
 
-import torch  # noqa: E402
+import torch
 
-from chat.engine import ChatEngine  # noqa: E402
-from chat.memory import Memory  # noqa: E402
-from chat.persona import load_persona, shipped_personas  # noqa: E402
-from chat.retrieval import open_index  # noqa: E402
-from chat.terminal import auto_prompts, auto_test, converse, read_prompts_file, stdin_prompts, tty_prompts  # noqa: E402
-from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
-from evaluation.chat_suite import DEFAULT_DOCS, read_suite, run_chat_test  # noqa: E402
-from evaluation.qa import expected_identity, read_test_file, run_identity_test, run_task_test  # noqa: E402
-from model import paths  # noqa: E402
-from model.atomic import check_writable  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.inference import load_for_inference  # noqa: E402
-from model.precision import PRECISIONS, precision_hint  # noqa: E402
+from chat.engine import ChatEngine
+from chat.memory import Memory
+from chat.persona import load_persona, shipped_personas
+from chat.retrieval import open_index
+from apps.terminal import auto_prompts, auto_test, converse, read_prompts_file, stdin_prompts, tty_prompts
+from core.cli import ArgumentParser, check_device, check_range, run_cli
+from evaluation.chat_suite import DEFAULT_DOCS, read_suite, run_chat_test
+from evaluation.answer_tests import expected_identity, read_test_file, run_identity_test, run_task_test
+from checkpoint import layout
+from core.atomic import check_writable
+from core.errors import UserError
+from inference.load import load_for_inference
+from inference.precision import PRECISIONS, precision_hint
 
 STAGES = {0: "pretrain", 1: "full_sft"}
-DEFAULT_IDENTITY_TEST = paths.repo_root() / "dataset" / "identity_test.jsonl"
-DEFAULT_CHAT_TEST = paths.repo_root() / "dataset" / "chat_test"
+DEFAULT_IDENTITY_TEST = layout.repo_root() / "dataset" / "identity_test.jsonl"
+DEFAULT_CHAT_TEST = layout.repo_root() / "dataset" / "chat_test"
 
 
 def parse_args(argv=None):
@@ -87,13 +86,13 @@ def parse_args(argv=None):
     p.add_argument("--memory_k", type=int, default=2, help="remembered exchanges recalled per message")
     p.add_argument("--chat_test", nargs="?", const=str(DEFAULT_CHAT_TEST), default=None, metavar="DIR",
                    help="the chatbot test suite: persona, retrieval, memory, multi-turn, refusal "
-                        f"(default question sets {DEFAULT_CHAT_TEST.relative_to(paths.repo_root())}/)")
+                        f"(default question sets {DEFAULT_CHAT_TEST.relative_to(layout.repo_root())}/)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible answers)")
     p.add_argument("--prompt", action="append", default=[], help="answer this and exit (repeatable)")
     p.add_argument("--prompts_file", default=None,
                    help="prompts for the automatic test: JSONL conversations or one prompt per line")
     p.add_argument("--identity_test", nargs="?", const=str(DEFAULT_IDENTITY_TEST), default=None, metavar="FILE",
-                   help=f"held-out identity questions (default file {DEFAULT_IDENTITY_TEST.relative_to(paths.repo_root())})")
+                   help=f"held-out identity questions (default file {DEFAULT_IDENTITY_TEST.relative_to(layout.repo_root())})")
     p.add_argument("--task_test", action="append", default=[], metavar="FILE",
                    help="JSONL conversations (question, reference answer) + 'answers' (the gold answers) (repeatable)")
     p.add_argument("--bot_name", default=None,
@@ -140,13 +139,13 @@ def check_args(args):
     if args.history_cnt is not None:
         check_range("--history_cnt", args.history_cnt, 0, integer=True)
     if args.report:
-        check_writable(paths.resolve_input(args.report))
+        check_writable(layout.resolve_input(args.report))
     return args
 
 
 def load(args):
-    """The model the flags name -> model.inference.Loaded."""
-    out = paths.out_dir(args.out_dir)
+    """The model the flags name -> inference.load.Loaded."""
+    out = layout.out_dir(args.out_dir)
     common = dict(device=args.device, force=args.force, out=out, dtype=args.dtype)
     hint = precision_hint(args.dtype, args.device)
     if hint:
@@ -156,12 +155,12 @@ def load(args):
             raise UserError("--load 1 needs --hf_path DIR (a Hugging Face model folder)")
         return load_for_inference(hf_path=args.hf_path, device=args.device, dtype=args.dtype)
     if args.ckpt:
-        loaded = load_for_inference(ckpt=paths.resolve_input(args.ckpt), **common)
+        loaded = load_for_inference(ckpt=layout.resolve_input(args.ckpt), **common)
     elif args.lora_name:
-        loaded = load_for_inference(adapter=paths.find_adapter(out, args.lora_name, args.hidden_size), **common)
+        loaded = load_for_inference(adapter=layout.find_adapter(out, args.lora_name, args.hidden_size), **common)
     else:
         stage = STAGES[1 if args.model_mode is None else args.model_mode]
-        path = paths.find_stage_checkpoint(out, stage, args.hidden_size, flag_hint="--hidden_size or --ckpt")
+        path = layout.find_stage_checkpoint(out, stage, args.hidden_size, flag_hint="--hidden_size or --ckpt")
         loaded = load_for_inference(ckpt=path, **common)
     warn_mismatch(args, loaded)
     return loaded
@@ -191,7 +190,7 @@ def sampling(args, test=False):
 
 
 def checked_identity(args, loaded, persona=None):
-    """(identity, where it came from) the identity questions are scored against (evaluation.qa): the
+    """(identity, where it came from) the identity questions are scored against (evaluation.answer_tests): the
     --bot_* flags, else the persona's, else the one the model records."""
     if persona and not (args.bot_name or args.bot_creator or args.bot_creator_zh):
         return persona.identity, f"the persona {persona.path}"
@@ -208,7 +207,7 @@ def auto_identity(args, loaded, persona=None):
 
 
 def run_tests(args, loaded, identity, tasks, engine):
-    out, s = paths.out_dir(args.out_dir), sampling(args, test=True)
+    out, s = layout.out_dir(args.out_dir), sampling(args, test=True)
     common = dict(out=out, engine=engine, batch_size=args.batch_size, report=args.report)
     if identity:
         expected, source = checked_identity(args, loaded, engine.persona)    # a missing one: one line, first
@@ -256,7 +255,7 @@ def main(argv=None):
     if args.prompts_file:
         read_prompts_file(args.prompts_file)
     if identity or tasks or suite:
-        check_writable(paths.report_path(paths.out_dir(args.out_dir), "test", "model"))
+        check_writable(layout.report_path(layout.out_dir(args.out_dir), "test", "model"))
     persona, memory, index = chat_parts(args, suite)
     interactive = not args.prompt and sys.stdin is not None and sys.stdin.isatty()
     if args.prompts_file and not interactive and not args.prompt:
@@ -271,7 +270,7 @@ def main(argv=None):
         test_engine = ChatEngine(loaded, persona, args.system, engine.index, None, args.docs_k)   # remembers nothing
         run_tests(args, loaded, identity, tasks, test_engine)
         if suite:
-            run_chat_test(loaded, suite, sampling(args, test=True), paths.out_dir(args.out_dir), persona=persona,
+            run_chat_test(loaded, suite, sampling(args, test=True), layout.out_dir(args.out_dir), persona=persona,
                           index=index, system=args.system, docs_k=args.docs_k, report=args.report,
                           identity=auto_identity(args, loaded, persona)[0])
     if args.prompt or piped is not None:

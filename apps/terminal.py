@@ -1,7 +1,7 @@
 """The terminal chat of eval_model.py: answer prompts one after another (from --prompt, stdin or the
 keyboard) through THE chat engine (chat/engine.py: persona, documents, memory, the history fitted to the
 window), streaming each reply and then its sources; and the automatic test, which shows each question's
-reference answer and the verdict of the strict scorers (evaluation/qa.py judge).
+reference answer and the verdict of the strict scorers (evaluation/answer_tests.py judge).
 
 Library module; the command is eval_model.py:
     python eval_model.py --lora_name lora_music --model_mode 1
@@ -9,9 +9,9 @@ Library module; the command is eval_model.py:
 import io
 
 from chat.engine import sources_line
-from evaluation.qa import asked, describe_identity, first_user, judge, last_user, read_conversations, reference
-from model.errors import UserError
-from model.paths import resolve_input
+from evaluation.answer_tests import asked, describe_identity, first_user, judge, last_user, read_conversations, reference
+from core.errors import UserError
+from checkpoint.layout import resolve_input
 
 PROMPTS = {
     "pretrain": ["The capital of France is", "Music is the art of", "Once upon a time, there was a",
@@ -66,7 +66,7 @@ def auto_prompts(loaded, prompts_file=None, n=8):
 
 def auto_test(engine, records, sampling, identity=None):
     """The automatic test: answer each record's question (streamed), then show its reference answer and
-    the verdict (PASS/FAIL and why, by evaluation.qa.judge: identity questions against identity, a
+    the verdict (PASS/FAIL and why, by evaluation.answer_tests.judge: identity questions against identity, a
     (identity, source) pair or None, the others against their gold answers). Nothing is remembered."""
     ident, source = identity or (None, "no identity given")
     print(describe_identity(ident, source) if ident else f"identity: not scored ({source})")

@@ -12,7 +12,7 @@ from chat.engine import ChatEngine
 from chat.memory import Memory
 from chat.persona import load_persona, shipped_personas
 from chat.retrieval import document_files, open_index
-from model.paths import repo_root, within
+from checkpoint.layout import repo_root, within
 
 NONE = "(none)"
 KNOWLEDGE = repo_root() / "dataset" / "knowledge"      # shipped knowledge bases; a visitor's own: out/docs/

@@ -9,9 +9,9 @@ The sidebar lists the checkpoints in out/ and the LoRA adapters in out/lora/ tha
 with a note. It starts on the newest adapter (by modification time) with the base it records, else on a
 full SFT checkpoint without one; a choice made in the sidebar is kept. The chosen files are loaded once
 and cached; replies stream from THE chat engine (chat/engine.py: the sidebar's persona, documents, memory
-session and history) and sampling loop (model/generate.py). Only files inside out/, the personas of personas/
+session and history) and sampling loop (inference/generate.py). Only files inside out/, the personas of personas/
 and the documents folders dataset/knowledge/* and out/docs/* (put your own there) are ever opened; each
-answer from documents shows the passages it was given and their files (scripts/web_chat.py).
+answer from documents shows the passages it was given and their files (apps/web_chat.py).
 
 The server's settings are .streamlit/config.toml, which Streamlit reads from the folder it starts in: this
 machine only, no error details in the browser, no usage statistics, no file watcher. Started from another
@@ -25,23 +25,22 @@ import traceback
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-import streamlit as st  # noqa: E402
-import torch  # noqa: E402
-from streamlit import config as st_config  # noqa: E402
+import streamlit as st
+import torch
+from streamlit import config as st_config
 
-from model.adapter import adapter_fits, config_diff  # noqa: E402
-from model.checkpoint import file_sha256  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.inference import file_header as read_header, load_for_inference  # noqa: E402
-from model.paths import find_adapter_base, find_adapters, find_checkpoints, inside, out_dir  # noqa: E402
-from model.precision import PRECISIONS, precision_hint  # noqa: E402
-from scripts.web_chat import answer, chat_engine, show_sources, stamp  # noqa: E402
+from checkpoint.adapter import adapter_fits, config_diff
+from checkpoint.pth import file_sha256
+from core.errors import UserError
+from inference.load import file_header as read_header, load_for_inference
+from checkpoint.layout import find_adapter_base, find_adapters, find_checkpoints, inside, out_dir
+from inference.precision import PRECISIONS, precision_hint
+from apps.web_chat import answer, chat_engine, show_sources, stamp
 
 OUT_DIR = out_dir()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# the sidebar's precisions (model/precision.py); float16 has no fast matmul on a CPU
+# the sidebar's precisions (inference/precision.py); float16 has no fast matmul on a CPU
 DEMO_PRECISIONS = [p for p in PRECISIONS if DEVICE == "cuda" or p != "float16"]
 NO_ADAPTER = "(none)"
 GENERIC_ERROR = "Something went wrong on the server; the details are in its log."
@@ -57,8 +56,8 @@ def log_error(what):
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
 def load_chat_model(base_path, base_stamp, adapter_path=None, adapter_stamp=None, dtype="float32"):
-    """model.inference.Loaded for a base checkpoint plus an optional adapter (merged in) at a precision
-    (model/precision.py); cached on the paths, stamps and precision, so a retrained file is reloaded. The
+    """inference.load.Loaded for a base checkpoint plus an optional adapter (merged in) at a precision
+    (inference/precision.py); cached on the paths, stamps and precision, so a retrained file is reloaded. The
     adapter must fit the base (the list offers only such adapters); another base file than its recorded one
     is allowed here (force) and noted in the sidebar."""
     if adapter_path:
@@ -77,7 +76,7 @@ def short_reason(err, path):
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def file_header(path, version, adapter=False):
-    """model.inference.file_header of a file of out/ (adapter=True: of out/lora/), or {"error": one short
+    """inference.load.file_header of a file of out/ (adapter=True: of out/lora/), or {"error": one short
     phrase} for a file that would not load. version: stamp(path), so a changed file is read again."""
     try:
         if not os.access(path, os.R_OK):
@@ -127,7 +126,7 @@ def newest_first(files):
 
 
 def recorded_base(head):
-    """The name in OUT_DIR of the base an adapter records (found as model.paths finds it), or None."""
+    """The name in OUT_DIR of the base an adapter records (found as checkpoint.layout finds it), or None."""
     try:
         path = inside(OUT_DIR, find_adapter_base({"base": {"path": head["base"]}}, out=OUT_DIR))
     except UserError:
@@ -191,7 +190,7 @@ def load_or_stop(base_path, adapter_path=None, dtype="float32"):
 
 
 def choose_model(sb):
-    """The sidebar's checkpoint and adapter choice -> the loaded model (model.inference.Loaded)."""
+    """The sidebar's checkpoint and adapter choice -> the loaded model (inference.load.Loaded)."""
     checkpoints, skipped = readable_files(find_checkpoints(OUT_DIR))
     adapters, bad = readable_files(find_adapters(OUT_DIR), adapter=True)
     skipped += bad
@@ -293,6 +292,3 @@ def run():
     except Exception:       # noqa: BLE001 - st.stop() and st.rerun() are BaseExceptions and pass
         log_error("the page failed")
         st.error(GENERIC_ERROR)
-
-
-run()

@@ -22,7 +22,7 @@ def cpu_name():
 def to_hf(model):
     """transformers' LlamaForCausalLM holding a TinyMind model's weights (strict load), in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    from model.convert import hf_config_dict
+    from interop.hf import hf_config_dict
     hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(model.config)))
     hf.load_state_dict(model.state_dict(), strict=True)
     return hf.eval()

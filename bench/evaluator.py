@@ -3,7 +3,7 @@
     python scripts/bench_eval.py                                  # smollm2; arc_easy, hellaswag, piqa, winogrande
     python scripts/bench_eval.py --tasks arc_easy,piqa --limit 20 --threads 2 --batch_size 8
 
-The model (a TinyMind .pth) is exported to a transformers folder by model.convert.export_hf (what
+The model (a TinyMind .pth) is exported to a transformers folder by interop.hf.export_hf (what
 `python scripts/convert_model.py --to_hf DIR --ckpt FILE` runs) and lm-eval scores that with its "hf"
 backend (transformers, float32, CPU), through task YAMLs over local JSON written from TinyMind's canonical
 items (evaluation/benchmarks.py: context, then " " + choice; WinoGrande as lm-eval's own task does it: the
@@ -16,24 +16,22 @@ Prints a markdown table and writes it as JSON to out/eval/bench_vs_lm_eval.json.
 """
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-import torch  # noqa: E402
+import torch
 
-from bench_common import cpu_name  # noqa: E402
-from cli import ArgumentParser, check_range, run_cli  # noqa: E402
-from evaluation.benchmarks import check_task_names, load_task  # noqa: E402
-from evaluation.harness import argmax, evaluate_task, item_contexts, item_continuations  # noqa: E402
-from model.atomic import check_writable, write_text  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.inference import load_model_spec  # noqa: E402
-from model.inference import find_model  # noqa: E402
-from model.paths import comparison_path, out_dir  # noqa: E402
+from bench.common import cpu_name
+from core.cli import ArgumentParser, check_range, run_cli
+from evaluation.benchmarks import check_task_names, load_task
+from evaluation.harness import argmax, evaluate_task, item_contexts, item_continuations
+from core.atomic import check_writable, write_text
+from core.errors import UserError
+from inference.load import load_model_spec
+from inference.load import find_model
+from checkpoint.layout import comparison_path, out_dir
 
 DEFAULT_TASKS = "arc_easy,hellaswag,piqa,winogrande"
 
@@ -165,7 +163,7 @@ def main(argv=None):
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")      # local files only: no network needed
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval.tasks import TaskManager
-    from model.convert import export_hf
+    from interop.hf import export_hf
     loaded = load_model_spec(args.model, out, device="cpu", dtype="float32")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:

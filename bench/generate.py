@@ -1,5 +1,5 @@
 """Benchmark: decode and prefill tokens/s of TinyMind's sampling loop at each precision (float32, bfloat16,
-int8: model/precision.py) against transformers' generate in float32 (what a user gets by default).
+int8: inference/precision.py) against transformers' generate in float32 (what a user gets by default).
 
     python scripts/bench_generate.py                                  # small preset and SmolLM2, all precisions
     python scripts/bench_generate.py --models small --dtypes float32  # the float32 race alone
@@ -14,7 +14,7 @@ same random prompt, greedy, no stop token, interleaved, best of --repeats. "same
 questions in the chat template for a real model; random prompts for a preset, whose random weights have
 near ties that any rounding flips), and "same tokens" how many first tokens agree on average.
 --llama_cpp adds llama.cpp (llama-cpp-python, if installed) on the GGUF files TinyMind writes of the same
-weights (model/export_gguf.py; --gguf_types, default f32,f16,q8_0,its: float32's match, half precision
+weights (interop/gguf_export.py; --gguf_types, default f32,f16,q8_0,its: float32's match, half precision
 (f16, not bfloat16's format but its size), int8's nearest (8-bit blocks of 32), and for a model imported
 from a GGUF file, that file as it is, its own quantisation).
 """
@@ -26,19 +26,18 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import ArgumentParser, run_cli  # noqa: E402
-from evaluation.qa import asked, read_conversations  # noqa: E402
-from model import paths  # noqa: E402
-from model.config import PRESETS, get_preset  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.export_gguf import TYPES as GGUF_TYPES  # noqa: E402
-from model.generate import build_prompt, generate  # noqa: E402
-from model.inference import load_model_spec  # noqa: E402
-from model.model import TinyMindForCausalLM  # noqa: E402
-from model.precision import PRECISIONS, apply_precision  # noqa: E402
-from bench_common import cpu_name, to_hf  # noqa: E402
+from core.cli import ArgumentParser, run_cli
+from evaluation.answer_tests import asked, read_conversations
+from checkpoint import layout
+from model.config import PRESETS, get_preset
+from core.errors import UserError
+from interop.gguf_export import TYPES as GGUF_TYPES
+from inference.generate import build_prompt, generate
+from inference.load import load_model_spec
+from model.model import TinyMindForCausalLM
+from inference.precision import PRECISIONS, apply_precision
+from bench.common import cpu_name, to_hf
 
 
 def best_of(fn, repeats):
@@ -55,7 +54,7 @@ def load(spec):
     if spec in PRESETS:
         torch.manual_seed(0)
         return spec, TinyMindForCausalLM(get_preset(spec)).eval(), None, None
-    loaded = load_model_spec(spec, paths.out_dir(), dtype="float32")
+    loaded = load_model_spec(spec, layout.out_dir(), dtype="float32")
     source = str(loaded.info.get("source") or loaded.info["checkpoint"])       # an imported model's origin
     return loaded.label, loaded.model, loaded.tokenizer, source if source.endswith(".gguf") else None
 
@@ -64,7 +63,7 @@ def check_prompts(model, tokenizer, n):
     if tokenizer is None:
         g = torch.Generator().manual_seed(1)
         return [torch.randint(5, model.config.vocab_size, (24,), generator=g).tolist() for _ in range(n)]
-    records = read_conversations(paths.repo_root() / "dataset" / "music_test.jsonl")[:n]
+    records = read_conversations(layout.repo_root() / "dataset" / "music_test.jsonl")[:n]
     return [build_prompt(tokenizer, asked(r["conversations"])) for r in records]
 
 
@@ -118,10 +117,10 @@ class LlamaCppRow:
 
 
 def written_gguf_rows(model, tokenizer, types, work):
-    """llama.cpp rows on GGUF files of the model's own weights, written by TinyMind (model/export_gguf.py)."""
-    from model.checkpoint import save_checkpoint
-    from model.export_gguf import export_gguf
-    from model.tokenizer import load_default_tokenizer
+    """llama.cpp rows on GGUF files of the model's own weights, written by TinyMind (interop/gguf_export.py)."""
+    from checkpoint.pth import save_checkpoint
+    from interop.gguf_export import export_gguf
+    from tokenizer.tokenizer import load_default_tokenizer
     ckpt = Path(work) / "bench_model.pth"
     save_checkpoint(ckpt, model.state_dict(), model.config, tokenizer or load_default_tokenizer(), {"stage": "bench"})
     rows = [LlamaCppRow(export_gguf(ckpt, Path(work) / f"bench_{t}.gguf", t), torch.get_num_threads(),

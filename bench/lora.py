@@ -14,18 +14,16 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
 import torch
 
 from model.config import get_preset
-from model.errors import UserError
-from cli import ArgumentParser, run_cli
+from core.errors import UserError
+from core.cli import ArgumentParser, run_cli
 from model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, count_parameters
 from model.model import TinyMindForCausalLM
-from bench_common import cpu_name  # noqa: E402
+from bench.common import cpu_name
 
 
 def build_tinymind(config, lora):
@@ -37,7 +35,7 @@ def build_tinymind(config, lora):
 def build_peft(config, lora):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
-    from model.convert import hf_config_dict
+    from interop.hf import hf_config_dict
     # the same shapes through the exporter's config mapping
     hf_config = LlamaConfig(**hf_config_dict(config), attn_implementation="sdpa")
     model = LlamaForCausalLM(hf_config)

@@ -20,15 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-import torch  # noqa: E402
+import torch
 
-from cli import ArgumentParser  # noqa: E402
-from model.paths import repo_root  # noqa: E402
-from model.config import get_preset  # noqa: E402
-from model.model import TinyMindForCausalLM  # noqa: E402
-from model.tokenizer import load_default_tokenizer  # noqa: E402
+from core.cli import ArgumentParser
+from checkpoint.layout import repo_root
+from model.config import get_preset
+from model.model import TinyMindForCausalLM
+from tokenizer.tokenizer import load_default_tokenizer
 
 
 def make_mix(folder):

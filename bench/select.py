@@ -12,19 +12,17 @@ largest relative difference of a sample's ifd from the reference's.
 """
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import ArgumentParser, run_cli  # noqa: E402
-from model import paths  # noqa: E402
-from model.inference import load_model_spec  # noqa: E402
-from model.precision import PRECISIONS, apply_precision  # noqa: E402
-from selection.ifd import PROMPTS, Pair, make_batches, score_batch  # noqa: E402
-from selection.samples import read_samples  # noqa: E402
-from bench_common import cpu_name, to_hf  # noqa: E402
+from core.cli import ArgumentParser, run_cli
+from checkpoint import layout
+from inference.load import load_model_spec
+from inference.precision import PRECISIONS, apply_precision
+from selection.ifd import PROMPTS, Pair, make_batches, score_batch
+from selection.samples import read_samples
+from bench.common import cpu_name, to_hf
 
 
 def reference(hf, pairs):
@@ -45,15 +43,15 @@ def reference(hf, pairs):
 def main():
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default="smollm2", help="the scorer (as select_data.py score --ckpt)")
-    ap.add_argument("--data_path", default=str(paths.repo_root() / "dataset" / "sft.jsonl"))
+    ap.add_argument("--data_path", default=str(layout.repo_root() / "dataset" / "sft.jsonl"))
     ap.add_argument("--samples", type=int, default=64, help="the first N samples")
     ap.add_argument("--prompt", choices=PROMPTS, default="chatml")
     ap.add_argument("--max_length", type=int, default=512)
     ap.add_argument("--batch_tokens", type=int, default=1024)
     ap.add_argument("--dtypes", default="float32,bfloat16", help="TinyMind's precisions, comma-separated")
     args = ap.parse_args()
-    loaded = load_model_spec(args.ckpt, paths.out_dir(), dtype="float32")
-    samples = read_samples(paths.resolve_input(args.data_path))[:args.samples]
+    loaded = load_model_spec(args.ckpt, layout.out_dir(), dtype="float32")
+    samples = read_samples(layout.resolve_input(args.data_path))[:args.samples]
     pairs = [Pair(s, loaded.tokenizer, args.prompt, args.max_length) for s in samples]
     pairs = [p for p in pairs if p.answer]
     hf = to_hf(loaded.model)
@@ -65,7 +63,7 @@ def main():
         if dtype not in PRECISIONS:
             raise SystemExit(f"--dtypes {dtype}: use some of {', '.join(PRECISIONS)}")
         model = loaded.model if dtype == "float32" else apply_precision(
-            load_model_spec(args.ckpt, paths.out_dir(), dtype="float32").model, dtype, "cpu")
+            load_model_spec(args.ckpt, layout.out_dir(), dtype="float32").model, dtype, "cpu")
         batches = make_batches(pairs, args.batch_tokens)
         score_batch(model, batches[0][:2], loaded.tokenizer.pad_id)      # warm up
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Benchmark: the OpenAI-compatible server under a bounded load on localhost. The same requests (the first
 --clients questions of dataset/music_test.jsonl, greedy, --max_tokens each, streamed) sent one at a time and
-all at once (decoded together: model/batching.py), then a burst of --burst concurrent requests that must all
+all at once (decoded together: inference/batching.py), then a burst of --burst concurrent requests that must all
 complete. Prints the table for BENCHMARKS.md: total completion tokens/s, time to first token p50/p95, and
 whether the concurrent answers equal the one-at-a-time ones.
 
@@ -18,14 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from core.cli import ArgumentParser, check_range, run_cli
+from evaluation.answer_tests import asked, read_conversations
+from checkpoint import layout
+from core.errors import UserError
+from bench.common import cpu_name
 
-from cli import ArgumentParser, check_range, run_cli  # noqa: E402
-from evaluation.qa import asked, read_conversations  # noqa: E402
-from model import paths  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from bench_common import cpu_name  # noqa: E402
+ROOT = layout.repo_root()
 
 
 def start(args):
@@ -33,7 +32,7 @@ def start(args):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, str(ROOT / "scripts" / "serve_openai_api.py"), "--port", str(port), "--out_dir",
-           str(paths.out_dir(args.out_dir)), "--max_batch", str(max(args.clients, args.max_batch)), "--device", "cpu"]
+           str(layout.out_dir(args.out_dir)), "--max_batch", str(max(args.clients, args.max_batch)), "--device", "cpu"]
     log = open(Path(tempfile.gettempdir()) / f"bench_serve_{port}.log", "w+")      # read only if it fails
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     import httpx

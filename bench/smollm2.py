@@ -12,16 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-import torch  # noqa: E402
+import torch
 
-from model.inference import load_for_inference  # noqa: E402
-from model.paths import out_dir, smollm2_path  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
-from model.generate import build_prompt, generate  # noqa: E402
-from bench_common import cpu_name  # noqa: E402
+from inference.load import load_for_inference
+from checkpoint.layout import out_dir, smollm2_path
+from core.errors import UserError
+from core.cli import ArgumentParser, run_cli
+from inference.generate import build_prompt, generate
+from bench.common import cpu_name
 
 
 def bench_decode(model, tokenizer, new_tokens, repeats):

@@ -21,18 +21,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import ArgumentParser, run_cli  # noqa: E402
-from model import paths  # noqa: E402
-from model.checkpoint import save_checkpoint  # noqa: E402
-from model.config import PRESETS, get_preset  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.model import TinyMindForCausalLM  # noqa: E402
-from model.precision import cpu_has_bf16  # noqa: E402
-from model.tokenizer import load_default_tokenizer  # noqa: E402
-from trainer.runlog import read_rows  # noqa: E402
-from bench_common import cpu_name  # noqa: E402
+from core.cli import ArgumentParser, run_cli
+from checkpoint import layout
+from checkpoint.pth import save_checkpoint
+from model.config import PRESETS, get_preset
+from core.errors import UserError
+from model.model import TinyMindForCausalLM
+from inference.precision import cpu_has_bf16
+from tokenizer.tokenizer import load_default_tokenizer
+from trainer.runlog import read_rows
+from bench.common import cpu_name
 
 DTYPES = ("float32", "bfloat16")
 
@@ -46,16 +45,16 @@ def base_for(spec, work):
         path = work / f"{spec}_base.pth"
         save_checkpoint(path, model.state_dict(), model.config, tok, {"stage": "full_sft", "step": 0})
         return path, f"{spec} ({model.num_parameters() / 1e6:.0f}M, random)"
-    from model.inference import find_model
-    kind, path = find_model(paths.out_dir(), spec)
+    from inference.load import find_model
+    kind, path = find_model(layout.out_dir(), spec)
     if kind != "pth":
         raise UserError(f"--models {spec}: give a preset or a TinyMind .pth (this is a {kind})")
     return path, Path(path).stem
 
 
 def run(base, dtype, out, args):
-    data = paths.repo_root() / "dataset" / "music.jsonl"
-    cmd = [sys.executable, str(paths.repo_root() / "trainer" / "train_lora.py"), "--base", str(base),
+    data = layout.repo_root() / "dataset" / "music.jsonl"
+    cmd = [sys.executable, str(layout.repo_root() / "trainer" / "train_lora.py"), "--base", str(base),
            "--data_path", str(data), "--out_dir", str(out), "--dtype", dtype, "--max_steps", str(args.steps),
            "--batch_size", str(args.batch_size), "--log_interval", "1", "--eval_interval", "0",
            "--val_ratio", "0.05", "--save_interval", "0", "--lora_name", "bench", "--device", "cpu"]

@@ -6,7 +6,7 @@ earlier exchanges as the context window holds (the oldest whole exchanges are dr
 ones take at most a quarter of the room), and the new
 message, with the top passages of the documents (chat/retrieval.py; the query is the message and the
 user's message before it) and their sources before it. The
-system prompt and the new message are always kept; THE chat template (model.generate.build_prompt) makes
+system prompt and the new message are always kept; THE chat template (inference.generate.build_prompt) makes
 the tokens.
 
     from chat.engine import ChatEngine
@@ -19,12 +19,12 @@ the tokens.
 """
 from dataclasses import dataclass, field
 
-from model.generate import build_prompt, prompt_budget, stream_generate
-from model.tokenizer import encode_chat
+from inference.generate import build_prompt, prompt_budget, stream_generate
+from tokenizer.tokenizer import encode_chat
 
-from .history import split_exchanges, trim_history
-from .persona import persona_prompt
-from .retrieval import CJK_RE
+from chat.history import split_exchanges, trim_history
+from chat.persona import persona_prompt
+from chat.retrieval import CJK_RE
 
 HEADERS = {"en": ("Use the passages below to answer the question.", "Question: "),
            "zh": ("请根据下面的资料回答问题。", "问题：")}
@@ -131,7 +131,7 @@ class ChatEngine:
         return [t for _, t in self.memory.recall(message, self.memory_k, exclude=skip)]
 
     def stream(self, turn, max_new_tokens=256, stats=None, **sampling):
-        """Text pieces of the reply to a prepared Turn (THE sampling loop, model/generate.py)."""
+        """Text pieces of the reply to a prepared Turn (THE sampling loop, inference/generate.py)."""
         return stream_generate(self.loaded.model, self.loaded.tokenizer, turn.ids, max_new_tokens,
                                stats=stats, **sampling)
 

@@ -10,11 +10,11 @@ come back into the prompt when they are no longer in the context window (chat/en
 import json
 import time
 
-from model import paths
-from model.atomic import atomic_open
-from model.errors import UserError
+from checkpoint import layout
+from core.atomic import atomic_open
+from core.errors import UserError
 
-from .retrieval import BM25Index
+from chat.retrieval import BM25Index
 
 
 class Memory:
@@ -26,10 +26,10 @@ class Memory:
     @classmethod
     def open(cls, session, out=None, what="--session"):
         """The memory of a session (its name checked: what names it in the message)."""
-        return cls(paths.memory_path(paths.out_dir(out), session, what))
+        return cls(layout.memory_path(layout.out_dir(out), session, what))
 
     def add(self, user, assistant):
-        """Keep one finished exchange; the whole file is rewritten atomically (model.atomic), from what it
+        """Keep one finished exchange; the whole file is rewritten atomically (core.atomic), from what it
         holds now (another process, a second browser tab, may have added to it since it was read)."""
         if self.path.exists():
             self.turns = read_turns(self.path)
@@ -45,7 +45,7 @@ class Memory:
         if not self.turns or k <= 0:
             return []
         if self._index is None:
-            from .retrieval import tokenize
+            from chat.retrieval import tokenize
             self._index = BM25Index([tokenize(f"{t['user']} {t['assistant']}") for t in self.turns])
         exclude = set(exclude)
         hits = self._index.top(message, k + len(exclude))

@@ -1,7 +1,7 @@
 """Personas: a character for the chatbot, from a YAML file (a "virtual human"), and the system prompt it
 becomes. eval_model.py --persona, the web demo's picker, the server's --persona and make_identity.py
 --persona all read personas with load_persona; the system prompt is persona_prompt, put into THE chat
-template by model.generate.build_prompt like any system prompt.
+template by inference.generate.build_prompt like any system prompt.
 
     from chat.persona import load_persona, persona_prompt
     p = load_persona("personas/music_tutor.yaml")      # or a shipped name: load_persona("music_tutor")
@@ -20,8 +20,8 @@ A persona file (personas/*.yaml are shipped; every field but name and creator ma
 """
 from dataclasses import dataclass, field
 
-from model.errors import UserError
-from model.paths import repo_root, resolve_input
+from core.errors import UserError
+from checkpoint.layout import repo_root, resolve_input
 
 PERSONA_DIR = repo_root() / "personas"
 TEXT_FIELDS = ("name", "creator", "creator_zh", "personality", "speaking_style", "greeting", "decline")

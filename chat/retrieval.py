@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dataset.formats import iter_jsonl
-from model import paths
-from model.atomic import atomic_path
-from model.errors import UserError
+from checkpoint import layout
+from core.atomic import atomic_path
+from core.errors import UserError
 
 EXTENSIONS = (".txt", ".md", ".jsonl", ".pdf")
 PASSAGE_CHARS = 400           # a passage's length (weight): about 70 English words, or 130 Chinese characters
@@ -180,7 +180,7 @@ def document_files(docs):
         rel = p.relative_to(docs)
         # hidden files, and links that lead out of the folder, are not read
         if p.is_file() and p.suffix.lower() in exts and not any(s.startswith(".") for s in rel.parts) \
-                and paths.within(docs, p):
+                and layout.within(docs, p):
             files[rel.as_posix()] = p
     if not files:
         pdf = "" if ".pdf" in exts else " (.pdf files need pypdf: pip install pypdf)"
@@ -227,10 +227,10 @@ def open_index(docs, out=None, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
     """The DocumentIndex of a folder: read from out/index/ if it was built from the same files (same
     contents) and settings, else built and written there (whole, atomically) first."""
     import bm25s
-    docs = paths.resolve_input(docs)
+    docs = layout.resolve_input(docs)
     files = document_files(docs)
     skipped = [] if _has_pypdf() else sorted(p for p in docs.rglob("*") if p.suffix.lower() == ".pdf")
-    where = paths.index_dir(paths.out_dir(out), docs)
+    where = layout.index_dir(layout.out_dir(out), docs)
     manifest = fingerprint(files, size, overlap)
     try:
         if json.loads((where / "manifest.json").read_text(encoding="utf-8")) == manifest:

@@ -7,17 +7,17 @@ model config (up to fields that do not change what the base computes) and the sa
 base file (sha256) is refused too unless forced. The layer maths is model/lora.py.
 
 Library module, no command:
-    from model.adapter import load_model_with_adapter
+    from checkpoint.adapter import load_model_with_adapter
     model, tok, base_ckpt, adapter = load_model_with_adapter("out/lora/lora_music_512.pth")
 """
 import time
 
-from .checkpoint import (ADAPTER_FORMAT, FORMAT, atomic_torch_save, build_model, config_from_dict, file_sha256,
+from checkpoint.pth import (ADAPTER_FORMAT, FORMAT, atomic_torch_save, build_model, config_from_dict, file_sha256,
                          load_checkpoint, read_pth)
-from .config import ModelConfig
-from .errors import UserError
-from .lora import LoRAConfig, apply_lora, lora_state_dict, unwrap_model
-from .paths import find_adapter_base
+from model.config import ModelConfig
+from core.errors import UserError
+from model.lora import LoRAConfig, apply_lora, lora_state_dict, unwrap_model
+from checkpoint.layout import find_adapter_base
 
 # config fields that do not change the function the base computes, so they may differ
 CONFIG_FIELDS_IGNORED = {"dropout", "aux_loss_coef", "model_type"}
@@ -84,7 +84,7 @@ def adapter_fits(adapter, base_config, base_tokenizer_sha256):
 def check_adapter(adapter, base_ckpt, base_path, force=False, base_tokenizer=None):
     """Refuse a base the adapter does not fit (adapter_fits), or another base file than the one it was
     trained on (sha256) unless force. Shapes are checked again when the weights load."""
-    from .tokenizer import load_tokenizer_from_state
+    from tokenizer.tokenizer import load_tokenizer_from_state
     name = adapter.get("file", "adapter")
     tokenizer = base_tokenizer or load_tokenizer_from_state(base_ckpt["tokenizer"], base_path)
     reasons = adapter_fits(adapter, base_ckpt["config"], tokenizer.sha256)
@@ -120,8 +120,8 @@ def attach_adapter(model, adapter):
 def load_model_with_adapter(adapter_path, base_path=None, device="cpu", force=False, out_dir=None):
     """-> (model in eval mode with the adapter attached, unmerged; tokenizer; base checkpoint dict with
     "path" added; adapter dict). The base is base_path, else the one the adapter records
-    (model.paths.find_adapter_base, which also looks in out_dir)."""
-    from .tokenizer import load_tokenizer_from_state
+    (checkpoint.layout.find_adapter_base, which also looks in out_dir)."""
+    from tokenizer.tokenizer import load_tokenizer_from_state
     adapter = load_adapter(adapter_path)
     base = find_adapter_base(adapter, base_path, out_dir)
     base_ckpt = load_checkpoint(base)

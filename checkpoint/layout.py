@@ -19,14 +19,14 @@ The folder is --out_dir where a tool has it, else $TINYMIND_OUT_DIR, else <repo>
 trainers, eval_model.py, the web demo and the quickstart alike. Nobody else builds or globs these names.
 
 Library module, no command:
-    from model.paths import out_dir, checkpoint_path, find_stage_checkpoint
+    from checkpoint.layout import out_dir, checkpoint_path, find_stage_checkpoint
     base = find_stage_checkpoint(out_dir(), "full_sft", hidden_size=512)
 """
 import os
 import re
 from pathlib import Path
 
-from .errors import UserError
+from core.errors import UserError
 
 OUT_ENV = "TINYMIND_OUT_DIR"
 DEFAULT_HIDDEN = 512                  # MiniMind's default width: the name picked when several are there
@@ -151,7 +151,7 @@ def list_state_files(folder):
 def report_path(out, test, label, model_hash=None):
     """out/eval/{test}_{label}.json: the latest report of a test on the model labelled label. With
     model_hash (a short hash of the model tested) out/eval/{test}_{label}_{model_hash}.json: where an
-    earlier report of another model with the same label is kept (evaluation/qa.py moves it there)."""
+    earlier report of another model with the same label is kept (evaluation/answer_tests.py moves it there)."""
     return Path(out) / "eval" / (f"{test}_{label}_{model_hash}.json" if model_hash else f"{test}_{label}.json")
 
 

@@ -4,7 +4,7 @@ A checkpoint is a dict {"format", "model" (state dict), "config" (ModelConfig as
 (its state, bytes included, so one file is self-contained), "meta" (stage, step, tokens seen, training
 config, parent checkpoint path and sha256, creation time)}. Saved atomically, loaded with weights_only.
 
-    from model.checkpoint import load_model
+    from checkpoint.pth import load_model
     model, tokenizer, ckpt = load_model("out/full_sft_512.pth")
 """
 import hashlib
@@ -17,9 +17,9 @@ from typing import get_type_hints
 
 import torch
 
-from .atomic import atomic_path
-from .config import ModelConfig
-from .errors import UserError
+from core.atomic import atomic_path
+from model.config import ModelConfig
+from core.errors import UserError
 
 FORMAT = "tinymind-checkpoint-v1"
 ADAPTER_FORMAT = "tinymind-lora-v1"
@@ -37,7 +37,7 @@ def file_sha256(path):
 
 
 def atomic_torch_save(obj, path):
-    """torch.save through model.atomic: a temporary name, fsync, rename; never a half-written file."""
+    """torch.save through core.atomic: a temporary name, fsync, rename; never a half-written file."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -113,7 +113,7 @@ def check_checkpoint(obj, path):
         raise UserError(f"{path}: the 'meta' entry is {type(obj['meta']).__name__}, not a dict; "
                         "re-create the checkpoint")
     check_shapes(config_from_dict(obj["config"], path), weights, path)
-    from .tokenizer import load_tokenizer_from_state
+    from tokenizer.tokenizer import load_tokenizer_from_state
     load_tokenizer_from_state(obj["tokenizer"], path)   # milliseconds; a damaged one is found at load time
     return obj
 
@@ -153,7 +153,7 @@ def _has_type(value, want):
 
 def build_model(config, state_dict=None, device="cpu", dtype=None, where="checkpoint"):
     """Build the network for config and load state_dict strictly (a mismatch is a clear error)."""
-    from .model import TinyMindForCausalLM
+    from model.model import TinyMindForCausalLM
     if state_dict is not None:
         check_shapes(config, state_dict, where)
     model = TinyMindForCausalLM(config)
@@ -207,7 +207,7 @@ def load_model(path, device="cpu", dtype=None):
 
 def model_from_checkpoint(ckpt, device="cpu", dtype=None, where="checkpoint"):
     """A checked checkpoint dict -> (model in eval mode, tokenizer)."""
-    from .tokenizer import load_tokenizer_from_state
+    from tokenizer.tokenizer import load_tokenizer_from_state
     config = config_from_dict(ckpt["config"], where)
     model = build_model(config, ckpt["model"], device, dtype, where=where).eval()
     return model, load_tokenizer_from_state(ckpt["tokenizer"], where)

@@ -6,7 +6,7 @@ POSIX), then fsync the folder so the rename itself survives a power cut. A tempo
 in .pth, so nothing that lists checkpoints can mistake it for one.
 
 Library module, no command:
-    from model.atomic import atomic_open, atomic_path, write_files, write_text
+    from core.atomic import atomic_open, atomic_path, write_files, write_text
     with atomic_open("out/eval/report.json") as f:
         f.write(text)
     with atomic_path("out/hf_model") as tmp:      # a folder: write into tmp, it replaces the target
@@ -20,7 +20,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from .errors import UserError
+from core.errors import UserError
 
 # .NAME.tmpPID is being written by process PID; .NAME.tmpPID.old is the folder NAME it moved aside
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?P<old>\.old)?$")

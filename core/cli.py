@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 
-from model.errors import UserError
+from core.errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -22,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None):
-    """A library's warning (e.g. model.generate.WindowWarning) as one 'warning: ...' line."""
+    """A library's warning (e.g. inference.generate.WindowWarning) as one 'warning: ...' line."""
     (file or sys.stderr).write(f"warning: {message}\n")
 
 

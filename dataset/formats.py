@@ -27,7 +27,7 @@ import json
 import re
 from pathlib import Path
 
-from model.errors import UserError
+from core.errors import UserError
 
 KINDS = ("chat", "prompt", "text", "any")
 ROLES = ("system", "user", "assistant")

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 
 from dataset.formats import iter_jsonl
 from dataset.streaming import sample_key, val_count
-from model.errors import UserError
-from model.tokenizer import encode_chat
+from core.errors import UserError
+from tokenizer.tokenizer import encode_chat
 
 IGNORE = -100
 
@@ -79,7 +79,7 @@ def collate_pretrain(batch):
 
 
 class ChatDataset(Dataset):
-    """Conversations -> (input_ids, labels) through THE chat template (model.tokenizer.encode_chat).
+    """Conversations -> (input_ids, labels) through THE chat template (tokenizer.tokenizer.encode_chat).
 
     labels = ids where the template's loss mask is 1 (assistant replies and their end token), else -100;
     loss_on="all" puts loss on every token. Samples longer than max_seq_len are truncated and counted

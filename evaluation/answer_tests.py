@@ -1,10 +1,10 @@
 """Answer tests: the held-out identity questions and task question/answer sets, answered in batches
-(greedy by default) and scored by the strict verdicts of dataset/scoring.py, with a JSON report under
+(greedy by default) and scored by the strict verdicts of evaluation/scoring.py, with a JSON report under
 out/eval/ that never replaces another model's report.
 
 Library module; the command is eval_model.py:
     python eval_model.py --lora_name lora_music --identity_test --task_test dataset/music_test.jsonl
-    from evaluation.qa import expected_identity, read_test_file, run_identity_test
+    from evaluation.answer_tests import expected_identity, read_test_file, run_identity_test
 """
 import hashlib
 import json
@@ -14,12 +14,12 @@ from pathlib import Path
 
 from chat.engine import ChatEngine
 from dataset.formats import iter_jsonl
-from dataset.scoring import ASKS, identity_verdict, task_golds, task_verdict
-from model.atomic import move, write_text
-from model.checkpoint import file_sha256
-from model.errors import UserError
-from model.generate import generate
-from model.paths import report_path, resolve_input
+from evaluation.scoring import ASKS, identity_verdict, task_golds, task_verdict
+from core.atomic import move, write_text
+from checkpoint.pth import file_sha256
+from core.errors import UserError
+from inference.generate import generate
+from checkpoint.layout import report_path, resolve_input
 
 
 def read_conversations(path, kind="any"):
@@ -96,7 +96,7 @@ def describe_identity(identity, source):
 
 
 def judge(record, answer, identity):
-    """(ok, reason) for an answer to any test record, by the scorers of dataset/scoring.py: an identity
+    """(ok, reason) for an answer to any test record, by the scorers of evaluation/scoring.py: an identity
     question (it has "ask" or "identity") by identity_verdict against identity (None: not scored), any
     other record with gold answers by task_verdict; ok None when there is nothing to score against."""
     if "ask" in record or "identity" in record:
@@ -139,7 +139,7 @@ def answer_prompts(loaded, prompts, sampling):
 def run_identity_test(loaded, records, file, sampling, out, identity, source="the flags", system=None,
                       batch_size=16, report=None, engine=None):
     """Ask each held-out identity question; a pass is an affirmative answer with identity's name (its
-    creator for a record whose "ask" is "creator") and no denial (dataset.scoring.identity_verdict).
+    creator for a record whose "ask" is "creator") and no denial (evaluation.scoring.identity_verdict).
     Returns the pass rate."""
     print(describe_identity(identity, source))
     questions = [asked(rec["conversations"]) for rec in records]
@@ -159,7 +159,7 @@ def run_identity_test(loaded, records, file, sampling, out, identity, source="th
 def run_task_test(loaded, records, file, sampling, out, system=None, batch_size=16, report=None, engine=None):
     """Ask each question (all turns but the last); correct when one of its gold answers (the record's
     "answers", else the whole reference) occurs in the answer as a phrase, not negated
-    (dataset.scoring.task_verdict). With an engine that retrieves (--docs), also the retrieval hit rate:
+    (evaluation.scoring.task_verdict). With an engine that retrieves (--docs), also the retrieval hit rate:
     a gold answer in one of the passages put in the prompt (hit@k). Returns the accuracy."""
     questions = [asked(rec["conversations"]) for rec in records]
     turns = []

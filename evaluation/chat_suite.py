@@ -1,6 +1,6 @@
 """The chatbot test suite: one question set per capability, each a list of scripted conversations the model
 answers turn by turn through THE chat engine (chat/engine.py), its last answer judged by the strict scorers
-(dataset/scoring.py):
+(evaluation/scoring.py):
     persona    the name, the creator, "are you X?" after other turns (identity_verdict, against the
                persona's identity, else the model's), and the manner: answering in the question's language
     retrieval  held-out music questions answered with the knowledge base retrieved (task_verdict), and
@@ -23,12 +23,12 @@ from pathlib import Path
 from chat.engine import ChatEngine
 from chat.memory import Memory
 from chat.retrieval import open_index
-from dataset.scoring import ASKS, identity_verdict, language_verdict, refusal_verdict, task_verdict
-from model.atomic import write_text
-from model.errors import UserError
-from model.paths import repo_root, report_path, resolve_input
+from evaluation.scoring import ASKS, identity_verdict, language_verdict, refusal_verdict, task_verdict
+from core.atomic import write_text
+from core.errors import UserError
+from checkpoint.layout import repo_root, report_path, resolve_input
 
-from .qa import answer_prompts, passages_hold, report_body, save_report
+from evaluation.answer_tests import answer_prompts, passages_hold, report_body, save_report
 
 CATEGORIES = ("persona", "retrieval", "memory", "multiturn", "refusal")
 DEFAULT_DOCS = repo_root() / "dataset" / "knowledge" / "music"

@@ -1,14 +1,14 @@
-"""Generation tasks in the benchmark table: held-out questions answered (greedy, evaluation.qa.answer_batch)
+"""Generation tasks in the benchmark table: held-out questions answered (greedy, evaluation.answer_tests.answer_batch)
 and scored per item, one row per metric in the shape of evaluation.suite.result_rows:
-- identity (dataset/identity_test.jsonl): pass, dataset.scoring.identity_verdict against the identity the
-  model records (evaluation.qa.expected_identity); a model that records none is scored against the first
+- identity (dataset/identity_test.jsonl): pass, evaluation.scoring.identity_verdict against the identity the
+  model records (evaluation.answer_tests.expected_identity); a model that records none is scored against the first
   one in the table that does (a base next to its adapter: 0% when it never says that name), and when no
   model records one the rows are "not scored" (with untaught_file, evaluate_gen holds such models to the
   identity the test file's first line asks for instead: a study of runs none of which was taught one);
 - a question/answer file (music = dataset/music_test.jsonl): exact_match (SQuAD EM), contains (a gold
   phrase in the answer, not negated: task_verdict) and f1 (SQuAD token F1), each the max over its golds.
 value is the mean over items, stderr the standard error of that mean. Each (model, task) report, every
-answer included, goes to out/eval/gen_{task}_{model}.json (evaluation.qa.save_report).
+answer included, goes to out/eval/gen_{task}_{model}.json (evaluation.answer_tests.save_report).
 
     python scripts/eval_bench.py --model lora_music --tasks arc_easy --gen identity,music --gen_limit 50
     from evaluation.gen_tasks import evaluate_gen, load_gen_tasks
@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset.scoring import exact_match, task_golds, task_verdict, token_f1
-from model.errors import UserError
-from model.paths import repo_root, resolve_input
-from .harness import summarize
-from .qa import (answer_batch, ask_of, asked, expected_identity, judge, last_user, model_key, read_conversations,
+from evaluation.scoring import exact_match, task_golds, task_verdict, token_f1
+from core.errors import UserError
+from checkpoint.layout import repo_root, resolve_input
+from evaluation.harness import summarize
+from evaluation.answer_tests import (answer_batch, ask_of, asked, expected_identity, judge, last_user, model_key, read_conversations,
                  read_test_file, save_report)
-from .suite import result_rows
+from evaluation.suite import result_rows
 
 GEN_TASKS = {"identity": "dataset/identity_test.jsonl", "music": "dataset/music_test.jsonl"}
 METRICS = {"identity": ("pass",), "task": ("exact_match", "contains", "f1")}
@@ -54,7 +54,7 @@ def gen_file(name):
 
 def load_gen_tasks(names, limit=None):
     """A GenTask for each name, its file read now: a missing or bad file is one line before any model loads.
-    A file whose first record has "ask" or "identity" is an identity test (as evaluation.qa.judge decides)."""
+    A file whose first record has "ask" or "identity" is an identity test (as evaluation.answer_tests.judge decides)."""
     tasks = []
     for n in check_gen_names(names):
         path = gen_file(n)

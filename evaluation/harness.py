@@ -16,7 +16,7 @@ lm-eval does. Examples are "context delimiter answer" joined by blank lines, aft
 as lm-eval formats them; but the wheel has no train splits, which lm-eval draws from, so k > 0 scores use
 other examples than lm-eval's and are comparable with each other, not with published few-shot numbers.
 --limit N takes the first N items (of each subject, for MMLU, as lm-eval limits each subtask).
-With chat=True the prompt is one user turn in the model's chat template (model.generate.build_prompt), the
+With chat=True the prompt is one user turn in the model's chat template (inference.generate.build_prompt), the
 task's description its system prompt, and the answer is scored as the assistant's reply; off by default,
 as in lm-eval.
 """
@@ -24,9 +24,9 @@ import math
 import random
 import time
 
-from model.errors import UserError
-from model.generate import build_prompt
-from .loglik import encode_pair, score
+from core.errors import UserError
+from inference.generate import build_prompt
+from evaluation.loglik import encode_pair, score
 
 DELIMITER = " "
 DEFAULT_SEED = 1234                          # lm-eval's default few-shot seed
@@ -157,7 +157,7 @@ class Progress:
 
 def evaluate_task(loaded, task, num_fewshot=0, limit=None, seed=DEFAULT_SEED, chat=False, batch_tokens=4096,
                   progress=True):
-    """Score the task's items (the first `limit`) on loaded (model.inference.Loaded) -> a result dict:
+    """Score the task's items (the first `limit`) on loaded (inference.load.Loaded) -> a result dict:
     task, split, n, num_fewshot, metrics {name: {value, stderr}}, items [{id, gold, pred, logprobs, ...}],
     seconds, items_per_s."""
     items = first_items(task.items, limit)

@@ -21,12 +21,12 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm import tqdm
 
-from model.generate import generate_steps
-from model.errors import UserError
-from model.inference import load_model_spec
-from model.precision import PRECISIONS
-from model.paths import out_dir
-from .loglik import encode_pair, prefix_token, score
+from inference.generate import generate_steps
+from core.errors import UserError
+from inference.load import load_model_spec
+from inference.precision import PRECISIONS
+from checkpoint.layout import out_dir
+from evaluation.loglik import encode_pair, prefix_token, score
 
 # lm-eval fills its registry with its own models ("hf", ...) only when it is empty: fill it before ours
 importlib.import_module("lm_eval.models")

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.errors import UserError
+from core.errors import UserError
 
 
 def prefix_token(tokenizer):

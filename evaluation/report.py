@@ -14,9 +14,9 @@ import math
 import time
 from pathlib import Path
 
-from model.atomic import write_files
-from model.errors import UserError
-from model.paths import comparison_path
+from core.atomic import write_files
+from core.errors import UserError
+from checkpoint.layout import comparison_path
 
 EXTS = ("md", "csv", "json", "png")
 SETTINGS = ("split", "n", "num_fewshot", "limit")       # what a table line says of how its task was run
@@ -166,13 +166,13 @@ def write_comparison(rows, out, name):
 
 # ---------------------------------------------------------------- merging earlier tables and reports
 def label_of(info):
-    """The label a model had (model.inference.Loaded.label): its adapter's file stem, else its checkpoint's."""
+    """The label a model had (inference.load.Loaded.label): its adapter's file stem, else its checkpoint's."""
     return Path((info.get("adapter") or {}).get("path") or info["checkpoint"]).stem
 
 
 def report_rows(rep):
     """The rows of one per-(model, task) report (out/eval/bench_*.json, gen_*.json)."""
-    from .suite import result_rows
+    from evaluation.suite import result_rows
     note = {"note": rep["note"]} if rep.get("note") else {}
     return result_rows(rep, rep.get("label") or label_of(rep["model"]), rep["model"], created=rep.get("created"),
                        **note)

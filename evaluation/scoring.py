@@ -8,8 +8,8 @@ outside a clause that negates it.
 Both compare texts in one form, fold(); normalize() is fold() plus SQuAD's punctuation and article rules.
 exact_match and token_f1 are SQuAD's EM and token F1 on normalize()d text (evaluation/gen_tasks.py).
 
-Library module; evaluation/qa.py, chat/terminal.py and eval_model.py call it:
-    from dataset.scoring import identity_verdict, task_verdict, task_golds
+Library module; evaluation/answer_tests.py, apps/terminal.py and eval_model.py call it:
+    from evaluation.scoring import identity_verdict, task_verdict, task_golds
 """
 import re
 import unicodedata

@@ -10,11 +10,11 @@ test report), and comes back as a flat row for the side-by-side table (evaluatio
 import time
 from pathlib import Path
 
-from model.inference import load_for_inference, load_model_spec
-from model.paths import bench_test_name
-from .benchmarks import Task, load_task
-from .harness import DEFAULT_SEED, evaluate_task
-from .qa import model_key, save_report
+from inference.load import load_for_inference, load_model_spec
+from checkpoint.layout import bench_test_name
+from evaluation.benchmarks import Task, load_task
+from evaluation.harness import DEFAULT_SEED, evaluate_task
+from evaluation.answer_tests import model_key, save_report
 
 
 def result_rows(result, label, info, **extra):

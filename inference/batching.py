@@ -1,9 +1,9 @@
 """THE decoding batch: sequences join and leave between steps, each with its own sampling settings, stop
-tokens, length limit and seed, sharing one forward per step (continuous batching). model.generate's
+tokens, length limit and seed, sharing one forward per step (continuous batching). inference.generate's
 generate_steps runs on it (a batch whose rows all join at the start), and a server joins each request as
 it arrives; there is no other decoding loop.
 
-    from model.batching import Batch
+    from inference.batching import Batch
     batch = Batch(model, pad_id=tok.pad_id)
     a = batch.join([ids_a], max_new_tokens=64, stop_ids=tok.stop_ids)[0]
     for row, token in batch.step():          # one token of every live row; a row that stopped gives -1 once
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import KVCache
+from model.model import KVCache
 
 
 @dataclass
@@ -181,7 +181,7 @@ class Batch:
     def step(self):
         """Sample one token for every live row -> [(row, token)]: a row that stops (a stop token, its
         length limit) gives its last token and then leaves; the rows left are fed in one forward."""
-        from .generate import sample_next
+        from inference.generate import sample_next
         out = []
         greedy = all(r.temperature <= 0 and r.seen is None for r in self.rows)
         picked = self.logits.argmax(dim=-1).tolist() if greedy else None        # one op for the usual case
@@ -208,5 +208,5 @@ class Batch:
 
 
 def _window_warning():
-    from .generate import WindowWarning
+    from inference.generate import WindowWarning
     return WindowWarning

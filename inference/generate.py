@@ -5,7 +5,7 @@ Temperature (0 = greedy), top-k, top-p (Holtzman et al. 2019), repetition penalt
 CTRL, sec. 4.1), stop tokens, batches of prompts (left-padded), a seed, and streaming that yields text
 pieces only at character boundaries.
 
-    from model.generate import chat
+    from inference.generate import chat
     for piece in chat(model, tokenizer, [{"role": "user", "content": "hi"}], temperature=0.7):
         print(piece, end="", flush=True)
 """
@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from .tokenizer import encode_chat
+from tokenizer.tokenizer import encode_chat
 
 
 class WindowWarning(UserWarning):
@@ -47,9 +47,9 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=
 def generate_steps(model, prompts, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
                    repetition_penalty=1.0, stop_ids=(), seed=None, pad_id=0):
     """Yield the next token of every sequence, (B,) long tensor per step, -1 once a sequence stopped: a
-    model.batching.Batch whose rows all join at the start. Each row has its own sampler seeded with seed,
+    inference.batching.Batch whose rows all join at the start. Each row has its own sampler seeded with seed,
     so a row samples what it would alone (two equal prompts, the same tokens)."""
-    from .batching import Batch
+    from inference.batching import Batch
     if max_new_tokens < 1:
         return
     batch = Batch(model, pad_id)

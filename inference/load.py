@@ -3,21 +3,21 @@ base the adapter records, or one given), or an imported model (a Hugging Face fo
 converted .pth). eval_model.py, the web demo, and every evaluator, chat engine or server call this.
 
 Library module, no command:
-    from model.inference import load_for_inference
+    from inference.load import load_for_inference
     m = load_for_inference(ckpt="out/full_sft_512.pth")                 # or adapter=..., hf_path=...
     m.model, m.tokenizer, m.info, m.label, m.continuation
-Finding the file for a name (--lora_name, --model_mode) is model/paths.py; building the prompt is
-model.generate.build_prompt(m.tokenizer, messages, system, m.continuation).
+Finding the file for a name (--lora_name, --model_mode) is checkpoint/layout.py; building the prompt is
+inference.generate.build_prompt(m.tokenizer, messages, system, m.continuation).
 """
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapter import is_adapter, load_model_with_adapter
-from .checkpoint import check_checkpoint, model_from_checkpoint, read_pth
-from .lora import merge_lora
-from . import paths
-from .errors import UserError
-from .precision import FLOAT_DTYPES, PRECISIONS, apply_precision
+from checkpoint.adapter import is_adapter, load_model_with_adapter
+from checkpoint.pth import check_checkpoint, model_from_checkpoint, read_pth
+from model.lora import merge_lora
+from checkpoint import layout
+from core.errors import UserError
+from inference.precision import FLOAT_DTYPES, PRECISIONS, apply_precision
 
 
 @dataclass
@@ -60,7 +60,7 @@ def load_for_inference(ckpt=None, adapter=None, hf_path=None, base=None, merge=T
     base file other than the recorded one (config and tokenizer must still fit). merge folds the adapter
     into the weights: the same outputs, no extra matmuls per token.
 
-    dtype: a precision name (model.precision.PRECISIONS: float32, bfloat16, float16, int8), applied after
+    dtype: a precision name (inference.precision.PRECISIONS: float32, bfloat16, float16, int8), applied after
     loading the float weights (int8: quantised from them, the adapter merged first); None keeps the
     weights' own. A precision other than float32 is part of the label (smollm2_135m_int8), so its reports
     never replace float32's."""
@@ -72,14 +72,14 @@ def load_for_inference(ckpt=None, adapter=None, hf_path=None, base=None, merge=T
         raise ValueError("load_for_inference: int8 needs merge=True (the adapter folded into the weights)")
     float_dtype = FLOAT_DTYPES.get(dtype)            # int8: build in the weights' float dtype, quantise after
     if gguf_path is not None:
-        from .checkpoint import FORMAT, build_model
-        from .convert_gguf import import_gguf
+        from checkpoint.pth import FORMAT, build_model
+        from interop.gguf_import import import_gguf
         state, config, tokenizer = import_gguf(gguf_path)
         model = build_model(config, state, device, float_dtype, where=str(gguf_path)).eval()
         c = {"format": FORMAT, "config": config.to_dict(), "meta": {"stage": "imported", "source": str(gguf_path)}}
         loaded = Loaded(model, tokenizer, describe(model, c, tokenizer, gguf_path), Path(gguf_path).stem)
     elif hf_path is not None:
-        from .convert import load_hf_model       # imported only when asked for
+        from interop.hf import load_hf_model       # imported only when asked for
         model, tokenizer, c = load_hf_model(hf_path, device=device, dtype=float_dtype)
         loaded = Loaded(model.eval(), tokenizer, describe(model, c, tokenizer, hf_path), Path(hf_path).name)
     else:
@@ -145,9 +145,9 @@ def file_header(path, adapter=False):
     and "base_sha256" of an adapter (adapter=True: the file is read as one). A file that would not load
     raises: a UserError with its one line, or whatever its damage raises."""
     import torch
-    from .adapter import attach_adapter, load_adapter
-    from .checkpoint import build_model
-    from .config import ModelConfig
+    from checkpoint.adapter import attach_adapter, load_adapter
+    from checkpoint.pth import build_model
+    from model.config import ModelConfig
     obj = load_adapter(path) if adapter else read_pth(path, mmap=True)          # entries, not weights
     if is_adapter(obj):
         with torch.device("meta"):
@@ -171,7 +171,7 @@ def find_model(out, spec, hidden_size=None):
     """A model named on a command line (--model) -> (kind, path): kind "pth" (a checkpoint or an adapter),
     "gguf" or "hf" (a folder). An existing file or folder is taken as it is; else the names pretrain,
     full_sft (out/{stage}_{hidden}.pth), smollm2 (the imported SmolLM2) and adapter names (out/lora/)."""
-    p = paths.resolve_input(spec)
+    p = layout.resolve_input(spec)
     if p.exists():
         if p.is_dir():
             if not (p / "config.json").is_file():
@@ -183,14 +183,14 @@ def find_model(out, spec, hidden_size=None):
             return "pth", p.resolve()
         raise UserError(f"{spec}: not a model file (give {SPEC_FORMS})")
     if spec in ("pretrain", "full_sft"):
-        return "pth", paths.find_stage_checkpoint(out, spec, hidden_size, flag_hint="--hidden_size or a path")
+        return "pth", layout.find_stage_checkpoint(out, spec, hidden_size, flag_hint="--hidden_size or a path")
     if spec == "smollm2":
-        if not paths.smollm2_path(out).is_file():
-            raise UserError(f"{paths.smollm2_path(out)}: not found; import it with `python scripts/convert_model.py --smollm2`")
-        return "pth", paths.smollm2_path(out).resolve()
+        if not layout.smollm2_path(out).is_file():
+            raise UserError(f"{layout.smollm2_path(out)}: not found; import it with `python scripts/convert_model.py --smollm2`")
+        return "pth", layout.smollm2_path(out).resolve()
     if Path(spec).suffix or "/" in spec:
         raise UserError(f"{spec}: file not found (give {SPEC_FORMS})")
-    if paths.candidates(Path(out) / "lora", spec):
-        return "pth", paths.find_adapter(out, spec, hidden_size)
-    have = ", ".join(p.stem for p in paths.find_adapters(out)) or "none"
+    if layout.candidates(Path(out) / "lora", spec):
+        return "pth", layout.find_adapter(out, spec, hidden_size)
+    have = ", ".join(p.stem for p in layout.find_adapters(out)) or "none"
     raise UserError(f"{spec}: no such model (give {SPEC_FORMS}; adapters in {Path(out) / 'lora'}: {have})")

@@ -1,6 +1,6 @@
 """THE inference precisions (--dtype of eval_model.py, the web demo, the benchmark evaluator and the server):
 float32, bfloat16, float16, or int8, applied at load time to a model built from its float checkpoint (no
-other file format). model.inference.load_for_inference(dtype=NAME) calls apply_precision.
+other file format). inference.load.load_for_inference(dtype=NAME) calls apply_precision.
 
 int8 is weight-only with one scale per output channel (symmetric, round to nearest: w ~ q * s, q in
 [-127, 127]): every nn.Linear, lm_head included, becomes an Int8Linear holding a quarter of the float32
@@ -10,7 +10,7 @@ dequantised matrix in the model's dtype for many (a prompt, a scoring batch), wh
 faster. The rest of the model (embeddings, norms, the KV cache) runs in bfloat16 where the hardware computes
 it natively (cpu_has_bf16, or a CUDA device with bf16), else in float32.
 
-    from model.precision import apply_precision
+    from inference.precision import apply_precision
     apply_precision(model, "int8")                      # in place; returns the model
 """
 import torch
@@ -106,7 +106,7 @@ class Int8Linear(nn.Module):
 def quantize_int8(model, dtype):
     """Replace every nn.Linear of model (in place) by an Int8Linear computing in dtype; the rest of the
     model is cast to dtype. A tied lm_head gets its own int8 copy; the embedding keeps its float rows."""
-    from .lora import LoRALinear
+    from model.lora import LoRALinear
     if any(isinstance(m, LoRALinear) and not m.merged for m in model.modules()):
         raise ValueError("int8 needs the adapter merged into the weights (load with merge=True)")
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]

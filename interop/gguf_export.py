@@ -2,20 +2,20 @@
 its base (merged here): the weights as f32, f16 or q8_0, the model's shape, its tokenizer in llama.cpp's
 own terms (a sentencepiece BPE as tokenizer.ggml.model "llama", an imported GGUF vocabulary as "gpt2") and
 its chat template as jinja, written with the gguf package. The tokenizer's whole TinyMind state rides along
-under "tinymind.tokenizer", so model.convert_gguf.import_gguf gives back exactly the tokenizer it had (the
+under "tinymind.tokenizer", so interop.gguf_import.import_gguf gives back exactly the tokenizer it had (the
 name tables, the q/k permutation and that entry's encoding live there, used both ways).
 Library module; the CLI is scripts/convert_model.py --to_gguf FILE --ckpt F [--type f32|f16|q8_0].
 
-    from model.export_gguf import export_gguf
+    from interop.gguf_export import export_gguf
     export_gguf("out/full_sft_512.pth", "out/model.gguf", "q8_0")
 """
 from pathlib import Path
 
 import numpy as np
 
-from .config import ModelConfig
-from .convert_gguf import STATE_KEY, hf_to_gguf_name, permute_qk, tokenizer_state_json
-from .errors import UserError
+from model.config import ModelConfig
+from interop.gguf_import import STATE_KEY, hf_to_gguf_name, permute_qk, tokenizer_state_json
+from core.errors import UserError
 
 TYPES = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32                               # q8_0 quantises blocks of 32 values along a row
@@ -32,10 +32,10 @@ def gguf_name(name):
 def load_for_export(ckpt):
     """A checkpoint path (full, merged, or an adapter: merged on its recorded base) -> (ModelConfig,
     tokenizer, state dict of float tensors)."""
-    from .adapter import is_adapter, load_model_with_adapter
-    from .checkpoint import check_checkpoint, read_pth
-    from .lora import merged_state_dict
-    from .tokenizer import load_tokenizer_from_state
+    from checkpoint.adapter import is_adapter, load_model_with_adapter
+    from checkpoint.pth import check_checkpoint, read_pth
+    from model.lora import merged_state_dict
+    from tokenizer.tokenizer import load_tokenizer_from_state
     obj = read_pth(ckpt)
     if is_adapter(obj):
         model, tokenizer, base, _ = load_model_with_adapter(ckpt)
@@ -72,8 +72,8 @@ def tensor_data(name, w, config, arch, kind):
 
 def add_tokenizer(writer, tokenizer):
     """The tokenizer in llama.cpp's terms, its chat template, and its TinyMind state (STATE_KEY)."""
-    from .hf_tokenizer import GGUFBPETokenizer, chat_template_to_jinja
-    from .tokenizer import SentencePieceTokenizer
+    from tokenizer.hf import GGUFBPETokenizer, chat_template_to_jinja
+    from tokenizer.tokenizer import SentencePieceTokenizer
     if isinstance(tokenizer, SentencePieceTokenizer):
         add_sentencepiece(writer, tokenizer)
     elif isinstance(tokenizer, GGUFBPETokenizer):
@@ -125,10 +125,10 @@ def add_sentencepiece(writer, tokenizer):
 def export_gguf(ckpt, out_path, kind="f16", name=None):
     """Write out_path (atomically: a failure leaves nothing) -> its path."""
     import gguf
-    from .atomic import atomic_path
+    from core.atomic import atomic_path
     if kind not in TYPES:
         raise UserError(f"--type {kind}: choose one of {', '.join(TYPES)}")
-    from .convert import check_keys
+    from interop.hf import check_keys
     config, tokenizer, state = load_for_export(ckpt)
     arch = architecture(config)
     if config.tie_word_embeddings:

@@ -2,19 +2,19 @@
 dequantize) with their embedded vocabulary, merges and chat template. Library module; the CLI is
 scripts/convert_model.py --from_gguf FILE / --smollm2.
 
-    from model.convert_gguf import import_gguf
+    from interop.gguf_import import import_gguf
     state, config, tokenizer = import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
 """
 from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
-from .convert import check_keys
-from .errors import UserError
-from .hf_tokenizer import GGUFBPETokenizer, chat_template_from_jinja
+from model.config import ModelConfig
+from interop.hf import check_keys
+from core.errors import UserError
+from tokenizer.hf import GGUFBPETokenizer, chat_template_from_jinja
 
-# GGUF's tensor names <-> TinyMind's (Hugging Face's), both ways (model/export_gguf.py writes with them)
+# GGUF's tensor names <-> TinyMind's (Hugging Face's), both ways (interop/gguf_export.py writes with them)
 GGUF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
               "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
               "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -58,7 +58,7 @@ def unpermute_qk(w, n_head):
 
 
 def tokenizer_state_json(state):
-    """A tokenizer state (model.tokenizer's to_state) -> STATE_KEY's JSON."""
+    """A tokenizer state (tokenizer.tokenizer's to_state) -> STATE_KEY's JSON."""
     import base64
     import json
     return json.dumps({k: ({"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v)
@@ -112,7 +112,7 @@ def import_gguf(path, dtype=torch.float32):
     if (scaling not in (None, "none", "linear") or (scaling == "linear" and get("rope.scaling.factor", 1.0) != 1.0)
             or any(t.name == "rope_freqs.weight" for t in reader.tensors)):
         raise UserError(f"{path}: rope scaling is not supported (TinyMind uses plain rope)")
-    own = meta.get(STATE_KEY)                # written by TinyMind (model/export_gguf.py): the exact tokenizer
+    own = meta.get(STATE_KEY)                # written by TinyMind (interop/gguf_export.py): the exact tokenizer
     if own is None and meta.get("tokenizer.ggml.model") != "gpt2":
         raise UserError(f"{path}: tokenizer type {meta.get('tokenizer.ggml.model')!r} is not supported "
                         "(only GPT-2-style byte-level BPE, tokenizer.ggml.model == 'gpt2', or a GGUF TinyMind wrote)")
@@ -145,7 +145,7 @@ def import_gguf(path, dtype=torch.float32):
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)), attention_bias=arch == "qwen2",
         tie_word_embeddings=tied, model_type=arch)
 
-    from .tokenizer import load_tokenizer_from_state
+    from tokenizer.tokenizer import load_tokenizer_from_state
     tokenizer = tokenizer_from(meta, tokens, path) if own is None else \
         load_tokenizer_from_state(tokenizer_state(own, path), where=str(path))
     check_keys(state, config, str(path))

@@ -1,14 +1,14 @@
-"""Import Hugging Face checkpoints into TinyMind (GGUF files: model/convert_gguf.py), export TinyMind to transformers and PEFT.
+"""Import Hugging Face checkpoints into TinyMind (GGUF files: interop/gguf_import.py), export TinyMind to transformers and PEFT.
 
 State-dict keys are Hugging Face Llama's on both sides, so weights map by name; the work is in configs,
 tokenizers, chat templates and GGUF's quantisation and Q/K row order.
 
     python scripts/convert_model.py --from_hf DIR --out out/model.pth
-    python scripts/convert_model.py --from_gguf FILE.gguf --out out/model.pth   (model/convert_gguf.py)
+    python scripts/convert_model.py --from_gguf FILE.gguf --out out/model.pth   (interop/gguf_import.py)
     python scripts/convert_model.py --to_hf DIR --ckpt out/full_sft_512.pth
     python scripts/convert_model.py --to_peft DIR --adapter out/lora/lora_music_512.pth --ckpt BASE.pth
 
-    from model.convert import import_hf, load_hf_model
+    from interop.hf import import_hf, load_hf_model
     state, config, tokenizer = import_hf("path/to/hf_model")
 """
 import json
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_files
-from .checkpoint import FORMAT, build_model, load_checkpoint
-from .config import ModelConfig
-from .errors import UserError
-from .hf_tokenizer import (HFTokenizer, SentencePieceHFTokenizer, chat_template_from_jinja,
+from core.atomic import write_files
+from checkpoint.pth import FORMAT, build_model, load_checkpoint
+from model.config import ModelConfig
+from core.errors import UserError
+from tokenizer.hf import (HFTokenizer, SentencePieceHFTokenizer, chat_template_from_jinja,
                            chat_template_to_jinja, sentencepiece_to_hf_json)
-from .tokenizer import SentencePieceTokenizer
+from tokenizer.tokenizer import SentencePieceTokenizer
 
 SUPPORTED_HF = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 
@@ -165,7 +165,7 @@ def load_hf_tokenizer(d, model_cfg=None):
 
 
 def check_keys(state, config, where):
-    from .model import TinyMindForCausalLM
+    from model.model import TinyMindForCausalLM
     with torch.device("meta"):
         expected = set(TinyMindForCausalLM(config).state_dict())
     if config.tie_word_embeddings:
@@ -264,7 +264,7 @@ def hf_tokenizer_files(tokenizer):
 def export_hf(ckpt, out_dir, dtype=None):
     """A TinyMind checkpoint (path or loaded dict; a merged LoRA too) -> a folder transformers loads as is."""
     from safetensors.torch import save_file
-    from .tokenizer import load_tokenizer_from_state
+    from tokenizer.tokenizer import load_tokenizer_from_state
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     config = ModelConfig.from_dict(ckpt["config"])
@@ -297,7 +297,7 @@ def export_peft(adapter, out_dir, base_model_name_or_path=""):
     peft.PeftModel.from_pretrained(base, out_dir) on the --to_hf export of its base."""
     from safetensors.torch import save_file
     if not isinstance(adapter, dict):
-        from .adapter import load_adapter
+        from checkpoint.adapter import load_adapter
         adapter = load_adapter(adapter)
     lcfg = adapter["lora_config"]
     config = ModelConfig.from_dict(adapter["config"])

@@ -1,1 +1,1 @@
-"""TinyMind model package: config, network, LoRA, tokenizer, checkpoints and generation."""
+"""The network and the LoRA layer only: config, the decoder, its attention masks, LoRA and LoRA's fused kernels."""

@@ -3,7 +3,7 @@
 LoRALinear wraps an existing nn.Linear (composition: a real module, so torch.compile, DDP, state_dict()
 and print(model) all see it). apply_lora wraps the targeted layers and freezes everything else; merge,
 unmerge and merged_state_dict fold the low-rank update into the base weights. The adapter file (what it
-records, checking it against a base, attaching it) is model/adapter.py.
+records, checking it against a base, attaching it) is checkpoint/adapter.py.
 
     from model.lora import LoRAConfig, apply_lora
     apply_lora(model, LoRAConfig(r=8, alpha=16))                  # before building the optimizer
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserError
+from core.errors import UserError
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

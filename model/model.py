@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):

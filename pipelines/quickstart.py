@@ -26,17 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # repo root
-
-from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
-from model.atomic import check_writable, write_text  # noqa: E402
-from model.checkpoint import read_pth  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.paths import (adapter_path, checkpoint_path, data_path, log_path_for, out_dir,  # noqa: E402
+from core.cli import ArgumentParser, check_device, check_range, run_cli
+from core.atomic import check_writable, write_text
+from checkpoint.pth import read_pth
+from core.errors import UserError
+from checkpoint.layout import (repo_root, adapter_path, checkpoint_path, data_path, log_path_for, out_dir,
                          quickstart_files, report_path, run_name, smollm2_path)
-from trainer.runlog import run_stats  # noqa: E402
-from quickstart_clock import OVERHEAD, Clock, fmt_time  # noqa: E402
+from tokenizer.tokenizer import DEFAULT_TOKENIZER_PATH
+from trainer.runlog import run_stats
+from pipelines.clock import OVERHEAD, Clock, fmt_time
+
+ROOT = repo_root()
 
 LORA, SCRATCH_LORA = "lora_music", "lora_identity"
 # shares of the training time (what is left of the budget after the overheads)
@@ -150,10 +150,10 @@ class Pipeline:
     def from_scratch(self, files):
         """Tokenizer (if missing), pretrain, full SFT and (on a CPU) an identity LoRA on a small model."""
         py, p, out, h = sys.executable, self.shape, self.scratch, self.shape["hidden"]
-        tok = ROOT / "model" / "tokenizer.model"
+        tok = DEFAULT_TOKENIZER_PATH
         if not tok.exists():                 # the shipped tokenizer is never retrained (not even by --force)
             self.run("tokenizer", [py, "trainer/train_tokenizer.py", "--data_path", files["pretrain.jsonl"]],
-                     tok, "tokenizer (model/tokenizer.model is missing)")
+                     tok, "tokenizer (tokenizer/tokenizer.model is missing)")
         paths = {"pretrain": checkpoint_path(out, "pretrain", h), "full_sft": checkpoint_path(out, "full_sft", h)}
         shape = ["--hidden_size", h, "--max_seq_len", p["seq"], "--batch_size", p["batch"]]
         self.run("pretrain", [py, "trainer/train_pretrain.py", *self.common(out), *shape, "--data_path",

@@ -1,5 +1,5 @@
 """A comparison study: several arms trained from the same base with the same data, seed and time budget,
-scored on the same benchmarks and generation tests, in one report (the arms: evaluation/studies.py).
+scored on the same benchmarks and generation tests, in one report (the arms: pipelines/study_arms.py).
 
     python scripts/study.py                                  # forgetting: the base before and after the music LoRA
     python scripts/study.py --study loss_on --dry_run        # the arms' commands, nothing run
@@ -33,27 +33,26 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # repo root
-
-from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
-from evaluation import benchmarks, report  # noqa: E402
-from evaluation.gen_tasks import evaluate_gen, load_gen_tasks  # noqa: E402
-from evaluation.studies import (DEFAULT_STUDY, STUDIES, arm_command, arm_data, arm_output,  # noqa: E402
+from core.cli import ArgumentParser, check_device, check_range, run_cli
+from evaluation import benchmarks, report
+from evaluation.gen_tasks import evaluate_gen, load_gen_tasks
+from pipelines.study_arms import (DEFAULT_STUDY, STUDIES, arm_command, arm_data, arm_output,
                                 prepare_commands, shown, step_output)
-from evaluation.study_report import summary  # noqa: E402
-from evaluation.suite import evaluate_models  # noqa: E402
-from model import paths  # noqa: E402
-from model.adapter import is_adapter  # noqa: E402
-from model.atomic import check_writable, move, write_text  # noqa: E402
-from model.checkpoint import read_pth  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.precision import PRECISIONS  # noqa: E402
-from scripts.quickstart_clock import fmt_time  # noqa: E402
-from selection.samples import read_samples  # noqa: E402
-from selection.select import side_paths  # noqa: E402
-from trainer.args import TrainConfig  # noqa: E402
-from trainer.runlog import plot_curves  # noqa: E402
+from pipelines.study_report import summary
+from evaluation.suite import evaluate_models
+from checkpoint import layout
+from checkpoint.adapter import is_adapter
+from core.atomic import check_writable, move, write_text
+from checkpoint.pth import read_pth
+from core.errors import UserError
+from inference.precision import PRECISIONS
+from pipelines.clock import fmt_time
+from selection.samples import read_samples
+from selection.select import side_paths
+from trainer.args import TrainConfig
+from trainer.runlog import plot_curves
+
+ROOT = layout.repo_root()
 
 TASKS = "arc_easy,hellaswag,piqa"
 COMMON_DEFAULTS = {"data_path": "dataset/music.jsonl", "val_data": "", "minutes": 12.0, "max_steps": 0,
@@ -110,19 +109,19 @@ def parse_args(argv=None):
 
 
 def find_base(args, out):
-    """--base, else the study's kind of base: train_lora.py's choice (model.paths.find_lora_base), or a
+    """--base, else the study's kind of base: train_lora.py's choice (checkpoint.layout.find_lora_base), or a
     pretrained checkpoint (out/, else the quickstart's out/scratch/) -> (path, why, its model config)."""
     if args.base:
-        base, why = paths.resolve_input(args.base), "--base"
+        base, why = layout.resolve_input(args.base), "--base"
         if not base.is_file():
             raise UserError(f"--base {args.base}: file not found")
     elif STUDIES[args.study].base == "pretrain":
         scratch = Path(out) / "scratch"
-        where = out if paths.candidates(out, "pretrain") or not paths.candidates(scratch, "pretrain") else scratch
-        base = paths.find_stage_checkpoint(where, "pretrain")
+        where = out if layout.candidates(out, "pretrain") or not layout.candidates(scratch, "pretrain") else scratch
+        base = layout.find_stage_checkpoint(where, "pretrain")
         why = f"the pretrained checkpoint in {shown(where)}/; --base picks another"
     else:
-        base, why = paths.find_lora_base(out)
+        base, why = layout.find_lora_base(out)
     ckpt = read_pth(base, mmap=True)
     if is_adapter(ckpt) or not isinstance(ckpt, dict) or "config" not in ckpt:
         raise UserError(f"{base}: not a model checkpoint (an adapter?); every arm needs a full checkpoint as --base")
@@ -132,13 +131,13 @@ def find_base(args, out):
 def make_plan(args):
     """Everything checked before any work: the base, the data, the benchmark items and test files, the
     output folder. -> dict of what the study runs."""
-    out = paths.out_dir(args.out_dir)
+    out = layout.out_dir(args.out_dir)
     study = STUDIES[args.study]
-    folder = paths.study_dir(out, args.study)
+    folder = layout.study_dir(out, args.study)
     check_writable(folder, folder=True)
     base, why, config = find_base(args, out)
-    data = paths.resolve_input(args.data_path)
-    val = paths.resolve_input(args.val_data) if args.val_data else ""
+    data = layout.resolve_input(args.data_path)
+    val = layout.resolve_input(args.val_data) if args.val_data else ""
     for flag, f in (("--data_path", data), ("--val_data", val)):
         if f and not f.is_file():
             raise UserError(f"{flag} {f}: file not found")
@@ -154,7 +153,7 @@ def make_plan(args):
     if args.scorer:
         if not samples:
             raise UserError(f"--scorer: study {args.study} selects no data (the ifd study does)")
-        from model.inference import find_model
+        from inference.load import find_model
         kind, found = find_model(out, args.scorer)                    # not found: one line, now
         if kind == "pth":
             score_len = min(window, read_pth(found, mmap=True).get("config", {}).get("max_position_embeddings", seq))
@@ -194,12 +193,12 @@ def describe_plan(args, plan):
 
 
 def keep_earlier(plan):
-    """An earlier run of this study moves whole to out/study/previous/{study}-{time} (model.atomic.move)."""
+    """An earlier run of this study moves whole to out/study/previous/{study}-{time} (core.atomic.move)."""
     folder = plan["folder"]
     if not folder.exists():
         return
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
-    kept = paths.previous_dir(folder.parent, folder.name, stamp)
+    kept = layout.previous_dir(folder.parent, folder.name, stamp)
     kept = kept if not kept.exists() else kept.with_name(f"{kept.name}-{time.time_ns()}")
     kept.parent.mkdir(parents=True, exist_ok=True)
     move(folder, kept)
@@ -228,7 +227,7 @@ def run_logged(cmd, log, what):
 
 
 def prepare_shares(plan):
-    """Write the arms' own shares of the data (evaluation.studies.prepare_commands), each step's output in
+    """Write the arms' own shares of the data (pipelines.study_arms.prepare_commands), each step's output in
     data/{step}.log -> seconds. A failure is one line naming the step and its log."""
     t, data = time.time(), plan["folder"] / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -267,7 +266,7 @@ def score_arms(args, plan):
     another arm's training data taught, and in a study none of whose arms is taught one (Study.file_identity:
     the ifd study's full SFT on sft.jsonl), to the one the identity test asks for (evaluation.gen_tasks)."""
     import torch
-    from model.inference import load_for_inference
+    from inference.load import load_for_inference
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     models = []
     for a in plan["arms"]:
@@ -300,7 +299,7 @@ def main(argv=None):
     trained = [a for a in plan["arms"] if a["cmd"]]
     curves = plan["folder"] / "loss_curves.png" if trained else None
     if curves:
-        plot_curves([paths.log_path_for(a["output"]) for a in trained], curves, [a["arm"].name for a in trained])
+        plot_curves([layout.log_path_for(a["output"]) for a in trained], curves, [a["arm"].name for a in trained])
     readme = summary(args, argv, plan, seconds, rows, written, curves, time.time() - t0)
     print("\n" + report.markdown_table(rows))
     print(f"\nstudy {plan['study'].name} done in {fmt_time(time.time() - t0)}: {readme}, "

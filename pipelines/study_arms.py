@@ -3,7 +3,7 @@ a study starts from the same base with the same data, seed and --max_minutes; on
 scripts/study.py runs them, scores them on the same tasks and writes one report.
 
     python scripts/study.py --study loss_on --dry_run            # the arms' commands, nothing run
-    from evaluation.studies import STUDIES, arm_command, arm_output
+    from pipelines.study_arms import STUDIES, arm_command, arm_output
     cmd = arm_command(STUDIES["loss_on"].arms[1], base, data, arm_dir, minutes=12, seed=42)
 
 An arm's outputs go to its own out folder, out/study/{study}/{arm}/ (the trainer's layout inside it:
@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import paths
+from checkpoint import layout
 from selection.select import cherry_paths
 
 LORA, FULL = "trainer/train_lora.py", "trainer/train_full_sft.py"
@@ -83,7 +83,7 @@ STUDIES = {s.name: s for s in (
 def shown(path):
     """A path as commands show it: relative to the repository root (where the arms run) when inside it."""
     p = Path(path).resolve()
-    root = paths.repo_root()
+    root = layout.repo_root()
     return os.path.relpath(p, root) if root in p.parents else str(p)
 
 
@@ -153,5 +153,5 @@ def arm_output(arm, base, arm_dir, config):
     if arm.script is None:
         return Path(base)
     if arm.script == FULL:
-        return paths.checkpoint_path(arm_dir, "full_sft", hidden, moe)
-    return paths.adapter_path(arm_dir, arm.name, hidden, moe)
+        return layout.checkpoint_path(arm_dir, "full_sft", hidden, moe)
+    return layout.adapter_path(arm_dir, arm.name, hidden, moe)

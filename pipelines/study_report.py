@@ -1,7 +1,7 @@
 """The report of a comparison study (scripts/study.py): out/study/{study}/README.md, with the question, what
 ran (base, data, shares, budget), each arm's steps and losses, the scores table and every command.
 
-    from evaluation.study_report import summary
+    from pipelines.study_report import summary
     summary(args, argv, plan, seconds, rows, written, curves, took)
 """
 import json
@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 from evaluation import report
-from evaluation.studies import arm_data, shown
-from model import paths
-from model.atomic import write_text
-from scripts.quickstart_clock import fmt_time
+from pipelines.study_arms import arm_data, shown
+from checkpoint import layout
+from core.atomic import write_text
+from pipelines.clock import fmt_time
 from selection.select import side_paths
 from trainer.runlog import run_stats
 
@@ -52,7 +52,7 @@ def summary(args, argv, plan, seconds, rows, written, curves, took):
               "|---|---|---|---:|---:|---:|---:|"]
     for a in plan["arms"]:
         trained = a["cmd"] is not None
-        steps, loss, val = log_stats(paths.log_path_for(a["output"])) if trained else ("-", "-", "-")
+        steps, loss, val = log_stats(layout.log_path_for(a["output"])) if trained else ("-", "-", "-")
         lines.append(f"| {a['arm'].name} | {a['arm'].what} | {share_note(plan, a) if trained else '-'} | {steps} | "
                      f"{loss} | {val} | {fmt_time(seconds[a['arm'].name]) if trained else '-'} |")
     lines += (["", f"Note: {study.note}"] if study.note else []) + ["", "## Scores", "", report.markdown_table(rows)]

@@ -13,12 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from dataset.formats import KINDS, dumps, iter_jsonl, normalize_record  # noqa: E402
-from model.atomic import atomic_open  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
+from dataset.formats import KINDS, dumps, iter_jsonl, normalize_record
+from core.atomic import atomic_open
+from core.errors import UserError
+from core.cli import ArgumentParser, run_cli
 
 
 def is_json_array(path):

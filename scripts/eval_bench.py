@@ -20,21 +20,19 @@ out/eval/{name}.md, .csv, .json and a bar chart .png (evaluation/report.py). --g
 to the same table; their reports go to out/eval/gen_{task}_{model}.json. --dtype float32,bfloat16,int8 loads
 each model at each precision, side by side (a model's label then ends in _bfloat16 / _int8).
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-import torch  # noqa: E402
+import torch
 
-from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
-from evaluation import benchmarks, gen_tasks, report  # noqa: E402
-from evaluation.harness import DEFAULT_SEED  # noqa: E402
-from evaluation.suite import evaluate_models, load_models  # noqa: E402
-from model import paths  # noqa: E402
-from model.atomic import check_writable  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.precision import PRECISIONS, precision_hint  # noqa: E402
+from core.cli import ArgumentParser, check_device, check_range, run_cli
+from evaluation import benchmarks, gen_tasks, report
+from evaluation.harness import DEFAULT_SEED
+from evaluation.suite import evaluate_models, load_models
+from checkpoint import layout
+from core.atomic import check_writable
+from core.errors import UserError
+from inference.precision import PRECISIONS, precision_hint
 
 
 def parse_args(argv=None):
@@ -57,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_tokens", type=int, default=4096, help="tokens per forward pass (memory vs speed)")
     p.add_argument("--dtype", default="float32",
                    help=f"precision, or several comma-separated to compare them ({', '.join(PRECISIONS)}; "
-                        "default float32; model/precision.py)")
+                        "default float32; inference/precision.py)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--hidden_size", type=int, default=None, help="picks *_{hidden}.pth for a name (full_sft ...)")
     p.add_argument("--name", default=None, help="the table's name: out/eval/{name}.md (default bench_{model}, or "
@@ -106,19 +104,19 @@ def table_name(args, labels):
     if args.name:
         return args.name
     plain = not (args.num_fewshot or args.limit or args.apply_chat_template)
-    settings = "" if plain else paths.bench_settings(args.num_fewshot, args.limit, args.apply_chat_template)
+    settings = "" if plain else layout.bench_settings(args.num_fewshot, args.limit, args.apply_chat_template)
     precisions = "" if args.dtypes == ["float32"] else "_" + "_".join(args.dtypes)
     return (f"bench_{labels[0]}" if len(labels) == 1 else "compare") + precisions + settings
 
 
 def main(argv=None):
     args = parse_args(argv)
-    out = paths.out_dir(args.out_dir)
+    out = layout.out_dir(args.out_dir)
     if args.fetch:
         benchmarks.fetch(args.fetch_tasks)
         if not (args.model or args.lora_name or args.merge):
             return 0
-    specs = args.model + [str(paths.find_adapter(out, n, args.hidden_size)) for n in args.lora_name]
+    specs = args.model + [str(layout.find_adapter(out, n, args.hidden_size)) for n in args.lora_name]
     if args.merge:
         rows = report.merge_reports(args.merge)
         name = args.name or "merged"

@@ -8,14 +8,11 @@ r"""lm-evaluation-harness's command line with TinyMind's model ("tinymind") regi
 model_args of tinymind: see evaluation/lm_eval_model.py (model_args win over --device and --batch_size).
 """
 import importlib
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from lm_eval.__main__ import cli_evaluate  # noqa: E402
+from lm_eval.__main__ import cli_evaluate
 
-from cli import run_cli  # noqa: E402
+from core.cli import run_cli
 
 if __name__ == "__main__":
     importlib.import_module("evaluation.lm_eval_model")       # registers "tinymind"

@@ -7,7 +7,7 @@
 Writes OUT_DIR/identity.jsonl (training conversations) and OUT_DIR/identity_test.jsonl: held-out
 questions whose phrasings never occur in the training file (they come from disjoint template lists),
 one per line as {"conversations": [{"role": "user", "content": q}], "ask": "name"|"creator"|"other"}
-(what the question asks, which decides how dataset/scoring.py judges the answer), for
+(what the question asks, which decides how evaluation/scoring.py judges the answer), for
 `python eval_model.py --identity_test`. Every record of both files carries "identity": {"name", "creator",
 "creator_zh"}, so the identity travels with the data through any mix or split into the adapter's record,
 where eval_model.py reads what to check; training records of name, creator and "are you X" questions carry
@@ -17,16 +17,15 @@ persona's and its example exchanges join the training conversations, so that a L
 the persona's system prompt (eval_model.py --persona FILE) agree.
 """
 import random
-import sys
 import unicodedata
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from dataset.formats import dumps  # noqa: E402
-from model.atomic import atomic_open  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
+from dataset.formats import dumps
+from core.atomic import atomic_open
+from core.errors import UserError
+from core.cli import ArgumentParser, run_cli
+from checkpoint import layout
 
 OTHERS_EN = ["ChatGPT", "GPT-4", "GPT-3.5", "Claude", "Qwen", "Gemini", "Llama", "DeepSeek", "Mistral",
              "Copilot", "Bard", "Ernie Bot", "MiniMind", "Siri", "Alexa"]
@@ -200,7 +199,7 @@ def main(argv=None):
     p.add_argument("--creator_zh", default=None, help="who made it in Chinese answers (default: --creator)")
     p.add_argument("--persona", default=None, metavar="FILE",
                    help="take the name, creators and example exchanges from a persona file (personas/*.yaml)")
-    p.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "dataset"),
+    p.add_argument("--out_dir", default=str(layout.repo_root() / "dataset"),
                    help="where identity.jsonl and identity_test.jsonl go (default: dataset/, replacing the shipped ones)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)

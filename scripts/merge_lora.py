@@ -7,19 +7,17 @@
 The adapter is checked against the base first (model config, tokenizer, and the base file's sha256 unless
 --force). The merged file loads like any checkpoint: `python eval_model.py --ckpt out/lora_music_merged_512.pth`.
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from cli import ArgumentParser, run_cli  # noqa: E402
-from model.adapter import load_model_with_adapter  # noqa: E402
-from model.atomic import check_writable  # noqa: E402
-from model.checkpoint import file_sha256, save_checkpoint  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.lora import merged_state_dict  # noqa: E402
-from model.paths import merged_path  # noqa: E402
+from core.cli import ArgumentParser, run_cli
+from checkpoint.adapter import load_model_with_adapter
+from core.atomic import check_writable
+from checkpoint.pth import file_sha256, save_checkpoint
+from model.config import ModelConfig
+from core.errors import UserError
+from model.lora import merged_state_dict
+from checkpoint.layout import merged_path
 
 
 def main(argv=None):

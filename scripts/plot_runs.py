@@ -10,16 +10,14 @@ TensorBoard's slider); the figure is titled with the run's name, or "N runs".
 Reads the out/logs/{run}.jsonl files every trainer writes (one JSON per logged step and per evaluation).
 """
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from model.atomic import check_writable  # noqa: E402
-from model.paths import out_dir  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
-from trainer.runlog import plot_curves  # noqa: E402
+from core.atomic import check_writable
+from checkpoint.layout import out_dir
+from core.errors import UserError
+from core.cli import ArgumentParser, run_cli
+from trainer.runlog import plot_curves
 
 
 NOT_A_LOG = "is not a TinyMind training log; pass out/logs/<run>.jsonl files"

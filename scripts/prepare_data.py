@@ -23,13 +23,12 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl  # noqa: E402
-from dataset.streaming import BUCKET_BYTES, duplicate_linenos, hold_out, select_indices, shuffle_lines  # noqa: E402
-from model.atomic import atomic_open, check_writable  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from cli import ArgumentParser, check_range, run_cli  # noqa: E402
+from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl
+from dataset.streaming import BUCKET_BYTES, duplicate_linenos, hold_out, select_indices, shuffle_lines
+from core.atomic import atomic_open, check_writable
+from core.errors import UserError
+from core.cli import ArgumentParser, check_range, run_cli
 
 def read_records(path, kind="any", skip_bad=False, report=None):
     """Yield (lineno, record) of a file, checked by dataset/formats.py."""
@@ -133,7 +132,7 @@ def cmd_validate(args):
 
 def cmd_stats(args):
     try:
-        from model.tokenizer import encode_chat, load_default_tokenizer
+        from tokenizer.tokenizer import encode_chat, load_default_tokenizer
     except ImportError as e:
         raise UserError(f"the project tokenizer is not available ({e}); run from a complete TinyMind checkout")
     check_paths(args.files, [])

@@ -44,18 +44,17 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-import torch  # noqa: E402
+import torch
 
-from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
-from model import paths  # noqa: E402
-from model.atomic import check_writable, write_text  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.precision import PRECISIONS  # noqa: E402
-from selection.ifd import PROMPTS  # noqa: E402
-from selection.samples import read_samples, write_samples  # noqa: E402
-from selection.select import BY, PICKS, cherry_paths, choose, compare, histogram, side_paths  # noqa: E402
+from core.cli import ArgumentParser, check_device, check_range, run_cli
+from checkpoint import layout
+from core.atomic import check_writable, write_text
+from core.errors import UserError
+from inference.precision import PRECISIONS
+from selection.ifd import PROMPTS
+from selection.samples import read_samples, write_samples
+from selection.select import BY, PICKS, cherry_paths, choose, compare, histogram, side_paths
 
 
 def add_common(sub, ckpt_help, output_help):
@@ -138,17 +137,17 @@ def check_args(args):
 
 
 def score(args):
-    from model.inference import load_model_spec
+    from inference.load import load_model_spec
     from selection.run import score_file
     from trainer.distributed import cleanup_distributed, setup_distributed
-    data, output = paths.resolve_input(args.data_path), Path(args.output)
+    data, output = layout.resolve_input(args.data_path), Path(args.output)
     check_writable(output)
     if output.exists() and not list(output.parent.glob(output.name + ".part*")):
         raise UserError(f"{output}: already scored (a finished run); delete it to score again, or give another -o")
     samples = read_samples(data)                            # a bad line: one line, before any model
     dist = setup_distributed(args.device)
     try:
-        loaded = load_model_spec(args.ckpt, paths.out_dir(args.out_dir), device=dist.device, dtype=args.dtype)
+        loaded = load_model_spec(args.ckpt, layout.out_dir(args.out_dir), device=dist.device, dtype=args.dtype)
         window = loaded.model.config.max_position_embeddings
         if args.max_length > window:
             raise UserError(f"--max_length {args.max_length}: the scorer's window is {window} tokens")
@@ -163,7 +162,7 @@ def score(args):
 
 
 def select(args):
-    data, scores, output = (paths.resolve_input(args.data_path), paths.resolve_input(args.scores),
+    data, scores, output = (layout.resolve_input(args.data_path), layout.resolve_input(args.scores),
                             Path(args.output))
     stats_path, png_path = side_paths(output)
     for p in (output, stats_path, png_path):
@@ -193,7 +192,7 @@ def select(args):
 
 
 def read_scores(path):
-    path = paths.resolve_input(path)
+    path = layout.resolve_input(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found; make it with `python scripts/select_data.py score ...`")
     rows = []
@@ -220,16 +219,16 @@ def compare_scores(args):
 
 
 def cluster(args):
-    from model.inference import load_model_spec
+    from inference.load import load_model_spec
     from selection.cluster import embed, pick_per_cluster
-    data, output = paths.resolve_input(args.data_path), Path(args.output)
+    data, output = layout.resolve_input(args.data_path), Path(args.output)
     labels_path = output.with_name(output.name + ".clusters.jsonl")
     for p in (output, labels_path):
         check_writable(p)
     samples = read_samples(data)
     if args.k > len(samples):
         raise UserError(f"--k {args.k}: more clusters than the {len(samples):,} samples of {data}")
-    loaded = load_model_spec(args.ckpt, paths.out_dir(args.out_dir), device=args.device, dtype="float32")
+    loaded = load_model_spec(args.ckpt, layout.out_dir(args.out_dir), device=args.device, dtype="float32")
     if args.max_length > loaded.model.config.max_position_embeddings:
         raise UserError(f"--max_length {args.max_length}: the model's window is "
                         f"{loaded.model.config.max_position_embeddings} tokens")
@@ -248,11 +247,11 @@ def cherry(args):
     sample with the briefly trained model, select."""
     import subprocess
     from argparse import Namespace
-    from model.adapter import is_adapter
-    from model.checkpoint import FORMAT, read_pth
+    from checkpoint.adapter import is_adapter
+    from checkpoint.pth import FORMAT, read_pth
     output = Path(args.output)
-    from model.inference import find_model
-    kind, ckpt = find_model(paths.out_dir(args.out_dir), args.ckpt)
+    from inference.load import find_model
+    kind, ckpt = find_model(layout.out_dir(args.out_dir), args.ckpt)
     obj = read_pth(ckpt, mmap=True) if kind == "pth" else None
     if obj is None or is_adapter(obj) or obj.get("format") != FORMAT:
         raise UserError(f"--ckpt {args.ckpt}: cherry trains the scorer briefly, so it needs a TinyMind checkpoint "
@@ -265,14 +264,14 @@ def cherry(args):
                   out_dir=args.out_dir)
     cluster(Namespace(**common, ckpt=str(ckpt), output=str(pre), k=args.k, per_cluster=args.per_cluster,
                       seed=args.seed))
-    cmd = [sys.executable, str(paths.repo_root() / "trainer" / "train_full_sft.py"), "--base", str(ckpt),
+    cmd = [sys.executable, str(layout.repo_root() / "trainer" / "train_full_sft.py"), "--base", str(ckpt),
            "--data_path", str(pre), "--out_dir", str(work), "--epochs", str(args.epochs), "--batch_size",
            str(args.batch_size), "--max_seq_len", str(args.max_length), "--device", args.device, "--seed",
            str(args.seed), "--val_ratio", "0"]
     print("brief SFT: " + " ".join(cmd[1:]))
     if subprocess.run(cmd).returncode:
         raise UserError("the brief SFT failed (its output is above); the clustered sample is " + str(pre))
-    trained = paths.find_stage_checkpoint(work, "full_sft")
+    trained = layout.find_stage_checkpoint(work, "full_sft")
     if not scores.exists():
         score(Namespace(**common, ckpt=str(trained), output=str(scores), batch_tokens=1024, dtype="float32",
                         no_progress=False))

@@ -11,22 +11,19 @@
 GET /v1/models: every checkpoint in out/ and, as "base+adapter", every adapter of out/lora/ on each checkpoint
 it fits. POST /v1/chat/completions: messages, model, temperature (default 1), top_p, max_tokens, stop, seed,
 stream (server-sent events; stream_options.include_usage). Concurrent requests to a model are decoded together
-(model/batching.py: they join and leave the batch between steps, at most --max_batch rows, the rest wait). It
+(inference/batching.py: they join and leave the batch between steps, at most --max_batch rows, the rest wait). It
 binds 127.0.0.1 unless --host says otherwise; --api_key makes "Authorization: Bearer KEY" required. Prompts
 come from THE chat engine (chat/engine.py), as in eval_model.py and the web demo: a conversation longer than
 the window loses its oldest whole exchanges; --persona is the system prompt of a request without one; with
 --docs the passages retrieved for the last message go into it and come back in the reply's "sources" field
 (not OpenAI's; the client keeps it: response.model_extra["sources"]).
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from cli import ArgumentParser, check_device, check_range, run_cli  # noqa: E402
-from model import paths  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.precision import PRECISIONS  # noqa: E402
+from core.cli import ArgumentParser, check_device, check_range, run_cli
+from checkpoint import layout
+from core.errors import UserError
+from inference.precision import PRECISIONS
 
 
 def parse_args(argv=None):
@@ -66,7 +63,7 @@ def main(argv=None):
     from serving.engine import Engine
     from chat.persona import load_persona
     from chat.retrieval import open_index
-    out = paths.out_dir(args.out_dir)
+    out = layout.out_dir(args.out_dir)
     chat = {"persona": load_persona(args.persona) if args.persona else None, "docs_k": args.docs_k,
             "index": open_index(args.docs, out) if args.docs else None}
     if chat["index"]:

@@ -10,7 +10,7 @@ nearest its centre), a small set that covers the data's kinds of instruction for
 import numpy as np
 import torch
 
-from .ifd import Pair
+from selection.ifd import Pair
 
 
 @torch.inference_mode()

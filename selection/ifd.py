@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.tokenizer import encode_chat
+from tokenizer.tokenizer import encode_chat
 
 PROMPTS = ("alpaca", "chatml", "plain")
 ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "

@@ -19,10 +19,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataset.formats import dumps
-from model.atomic import write_text
-from model.errors import UserError
+from core.atomic import write_text
+from core.errors import UserError
 from trainer.distributed import barrier
-from .ifd import Pair, make_batches, score_batch
+from selection.ifd import Pair, make_batches, score_batch
 
 
 def part_path(scores, rank, world):

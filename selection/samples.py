@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataset.formats import dumps, normalize_record
-from model.atomic import write_text
-from model.errors import UserError
+from core.atomic import write_text
+from core.errors import UserError
 
 
 @dataclass

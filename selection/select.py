@@ -67,7 +67,7 @@ def histogram(rows, by, cut, path, title, pick="top"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from model.atomic import atomic_open
+    from core.atomic import atomic_open
     values = [r[by] for r in rows if r.get(by) is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(values, bins=50, color="#4C72B0")

@@ -1,2 +1,1 @@
-"""Serving models over HTTP: engine.py (the models of out/, one decoding batch per model), api.py (the
-OpenAI-compatible app); scripts/serve_openai_api.py runs it."""
+"""Serving models over HTTP: the engine (one decoding batch per model) and the OpenAI-compatible API."""

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chat.engine import ChatEngine
-from model.generate import build_prompt, prompt_budget
+from inference.generate import build_prompt, prompt_budget
 
 ROLES = ("system", "user", "assistant")
 

@@ -1,6 +1,6 @@
 """The serving engine: the models a server offers (out/'s checkpoints, each with the adapters that fit it,
 as "base+adapter" names), loaded on first use, and one decoding thread per model that joins requests into
-its model.batching.Batch between steps and streams each request's text back to its asyncio queue.
+its inference.batching.Batch between steps and streams each request's text back to its asyncio queue.
 
     engine = Engine(out_dir, max_rows=16)
     req = engine.submit("smollm2_135m", ids, max_tokens=64, sampling={"temperature": 0.7}, stop=["\\n\\n"])
@@ -11,25 +11,25 @@ import queue
 import threading
 from pathlib import Path
 
-from model import paths
-from model.generate import StreamDecoder
+from checkpoint import layout
+from inference.generate import StreamDecoder
 
 
 def list_models(out):
     """{name: (checkpoint path, adapter path or None)} of what out/ offers: every checkpoint that loads, and
     every adapter of out/lora/ on each checkpoint it fits (model config and tokenizer: adapter_fits), read
-    as the web demo reads them (model.inference.file_header); a file that would not load is left out."""
-    from model.adapter import adapter_fits
-    from model.inference import file_header
+    as the web demo reads them (inference.load.file_header); a file that would not load is left out."""
+    from checkpoint.adapter import adapter_fits
+    from inference.load import file_header
 
     def header(path, adapter=False):
         try:
             return file_header(path, adapter)
         except Exception:                             # noqa: BLE001 - a damaged file is not offered
             return None
-    adapters = [(a, h) for a in paths.find_adapters(out) if (h := header(a, adapter=True))]
+    adapters = [(a, h) for a in layout.find_adapters(out) if (h := header(a, adapter=True))]
     found = {}
-    for c in paths.find_checkpoints(out):
+    for c in layout.find_checkpoints(out):
         head = header(c)
         if head is None:
             continue
@@ -78,7 +78,7 @@ class Worker(threading.Thread):
 
     def __init__(self, loaded, max_rows):
         super().__init__(daemon=True)
-        from model.batching import Batch
+        from inference.batching import Batch
         self.loaded, self.max_rows = loaded, max_rows
         self.batch = Batch(loaded.model, pad_id=loaded.tokenizer.pad_id)
         self.waiting, self.live = queue.Queue(), {}
@@ -104,7 +104,7 @@ class Worker(threading.Thread):
 
     def fail_all(self, message):
         """Something broke mid-step: every live request gets the error, and the batch starts afresh."""
-        from model.batching import Batch
+        from inference.batching import Batch
         for req in self.live.values():
             req.push({"type": "error", "message": message})
         self.live = {}
@@ -163,7 +163,7 @@ class Engine:
 
     def worker(self, name):
         """The model's worker, loading the model on first use; an unknown name is a LookupError."""
-        from model.inference import load_for_inference
+        from inference.load import load_for_inference
         if name in self.workers:
             return self.workers[name]
         with self.lock:

@@ -17,13 +17,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# the commands the tests start run this checkout's code, wherever the editable install (pip install -e .) points
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
-from model.checkpoint import file_sha256, load_model, save_checkpoint  # noqa: E402
+from checkpoint.pth import file_sha256, load_model, save_checkpoint  # noqa: E402
 from model.config import get_preset  # noqa: E402
-from model.adapter import save_adapter  # noqa: E402
+from checkpoint.adapter import save_adapter  # noqa: E402
 from model.lora import LoRAConfig, LoRALinear, apply_lora  # noqa: E402
 from model.model import TinyMindForCausalLM  # noqa: E402
-from model.tokenizer import load_default_tokenizer  # noqa: E402
+from tokenizer.tokenizer import load_default_tokenizer  # noqa: E402
 
 # trainer flags for a run of a few seconds on CPU
 FAST = ["--max_seq_len", "64", "--batch_size", "4", "--log_interval", "1", "--eval_interval", "3",
@@ -147,7 +149,7 @@ def run_main(main, argv, capsys, stdin=None, monkeypatch=None):
     """A command's main(argv) run in this process as its script runs it (cli.run_cli: a UserError is one
     line and exit 2) -> (exit status, stdout, stderr); stdin, a string, is what it reads."""
     import io
-    from cli import run_cli
+    from core.cli import run_cli
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     code = 0

@@ -1,4 +1,4 @@
-"""Tests for model/atomic.py, the one way TinyMind writes a file or a folder: nothing half-written, no
+"""Tests for core/atomic.py, the one way TinyMind writes a file or a folder: nothing half-written, no
 temporary left behind, dead processes' temporaries cleaned, never mistaken for a checkpoint, fsynced.
 
     pytest tests/test_atomic.py
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from model import atomic
-from model.atomic import atomic_open, atomic_path, clean_stale_temps, temp_path, write_files, write_text
-from model.errors import UserError
-from model.paths import find_checkpoints
+from core import atomic
+from core.atomic import atomic_open, atomic_path, clean_stale_temps, temp_path, write_files, write_text
+from core.errors import UserError
+from checkpoint.layout import find_checkpoints
 
 
 @pytest.fixture

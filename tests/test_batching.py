@@ -1,4 +1,4 @@
-"""The decoding batch (model/batching.py): rows that join between steps (shorter and longer than the batch,
+"""The decoding batch (inference/batching.py): rows that join between steps (shorter and longer than the batch,
 alone and in groups), leave at different steps, and outlive the cache's window compute what each would
 alone: every step's logits equal a solo forward of the row's own tokens, its tokens equal solo generate's,
 a seeded sampled row does not depend on its batchmates, and generate_steps is a batch joined at once.
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from factories import make_model, train_memorizer
-from model.batching import Batch
-from model.generate import generate
+from inference.batching import Batch
+from inference.generate import generate
 
 PROMPT = [5, 100, 200, 300, 400, 500, 600, 700]
 
@@ -102,7 +102,7 @@ def test_a_prompt_that_fills_the_window_is_refused():
 
 
 def test_top_p_zero_is_greedy_and_no_new_tokens_is_none():
-    from model.generate import generate_steps, sample_next
+    from inference.generate import generate_steps, sample_next
     logits = torch.tensor([[0.1, 3.0, 2.9, -1.0]])
     assert all(int(sample_next(logits, 1.0, top_p=0.0, generator=torch.Generator().manual_seed(s))) == 1
                for s in range(20))

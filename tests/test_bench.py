@@ -19,7 +19,7 @@ from evaluation.benchmarks import load_task, read_items_file
 from evaluation.harness import build_requests, evaluate_task, fewshot_examples, prompt_prefix
 from evaluation.loglik import encode_pair, make_rows, make_units, score
 from factories import REPO, make_checkpoint, make_model, run_python
-from model.inference import load_for_inference
+from inference.load import load_for_inference
 
 
 
@@ -194,7 +194,7 @@ def test_acc_norm_divides_by_the_choices_length_in_characters():
 
 def test_limit_counts_per_subject_and_too_few_examples_is_one_line(bench_cache):
     from evaluation.harness import first_items
-    from model.errors import UserError
+    from core.errors import UserError
     items = [{"id": str(i), "subject": s} for i, s in enumerate("aabbbc")]
     assert [it["id"] for it in first_items(items, 2)] == ["0", "1", "2", "3", "5"]
     task = load_task("mmlu")                                  # the fixture: 3 dev questions for anatomy
@@ -203,8 +203,8 @@ def test_limit_counts_per_subject_and_too_few_examples_is_one_line(bench_cache):
 
 
 def test_a_table_name_with_a_folder_is_refused(tmp_path):
-    from model.errors import UserError
-    from model.paths import comparison_path
+    from core.errors import UserError
+    from checkpoint.layout import comparison_path
     for bad in ("../x", "a/b", ".hidden", ""):
         with pytest.raises(UserError, match="give a plain name"):
             comparison_path(tmp_path, bad, "md")
@@ -212,8 +212,8 @@ def test_a_table_name_with_a_folder_is_refused(tmp_path):
 
 def test_a_hugging_face_folder_scores_as_its_checkpoint_does(tmp_path, bench_cache):
     from evaluation.suite import evaluate_models, load_models
-    from model.convert import export_hf
-    from model.inference import find_model
+    from interop.hf import export_hf
+    from inference.load import find_model
     out = tmp_path / "out"
     ckpt = make_checkpoint(out / "full_sft_64.pth", std=0.3)
     export_hf(ckpt, tmp_path / "hf")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from dataset.formats import iter_jsonl
-from scripts import build_data, make_identity
+from pipelines.data_build import build as build_data
+from scripts import make_identity
 
 OUTPUTS = ["pretrain.jsonl", "sft.jsonl", "sft_val.jsonl", "music_only.jsonl", "music_test.jsonl",
            "identity.jsonl", "identity_test.jsonl", "music.jsonl"]
@@ -161,7 +162,7 @@ def test_identity_answers_name_creator_and_test_is_held_out():
 
 def test_identity_training_answers_pass_the_strict_scorer():
     """Every answer the identity set teaches is one the identity test would pass (judged by its "ask")."""
-    from dataset.scoring import identity_verdict
+    from evaluation.scoring import identity_verdict
     for identity in (("Melody", "Ada Lab", "Ada 实验室"), ("TinyMind", "the TinyMind project", "TinyMind 项目")):
         train, _ = make_identity.make_identity(*identity, seed=3)
         failed = [(r.get("ask"), r["conversations"][-1]["content"]) for r in train
@@ -217,7 +218,7 @@ def test_identity_sample_is_balanced_over_what_is_asked():
 
 
 def test_shipped_lora_set_is_the_documented_mix():
-    dataset = Path(build_data.__file__).resolve().parents[1] / "dataset"
+    dataset = Path(build_data.__file__).resolve().parents[2] / "dataset"
     mix = [r for _, r in iter_jsonl(dataset / "music.jsonl")]
     n_identity = sum("identity" in r for r in mix)
     assert (n_identity, len(mix) - n_identity) == (build_data.MIX_IDENTITY, build_data.MIX_MUSIC)
@@ -227,7 +228,7 @@ def test_shipped_lora_set_is_the_documented_mix():
 @pytest.mark.parametrize("train,test", [("music_only.jsonl", "music_test.jsonl"), ("music.jsonl", "music_test.jsonl"),
                                         ("identity.jsonl", "identity_test.jsonl")])
 def test_shipped_held_out_sets_share_no_question_with_training(train, test):
-    dataset = Path(build_data.__file__).resolve().parents[1] / "dataset"
+    dataset = Path(build_data.__file__).resolve().parents[2] / "dataset"
     asked = {make_identity.normalize_question(m["content"]) for _, r in iter_jsonl(dataset / train)
              for m in r["conversations"] if m["role"] == "user"}
     held_out = [(n, m["content"]) for n, r in iter_jsonl(dataset / test) for m in r["conversations"]

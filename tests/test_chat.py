@@ -10,15 +10,15 @@ from chat.history import split_exchanges
 from chat.memory import Memory
 from chat.persona import load_persona, persona_prompt, shipped_personas
 from chat.retrieval import open_index, split_passages, tokenize
-from model.errors import UserError
-from model.generate import build_prompt, prompt_budget
-from model.inference import Loaded
+from core.errors import UserError
+from inference.generate import build_prompt, prompt_budget
+from inference.load import Loaded
 
 from factories import default_tokenizer, make_model
 
 
 def loaded_model(window=2048):
-    """A tiny random model with its tokenizer, as model.inference loads one (a full SFT stage: it chats)."""
+    """A tiny random model with its tokenizer, as inference.load loads one (a full SFT stage: it chats)."""
     return Loaded(make_model(max_position_embeddings=window), default_tokenizer(), {"stage": "full_sft"}, "tiny")
 
 

@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
-from model.paths import checkpoint_name
-from model.errors import UserError
+from checkpoint.pth import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from checkpoint.layout import checkpoint_name
+from core.errors import UserError
 
 
 def test_round_trip_identical_logits(tiny_checkpoint, tiny_config, tokenizer):
@@ -50,8 +50,8 @@ def test_bad_files_give_one_line(tmp_path, tiny_checkpoint, damage):
 def test_truncated_checkpoint_cli_message(tmp_path, tiny_checkpoint):
     bad = tmp_path / "cut.pth"
     bad.write_bytes(tiny_checkpoint.read_bytes()[:-100])
-    code = ("import sys; sys.path.insert(0, %r); from cli import run_cli; "
-            "from model.checkpoint import load_model; run_cli(load_model, %r)" % (str(sys.path[0]), str(bad)))
+    code = ("import sys; sys.path.insert(0, %r); from core.cli import run_cli; "
+            "from checkpoint.pth import load_model; run_cli(load_model, %r)" % (str(sys.path[0]), str(bad)))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "cut.pth" in r.stderr
@@ -197,7 +197,7 @@ def tokenizer_variants(state):
 
 @pytest.mark.parametrize("case", sorted(tokenizer_variants({"model": b"", "chat_template": {}})))
 def test_garbage_tokenizer_is_one_line(tmp_path, tiny_checkpoint, tokenizer, case, capfd):
-    from model.tokenizer import load_tokenizer_from_state
+    from tokenizer.tokenizer import load_tokenizer_from_state
     state, fragment = tokenizer_variants(tokenizer.to_state())[case]
     path = crafted(tmp_path, tiny_checkpoint, tokenizer=state)
     msg = one_line_error(path)
@@ -210,7 +210,7 @@ def test_garbage_tokenizer_is_one_line(tmp_path, tiny_checkpoint, tokenizer, cas
 
 def test_empty_tokenizer_model_is_one_line_and_silent(tokenizer, capfd):
     # (torch.save cannot write b"" so that weights_only loads it; the state is handed over directly)
-    from model.tokenizer import load_tokenizer_from_state
+    from tokenizer.tokenizer import load_tokenizer_from_state
     with pytest.raises(UserError, match=r"^x.pth: the 'tokenizer' entry holds an empty model"):
         load_tokenizer_from_state({**tokenizer.to_state(), "model": b""}, where="x.pth")
     assert capfd.readouterr().err == ""             # sentencepiece would log "Model is not initialized"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import build_model, save_checkpoint
-from model.errors import UserError
-from model.tokenizer import encode_chat, load_tokenizer_from_state
+from checkpoint.pth import build_model, save_checkpoint
+from core.errors import UserError
+from tokenizer.tokenizer import encode_chat, load_tokenizer_from_state
 
 transformers = pytest.importorskip("transformers")
 
@@ -100,7 +100,7 @@ def ids_batch(vocab, T=12, seed=1):
                                              ("mistral", False, False), ("qwen2", True, False),
                                              ("qwen2", False, True)])
 def test_import_hf_logits_match(tmp_path, bpe_json, kind, tied, shard):
-    from model.convert import import_hf
+    from interop.hf import import_hf
     from tokenizers import Tokenizer
     vocab = Tokenizer.from_str(bpe_json).get_vocab_size()
     hf = make_hf_model(kind, vocab, tied)
@@ -122,7 +122,7 @@ def test_import_hf_logits_match(tmp_path, bpe_json, kind, tied, shard):
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_export_hf_roundtrip(tmp_path, bpe_json, qwen_bpe_json, kind):
     """import -> .pth -> export -> AutoModelForCausalLM / AutoTokenizer: same logits, ids and chat ids."""
-    from model.convert import export_hf, import_hf
+    from interop.hf import export_hf, import_hf
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tokenizers import Tokenizer
     bpe_json = qwen_bpe_json if kind == "qwen2" else bpe_json
@@ -148,8 +148,8 @@ def test_export_hf_roundtrip(tmp_path, bpe_json, qwen_bpe_json, kind):
 
 def test_export_native_sentencepiece(tmp_path, tiny_checkpoint, tokenizer):
     """A TinyMind-trained model with the shipped sentencepiece tokenizer -> transformers."""
-    from model.convert import export_hf
-    from model.checkpoint import load_model
+    from interop.hf import export_hf
+    from checkpoint.pth import load_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     out = export_hf(tiny_checkpoint, tmp_path / "hf")
     model, tok, _ = load_model(tiny_checkpoint)
@@ -168,7 +168,7 @@ def test_export_native_sentencepiece(tmp_path, tiny_checkpoint, tokenizer):
 
 
 def test_hf_tokenizer_matches_autotokenizer(tmp_path, bpe_json):
-    from model.convert import load_hf_tokenizer
+    from interop.hf import load_hf_tokenizer
     from transformers import AutoTokenizer
     write_hf_tokenizer(tmp_path, bpe_json)
     tok = load_hf_tokenizer(tmp_path)
@@ -186,7 +186,7 @@ def test_hf_tokenizer_matches_autotokenizer(tmp_path, bpe_json):
 
 
 def test_chat_template_mapping(capsys):
-    from model.hf_tokenizer import chat_template_from_jinja
+    from tokenizer.hf import chat_template_from_jinja
     tpl = chat_template_from_jinja(SMOL_TEMPLATE)
     assert tpl.name == "chatml" and tpl.default_system == ("You are a helpful AI assistant named SmolLM, "
                                                            "trained by Hugging Face")
@@ -211,7 +211,7 @@ def test_chat_template_mapping(capsys):
     ({"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True}, "sliding-window"),
 ])
 def test_import_hf_refuses_unsupported(change, msg):
-    from model.convert import config_from_hf
+    from interop.hf import config_from_hf
     cfg = {"architectures": ["LlamaForCausalLM"], "vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 2,
            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96,
            "max_position_embeddings": 128, **change}
@@ -229,7 +229,7 @@ def write_gguf(path, state, vocab_json, quantized=(), n_head=4, n_kv=2, layers=2
     import gguf
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
-    from model.convert_gguf import GGUF_NAMES
+    from interop.gguf_import import GGUF_NAMES
     inv = {v: k for k, v in GGUF_NAMES.items()}
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(layers)
@@ -271,7 +271,7 @@ def write_gguf(path, state, vocab_json, quantized=(), n_head=4, n_kv=2, layers=2
         else:
             w.add_tensor(gname, np.ascontiguousarray(a))
         if ".q_proj." in key or ".k_proj." in key:   # what an importer must give back: un-permuted
-            from model.convert_gguf import unpermute_qk
+            from interop.gguf_import import unpermute_qk
             a = unpermute_qk(a, n_head if ".q_proj." in key else n_kv)
         reference[key] = torch.from_numpy(np.array(a, dtype=np.float32))
     w.write_header_to_file()
@@ -285,7 +285,7 @@ def write_gguf(path, state, vocab_json, quantized=(), n_head=4, n_kv=2, layers=2
 def test_import_gguf(tmp_path, bpe_json, qtype):
     import gguf
     from model.config import ModelConfig
-    from model.convert_gguf import import_gguf
+    from interop.gguf_import import import_gguf
     from model.model import TinyMindForCausalLM
     from tokenizers import Tokenizer
     vocab = Tokenizer.from_str(bpe_json).get_vocab_size()
@@ -323,7 +323,7 @@ def test_import_gguf(tmp_path, bpe_json, qtype):
 
 def test_export_peft_matches(tmp_path, bpe_json):
     from factories import make_adapter
-    from model.convert import export_hf, export_peft, import_hf
+    from interop.hf import export_hf, export_peft, import_hf
     from model.lora import LoRAConfig
     from transformers import AutoModelForCausalLM
     peft = pytest.importorskip("peft")
@@ -369,8 +369,8 @@ def test_smollm2_real_matches_transformers(tmp_path_factory):
     if path is None:
         pytest.skip("SmolLM2 wheel not cached at ~/.cache/tinymind (run `python scripts/convert_model.py "
                     "--smollm2` once) and TINYMIND_SMOLLM2_GGUF not set")
-    from model.convert_gguf import import_gguf
-    from model.generate import generate
+    from interop.gguf_import import import_gguf
+    from inference.generate import generate
     from transformers import AutoModelForCausalLM
     state, config, tok = import_gguf(path)
     model = ours(state, config)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.cuda
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_mixed_precision_training_keeps_fp32_checkpoints(tmp_path, chat_data, dtype):
-    from model.checkpoint import load_checkpoint
+    from checkpoint.pth import load_checkpoint
     base = make_checkpoint(tmp_path / "out" / "pretrain_64.pth", stage="pretrain")
     r = run_python(["trainer/train_full_sft.py", "--base", str(base), "--data_path", str(chat_data), "--out_dir",
                     str(tmp_path / "out"), "--device", "cuda", "--dtype", dtype, "--max_steps", "6",
@@ -36,7 +36,7 @@ def test_nccl_ddp_on_one_gpu(tmp_path, chat_data):
 
 
 def test_generation_on_cuda_equals_cpu(tokenizer):
-    from model.generate import generate
+    from inference.generate import generate
     model = make_model(tokenizer.vocab_size, std=0.3, tie_word_embeddings=False)
     prompts = [tokenizer.encode("hello there"), tokenizer.encode("音乐")]
     cpu = generate(model.eval(), prompts, max_new_tokens=12)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dataset.formats import iter_jsonl, normalize_record
-from model.errors import UserError
+from core.errors import UserError
 
 CANON = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 import eval_model
-import evaluation.qa
+import evaluation.answer_tests
 from chat.engine import ChatEngine
-from chat.terminal import PROMPTS, auto_prompts, auto_test
-from evaluation.qa import first_user
+from apps.terminal import PROMPTS, auto_prompts, auto_test
+from evaluation.answer_tests import first_user
 from factories import REPO as ROOT, make_adapter, make_checkpoint, run_main, write_chat, write_jsonl
 
 MELODY = {"name": "Melody", "creator": "Ada Lab", "creator_zh": "Ada 实验室"}
@@ -89,7 +89,7 @@ def identity_file(path, asks=("name", "name", "creator")):
 
 def answers(texts, monkeypatch):
     """Make the model's answers in the tests these texts (the scorers see exactly them)."""
-    monkeypatch.setattr(evaluation.qa, "answer_batch", lambda loaded, questions, *a, **k: texts[:len(questions)])
+    monkeypatch.setattr(evaluation.answer_tests, "answer_batch", lambda loaded, questions, *a, **k: texts[:len(questions)])
 
 
 def test_identity_and_task_tests_write_reports(out, tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_a_second_models_report_keeps_the_first(out, tmp_path, capsys, monkeypat
 def test_automatic_test_shows_reference_and_verdict(out, capsys, monkeypatch):
     loaded = eval_model.load(eval_model.parse_args(["--out_dir", str(out)]))
     said = iter(["I'm not TinyMind.", "It is not in C major.", "TinyMind, a small model."])
-    monkeypatch.setattr("chat.terminal.show", lambda *a: next(said))
+    monkeypatch.setattr("apps.terminal.show", lambda *a: next(said))
     records = [{"conversations": [{"role": "user", "content": "Who are you?"},
                                   {"role": "assistant", "content": "I'm TinyMind."}], "ask": "name"},
                {"conversations": [{"role": "user", "content": "What key is it in?"},

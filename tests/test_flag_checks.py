@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import eval_model
-from cli import run_cli
+from core.cli import run_cli
 from factories import FAST, REPO, make_checkpoint, run_python, write_chat
-from model.checkpoint import load_checkpoint
+from checkpoint.pth import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -196,8 +196,8 @@ def test_eval_caps_an_overlong_prompt_and_reply_to_the_window(tmp_path, capsys):
 
 
 def test_build_prompt_keeps_the_system_prompt(tokenizer):
-    from model.generate import build_prompt
-    from model.tokenizer import encode_chat
+    from inference.generate import build_prompt
+    from tokenizer.tokenizer import encode_chat
     system = "You are TinyMind."
     msgs = [{"role": "user", "content": "tell me " * 100}]
     head = encode_chat(tokenizer, [], system_prompt=system)[0]
@@ -254,7 +254,7 @@ def frozen(*a, **k):
     return orig(*a, **k)
 loop.accumulate_gradients = frozen
 import trainer.train_full_sft as ts
-from cli import run_cli
+from core.cli import run_cli
 run_cli(ts.main, sys.argv[1:])
 """)
     t = time.monotonic()

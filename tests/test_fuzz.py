@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import eval_model
-from cli import run_cli
+from core.cli import run_cli
 from dataset.formats import iter_jsonl
-from model.checkpoint import load_checkpoint
-from model.errors import UserError
+from checkpoint.pth import load_checkpoint
+from core.errors import UserError
 from trainer.args import parse_args
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

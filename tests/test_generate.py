@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from factories import make_model
-from model.generate import StreamDecoder, chat, generate, sample_next, stream_generate
-from model.tokenizer import encode_chat
+from inference.generate import StreamDecoder, chat, generate, sample_next, stream_generate
+from tokenizer.tokenizer import encode_chat
 
 
 def peaky_model(vocab, seed=0):

@@ -1,4 +1,4 @@
-"""GGUF export (model/export_gguf.py, scripts/convert_model.py --to_gguf): the round trip back through
+"""GGUF export (interop/gguf_export.py, scripts/convert_model.py --to_gguf): the round trip back through
 --from_gguf for f32, f16 and q8_0 (the same tokenizer exactly, the logits within each type's error), the
 tensors laid out as llama.cpp's own converter lays them (its permute of q/k, verbatim), an adapter merged
 on export, one-line refusals, and, where llama-cpp-python is installed, llama.cpp's greedy tokens equal to
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from factories import REPO, default_tokenizer, make_adapter, make_checkpoint, make_model, run_python, train_memorizer
-from model.checkpoint import save_checkpoint
+from checkpoint.pth import save_checkpoint
 from test_convert import bpe_json, ids_batch, ours, write_gguf  # noqa: F401,F811 (bpe_json: a fixture)
-from model.export_gguf import export_gguf
-from model.generate import generate
-from model.inference import load_for_inference
+from interop.gguf_export import export_gguf
+from inference.generate import generate
+from inference.load import load_for_inference
 
 SCRIPT = "scripts/convert_model.py"
 TEXT = "Hello, world! 你好，世界。 <|im_end|> tabs\tand  two spaces,\nlines, a literal \u2581 and é"
@@ -94,7 +94,7 @@ def test_a_llama_style_sentencepiece_keeps_its_space_prefix(tmp_path):
     """An imported Llama-2-style tokenizer.model (a dummy prefix before the text, a bos token it prepends):
     llama.cpp is told both, and the round trip keeps them."""
     from sentencepiece import sentencepiece_model_pb2 as pb
-    from model.hf_tokenizer import SentencePieceHFTokenizer
+    from tokenizer.hf import SentencePieceHFTokenizer
     proto = pb.ModelProto()
     proto.ParseFromString(default_tokenizer().model_bytes)
     proto.normalizer_spec.add_dummy_prefix = True
@@ -111,7 +111,7 @@ def test_a_llama_style_sentencepiece_keeps_its_space_prefix(tmp_path):
 
 
 def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    from model import export_gguf as module
+    from interop import gguf_export as module
     calls = []
 
     def failing(name, *a):
@@ -172,7 +172,7 @@ def test_export_gguf_of_an_imported_bpe_model_round_trips(tmp_path, bpe_json):
     as they came in, and the same weights, tokenizer and logits when imported again."""
     import gguf
     from model.config import ModelConfig
-    from model.convert_gguf import import_gguf
+    from interop.gguf_import import import_gguf
     from model.model import TinyMindForCausalLM
     from tokenizers import Tokenizer
     vocab = Tokenizer.from_str(bpe_json).get_vocab_size()

@@ -1,6 +1,6 @@
 """TinyMind as an lm-evaluation-harness model (evaluation/lm_eval_model.py): lm-eval's own task machinery
 over local files gives exactly TinyMind's evaluate_task numbers; rolling log-likelihood and generation
-match a direct forward pass and model.generate. Skipped without lm_eval installed.
+match a direct forward pass and inference.generate. Skipped without lm_eval installed.
 
     python -m pytest -q tests/test_lm_eval.py
 """
@@ -13,8 +13,8 @@ import torch
 from factories import REPO, make_checkpoint, write_jsonl
 from evaluation.benchmarks import load_task
 from evaluation.harness import evaluate_task
-from model.generate import generate
-from model.inference import load_for_inference
+from inference.generate import generate
+from inference.load import load_for_inference
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402

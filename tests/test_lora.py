@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from factories import REPO, make_adapter, make_checkpoint, make_model, randomize_lora_B, run_python
-from model.adapter import attach_adapter, check_adapter, load_adapter, load_model_with_adapter
-from model.checkpoint import file_sha256, load_checkpoint, load_model
+from checkpoint.adapter import attach_adapter, check_adapter, load_adapter, load_model_with_adapter
+from checkpoint.pth import file_sha256, load_checkpoint, load_model
 from model.config import get_preset
-from model.errors import UserError
+from core.errors import UserError
 from model.lora import (DEFAULT_TARGETS, LoRAConfig, LoRAFunction, LoRALinear, apply_lora, count_parameters,
                         lora_state_dict, merge_lora, merged_state_dict, unmerge_lora)
 from model.model import TinyMindForCausalLM

@@ -1,4 +1,4 @@
-"""The out/ layout (model/paths.py), the inference loader (model/inference.py) and the prompt builder.
+"""The out/ layout (checkpoint/layout.py), the inference loader (inference/load.py) and the prompt builder.
 
     pytest tests/test_paths.py
 """
@@ -6,46 +6,46 @@ import pytest
 import torch
 
 from factories import REPO, make_adapter, make_checkpoint, run_python
-from model import paths
-from model.errors import UserError
-from model.generate import build_prompt
-from model.inference import load_for_inference
-from model.tokenizer import encode_chat
+from checkpoint import layout
+from core.errors import UserError
+from inference.generate import build_prompt
+from inference.load import load_for_inference
+from tokenizer.tokenizer import encode_chat
 
 
 def test_names_round_trip():
     for stage, hidden, moe, lora in (("pretrain", 512, False, None), ("full_sft", 768, True, None),
                                      ("lora", 64, False, "lora_music"), ("lora", 256, True, "my_lora_2")):
-        name = paths.checkpoint_name(stage, hidden, moe, lora_name=lora)
-        assert paths.parse_name(name) == (lora or stage, hidden, moe)
-    assert paths.parse_name("notes.txt") is None
-    assert paths.merged_path("out/lora/lora_music_512.pth", 512).as_posix() == "out/lora_music_merged_512.pth"
-    assert paths.merged_path("x/lora/a_64_moe.pth", 64, True).as_posix() == "x/a_merged_64_moe.pth"
+        name = layout.checkpoint_name(stage, hidden, moe, lora_name=lora)
+        assert layout.parse_name(name) == (lora or stage, hidden, moe)
+    assert layout.parse_name("notes.txt") is None
+    assert layout.merged_path("out/lora/lora_music_512.pth", 512).as_posix() == "out/lora_music_merged_512.pth"
+    assert layout.merged_path("x/lora/a_64_moe.pth", 64, True).as_posix() == "x/a_merged_64_moe.pth"
 
 
 def test_out_dir_flag_then_env_then_repo(monkeypatch, tmp_path):
-    monkeypatch.delenv(paths.OUT_ENV, raising=False)
-    assert paths.out_dir() == REPO / "out"
-    monkeypatch.setenv(paths.OUT_ENV, str(tmp_path / "env"))
-    assert paths.out_dir() == tmp_path / "env"
-    assert paths.out_dir(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv(layout.OUT_ENV, raising=False)
+    assert layout.out_dir() == REPO / "out"
+    monkeypatch.setenv(layout.OUT_ENV, str(tmp_path / "env"))
+    assert layout.out_dir() == tmp_path / "env"
+    assert layout.out_dir(tmp_path / "flag") == tmp_path / "flag"
 
 
 def test_find_stage_checkpoint_picks_predictably(tmp_path):
     with pytest.raises(UserError, match=r"full_sft_512.pth: checkpoint not found.*train_full_sft.py"):
-        paths.find_stage_checkpoint(tmp_path, "full_sft")
+        layout.find_stage_checkpoint(tmp_path, "full_sft")
     make_checkpoint(tmp_path / "full_sft_64.pth")
-    assert paths.find_stage_checkpoint(tmp_path, "full_sft").name == "full_sft_64.pth"     # the only one
+    assert layout.find_stage_checkpoint(tmp_path, "full_sft").name == "full_sft_64.pth"     # the only one
     make_checkpoint(tmp_path / "full_sft_64_moe.pth")                                     # another kind
-    assert paths.find_stage_checkpoint(tmp_path, "full_sft").name == "full_sft_64.pth"
+    assert layout.find_stage_checkpoint(tmp_path, "full_sft").name == "full_sft_64.pth"
     make_checkpoint(tmp_path / "full_sft_128.pth", hidden=128)
     with pytest.raises(UserError, match="several full_sft checkpoints"):
-        paths.find_stage_checkpoint(tmp_path, "full_sft")
-    assert paths.find_stage_checkpoint(tmp_path, "full_sft", 128).name == "full_sft_128.pth"
+        layout.find_stage_checkpoint(tmp_path, "full_sft")
+    assert layout.find_stage_checkpoint(tmp_path, "full_sft", 128).name == "full_sft_128.pth"
     make_checkpoint(tmp_path / "full_sft_512.pth", hidden=512)
-    assert paths.find_stage_checkpoint(tmp_path, "full_sft").name == "full_sft_512.pth"   # MiniMind's default
+    assert layout.find_stage_checkpoint(tmp_path, "full_sft").name == "full_sft_512.pth"   # MiniMind's default
     (tmp_path / ".full_sft_256.pth.tmp123").write_bytes(b"")                              # a temporary
-    assert [p.name for p in paths.find_checkpoints(tmp_path)] == [
+    assert [p.name for p in layout.find_checkpoints(tmp_path)] == [
         "full_sft_128.pth", "full_sft_512.pth", "full_sft_64.pth", "full_sft_64_moe.pth"]
 
 
@@ -53,7 +53,7 @@ def test_trainer_and_eval_honour_the_env_out_dir(tmp_path):
     """TINYMIND_OUT_DIR is where every command reads and writes when --out_dir is not given."""
     out = tmp_path / "envout"
     make_checkpoint(out / "full_sft_64.pth")
-    env = {paths.OUT_ENV: str(out)}
+    env = {layout.OUT_ENV: str(out)}
     r = run_python(["eval_model.py", "--prompt", "hi", "--max_new_tokens", "2"], REPO, env)
     assert "full_sft_64.pth" in r.stderr
     chat = out.parent / "chat.jsonl"

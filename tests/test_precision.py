@@ -1,4 +1,4 @@
-"""Inference precisions (model/precision.py): int8 weight-only quantisation and bfloat16 against float32, on
+"""Inference precisions (inference/precision.py): int8 weight-only quantisation and bfloat16 against float32, on
 the layer, on a whole model's greedy output, and through every loader and command that takes --dtype.
 
     pytest tests/test_precision.py
@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 
 from factories import REPO, make_adapter, make_checkpoint, make_model, train_memorizer
-from model import precision
-from model.generate import generate
-from model.inference import load_for_inference
-from model.precision import Int8Linear, apply_precision, precision_of, quantize_weight
+from inference import precision
+from inference.generate import generate
+from inference.load import load_for_inference
+from inference.precision import Int8Linear, apply_precision, precision_of, quantize_weight
 
 PROMPT = [5, 100, 200, 300, 400, 500, 600, 700]
 

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from factories import REPO, write_jsonl
-from model.errors import UserError
+from core.errors import UserError
 from scripts import convert_data, prepare_data
 
 
@@ -257,10 +257,10 @@ def test_stats_with_a_stand_in_tokenizer(tmp_path, capsys, monkeypatch):
             ids += tok.encode(m["content"]) + [2]
         return ids, [1] * len(ids)
 
-    fake = types.ModuleType("model.tokenizer")
+    fake = types.ModuleType("tokenizer.tokenizer")
     fake.load_default_tokenizer = CharTokenizer
     fake.encode_chat = encode_chat
-    monkeypatch.setitem(sys.modules, "model.tokenizer", fake)
+    monkeypatch.setitem(sys.modules, "tokenizer.tokenizer", fake)
     src = write_jsonl(tmp_path / "c.jsonl", [chat(i) for i in range(5)] + [chat(9, "x" * 600)])
     prepare_data.main(["stats", str(src), "--max_seq_len", "512"])
     out = capsys.readouterr().out

@@ -78,7 +78,7 @@ def test_bad_budget_is_one_line():
 def test_clock_shares_what_is_left_and_plans_for_a_slow_machine(tmp_path, monkeypatch):
     """Each stage gets its share of the time left after the remaining steps' overheads; a stage's log that
     shows a third of the idle speed triples the reserve (so the tests still fit on a busy machine)."""
-    from scripts import quickstart_clock as qs
+    from pipelines import clock as qs
     now = [1000.0]
     monkeypatch.setattr(qs.time, "time", lambda: now[0])
     clock = qs.Clock(10, {"pretrain": 1, "lora": 3}, ["pretrain", "lora", "eval_lora"])

@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from cli import run_cli
-from dataset.scoring import exact_match, task_verdict, token_f1
+from core.cli import run_cli
+from evaluation.scoring import exact_match, task_verdict, token_f1
 from evaluation import gen_tasks, report
 from factories import REPO, make_checkpoint, run_python, write_jsonl
-from model.inference import load_for_inference
+from inference.load import load_for_inference
 
 IDENTITY = {"name": "TinyMind", "creator": "the TinyMind project"}
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from model import paths
+from checkpoint import layout
 from trainer.args import TrainConfig
 from trainer.runlog import RunLog, build_figure, ema
 
@@ -39,7 +39,7 @@ def run_steps(out, steps, log_interval):
 
 def test_train_loss_is_the_mean_over_the_log_interval(tmp_path, capsys):
     _, summaries = run_steps(tmp_path, STEPS, log_interval=4)
-    rows = [json.loads(s) for s in paths.log_path(tmp_path, "run").read_text().splitlines()]
+    rows = [json.loads(s) for s in layout.log_path(tmp_path, "run").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
     # lines at 4, 8 and the last step; the last (10, no multiple of 4) still covers 4 steps, not 2
     assert losses == pytest.approx({4: mean(STEPS[0:4]), 8: mean(STEPS[4:8]), 10: mean(STEPS[6:10])})

@@ -1,4 +1,4 @@
-"""dataset/scoring.py: the strict identity and task verdicts (text only, no model).
+"""evaluation/scoring.py: the strict identity and task verdicts (text only, no model).
 
     pytest tests/test_scoring.py
 """
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dataset.scoring import fold, identity_verdict, normalize, task_golds, task_verdict
+from evaluation.scoring import fold, identity_verdict, normalize, task_golds, task_verdict
 from factories import REPO
 
 TM = ("TinyMind", "the TinyMind project", "TinyMind 项目")
@@ -139,7 +139,7 @@ def test_every_shipped_music_record_has_gold_answers():
     ("I'm sorry, but I can't help with that.", False, False),
 ])
 def test_refusal_verdict(answer, refuse, ok):
-    from dataset.scoring import refusal_verdict
+    from evaluation.scoring import refusal_verdict
     assert refusal_verdict(answer, refuse)[0] is ok
 
 
@@ -153,11 +153,11 @@ def test_refusal_verdict(answer, refuse, ok):
     ("我是TinyMind", "en", False),
 ])
 def test_language_verdict(answer, lang, ok):
-    from dataset.scoring import language_verdict
+    from evaluation.scoring import language_verdict
     assert language_verdict(answer, lang, ignore=("the TinyMind project", "TinyMind 项目", "TinyMind"))[0] is ok
 
 
 def test_a_polite_decline_of_a_harmless_request_is_a_decline():
-    from dataset.scoring import refusal_verdict
+    from evaluation.scoring import refusal_verdict
     said = "I'm sorry for any misunderstanding, but as an AI, I'm not equipped to assist with gardening tasks."
     assert refusal_verdict(said, False) == (False, "declines a harmless request")

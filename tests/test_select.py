@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from factories import REPO, default_tokenizer, make_checkpoint, write_chat, write_jsonl
-from model.inference import load_for_inference
+from inference.load import load_for_inference
 from selection import ifd, run
 from selection.ifd import Pair, split_sample
 from selection.cluster import embed, pick_per_cluster
 from selection.samples import read_samples
 from selection.select import choose, compare, spearman
-from model.errors import UserError
+from core.errors import UserError
 from trainer.distributed import Dist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,7 +40,7 @@ def mixed_data(tmp_path):
 def hf_reference(loaded, pair):
     """transformers' LlamaForCausalLM on the same weights, one sample at a time, two forwards."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    from model.convert import hf_config_dict
+    from interop.hf import hf_config_dict
     hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(loaded.model.config)))
     hf.load_state_dict(loaded.model.state_dict(), strict=True)
     hf.eval()

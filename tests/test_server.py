@@ -66,9 +66,9 @@ def client(url, key="none"):
 
 
 def ours(out, max_tokens):
-    """TinyMind's own greedy reply to MESSAGES (model.generate, no server)."""
-    from model.generate import build_prompt, generate
-    from model.inference import load_for_inference
+    """TinyMind's own greedy reply to MESSAGES (inference.generate, no server)."""
+    from inference.generate import build_prompt, generate
+    from inference.load import load_for_inference
     loaded = load_for_inference(ckpt=out / "full_sft_64.pth")
     ids = generate(loaded.model, [build_prompt(loaded.tokenizer, MESSAGES)], max_new_tokens=max_tokens,
                    stop_ids=loaded.tokenizer.stop_ids)[0]
@@ -217,8 +217,8 @@ def test_the_chat_engine_builds_the_prompt_persona_documents_and_window(tmp_path
     from chat.engine import ChatEngine
     from chat.persona import load_persona
     from chat.retrieval import open_index
-    from evaluation.qa import answer_prompts
-    from model.inference import load_for_inference
+    from evaluation.answer_tests import answer_prompts
+    from inference.load import load_for_inference
     out, docs = tmp_path / "out", tmp_path / "docs"
     make_checkpoint(out / "full_sft_64.pth", std=0.2, max_position_embeddings=1024)
     docs.mkdir()

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from cli import run_cli
-from evaluation.studies import STUDIES
+from core.cli import run_cli
+from pipelines.study_arms import STUDIES
 from factories import REPO, make_checkpoint, run_python, write_chat, write_jsonl
-from scripts import study
+from pipelines import study
 
 
 

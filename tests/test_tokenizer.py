@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from model.errors import UserError
-from model.tokenizer import MIN_VOCAB_SIZE, ChatTemplate, SentencePieceTokenizer, encode_chat, train_tokenizer
+from core.errors import UserError
+from tokenizer.tokenizer import MIN_VOCAB_SIZE, ChatTemplate, SentencePieceTokenizer, encode_chat, train_tokenizer
 
 MIXED = ("Hello, world!  Tabs\tand\nnew lines 你好，世界！今天天气很好。😀🎵🇨🇳 café naïve "
          "x\u2581y  多个   空格 <|im_end|> 1234567 ∑∫ \u00a0end ")

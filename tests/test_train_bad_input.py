@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import run_cli
+from core.cli import run_cli
 from factories import FAST, REPO, make_checkpoint, run_python, write_chat
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@
 import torch
 
 from factories import FAST, REPO, make_checkpoint, run_python, write_chat
-from model.checkpoint import load_checkpoint
+from checkpoint.pth import load_checkpoint
 
 # runs trainer/train_full_sft.py and dumps each rank's trained parameters
 SPY = """
@@ -21,7 +21,7 @@ def spy(cfg, model, *a, **k):
                os.path.join({dump!r}, "rank%s.pt" % os.environ.get("RANK", "0")))
     return path
 stage.train = spy
-from cli import run_cli
+from core.cli import run_cli
 run_cli(ts.main, sys.argv[1:])
 """
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from factories import FAST, make_checkpoint, write_chat, write_jsonl
-from model.errors import UserError
+from core.errors import UserError
 from trainer import train_full_sft, train_lora
 from trainer.components import get_lr, schedule_step
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from factories import FAST, make_checkpoint, make_model, randomize_lora_B, write_chat
 from model import lora as lora_module
-from model.checkpoint import load_checkpoint
+from checkpoint.pth import load_checkpoint
 from model.lora import LoRAConfig, LoRALinear, apply_lora
 from trainer import train_full_sft, train_lora
 from trainer.components import hold_frozen_in

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from factories import FAST, make_checkpoint, write_chat
-from model.checkpoint import load_checkpoint
+from checkpoint.pth import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

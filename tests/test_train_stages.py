@@ -11,7 +11,7 @@ import torch
 
 from factories import (FAST, REPO, default_tokenizer, make_checkpoint, make_model, run_python, words, write_chat,
                        write_text)
-from model.checkpoint import file_sha256, load_checkpoint
+from checkpoint.pth import file_sha256, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,7 +134,7 @@ def test_accumulation_gives_the_big_batch_gradient():
 
 
 def test_non_finite_loss_stops_with_one_line(tmp_path, capsys):
-    from cli import run_cli
+    from core.cli import run_cli
     import trainer.train_full_sft as ts
     base = make_checkpoint(tmp_path / "base.pth")
     data = write_chat(tmp_path / "chat.jsonl", n=40)

@@ -13,8 +13,8 @@ from streamlit import config as st_config  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from factories import REPO, make_adapter, make_checkpoint  # noqa: E402
-from model.checkpoint import read_pth  # noqa: E402
-from model.errors import UserError  # noqa: E402
+from checkpoint.pth import read_pth  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from model.lora import LoRAConfig  # noqa: E402
 
 APP = str(REPO / "scripts" / "web_demo.py")
@@ -113,8 +113,8 @@ def test_chat_controls_and_clear(monkeypatch, out_dir, tokenizer):
 
 def greedy_reply(out_dir, prompt, **source):
     """The reply the demo must give, computed without the app (the same loader, greedy)."""
-    from model.generate import chat
-    from model.inference import load_for_inference
+    from inference.generate import chat
+    from inference.load import load_for_inference
     m = load_for_inference(**source, out=out_dir)
     return "".join(chat(m.model, m.tokenizer, [{"role": "user", "content": prompt}], max_new_tokens=12,
                         temperature=0.0))
@@ -192,8 +192,8 @@ def test_starts_on_the_newest_adapter_with_its_base(monkeypatch, tmp_path):
 
 
 def test_only_files_inside_out_dir(tmp_path):
-    from model.paths import inside
-    from model.errors import UserError
+    from checkpoint.layout import inside
+    from core.errors import UserError
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "secret.pth").write_bytes(b"x")
@@ -301,7 +301,7 @@ def test_a_load_failure_is_one_line(monkeypatch, out_dir, capsys, error):
 
     def refuse(**kwargs):
         raise error(line)
-    monkeypatch.setattr("model.inference.load_for_inference", refuse)
+    monkeypatch.setattr("inference.load.load_for_inference", refuse)
     at = app(monkeypatch, out_dir)
     assert not at.exception
     assert [e.value for e in at.error] == [line]
@@ -352,8 +352,8 @@ def test_chatbot_with_persona_documents_and_memory(monkeypatch, out_dir):
     from chat.engine import ChatEngine
     from chat.persona import load_persona
     from chat.retrieval import open_index
-    from model.generate import stream_generate
-    from model.inference import load_for_inference
+    from inference.generate import stream_generate
+    from inference.load import load_for_inference
     m = load_for_inference(ckpt=out_dir / "full_sft_64.pth", out=out_dir)
     engine = ChatEngine(m, load_persona("music_tutor"), None, open_index(docs, out_dir), None, 3)
     turn = engine.prepare([], "What kind of instrument is the oboe?", 4)

@@ -1,10 +1,10 @@
 """The Tokenizer interface, ChatTemplate (a chat format as strings) and the sentencepiece backend: what
-every tokenizer backend builds on. model/tokenizer.py (TinyMind's own tokenizer, the loader of every
-backend and THE chat template) and model/hf_tokenizer.py (imported models' backends) both import it, so
+every tokenizer backend builds on. tokenizer/tokenizer.py (TinyMind's own tokenizer, the loader of every
+backend and THE chat template) and tokenizer/hf.py (imported models' backends) both import it, so
 neither imports the other's internals back.
 
-Library module, no command; callers use model.tokenizer, which re-exports these names:
-    from model.tokenizer import ChatTemplate, SentencePieceTokenizer
+Library module, no command; callers use tokenizer.tokenizer, which re-exports these names:
+    from tokenizer.tokenizer import ChatTemplate, SentencePieceTokenizer
 """
 import hashlib
 import json

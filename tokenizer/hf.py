@@ -2,15 +2,15 @@
 embedded in a GGUF file, and a model's own sentencepiece tokenizer.model; plus the mapping between a
 model's jinja chat template and TinyMind's ChatTemplate.
 
-Used by model/convert.py (`python scripts/convert_model.py --from_hf DIR | --from_gguf FILE`). Every
+Used by interop/hf.py (`python scripts/convert_model.py --from_hf DIR | --from_gguf FILE`). Every
 backend serialises itself to bytes and strings (to_state) so a checkpoint stays self-contained and
-loads with torch.load(weights_only=True); model.tokenizer.BACKENDS maps the state's "type" back here
-(this module builds on model/tokenizer_base.py and never imports model/tokenizer.py).
+loads with torch.load(weights_only=True); tokenizer.tokenizer.BACKENDS maps the state's "type" back here
+(this module builds on tokenizer/base.py and never imports tokenizer/tokenizer.py).
 """
 import json
 
-from .errors import UserError
-from .tokenizer_base import WHITESPACE_MARK, ChatTemplate, SentencePieceTokenizer, Tokenizer
+from core.errors import UserError
+from tokenizer.base import WHITESPACE_MARK, ChatTemplate, SentencePieceTokenizer, Tokenizer
 
 
 class HFTokenizer(Tokenizer):

@@ -1,12 +1,12 @@
 """Tokenizer backends and THE chat template: every stage, eval, the web demo and any server format
 conversations with encode_chat() below, so training and use can never drift apart.
 
-    from model.tokenizer import load_default_tokenizer, encode_chat
-    tok = load_default_tokenizer()                       # model/tokenizer.model, shipped
+    from tokenizer.tokenizer import load_default_tokenizer, encode_chat
+    tok = load_default_tokenizer()                       # tokenizer/tokenizer.model, shipped
     ids, mask = encode_chat(tok, [{"role": "user", "content": "hi"},
                                   {"role": "assistant", "content": "hello"}])
 
-A backend is a Tokenizer subclass (model/tokenizer_base.py, model/hf_tokenizer.py) listed in BACKENDS; it
+A backend is a Tokenizer subclass (tokenizer/base.py, tokenizer/hf.py) listed in BACKENDS; it
 serialises itself to a plain dict (to_state) that checkpoints carry, so one .pth file is self-contained.
 """
 import io
@@ -14,12 +14,12 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from .atomic import write_bytes
-from .errors import UserError
-from .hf_tokenizer import GGUFBPETokenizer, HFTokenizer, SentencePieceHFTokenizer
+from core.atomic import write_bytes
+from core.errors import UserError
+from tokenizer.hf import GGUFBPETokenizer, HFTokenizer, SentencePieceHFTokenizer
 # the interface and TinyMind's own backend live in tokenizer_base (hf_tokenizer builds on them too);
 # callers import them from here
-from .tokenizer_base import SPECIAL_TOKENS, ChatTemplate, SentencePieceTokenizer, Tokenizer  # noqa: F401
+from tokenizer.base import SPECIAL_TOKENS, ChatTemplate, SentencePieceTokenizer, Tokenizer  # noqa: F401
 
 DEFAULT_TOKENIZER_PATH = Path(__file__).resolve().parent / "tokenizer.model"
 ROLES = ("system", "user", "assistant")

@@ -1,1 +1,1 @@
-"""TinyMind trainers: thin stage entry points over one shared loop (trainer/loop.py)."""
+"""The train_*.py stage entry points (MiniMind's names) over one training loop and its parts."""

@@ -4,7 +4,7 @@ Library module, used by the entry points:
     from trainer.args import parse_args
     cfg = parse_args("lora")          # python trainer/train_lora.py --help lists the flags
 
-Paths follow model/paths.py: an input is found relative to the current folder, else to trainer/ (so
+Paths follow checkpoint/layout.py: an input is found relative to the current folder, else to trainer/ (so
 `--data_path ../dataset/music.jsonl` works from the repository root and from inside trainer/); outputs go
 to --out_dir, else $TINYMIND_OUT_DIR, else <repo>/out, whatever the current folder.
 """
@@ -14,11 +14,11 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from cli import ArgumentParser, check_device, check_range
-from model import paths
-from model.errors import UserError
+from core.cli import ArgumentParser, check_device, check_range
+from checkpoint import layout
+from core.errors import UserError
 from model.lora import DEFAULT_TARGETS
-from model.precision import cpu_has_bf16
+from inference.precision import cpu_has_bf16
 
 ALL = ("pretrain", "full_sft", "lora")
 CHAT = ("full_sft", "lora")
@@ -38,7 +38,7 @@ class TrainConfig:
     system_prompt: str = ""              # system message added to conversations that have none
     # model
     preset: str = "small"                # model preset for pretraining: tiny, small, base, moe
-    tokenizer: str = ""                  # tokenizer.model for pretraining; empty = model/tokenizer.model
+    tokenizer: str = ""                  # tokenizer.model for pretraining; empty = tokenizer/tokenizer.model
     hidden_size: int = 0                 # pretrain: model width (0 = preset's); fine-tuning: picks the base file
     num_hidden_layers: int = 0           # pretrain: number of blocks (0 = preset's); fine-tuning: checks the base
     use_moe: bool = False                # pretrain: mixture-of-experts MLP; fine-tuning: picks the *_moe base file
@@ -174,11 +174,11 @@ def resolve_config(cfg, stage):
     defaults = STAGE_DEFAULTS[stage]
     if cfg.val_data and cfg.val_data == defaults.get("val_data"):
         # the shipped validation file goes with the shipped training file only
-        if cfg.data_path != defaults["data_path"] or not paths.resolve_input(cfg.val_data).exists():
+        if cfg.data_path != defaults["data_path"] or not layout.resolve_input(cfg.val_data).exists():
             cfg.val_data = ""
-    cfg.out_dir = str(paths.out_dir(cfg.out_dir))
-    cfg.data_path = str(paths.resolve_input(cfg.data_path).resolve())
-    cfg.val_data = str(paths.resolve_input(cfg.val_data).resolve()) if cfg.val_data else ""
+    cfg.out_dir = str(layout.out_dir(cfg.out_dir))
+    cfg.data_path = str(layout.resolve_input(cfg.data_path).resolve())
+    cfg.val_data = str(layout.resolve_input(cfg.val_data).resolve()) if cfg.val_data else ""
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not cfg.device.startswith("cuda"):
         if cfg.dtype == "float16":
@@ -205,16 +205,16 @@ def format_config(cfg, stage):
 def find_base(cfg, parent):
     """The checkpoint a fine-tuning stage starts from and why -> (path, reason): --base, else
     out/{parent}_{hidden}.pth (the one there when --hidden_size is not given; for LoRA, the imported SmolLM2
-    when out/ holds no full-SFT checkpoint: model.paths.find_lora_base). A missing file is one line naming
+    when out/ holds no full-SFT checkpoint: checkpoint.layout.find_lora_base). A missing file is one line naming
     it and how to make it."""
     if cfg.base:
-        path = paths.resolve_input(cfg.base)
+        path = layout.resolve_input(cfg.base)
         if not path.is_file():
             raise UserError(f"--base {cfg.base}: file not found")
         return path.resolve(), "--base"
     if parent == "full_sft":
-        return paths.find_lora_base(cfg.out_dir, cfg.hidden_size or None, cfg.use_moe)
-    return (paths.find_stage_checkpoint(cfg.out_dir, parent, cfg.hidden_size or None, cfg.use_moe),
+        return layout.find_lora_base(cfg.out_dir, cfg.hidden_size or None, cfg.use_moe)
+    return (layout.find_stage_checkpoint(cfg.out_dir, parent, cfg.hidden_size or None, cfg.use_moe),
             f"the {parent} checkpoint in out/; --base picks another")
 
 

@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import time
 
-from model import paths
+from checkpoint import layout
 from trainer.components import (count_steps, get_lr, hold_frozen_in, make_loaders, make_optimizer,
                                 mixed_precision, remaining_steps, schedule_step, set_lr)
 from trainer.distributed import rank0_clock
@@ -33,13 +33,13 @@ def train(cfg, model, train_set, collate, save_model, run_name, dist, val_set=No
     it is called every --save_interval steps and at the end with the unwrapped module, on rank 0 only.
     meta (stage, parent, parent_sha256, ...) goes into every save, with step, tokens and the train config.
     """
-    dev, out = dist.device, paths.out_dir(cfg.out_dir)
+    dev, out = dist.device, layout.out_dir(cfg.out_dir)
     model.to(dev)                                  # float32 master weights; autocast computes in cfg.dtype
     dtype, autocast, scaler = mixed_precision(cfg.dtype, dev)
     hold_frozen_in(model, dtype)                   # a LoRA run's frozen base: in the compute dtype
     sampler, loader, val_loader = make_loaders(train_set, val_set, collate, cfg, dist)
     steps_per_epoch, total, warmup = count_steps(sampler, cfg)
-    state = TrainState(paths.state_dir(out, run_name), cfg, dict(meta or {}), dist).load(model)
+    state = TrainState(layout.state_dir(out, run_name), cfg, dict(meta or {}), dist).load(model)
     ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if dist.enabled else model
     optimizer = make_optimizer(model, cfg, dev)
     state.load_optimizer(optimizer, scaler)

@@ -13,8 +13,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from model import paths
-from model.atomic import atomic_path, temp_path, write_text
+from checkpoint import layout
+from core.atomic import atomic_path, temp_path, write_text
 
 
 def format_eta(seconds):
@@ -107,7 +107,7 @@ class RunLog:
 
     def __init__(self, out, run_name, cfg, total, start, main, resumed=False, header=""):
         """start: (step, tokens_seen) the run begins at (not 0 for a resumed one)."""
-        self.path, self.cfg, self.total, self.main = paths.log_path(out, run_name), cfg, total, main
+        self.path, self.cfg, self.total, self.main = layout.log_path(out, run_name), cfg, total, main
         self.start_step, self.tokens_at_log = start
         self.val_loss, self.wandb, self.stopped = None, None, None
         if main:
@@ -209,6 +209,6 @@ class RunLog:
         if self.main:
             self.publish()
             self.live.unlink(missing_ok=True)
-            plot_curves([self.path], paths.plot_path_for(self.path))
+            plot_curves([self.path], layout.plot_path_for(self.path))
             if self.wandb:
                 self.wandb.finish()

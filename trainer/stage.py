@@ -7,11 +7,11 @@ from functools import partial
 from pathlib import Path
 
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
-from model import paths
-from model.atomic import check_writable, clean_stale_temps, keep_aside
-from model.checkpoint import config_from_dict, file_sha256, load_checkpoint
-from model.errors import UserError
-from model.tokenizer import load_tokenizer_from_state
+from checkpoint import layout
+from core.atomic import check_writable, clean_stale_temps, keep_aside
+from checkpoint.pth import config_from_dict, file_sha256, load_checkpoint
+from core.errors import UserError
+from tokenizer.tokenizer import load_tokenizer_from_state
 from trainer.args import find_base, format_config, parse_args, resolve_inputs
 from trainer.distributed import cleanup_distributed, collective_timeout, seed_everything, setup_distributed
 from trainer.loop import train
@@ -22,7 +22,7 @@ def start_run(stage, argv, description):
     -> (cfg, dist, say) where say prints on rank 0 only."""
     cfg = parse_args(stage, argv, description)
     check_writable(Path(cfg.out_dir) / "logs" / "run.jsonl")      # before any work: out/ can be written
-    for folder in (Path(cfg.out_dir), Path(cfg.out_dir) / "lora"):   # what killed runs left (model/atomic.py)
+    for folder in (Path(cfg.out_dir), Path(cfg.out_dir) / "lora"):   # what killed runs left (core/atomic.py)
         clean_stale_temps(folder)
     dist = setup_distributed(cfg.device, cfg.ddp_timeout)
     say = print if dist.is_main else (lambda *a, **k: None)
@@ -123,11 +123,11 @@ def stage_meta(stage, data_path, info, base=None, base_sha=None):
 def finish_run(cfg, dist, say, model, train_set, val_set, collate, save_model, path, meta):
     """Train (trainer/loop.py) with logs and states named after the artefact `path`, leave the process
     group, and say where the result is."""
-    run = paths.run_name(path)
-    log = paths.log_path(cfg.out_dir, run)
-    for p in (path, log, paths.plot_path_for(log), paths.state_path(cfg.out_dir, run, 1)):
+    run = layout.run_name(path)
+    log = layout.log_path(cfg.out_dir, run)
+    for p in (path, log, layout.plot_path_for(log), layout.state_path(cfg.out_dir, run, 1)):
         check_writable(p)
-    keeper = Keeper(cfg, run, [path, log, paths.plot_path_for(log)], say)
+    keeper = Keeper(cfg, run, [path, log, layout.plot_path_for(log)], say)
     with collective_timeout(dist, cfg.ddp_timeout):
         final = train(cfg, model, train_set, collate, keeper.wrap(save_model), run, dist, val_set=val_set,
                       meta=meta)
@@ -144,7 +144,7 @@ class Keeper:
 
     def __init__(self, cfg, run, files, say):
         self.files, self.say, self.pending = files, say, not cfg.resume and Path(files[0]).is_file()
-        self.folder = paths.previous_dir(cfg.out_dir, run, time.strftime("%Y%m%d-%H%M%S",
+        self.folder = layout.previous_dir(cfg.out_dir, run, time.strftime("%Y%m%d-%H%M%S",
                                                                           time.localtime(Path(files[0]).stat().st_mtime))
                                          ) if self.pending else None
 

@@ -8,15 +8,15 @@ settings, training data file's size and sha256): --resume refuses a state of ano
 newest --keep_last stay.
 
 Library module; trainer/loop.py uses it:
-    state = TrainState(paths.state_dir(out, run_name), cfg, meta, dist).load(model)
+    state = TrainState(layout.state_dir(out, run_name), cfg, meta, dist).load(model)
     state.load_optimizer(optimizer, scaler); ...; state.load_rng()
     last_saved = state.save(model, optimizer, scaler, save_model, log.summary())
 """
 from pathlib import Path
 
-from model import paths
-from model.checkpoint import atomic_torch_save, file_sha256, read_pth
-from model.errors import UserError
+from checkpoint import layout
+from checkpoint.pth import atomic_torch_save, file_sha256, read_pth
+from core.errors import UserError
 from trainer.distributed import all_gather_objects, barrier, rng_state, set_rng_state
 
 
@@ -60,8 +60,8 @@ class TrainState:
                                    "step": self.step, "tokens_seen": self.tokens_seen, "rng": rngs,
                                    "world_size": self.dist.world_size, "parent_sha256": self.meta.get("parent_sha256"),
                                    "train_config": self.cfg.to_dict(), "run": self.run_identity(model)},
-                                  paths.state_file(self.folder, self.step))
-                for old in paths.list_state_files(self.folder)[:-max(1, self.cfg.keep_last)]:
+                                  layout.state_file(self.folder, self.step))
+                for old in layout.list_state_files(self.folder)[:-max(1, self.cfg.keep_last)]:
                     old.unlink()
         barrier(self.dist)
         return saved
@@ -69,7 +69,7 @@ class TrainState:
     def load(self, model):
         """With --resume: the newest state's trainable weights, step and tokens_seen, once it is checked to
         belong to this run. Before the model is wrapped in DDP and before the optimizer exists. -> self."""
-        states = paths.list_state_files(self.folder) if self.cfg.resume else []
+        states = layout.list_state_files(self.folder) if self.cfg.resume else []
         if not states:
             if self.cfg.resume and self.dist.is_main:
                 print(f"no training state in {self.folder}; starting from step 0")

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 from trainer.distributed import all_reduce_sum
 
 

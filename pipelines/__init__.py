@@ -1,0 +1,1 @@
+"""Runs that chain commands: the quickstart, the comparison studies and the build of the shipped data."""

@@ -1,0 +1,1 @@
+"""Text <-> token ids: the sentencepiece and Hugging Face backends and THE chat template."""

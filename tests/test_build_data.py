@@ -11,7 +11,11 @@ import pytest
 
 from dataset.formats import iter_jsonl
 from pipelines.data_build import build as build_data
-from scripts import make_identity
+from pipelines.data_build import identity as make_identity        # make_identity(), its templates
+from pipelines.data_build import music as music_sets
+from pipelines.data_build import pretrain, quiz
+from pipelines.data_build.records import balanced_sample
+from scripts.make_identity import main as make_identity_cli
 
 OUTPUTS = ["pretrain.jsonl", "sft.jsonl", "sft_val.jsonl", "music_only.jsonl", "music_test.jsonl",
            "identity.jsonl", "identity_test.jsonl", "music.jsonl"]
@@ -117,17 +121,17 @@ def test_outputs_are_valid_and_split_cleanly(fake_sources, tmp_path):
 
 
 def test_quiz_syntax_expansion():
-    assert build_data.quiz_expand("{G{eorge} }Washington") == "George Washington"
-    assert build_data.quiz_expand("Alabama|Ala|AL") == "Alabama"
-    assert build_data.quiz_expand("forget{-| }me{-| }not") == "forget-me-not"
-    assert build_data.quiz_expand("M[iddle{-}Earth|E]") == "Middle-Earth"
+    assert quiz.quiz_expand("{G{eorge} }Washington") == "George Washington"
+    assert quiz.quiz_expand("Alabama|Ala|AL") == "Alabama"
+    assert quiz.quiz_expand("forget{-| }me{-| }not") == "forget-me-not"
+    assert quiz.quiz_expand("M[iddle{-}Earth|E]") == "Middle-Earth"
 
 
 def test_chunking_keeps_lines_short():
     doc = "\n\n".join("word " * 150 for _ in range(20))
-    pieces = build_data.chunk_paragraphs(doc, max_chars=2000)
+    pieces = pretrain.chunk_paragraphs(doc, max_chars=2000)
     assert all(len(p) <= 2000 for p in pieces) and len(pieces) > 5
-    assert all(len(p) <= 2000 for p in build_data.chunk_paragraphs("x. " * 3000))
+    assert all(len(p) <= 2000 for p in pretrain.chunk_paragraphs("x. " * 3000))
 
 
 def test_identity_answers_name_creator_and_test_is_held_out():
@@ -171,8 +175,8 @@ def test_identity_training_answers_pass_the_strict_scorer():
 
 
 def test_make_identity_cli_is_deterministic(tmp_path):
-    make_identity.main(["--name", "Melody", "--creator", "Ada Lab", "--out_dir", str(tmp_path / "a"), "--seed", "1"])
-    make_identity.main(["--name", "Melody", "--creator", "Ada Lab", "--out_dir", str(tmp_path / "b"), "--seed", "1"])
+    make_identity_cli(["--name", "Melody", "--creator", "Ada Lab", "--out_dir", str(tmp_path / "a"), "--seed", "1"])
+    make_identity_cli(["--name", "Melody", "--creator", "Ada Lab", "--out_dir", str(tmp_path / "b"), "--seed", "1"])
     for name in ("identity.jsonl", "identity_test.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert "Melody" in (tmp_path / "a" / "identity.jsonl").read_text(encoding="utf-8")
@@ -182,9 +186,9 @@ def test_music_test_drops_questions_asked_in_training(monkeypatch):
     # one question asked many times with other answers (WordNet's two spinets), spelt in other cases
     same = ["What is a spinet?", "what is a SPINET ?", "What is a  spinet"]
     items = [(same[i % 3] if i % 2 else f"Question {i}?", f"Answer {i}.", [f"answer {i}"]) for i in range(60)]
-    monkeypatch.setattr(build_data, "jam_music", lambda dirs: items)
+    monkeypatch.setattr(music_sets, "jam_music", lambda dirs: items)
     stats = {}
-    train, test = build_data.build_music({"jam": Path("unused")}, random.Random(0), "small", stats)
+    train, test = music_sets.build_music({"jam": Path("unused")}, random.Random(0), "small", stats)
     asked = {make_identity.normalize_question(r["conversations"][0]["content"]) for r in train}
     assert "whatisaspinet" in asked and test
     assert not asked & {make_identity.normalize_question(r["conversations"][0]["content"]) for r in test}
@@ -203,7 +207,7 @@ def test_the_lora_set_mixes_a_quarter_of_identity_into_music_each_sample_once(fa
     identity = [s for s in mix if s in set(lines["identity.jsonl"])]
     music = [s for s in mix if s in set(lines["music_only.jsonl"])]
     assert len(identity) + len(music) == len(mix) and identity and music
-    assert len(identity) == min(build_data.MIX_IDENTITY, len(lines["identity.jsonl"]))
+    assert len(identity) == min(music_sets.MIX_IDENTITY, len(lines["identity.jsonl"]))
     assert all('"identity": {"name": "TinyMind"' in s for s in identity)
 
 
@@ -211,7 +215,7 @@ def test_identity_sample_is_balanced_over_what_is_asked():
     rng = random.Random(0)
     records = [{"ask": "other", "i": i} for i in range(90)] + [{"ask": "name", "i": i} for i in range(20)] + \
         [{"ask": "creator", "i": i} for i in range(5)] + [{"i": i} for i in range(5)]
-    picked = build_data.balanced_sample(records, 40, rng)
+    picked = balanced_sample(records, 40, rng)
     kinds = Counter(str(r.get("ask")) for r in picked)
     assert kinds == {"None": 5, "creator": 5, "name": 15, "other": 15}      # small kinds whole, the rest even
     assert len({id(r) for r in picked}) == 40
@@ -221,8 +225,8 @@ def test_shipped_lora_set_is_the_documented_mix():
     dataset = Path(build_data.__file__).resolve().parents[2] / "dataset"
     mix = [r for _, r in iter_jsonl(dataset / "music.jsonl")]
     n_identity = sum("identity" in r for r in mix)
-    assert (n_identity, len(mix) - n_identity) == (build_data.MIX_IDENTITY, build_data.MIX_MUSIC)
-    assert f"{build_data.MIX_IDENTITY} identity" in (dataset / "SOURCES.md").read_text(encoding="utf-8")
+    assert (n_identity, len(mix) - n_identity) == (music_sets.MIX_IDENTITY, music_sets.MIX_MUSIC)
+    assert f"{music_sets.MIX_IDENTITY} identity" in (dataset / "SOURCES.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("train,test", [("music_only.jsonl", "music_test.jsonl"), ("music.jsonl", "music_test.jsonl"),

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import ModelConfig
+from model.masks import positions_and_mask
 
 
 class RMSNorm(nn.Module):
@@ -134,7 +135,7 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)                                       # (B, n_head, S, hd)
             v = v.repeat_interleave(rep, dim=1)
         # mask None: plain causal when q and k have the same length; otherwise a boolean (B, 1, T, S)
-        # mask built by the model.
+        # mask (model/masks.py).
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
             dropout_p=self.dropout if self.training else 0.0, **gqa)
@@ -272,27 +273,11 @@ class TinyMindForCausalLM(nn.Module):
         sequences in one row that share a prefix (a benchmark question and each of its answers), each
         token seeing what the mask allows at the positions given; logits only where select is, as
         (n_selected, vocab) (evaluation/loglik.py builds these)."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         past = kv_cache.length if kv_cache is not None else 0
-        device = input_ids.device
-        mask = None
-        if packed is not None:
-            if kv_cache is not None or labels is not None:
-                raise ValueError("packed rows take neither a kv_cache nor labels")
-            position_ids, mask, select = packed
-        elif attention_mask is not None:
-            attention_mask = attention_mask.bool()
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]  # (B, T)
-            if not bool(attention_mask.all()) or (past and T > 1):
-                S = past + T
-                causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=past)   # (T, S)
-                mask = causal[None, None] & attention_mask[:, None, None, :S]                # (B,1,T,S)
-                # a padded query row that sees no key would give NaN; let it see itself
-                mask = mask | _diag(T, S, past, device)[None, None]
-        else:
-            position_ids = torch.arange(past, past + T, device=device).unsqueeze(0).expand(B, T)
-            if past and T > 1:
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)[None, None]
+        if packed is not None and (kv_cache is not None or labels is not None):
+            raise ValueError("packed rows take neither a kv_cache nor labels")
+        position_ids, mask, select = positions_and_mask(input_ids, past, attention_mask, packed)
 
         x = self.model.dropout(self.model.embed_tokens(input_ids))                  # (B, T, C)
         cos, sin = self.model.rotary(position_ids, x.dtype, n=past + T)
@@ -306,7 +291,7 @@ class TinyMindForCausalLM(nn.Module):
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
-        elif packed is not None:
+        elif select is not None:
             x = x[select]                                                           # (n_selected, C)
         targets = None
         if labels is not None:
@@ -330,10 +315,3 @@ class TinyMindForCausalLM(nn.Module):
                     loss = loss + aux_loss
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux_loss, n_targets=n_targets)
 
-
-def _diag(T, S, offset, device):
-    """(T, S) boolean matrix with True at (i, offset + i): each query may always see its own key."""
-    m = torch.zeros(T, S, dtype=torch.bool, device=device)
-    idx = torch.arange(T, device=device)
-    m[idx, offset + idx] = True
-    return m

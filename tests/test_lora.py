@@ -13,8 +13,9 @@ from checkpoint.adapter import attach_adapter, check_adapter, load_adapter, load
 from checkpoint.pth import file_sha256, load_checkpoint, load_model
 from model.config import get_preset
 from core.errors import UserError
-from model.lora import (DEFAULT_TARGETS, LoRAConfig, LoRAFunction, LoRALinear, apply_lora, count_parameters,
-                        lora_state_dict, merge_lora, merged_state_dict, unmerge_lora)
+from model.lora import (DEFAULT_TARGETS, LoRAConfig, LoRALinear, apply_lora, count_parameters, lora_state_dict,
+                        merge_lora, merged_state_dict, unmerge_lora)
+from model.lora_fused import LoRAFunction
 from model.model import TinyMindForCausalLM
 
 

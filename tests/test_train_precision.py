@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from factories import FAST, make_checkpoint, make_model, randomize_lora_B, write_chat
-from model import lora as lora_module
+from model import lora_fused as lora_module
 from checkpoint.pth import load_checkpoint
 from model.lora import LoRAConfig, LoRALinear, apply_lora
 from trainer import train_full_sft, train_lora

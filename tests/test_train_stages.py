@@ -21,27 +21,28 @@ def test_three_stages_from_repo_root_and_trainer_dir(tmp_path):
     ../dataset/... resolves against trainer/ from the repo root and against the cwd from trainer/,
     and outputs go to <repo>/out by default."""
     repo = tmp_path / "repo"
-    for folder in ("model", "dataset", "trainer", "cli"):
+    for folder in ("core", "model", "tokenizer", "checkpoint", "interop", "inference", "dataset", "trainer"):
         shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.jsonl"))
+    env = {"PYTHONPATH": str(repo)}       # the copy's modules, not the editable install's (which write to REPO/out)
     write_text(repo / "dataset" / "pretrain.jsonl")
     write_chat(repo / "dataset" / "sft.jsonl", n=24)
     write_chat(repo / "dataset" / "music.jsonl", n=16, seed=1)
     out = repo / "out"
 
-    r = run_python(["trainer/train_pretrain.py", "--preset", "tiny", "--max_steps", "4", *FAST], cwd=repo)
+    r = run_python(["trainer/train_pretrain.py", "--preset", "tiny", "--max_steps", "4", *FAST], cwd=repo, env=env)
     assert r.stdout.strip().splitlines()[-1] == f"saved {out / 'pretrain_64.pth'}"
     assert "train config (what differs from the defaults" in r.stdout and "  preset: 'tiny'" in r.stdout
     assert "  lora_rank:" not in r.stdout                   # a default is not printed (it is in the log)
     assert "step 4/4 | loss " in r.stdout and " tok/s | eta " in r.stdout
-    r = run_python(["train_full_sft.py", "--max_steps", "3", *FAST], cwd=repo / "trainer")   # finds pretrain_64.pth
+    r = run_python(["train_full_sft.py", "--max_steps", "3", *FAST], cwd=repo / "trainer", env=env)  # finds pretrain_64
     assert r.stdout.strip().splitlines()[-1] == f"saved {out / 'full_sft_64.pth'}"
     r = run_python(["trainer/train_lora.py", "--lora_name", "lora_music", "--data_path",
-                    "../dataset/music.jsonl", "--epochs", "1", *FAST], cwd=repo)
+                    "../dataset/music.jsonl", "--epochs", "1", *FAST], cwd=repo, env=env)
     adapter_path = out / "lora" / "lora_music_64.pth"
     assert r.stdout.strip().splitlines()[-1] == f"saved {adapter_path}"
     assert "trainable" in r.stdout
     r = run_python(["train_lora.py", "--lora_name", "lora_b", "--data_path", "../dataset/music.jsonl",
-                    "--epochs", "1", *FAST], cwd=repo / "trainer")
+                    "--epochs", "1", *FAST], cwd=repo / "trainer", env=env)
     assert (out / "lora" / "lora_b_64.pth").exists()
 
     pre, sft = load_checkpoint(out / "pretrain_64.pth"), load_checkpoint(out / "full_sft_64.pth")

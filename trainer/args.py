@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import torch
+
 from core.cli import ArgumentParser, check_device, check_range
 from checkpoint import layout
 from core.errors import UserError
@@ -170,7 +172,6 @@ def resolve_config(cfg, stage):
     """Fill in what the defaults leave open (paths, device, dtype), so the printed and stored config says
     exactly what ran. The stage's default validation file is used only with its default training file
     (and when it exists); otherwise --val_ratio of the training file is held out."""
-    import torch
     defaults = STAGE_DEFAULTS[stage]
     if cfg.val_data and cfg.val_data == defaults.get("val_data"):
         # the shipped validation file goes with the shipped training file only

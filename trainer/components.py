@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from model.lora import unwrap_model
 from trainer.distributed import ResumableSampler
 
 
@@ -64,7 +65,6 @@ def hold_frozen_in(model, dtype):
     A weight tied to an embedding stays float32 (the embedding's rows feed the float32 residual stream)."""
     if dtype == torch.float32:
         return 0
-    from model.lora import unwrap_model
     model = unwrap_model(model)
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     held = 0

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as tdist
 from torch.utils.data import DistributedSampler, Sampler
 
+from core.errors import UserError
+
 
 @dataclass
 class Dist:
@@ -43,7 +45,6 @@ def setup_distributed(device="", timeout_s=600):
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            from core.errors import UserError
             raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         if world_size > 1 or dev.index is None:
             dev = torch.device("cuda", local_rank if world_size > 1 else 0)
@@ -101,7 +102,6 @@ def collective_timeout(dist, timeout_s):
         text = str(e).lower()
         if not dist.enabled or not ("timed out" in text or "timeout" in text):
             raise
-        from core.errors import UserError
         raise UserError(f"rank {dist.rank}: another process of the DDP group did not answer within "
                         f"--ddp_timeout {timeout_s} s (a rank stopped or is stuck); the job stopped, the last "
                         "save is the newest checkpoint and out/state/ (resume with --resume)") from None

@@ -1,8 +1,8 @@
 """The one training loop every stage runs (pretrain, full SFT, LoRA); it knows nothing of which stage.
 
-Library module; the entry points call it:
+Library module; trainer/stage.py finish_run calls it with the run context (trainer/context.py):
     from trainer.loop import train
-    train(cfg, model, train_set, collate, save_model, run_name, dist, val_set=val_set, meta=meta)
+    train(run, model, train_set, collate, val_set=val_set)
 
 Its parts, in the manner of torchtune's recipes: trainer/components.py (schedule, optimizer, mixed
 precision, loaders), trainer/step.py (one optimizer step, validation loss), trainer/state.py (the
@@ -26,29 +26,31 @@ def due(interval, step, total):
     return interval and step % interval == 0 and step < total
 
 
-def train(cfg, model, train_set, collate, save_model, run_name, dist, val_set=None, meta=None):
+def train(run, model, train_set, collate, val_set=None):
     """Train `model` (weights loaded, requires_grad set on what trains) on train_set; returns the final path.
 
-    save_model(model, meta) writes the stage's artefact (a checkpoint or an adapter) and returns its path;
-    it is called every --save_interval steps and at the end with the unwrapped module, on rank 0 only.
-    meta (stage, parent, parent_sha256, ...) goes into every save, with step, tokens and the train config.
+    run (trainer/context.py) gives the flags (run.cfg), this process (run.dist) and what the run writes:
+    run.save_model(model, meta) writes the stage's artefact (a checkpoint or an adapter) and returns its
+    path; it is called every --save_interval steps and at the end with the unwrapped module, on rank 0
+    only. run.meta (stage, parent, parent_sha256, ...) goes into every save, with step, tokens and the
+    train config. Logs and states go under run.name in run.out.
     """
-    dev, out = dist.device, layout.out_dir(cfg.out_dir)
+    cfg, dist, dev = run.cfg, run.dist, run.dist.device
     model.to(dev)                                  # float32 master weights; autocast computes in cfg.dtype
     dtype, autocast, scaler = mixed_precision(cfg.dtype, dev)
     hold_frozen_in(model, dtype)                   # a LoRA run's frozen base: in the compute dtype
     sampler, loader, val_loader = make_loaders(train_set, val_set, collate, cfg, dist)
     steps_per_epoch, total, warmup = count_steps(sampler, cfg)
-    state = TrainState(layout.state_dir(out, run_name), cfg, dict(meta or {}), dist).load(model)
+    state = TrainState(layout.state_dir(run.out, run.name), cfg, dict(run.meta or {}), dist).load(model)
     ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if dist.enabled else model
     optimizer = make_optimizer(model, cfg, dev)
     state.load_optimizer(optimizer, scaler)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # the first output of the run: every input has been read and checked by now
-    header = (f"run {run_name}: {len(train_set):,} training samples, {len(val_set or []):,} validation; "
+    header = (f"run {run.name}: {len(train_set):,} training samples, {len(val_set or []):,} validation; "
               f"{steps_per_epoch:,} steps/epoch, {total:,} steps, {dist.world_size} process(es) on {dev}, "
               f"{str(dtype)[6:]}" + (f", resumed at step {state.step}" if state.resumed else ""))
-    log = RunLog(out, run_name, cfg, total, (state.step, state.tokens_seen), dist.is_main,
+    log = RunLog(run.out, run.name, cfg, total, (state.step, state.tokens_seen), dist.is_main,
                  resumed=state.resumed is not None, header=header)
     state.load_rng()   # last, so that nothing above draws from the restored generators
     model.train()
@@ -68,11 +70,11 @@ def train(cfg, model, train_set, collate, save_model, run_name, dist, val_set=No
         if val_loader is not None and due(cfg.eval_interval, state.step, total):
             log.record_val(state.step, estimate_loss(model, val_loader, dist, autocast, cfg.eval_batches))
         if due(cfg.save_interval, state.step, total):
-            last_saved = state.save(model, optimizer, scaler, save_model, log.summary())
+            last_saved = state.save(model, optimizer, scaler, run.save_model, log.summary())
             log.publish()
     log.close_bar()
     if val_loader is not None:
         log.record_val(state.step, estimate_loss(model, val_loader, dist, autocast, cfg.eval_batches))
-    last_saved = state.save(model, optimizer, scaler, save_model, log.summary(), final=True)
+    last_saved = state.save(model, optimizer, scaler, run.save_model, log.summary(), final=True)
     log.close()
     return last_saved

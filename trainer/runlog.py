@@ -13,6 +13,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from tqdm import tqdm
+
 from checkpoint import layout
 from core.atomic import atomic_path, temp_path, write_text
 
@@ -60,7 +62,7 @@ def build_figure(jsonl_paths, labels=None, smooth=0.9):
     """The loss figure of out/logs/*.jsonl files: per run the train loss raw (thin, light) and, unless
     smooth is 0, its EMA with weight smooth (debiased), and the validation loss dashed with dots.
     Titled with the run's name (or "N runs"). Returns the matplotlib Figure."""
-    import matplotlib
+    import matplotlib          # not at the top: start-up time of every command that imports this module
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -89,7 +91,7 @@ def build_figure(jsonl_paths, labels=None, smooth=0.9):
 
 def plot_curves(jsonl_paths, png_path, labels=None, smooth=0.9):
     """build_figure of out/logs/*.jsonl files -> one PNG."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # not at the top: start-up time (see build_figure)
     fig = build_figure(jsonl_paths, labels, smooth)
     # the temporary name has no .png suffix, so the format is given
     with atomic_path(png_path) as tmp:
@@ -122,12 +124,11 @@ class RunLog:
             self.live.parent.mkdir(parents=True, exist_ok=True)
             self.live.write_text("".join(f"{s}\n" for s in kept + [config]), encoding="utf-8")
             if cfg.use_wandb:
-                import wandb
+                import wandb       # optional, and slow to import: only for --use_wandb
                 wandb_dir = Path(out) / "wandb"
                 wandb_dir.mkdir(parents=True, exist_ok=True)
                 wandb.init(project=cfg.wandb_project, name=run_name, config=cfg.to_dict(), dir=str(wandb_dir))
                 self.wandb = wandb
-            from tqdm import tqdm
             self.bar = tqdm(total=total, initial=self.start_step, disable=not sys.stderr.isatty(),
                             dynamic_ncols=True, unit="step")
             self.emit = print if self.bar.disable else self.bar.write

@@ -1,8 +1,14 @@
-"""What the three stage entry points share: start-up, loading the checkpoint a stage starts from, the
-chat datasets and the checkpoint record. Library module; trainer/train_*.py call it.
+"""What the three stage entry points share: start-up (the run context, trainer/context.py), loading the
+checkpoint a stage starts from, the chat datasets, the checkpoint record and the hand-over to the loop.
+Library module; trainer/train_*.py call it:
+    run = start_run("full_sft", argv, description)
+    ...                                                # read and check every input, build the model
+    run.writes(path, save_model, stage_meta("full_sft", data_path, info, base))
+    finish_run(run, model, train_set, val_set, collate)
 """
 import json
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -13,13 +19,15 @@ from checkpoint.pth import config_from_dict, file_sha256, load_checkpoint
 from core.errors import UserError
 from tokenizer.tokenizer import load_tokenizer_from_state
 from trainer.args import find_base, format_config, parse_args, resolve_inputs
+from trainer.context import Run
 from trainer.distributed import cleanup_distributed, collective_timeout, seed_everything, setup_distributed
 from trainer.loop import train
 
 
 def start_run(stage, argv, description):
     """Parse the flags, join the torchrun group (if any), print the resolved config, seed.
-    -> (cfg, dist, say) where say prints on rank 0 only."""
+    -> the run context Run(cfg, dist, say), where say prints on rank 0 only; the stage entry point adds
+    what the run writes (run.writes) before finish_run."""
     cfg = parse_args(stage, argv, description)
     check_writable(Path(cfg.out_dir) / "logs" / "run.jsonl")      # before any work: out/ can be written
     for folder in (Path(cfg.out_dir), Path(cfg.out_dir) / "lora"):   # what killed runs left (core/atomic.py)
@@ -29,7 +37,7 @@ def start_run(stage, argv, description):
     say("train config (what differs from the defaults; all of it is in the run's log):\n"
         + format_config(cfg, stage))
     seed_everything(cfg.seed)
-    return cfg, dist, say
+    return Run(cfg, dist, say)
 
 
 def load_base(cfg, parent, say=print):
@@ -120,19 +128,19 @@ def stage_meta(stage, data_path, info, base=None, base_sha=None):
     return meta
 
 
-def finish_run(cfg, dist, say, model, train_set, val_set, collate, save_model, path, meta):
-    """Train (trainer/loop.py) with logs and states named after the artefact `path`, leave the process
+def finish_run(run, model, train_set, val_set, collate):
+    """Train (trainer/loop.py) with logs and states named after the artefact run.path, leave the process
     group, and say where the result is."""
-    run = layout.run_name(path)
-    log = layout.log_path(cfg.out_dir, run)
-    for p in (path, log, layout.plot_path_for(log), layout.state_path(cfg.out_dir, run, 1)):
+    cfg, path = run.cfg, run.path
+    log = layout.log_path(cfg.out_dir, run.name)
+    for p in (path, log, layout.plot_path_for(log), layout.state_path(cfg.out_dir, run.name, 1)):
         check_writable(p)
-    keeper = Keeper(cfg, run, [path, log, layout.plot_path_for(log)], say)
-    with collective_timeout(dist, cfg.ddp_timeout):
-        final = train(cfg, model, train_set, collate, keeper.wrap(save_model), run, dist, val_set=val_set,
-                      meta=meta)
+    keeper = Keeper(run, [path, log, layout.plot_path_for(log)])
+    with collective_timeout(run.dist, cfg.ddp_timeout):
+        final = train(replace(run, save_model=keeper.wrap(run.save_model)), model, train_set, collate,
+                      val_set=val_set)
     cleanup_distributed()
-    say(f"saved {final}")
+    run.say(f"saved {final}")
     return final
 
 
@@ -142,11 +150,10 @@ class Keeper:
     out/previous/{run}-{time}/ first, and the run says so. A run that fails before its first save leaves
     them where they were."""
 
-    def __init__(self, cfg, run, files, say):
-        self.files, self.say, self.pending = files, say, not cfg.resume and Path(files[0]).is_file()
-        self.folder = layout.previous_dir(cfg.out_dir, run, time.strftime("%Y%m%d-%H%M%S",
-                                                                          time.localtime(Path(files[0]).stat().st_mtime))
-                                         ) if self.pending else None
+    def __init__(self, run, files):
+        self.files, self.say, self.pending = files, run.say, not run.cfg.resume and Path(files[0]).is_file()
+        self.folder = layout.previous_dir(run.cfg.out_dir, run.name, time.strftime(
+            "%Y%m%d-%H%M%S", time.localtime(Path(files[0]).stat().st_mtime))) if self.pending else None
 
     def wrap(self, save_model):
         def save(model, meta):

@@ -16,7 +16,8 @@ from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, s
 
 
 def main(argv=None):
-    cfg, dist, say = start_run("full_sft", argv, __doc__.splitlines()[0])
+    run = start_run("full_sft", argv, __doc__.splitlines()[0])
+    cfg, say = run.cfg, run.say
     # read and check every input before anything is written
     base, ckpt, config, tokenizer = load_base(cfg, "pretrain", say)
     train_set, val_set, data_path, info = load_chat_sets(cfg, tokenizer, say)
@@ -29,8 +30,8 @@ def main(argv=None):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
         return path
 
-    meta = stage_meta("full_sft", data_path, info, base)
-    finish_run(cfg, dist, say, model, train_set, val_set, chat_collate(cfg, tokenizer), save_model, path, meta)
+    run.writes(path, save_model, stage_meta("full_sft", data_path, info, base))
+    finish_run(run, model, train_set, val_set, chat_collate(cfg, tokenizer))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ FLAGS = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "ta
 
 
 def main(argv=None):
-    cfg, dist, say = start_run("lora", argv, __doc__.splitlines()[0])
+    run = start_run("lora", argv, __doc__.splitlines()[0])
+    cfg, say = run.cfg, run.say
     # read and check every input before anything is written
     base, ckpt, config, tokenizer = load_base(cfg, "full_sft", say)
     train_set, val_set, data_path, info = load_chat_sets(cfg, tokenizer, say)
@@ -46,8 +47,8 @@ def main(argv=None):
         save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, meta)
         return path
 
-    meta = stage_meta("lora", data_path, info, base, base_sha)
-    finish_run(cfg, dist, say, model, train_set, val_set, chat_collate(cfg, tokenizer), save_model, path, meta)
+    run.writes(path, save_model, stage_meta("lora", data_path, info, base, base_sha))
+    finish_run(run, model, train_set, val_set, chat_collate(cfg, tokenizer))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
 Writes out/pretrain_{hidden}.pth (the start of trainer/train_full_sft.py), out/logs/pretrain_{hidden}.jsonl
 and .png, and resumable states in out/state/pretrain_{hidden}/.
 """
+import os
 
+import torch
 
 from dataset.lm_dataset import PretrainDataset, collate_pretrain, load_split
 from checkpoint import layout
@@ -24,8 +26,6 @@ from trainer.stage import check_window, finish_run, stage_meta, start_run
 def check_memory(config):
     """Training keeps 4 float32 copies of every weight (weights, gradients, AdamW's two moments): refuse a
     shape that cannot fit this machine's memory before allocating it (counted on the meta device)."""
-    import os
-    import torch
     with torch.device("meta"):
         n = TinyMindForCausalLM(config).num_parameters()
     need, have = 16 * n, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -36,7 +36,8 @@ def check_memory(config):
 
 
 def main(argv=None):
-    cfg, dist, say = start_run("pretrain", argv, __doc__.splitlines()[0])
+    run = start_run("pretrain", argv, __doc__.splitlines()[0])
+    cfg, say = run.cfg, run.say
     # read and check every input before anything is written
     tokenizer = load_default_tokenizer(layout.resolve_input(cfg.tokenizer)) if cfg.tokenizer else load_default_tokenizer()
     data_path, val_path = resolve_inputs(cfg)
@@ -68,8 +69,8 @@ def main(argv=None):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
         return path
 
-    meta = stage_meta("pretrain", data_path, info)
-    finish_run(cfg, dist, say, model, train_set, val_set, collate_pretrain, save_model, path, meta)
+    run.writes(path, save_model, stage_meta("pretrain", data_path, info))
+    finish_run(run, model, train_set, val_set, collate_pretrain)
 
 
 if __name__ == "__main__":

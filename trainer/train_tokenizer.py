@@ -7,16 +7,15 @@ tokenizer/tokenizer.model (or --out_dir/tokenizer.model) atomically.
 """
 from pathlib import Path
 
-
 from core.cli import ArgumentParser, check_range, run_cli
 from core.atomic import check_writable
 from core.errors import UserError
 from checkpoint.layout import resolve_input
+from dataset.formats import iter_jsonl
 from tokenizer.tokenizer import DEFAULT_TOKENIZER_PATH, MIN_VOCAB_SIZE, train_tokenizer
 
 
 def iter_texts(path, max_chars):
-    from dataset.formats import iter_jsonl
     total = 0
     for _, record in iter_jsonl(path, kind="any"):
         if "text" in record:

@@ -83,7 +83,8 @@ def auto_test(engine, records, sampling, identity=None):
 
 
 def show(pieces, turn):
-    """Stream a reply to stdout, then the sources it was given and what was remembered; return its text."""
+    """Stream a reply to stdout, then the sources it was given, what was remembered and what of the history
+    was left out (chat.engine's Turn, fitted by inference.prompt); return its text."""
     text = []
     for piece in pieces:
         text.append(piece)
@@ -94,6 +95,8 @@ def show(pieces, turn):
     if turn.recalled:
         print(f"   (remembered {len(turn.recalled)} earlier exchange{'s' * (len(turn.recalled) > 1)}: "
               + "; ".join(repr(t["user"][:60]) for t in turn.recalled) + ")")
+    if turn.dropped:
+        print(f"   ({turn.dropped} earlier exchange{'s' * (turn.dropped > 1)} left out to fit the window)")
     return "".join(text)
 
 

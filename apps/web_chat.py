@@ -94,5 +94,7 @@ def answer(engine, prompt, settings):
             show_sources(sources)
         if turn.recalled:
             st.caption(f"remembered: {'; '.join(t['user'][:80] for t in turn.recalled)}")
+        if turn.dropped:
+            st.caption(f"{turn.dropped} earlier exchange{'s' * (turn.dropped > 1)} left out to fit the window")
     st.session_state.messages.append({"role": "assistant", "content": reply, "sources": sources})
     st.session_state.last_stats = stats

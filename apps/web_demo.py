@@ -292,3 +292,7 @@ def run():
     except Exception:       # noqa: BLE001 - st.stop() and st.rerun() are BaseExceptions and pass
         log_error("the page failed")
         st.error(GENERIC_ERROR)
+
+
+if __name__ == "__main__":
+    run()

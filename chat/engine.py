@@ -6,8 +6,8 @@ earlier exchanges as the context window holds (the oldest whole exchanges are dr
 ones take at most a quarter of the room), and the new
 message, with the top passages of the documents (chat/retrieval.py; the query is the message and the
 user's message before it) and their sources before it. The
-system prompt and the new message are always kept; THE chat template (inference.generate.build_prompt) makes
-the tokens.
+system prompt and the new message are always kept; inference/prompt.py makes the tokens (THE chat
+template, each message encoded once) and fits them to the window.
 
     from chat.engine import ChatEngine
     engine = ChatEngine(loaded, persona=load_persona("music_tutor"), index=open_index("dataset/knowledge/music"))
@@ -19,8 +19,8 @@ the tokens.
 """
 from dataclasses import dataclass, field
 
-from inference.generate import build_prompt, prompt_budget, stream_generate
-from tokenizer.tokenizer import encode_chat
+from inference.generate import stream_generate
+from inference.prompt import ChatEncoder, fit_chat, fit_text, newest_that_fit, prompt_budget
 
 from chat.history import split_exchanges, trim_history
 from chat.persona import persona_prompt
@@ -39,6 +39,7 @@ class Turn:
     passages: list = field(default_factory=list)       # chat.retrieval.Passage, best first
     recalled: list = field(default_factory=list)       # remembered exchanges brought back [{"user", "assistant"}]
     dropped: int = 0            # earlier exchanges of the history left out to fit the window
+    cut: int = 0                # tokens cut from the prompt's left (its system prompt and message alone overflow)
     answer: str = ""            # the reply, once reply()'s pieces are all read
 
 
@@ -63,7 +64,7 @@ class ChatEngine:
         self.docs_k, self.memory_k, self.history_cap = docs_k, memory_k, history_cap
         parts = [persona_prompt(persona) if persona else None, system or None]
         self.system = "\n".join(p for p in parts if p) or None       # None: the template's default system
-        self._bare = len(encode_chat(loaded.tokenizer, [], system_prompt="")[0])     # the template alone
+        self.encoder = ChatEncoder(loaded.tokenizer)        # each message's tokens, encoded once
 
     @property
     def window(self):
@@ -80,19 +81,16 @@ class ChatEngine:
         """The system prompt of a conversation: its own system message, else the engine's."""
         return next((m["content"] for m in messages if m["role"] == "system"), self.system)
 
-    def length(self, messages):
-        """Tokens that messages add to a prompt (the template's parts are per message, so lengths add)."""
-        return len(encode_chat(self.loaded.tokenizer, messages, system_prompt="")[0]) - self._bare
-
     def prepare(self, history, message, max_new_tokens=256, budget=None):
         """The Turn for a new user message after history (a list of user/assistant messages; a system
         message in it, as an API request or a test record has one, replaces the engine's system prompt).
-        budget: the most prompt tokens (default: the window less room for max_new_tokens, at most half)."""
-        tok = self.loaded.tokenizer
-        system = self.system_of(history)
+        budget: the most prompt tokens (default: the window less room for max_new_tokens, at most half).
+        The prompt is fitted by inference.prompt, which encodes each message once."""
         if self.loaded.continuation:        # a pretrained model continues the text: nothing else goes in
-            user = [{"role": "user", "content": message}]
-            return Turn(message, build_prompt(tok, user, None, True, self.window, max_new_tokens), user)
+            budget = prompt_budget(self.window, max_new_tokens)
+            fitted = fit_text(self.loaded.tokenizer, message, budget, self.window)
+            return Turn(message, fitted.ids, fitted.messages, cut=fitted.cut)
+        enc, system = self.encoder, self.system_of(history)
         budget = budget or prompt_budget(self.window, max_new_tokens)
         # a follow-up ("what key is it in?") names its subject in the message before: both are the query
         exchanges = split_exchanges(trim_history(history, self.history_cap))
@@ -100,27 +98,27 @@ class ChatEngine:
         passages = self.index.search(f"{message}\n{before}", self.docs_k) if self.index else []
         while True:                         # passages that do not fit go, the lowest ranked first
             user = {"role": "user", "content": with_passages(message, passages)}
-            base = len(build_prompt(tok, [user], system))
-            if base <= budget or not passages:
+            room = budget - len(enc.encode([user], system))
+            if room >= 0 or not passages:
                 break
             passages = passages[:-1]
-        lengths = [self.length(ex) for ex in exchanges]
-        room = budget - base
-        # remembered exchanges not in the window take at most a quarter of the room, the most relevant
-        # first; the newest history fills the rest
+        recalled = self.recall_that_fit(message, exchanges, room)
+        fitted = fit_chat(enc, exchanges, user, budget, self.window, system,
+                          before=[m for t in recalled for m in as_exchange(t)])
+        messages = ([{"role": "system", "content": system}] if system else []) + fitted.messages
+        return Turn(message, fitted.ids, messages, passages, recalled, fitted.dropped, fitted.cut)
+
+    def recall_that_fit(self, message, exchanges, room):
+        """The remembered exchanges to bring back: those not in the window, the most relevant first, in at
+        most a quarter of the room (the newest history fills the rest)."""
+        in_window = newest_that_fit([self.encoder.length(ex) for ex in exchanges], room)
         recalled, used = [], 0
-        for t in self.recall(message, exchanges[len(exchanges) - newest_that_fit(exchanges, lengths, room):]):
-            n = self.length(as_exchange(t))
+        for t in self.recall(message, exchanges[len(exchanges) - in_window:]):
+            n = self.encoder.length(as_exchange(t))
             if used + n <= room // 4:
                 recalled.append(t)
                 used += n
-        kept = newest_that_fit(exchanges, lengths, room - used)
-        messages = [m for t in recalled for m in as_exchange(t)] + \
-            [m for ex in exchanges[len(exchanges) - kept:] for m in ex] + [user]
-        ids = build_prompt(tok, messages, system, window=self.window, max_new_tokens=max_new_tokens)
-        if system:
-            messages = [{"role": "system", "content": system}] + messages
-        return Turn(message, ids, messages, passages, recalled, len(exchanges) - kept)
+        return recalled
 
     def recall(self, message, in_window):
         """The remembered exchanges most relevant to message, those still in the window left out."""
@@ -161,13 +159,3 @@ def plural(n, word):
 def as_exchange(turn):
     """A remembered exchange ({"user", "assistant"}) as the two messages it was."""
     return [{"role": "user", "content": turn["user"]}, {"role": "assistant", "content": turn["assistant"]}]
-
-
-def newest_that_fit(exchanges, lengths, room):
-    """How many of the newest exchanges fit in room tokens (whole exchanges, the oldest dropped first)."""
-    kept, used = 0, 0
-    for n in reversed(lengths):
-        if used + n > room:
-            break
-        used, kept = used + n, kept + 1
-    return kept

@@ -1,7 +1,7 @@
 """Personas: a character for the chatbot, from a YAML file (a "virtual human"), and the system prompt it
 becomes. eval_model.py --persona, the web demo's picker, the server's --persona and make_identity.py
 --persona all read personas with load_persona; the system prompt is persona_prompt, put into THE chat
-template by inference.generate.build_prompt like any system prompt.
+template by inference.prompt.build_prompt like any system prompt.
 
     from chat.persona import load_persona, persona_prompt
     p = load_persona("personas/music_tutor.yaml")      # or a shipped name: load_persona("music_tutor")

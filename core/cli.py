@@ -22,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None):
-    """A library's warning (e.g. inference.generate.WindowWarning) as one 'warning: ...' line."""
+    """A library's warning (e.g. inference.prompt.WindowWarning) as one 'warning: ...' line."""
     (file or sys.stderr).write(f"warning: {message}\n")
 
 

@@ -16,7 +16,7 @@ lm-eval does. Examples are "context delimiter answer" joined by blank lines, aft
 as lm-eval formats them; but the wheel has no train splits, which lm-eval draws from, so k > 0 scores use
 other examples than lm-eval's and are comparable with each other, not with published few-shot numbers.
 --limit N takes the first N items (of each subject, for MMLU, as lm-eval limits each subtask).
-With chat=True the prompt is one user turn in the model's chat template (inference.generate.build_prompt), the
+With chat=True the prompt is one user turn in the model's chat template (inference.prompt.build_prompt), the
 task's description its system prompt, and the answer is scored as the assistant's reply; off by default,
 as in lm-eval.
 """
@@ -25,7 +25,7 @@ import random
 import time
 
 from core.errors import UserError
-from inference.generate import build_prompt
+from inference.prompt import build_prompt
 from evaluation.loglik import encode_pair, score
 
 DELIMITER = " "

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from inference.prompt import WindowWarning
+from inference.sampling import sample_next
 from model.model import KVCache
 
 
@@ -72,7 +74,7 @@ class Batch:
                              "cut it first (build_prompt does)")
         if L + max_new_tokens > self.window:
             warnings.warn(f"max_new_tokens {max_new_tokens} capped to {self.window - L}: the prompt has {L} tokens "
-                          f"and the model's window is {self.window}", _window_warning(), stacklevel=3)
+                          f"and the model's window is {self.window}", WindowWarning, stacklevel=3)
             max_new_tokens = self.window - L
         ids = torch.full((len(prompts), L), self.pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros((len(prompts), L), dtype=torch.bool, device=self.device)
@@ -181,7 +183,6 @@ class Batch:
     def step(self):
         """Sample one token for every live row -> [(row, token)]: a row that stops (a stop token, its
         length limit) gives its last token and then leaves; the rows left are fed in one forward."""
-        from inference.generate import sample_next
         out = []
         greedy = all(r.temperature <= 0 and r.seen is None for r in self.rows)
         picked = self.logits.argmax(dim=-1).tolist() if greedy else None        # one op for the usual case
@@ -205,8 +206,3 @@ class Batch:
             self.logits = self.model(fed, attention_mask=None if full else self.mask[:, :n], kv_cache=self.cache,
                                      last_only=True).logits[:, -1].float()
         return out
-
-
-def _window_warning():
-    from inference.generate import WindowWarning
-    return WindowWarning

@@ -1,47 +1,20 @@
-"""THE sampling loop: eval_model.py, the web demo and any server call these functions.
+"""THE generation loop: eval_model.py, the web demo and any server call these functions.
 
-A preallocated KV cache holds the prompt, so each new token costs one single-position forward.
-Temperature (0 = greedy), top-k, top-p (Holtzman et al. 2019), repetition penalty (Keskar et al. 2019,
-CTRL, sec. 4.1), stop tokens, batches of prompts (left-padded), a seed, and streaming that yields text
-pieces only at character boundaries.
+A preallocated KV cache holds the prompt, so each new token costs one single-position forward. Sampling
+(temperature, top-k, top-p, repetition penalty: inference/sampling.py), stop tokens, batches of prompts
+(left-padded, inference/batching.py), a seed, and streaming that yields text pieces only at character
+boundaries. Prompts are fitted to the window by inference/prompt.py.
 
     from inference.generate import chat
     for piece in chat(model, tokenizer, [{"role": "user", "content": "hi"}], temperature=0.7):
         print(piece, end="", flush=True)
 """
 import time
-import warnings
 
 import torch
 
-from tokenizer.tokenizer import encode_chat
-
-
-class WindowWarning(UserWarning):
-    """A prompt or a reply length was cut to fit the model's context window."""
-
-
-def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seen=None,
-                generator=None):
-    """logits (B, V) float32 -> next token ids (B,)."""
-    if repetition_penalty != 1.0 and seen is not None:
-        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= top_p     # keep the smallest set reaching top_p
-        drop[..., 0] = False                                    # and always the likeliest (top_p 0: greedy)
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+from inference.batching import Batch
+from inference.prompt import build_prompt
 
 
 def generate_steps(model, prompts, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
@@ -49,7 +22,6 @@ def generate_steps(model, prompts, max_new_tokens=256, temperature=0.0, top_k=0,
     """Yield the next token of every sequence, (B,) long tensor per step, -1 once a sequence stopped: a
     inference.batching.Batch whose rows all join at the start. Each row has its own sampler seeded with seed,
     so a row samples what it would alone (two equal prompts, the same tokens)."""
-    from inference.batching import Batch
     if max_new_tokens < 1:
         return
     batch = Batch(model, pad_id)
@@ -109,41 +81,10 @@ def stream_generate(model, tokenizer, prompt_ids, max_new_tokens=256, stats=None
                      tokens_per_s=n / dt if dt > 0 else 0.0)
 
 
-def prompt_budget(window, max_new_tokens):
-    """How many prompt tokens a window of `window` positions holds: room is kept for max_new_tokens of
-    reply, at most half the window."""
-    return window - min(max(max_new_tokens, 1), window // 2)
-
-
-def build_prompt(tokenizer, messages, system_prompt=None, continuation=False, window=None, max_new_tokens=0):
-    """THE prompt of every caller (terminal, web demo, tests, server): the conversation in THE chat
-    template, ending where the assistant's reply starts. continuation=True is for a pretrained model,
-    which continues text: the last message's text after the BOS token (for tokenizers that have one,
-    as the chat template puts it too), no template.
-
-    With window (the model's max_position_embeddings), a prompt that leaves no room for max_new_tokens
-    (at most half the window) is cut from the left, after the BOS token and the system prompt, with a
-    WindowWarning: the oldest turns go first."""
-    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-    if continuation:
-        ids = bos + tokenizer.encode(messages[-1]["content"])
-    else:
-        ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True, system_prompt=system_prompt)
-    budget = prompt_budget(window, max_new_tokens) if window is not None else len(ids)
-    if len(ids) > budget:
-        # what is kept: BOS and the system prompt (the template's prefix up to the first turn)
-        system = [m for m in messages[:1] if m.get("role") == "system"]
-        head = len(bos) if continuation else len(encode_chat(tokenizer, system, system_prompt=system_prompt)[0])
-        head = head if head < budget // 2 else len(bos)       # a system prompt too long to keep is cut too
-        warnings.warn(f"prompt of {len(ids)} tokens cut to {budget} from the left (the model's window is "
-                      f"{window} tokens, {window - budget} kept for the reply)", WindowWarning, stacklevel=2)
-        ids = ids[:head] + ids[len(ids) - (budget - head):]
-    return ids
-
-
 def chat(model, tokenizer, messages, system_prompt=None, max_new_tokens=256, stats=None, continuation=False,
          **sampling):
-    """Stream the assistant's reply to a conversation (prompt from build_prompt, cut to the window)."""
+    """Stream the assistant's reply to a conversation (prompt from inference.prompt.build_prompt, cut to the
+    window)."""
     ids = build_prompt(tokenizer, messages, system_prompt, continuation, model.config.max_position_embeddings,
                        max_new_tokens)
     return stream_generate(model, tokenizer, ids, max_new_tokens, stats=stats, **sampling)

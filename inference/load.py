@@ -7,13 +7,16 @@ Library module, no command:
     m = load_for_inference(ckpt="out/full_sft_512.pth")                 # or adapter=..., hf_path=...
     m.model, m.tokenizer, m.info, m.label, m.continuation
 Finding the file for a name (--lora_name, --model_mode) is checkpoint/layout.py; building the prompt is
-inference.generate.build_prompt(m.tokenizer, messages, system, m.continuation).
+inference.prompt.build_prompt(m.tokenizer, messages, system, m.continuation).
 """
 from dataclasses import dataclass
 from pathlib import Path
 
-from checkpoint.adapter import is_adapter, load_model_with_adapter
-from checkpoint.pth import check_checkpoint, model_from_checkpoint, read_pth
+import torch
+
+from checkpoint.adapter import attach_adapter, is_adapter, load_adapter, load_model_with_adapter
+from checkpoint.pth import FORMAT, build_model, check_checkpoint, model_from_checkpoint, read_pth
+from model.config import ModelConfig
 from model.lora import merge_lora
 from checkpoint import layout
 from core.errors import UserError
@@ -72,8 +75,7 @@ def load_for_inference(ckpt=None, adapter=None, hf_path=None, base=None, merge=T
         raise ValueError("load_for_inference: int8 needs merge=True (the adapter folded into the weights)")
     float_dtype = FLOAT_DTYPES.get(dtype)            # int8: build in the weights' float dtype, quantise after
     if gguf_path is not None:
-        from checkpoint.pth import FORMAT, build_model
-        from interop.gguf_import import import_gguf
+        from interop.gguf_import import import_gguf      # imported only when asked for (start-up time)
         state, config, tokenizer = import_gguf(gguf_path)
         model = build_model(config, state, device, float_dtype, where=str(gguf_path)).eval()
         c = {"format": FORMAT, "config": config.to_dict(), "meta": {"stage": "imported", "source": str(gguf_path)}}
@@ -144,10 +146,6 @@ def file_header(path, adapter=False):
     so that only files that load are offered. -> {"config", "tokenizer_sha256"} of a checkpoint, plus "base"
     and "base_sha256" of an adapter (adapter=True: the file is read as one). A file that would not load
     raises: a UserError with its one line, or whatever its damage raises."""
-    import torch
-    from checkpoint.adapter import attach_adapter, load_adapter
-    from checkpoint.pth import build_model
-    from model.config import ModelConfig
     obj = load_adapter(path) if adapter else read_pth(path, mmap=True)          # entries, not weights
     if is_adapter(obj):
         with torch.device("meta"):

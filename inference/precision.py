@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.lora import LoRALinear
+
 PRECISIONS = ("float32", "bfloat16", "float16", "int8")          # the --dtype choices, float32 first
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KERNEL_ROWS = 16      # up to this many rows take the int8 kernel (faster up to ~24 here); more: a dense matmul
@@ -106,7 +108,6 @@ class Int8Linear(nn.Module):
 def quantize_int8(model, dtype):
     """Replace every nn.Linear of model (in place) by an Int8Linear computing in dtype; the rest of the
     model is cast to dtype. A tied lm_head gets its own int8 copy; the embedding keeps its float rows."""
-    from model.lora import LoRALinear
     if any(isinstance(m, LoRALinear) and not m.merged for m in model.modules()):
         raise ValueError("int8 needs the adapter merged into the weights (load with merge=True)")
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]

@@ -1,4 +1,4 @@
-"""Chat with your trained TinyMind models in the browser: streamlit run scripts/web_demo.py (the app is apps/web_demo.py)."""
-from apps.web_demo import run
+"""`streamlit run scripts/web_demo.py` runs apps/web_demo.py afresh on every rerun, as Streamlit runs a script."""
+import runpy
 
-run()
+runpy.run_module("apps.web_demo", run_name="__main__")

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chat.engine import ChatEngine
-from inference.generate import build_prompt, prompt_budget
+from inference.prompt import prompt_budget
 
 ROLES = ("system", "user", "assistant")
 
@@ -105,20 +105,20 @@ def plan_request(engine, body, max_tokens_limit, chat=None):
 
 
 def prompt_of(loaded, messages, limit, max_tokens_limit, chat=None):
-    """(prompt ids, retrieved passages) from THE chat engine; a 400 when even the system prompt and the
-    last message leave no room in the window (older turns are dropped, never the last one cut)."""
+    """(prompt ids, retrieved passages) from THE chat engine, fitted by inference.prompt (a client's
+    max_tokens is kept whole); a 400 when even the system prompt and the last message leave no room in the
+    window (older turns are dropped, never the last one cut)."""
     engine = ChatEngine(loaded, **(chat or {}))
-    tok, window = loaded.tokenizer, loaded.model.config.max_position_embeddings
-    system = engine.system_of(messages)
-    last = messages[-1]
-    minimal = len(build_prompt(tok, [last], system))
+    window = loaded.model.config.max_position_embeddings
+    system, last = engine.system_of(messages), messages[-1]
+    minimal = len(engine.encoder.encode([last], system))
     reserve = limit or min(max(1, window - minimal), max_tokens_limit, 512)
-    budget = window - limit if limit else prompt_budget(window, reserve)
+    budget = prompt_budget(window, reserve, asked=bool(limit))
     if minimal >= window or (last["role"] == "user" and minimal > budget):
         raise ApiError(400, f"the prompt is {minimal} tokens; this model's window is {window} tokens "
                             "(prompt and reply together)", "messages", code="context_length_exceeded")
     if last["role"] != "user":            # a conversation that ends in a system message: sent as it is
-        return build_prompt(tok, messages, system), []
+        return engine.encoder.encode(messages, system), []
     turn = engine.prepare(messages[:-1], last["content"], reserve, budget=budget)
     return turn.ids, turn.passages
 

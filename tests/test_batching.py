@@ -102,7 +102,8 @@ def test_a_prompt_that_fills_the_window_is_refused():
 
 
 def test_top_p_zero_is_greedy_and_no_new_tokens_is_none():
-    from inference.generate import generate_steps, sample_next
+    from inference.generate import generate_steps
+    from inference.sampling import sample_next
     logits = torch.tensor([[0.1, 3.0, 2.9, -1.0]])
     assert all(int(sample_next(logits, 1.0, top_p=0.0, generator=torch.Generator().manual_seed(s))) == 1
                for s in range(20))

@@ -11,7 +11,7 @@ from chat.memory import Memory
 from chat.persona import load_persona, persona_prompt, shipped_personas
 from chat.retrieval import open_index, split_passages, tokenize
 from core.errors import UserError
-from inference.generate import build_prompt, prompt_budget
+from inference.prompt import build_prompt, prompt_budget
 from inference.load import Loaded
 
 from factories import default_tokenizer, make_model

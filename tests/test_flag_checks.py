@@ -196,7 +196,7 @@ def test_eval_caps_an_overlong_prompt_and_reply_to_the_window(tmp_path, capsys):
 
 
 def test_build_prompt_keeps_the_system_prompt(tokenizer):
-    from inference.generate import build_prompt
+    from inference.prompt import build_prompt
     from tokenizer.tokenizer import encode_chat
     system = "You are TinyMind."
     msgs = [{"role": "user", "content": "tell me " * 100}]

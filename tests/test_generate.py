@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from factories import make_model
-from inference.generate import StreamDecoder, chat, generate, sample_next, stream_generate
+from inference.generate import StreamDecoder, chat, generate, stream_generate
+from inference.sampling import sample_next
 from tokenizer.tokenizer import encode_chat
 
 

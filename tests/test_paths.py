@@ -8,7 +8,7 @@ import torch
 from factories import REPO, make_adapter, make_checkpoint, run_python
 from checkpoint import layout
 from core.errors import UserError
-from inference.generate import build_prompt
+from inference.prompt import build_prompt
 from inference.load import load_for_inference
 from tokenizer.tokenizer import encode_chat
 

@@ -67,7 +67,8 @@ def client(url, key="none"):
 
 def ours(out, max_tokens):
     """TinyMind's own greedy reply to MESSAGES (inference.generate, no server)."""
-    from inference.generate import build_prompt, generate
+    from inference.generate import generate
+    from inference.prompt import build_prompt
     from inference.load import load_for_inference
     loaded = load_for_inference(ckpt=out / "full_sft_64.pth")
     ids = generate(loaded.model, [build_prompt(loaded.tokenizer, MESSAGES)], max_new_tokens=max_tokens,

@@ -1,11 +1,12 @@
 """What the benchmark scripts share: the machine line printed beside every table, and transformers' model
 on TinyMind's weights (the reference most tables race against).
 
-Library module for scripts/bench_*.py (they run as `python scripts/bench_x.py`, so this folder is on
-sys.path).
+Library module for the benchmarks of bench/ (run as `python scripts/bench_x.py` or `python -m bench.x`).
 """
 import platform
 from pathlib import Path
+
+from interop.hf import hf_config_dict
 
 
 def cpu_name():
@@ -21,8 +22,7 @@ def cpu_name():
 
 def to_hf(model):
     """transformers' LlamaForCausalLM holding a TinyMind model's weights (strict load), in eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from interop.hf import hf_config_dict
+    from transformers import LlamaConfig, LlamaForCausalLM    # optional (requirements-dev.txt), 2 s of start-up
     hf = LlamaForCausalLM(LlamaConfig(**hf_config_dict(model.config)))
     hf.load_state_dict(model.state_dict(), strict=True)
     return hf.eval()

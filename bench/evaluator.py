@@ -29,6 +29,7 @@ from evaluation.benchmarks import check_task_names, load_task
 from evaluation.harness import argmax, evaluate_task, item_contexts, item_continuations
 from core.atomic import check_writable, write_text
 from core.errors import UserError
+from interop.hf import export_hf
 from inference.load import load_model_spec
 from inference.load import find_model
 from checkpoint.layout import comparison_path, out_dir
@@ -76,7 +77,7 @@ def write_lm_eval_task(folder, task, items):
 
 def timed_hflm(hf_dir, batch_size):
     """lm-eval's HFLM on the exported folder, adding up the seconds its loglikelihood calls take."""
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM     # optional (requirements-dev.txt), ~5 s of start-up
 
     class TimedHFLM(HFLM):
         seconds = 0.0
@@ -93,7 +94,7 @@ def timed_hflm(hf_dir, batch_size):
 
 def warm_up(loaded, lm, task):
     """Both sides score the first two items once untimed (first calls are slower)."""
-    from lm_eval.api.instance import Instance
+    from lm_eval.api.instance import Instance       # optional (requirements-dev.txt)
     evaluate_task(loaded, task, limit=2, progress=False)
     pairs = [p for it in task.items[:2] for p in zip(item_contexts(it), item_continuations(it))]
     lm.loglikelihood([Instance("loglikelihood", {}, p, 0) for p in pairs])
@@ -101,7 +102,7 @@ def warm_up(loaded, lm, task):
 
 def run_lm_eval(lm, name, task_manager):
     """(lm-eval's results of the task, its samples in item order, seconds of its loglikelihood calls)."""
-    import lm_eval
+    import lm_eval                                  # optional (requirements-dev.txt)
     lm.seconds = 0.0
     out = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=task_manager, log_samples=True)
     samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
@@ -162,8 +163,7 @@ def main(argv=None):
         raise UserError(f"--model {args.model}: give a TinyMind .pth checkpoint (this compares its export)")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")      # local files only: no network needed
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from lm_eval.tasks import TaskManager
-    from interop.hf import export_hf
+    from lm_eval.tasks import TaskManager   # optional (requirements-dev.txt); after HF_*_OFFLINE, which it reads
     loaded = load_model_spec(args.model, out, device="cpu", dtype="float32")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:

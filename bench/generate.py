@@ -21,6 +21,7 @@ from a GGUF file, that file as it is, its own quantisation).
 import copy
 import importlib.util
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,13 +31,16 @@ import torch
 from core.cli import ArgumentParser, run_cli
 from evaluation.answer_tests import asked, read_conversations
 from checkpoint import layout
+from checkpoint.pth import save_checkpoint
 from model.config import PRESETS, get_preset
 from core.errors import UserError
-from interop.gguf_export import TYPES as GGUF_TYPES
-from inference.generate import build_prompt, generate
+from interop.gguf_export import TYPES as GGUF_TYPES, export_gguf
+from inference.generate import generate
+from inference.prompt import build_prompt
 from inference.load import load_model_spec
 from model.model import TinyMindForCausalLM
 from inference.precision import PRECISIONS, apply_precision
+from tokenizer.tokenizer import load_default_tokenizer
 from bench.common import cpu_name, to_hf
 
 
@@ -98,7 +102,7 @@ class TransformersRow:
 
 class LlamaCppRow:
     def __init__(self, gguf, threads, name=None):
-        from llama_cpp import Llama
+        from llama_cpp import Llama         # optional dependency (llama-cpp-python), only for --llama_cpp
         self.llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
         self.name = name or f"llama.cpp {Path(gguf).stem.rsplit('.', 1)[-1]} (its GGUF)"
 
@@ -118,9 +122,6 @@ class LlamaCppRow:
 
 def written_gguf_rows(model, tokenizer, types, work):
     """llama.cpp rows on GGUF files of the model's own weights, written by TinyMind (interop/gguf_export.py)."""
-    from checkpoint.pth import save_checkpoint
-    from interop.gguf_export import export_gguf
-    from tokenizer.tokenizer import load_default_tokenizer
     ckpt = Path(work) / "bench_model.pth"
     save_checkpoint(ckpt, model.state_dict(), model.config, tokenizer or load_default_tokenizer(), {"stage": "bench"})
     rows = [LlamaCppRow(export_gguf(ckpt, Path(work) / f"bench_{t}.gguf", t), torch.get_num_threads(),
@@ -187,7 +188,6 @@ def main():
                         "(it compiles llama.cpp, several minutes)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    import tempfile
     with tempfile.TemporaryDirectory() as work:                                # the GGUF files, removed after
         args.work = work
         results = [bench_model(m, args) for m in models]

@@ -21,6 +21,7 @@ import torch
 from model.config import get_preset
 from core.errors import UserError
 from core.cli import ArgumentParser, run_cli
+from interop.hf import hf_config_dict
 from model.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, count_parameters
 from model.model import TinyMindForCausalLM
 from bench.common import cpu_name
@@ -33,9 +34,8 @@ def build_tinymind(config, lora):
 
 
 def build_peft(config, lora):
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from interop.hf import hf_config_dict
+    from peft import LoraConfig, get_peft_model                 # optional (requirements-dev.txt), 8 s of start-up
+    from transformers import LlamaConfig, LlamaForCausalLM      # optional (requirements-dev.txt), 2 s of start-up
     # the same shapes through the exporter's config mapping
     hf_config = LlamaConfig(**hf_config_dict(config), attn_implementation="sdpa")
     model = LlamaForCausalLM(hf_config)
@@ -88,8 +88,8 @@ def main():
     g = torch.Generator().manual_seed(args.seed)
     batch = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len), generator=g)
 
-    import peft
-    import transformers
+    import peft                     # optional (requirements-dev.txt), 8 s of start-up that --help does without
+    import transformers             # optional (requirements-dev.txt), 2 s of start-up that --help does without
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
     print(f"machine: {cpu_name()}, {threads} threads, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, peft {peft.__version__}, python {platform.python_version()}, "

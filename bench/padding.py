@@ -20,14 +20,19 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import torch
 
 from core.cli import ArgumentParser
 from checkpoint.layout import repo_root
+from dataset.lm_dataset import ChatDataset, collate_chat, read_records
 from model.config import get_preset
+from model.lora import LoRAConfig, apply_lora
 from model.model import TinyMindForCausalLM
 from tokenizer.tokenizer import load_default_tokenizer
+from trainer.args import TrainConfig
+from trainer.components import make_optimizer
+from trainer.distributed import Dist
+from trainer.step import accumulate_gradients
 
 
 def make_mix(folder):
@@ -60,13 +65,6 @@ def main(argv=None):
     ap.add_argument("--max_seq_len", type=int, default=512, help="padding length of the static mode")
     ap.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     args = ap.parse_args(argv)
-    from dataset.lm_dataset import ChatDataset, collate_chat, read_records
-    from model.lora import LoRAConfig, apply_lora
-    from trainer.args import TrainConfig
-    from trainer.distributed import Dist
-    from trainer.components import make_optimizer
-    from trainer.step import accumulate_gradients
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         data, n, sources = make_mix(tmp)

@@ -19,7 +19,9 @@ from inference.load import load_for_inference
 from checkpoint.layout import out_dir, smollm2_path
 from core.errors import UserError
 from core.cli import ArgumentParser, run_cli
-from inference.generate import build_prompt, generate
+from inference.generate import generate
+from inference.prompt import build_prompt
+from model.lora import LoRAConfig, apply_lora
 from bench.common import cpu_name
 
 
@@ -35,10 +37,6 @@ def bench_decode(model, tokenizer, new_tokens, repeats):
 
 
 def bench_lora(model, batch_size, seq_len, steps, warmup):
-    try:
-        from model.lora import LoRAConfig, apply_lora
-    except ImportError as e:
-        raise UserError(f"model/lora.py is not importable ({e}); cannot benchmark LoRA training") from None
     apply_lora(model, LoRAConfig(r=8, alpha=16))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -27,6 +27,7 @@ from checkpoint import layout
 from checkpoint.pth import save_checkpoint
 from model.config import PRESETS, get_preset
 from core.errors import UserError
+from inference.load import find_model
 from model.model import TinyMindForCausalLM
 from inference.precision import cpu_has_bf16
 from tokenizer.tokenizer import load_default_tokenizer
@@ -45,7 +46,6 @@ def base_for(spec, work):
         path = work / f"{spec}_base.pth"
         save_checkpoint(path, model.state_dict(), model.config, tok, {"stage": "full_sft", "step": 0})
         return path, f"{spec} ({model.num_parameters() / 1e6:.0f}M, random)"
-    from inference.load import find_model
     kind, path = find_model(layout.out_dir(), spec)
     if kind != "pth":
         raise UserError(f"--models {spec}: give a preset or a TinyMind .pth (this is a {kind})")

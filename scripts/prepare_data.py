@@ -23,12 +23,12 @@ import random
 import sys
 from pathlib import Path
 
-
 from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl
 from dataset.streaming import BUCKET_BYTES, duplicate_linenos, hold_out, select_indices, shuffle_lines
 from core.atomic import atomic_open, check_writable
 from core.errors import UserError
 from core.cli import ArgumentParser, check_range, run_cli
+from tokenizer.tokenizer import encode_chat, load_default_tokenizer
 
 def read_records(path, kind="any", skip_bad=False, report=None):
     """Yield (lineno, record) of a file, checked by dataset/formats.py."""
@@ -131,10 +131,6 @@ def cmd_validate(args):
 
 
 def cmd_stats(args):
-    try:
-        from tokenizer.tokenizer import encode_chat, load_default_tokenizer
-    except ImportError as e:
-        raise UserError(f"the project tokenizer is not available ({e}); run from a complete TinyMind checkout")
     check_paths(args.files, [])
     tok = load_default_tokenizer()
     edges = [64, 128, 256, 512, 1024, 2048, 4096]

@@ -41,20 +41,27 @@ rank correlation of two scores files' ifd over the samples both scored, and the 
     python scripts/select_data.py compare out/select/small_scores.jsonl out/select/smollm2_scores.jsonl
 """
 import json
+import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
-
 
 import torch
 
 from core.cli import ArgumentParser, check_device, check_range, run_cli
 from checkpoint import layout
+from checkpoint.adapter import is_adapter
+from checkpoint.pth import FORMAT, read_pth
 from core.atomic import check_writable, write_text
 from core.errors import UserError
+from inference.load import find_model, load_model_spec
 from inference.precision import PRECISIONS
+from selection.cluster import embed, pick_per_cluster
 from selection.ifd import PROMPTS
+from selection.run import score_file
 from selection.samples import read_samples, write_samples
 from selection.select import BY, PICKS, cherry_paths, choose, compare, histogram, side_paths
+from trainer.distributed import cleanup_distributed, setup_distributed
 
 
 def add_common(sub, ckpt_help, output_help):
@@ -137,9 +144,6 @@ def check_args(args):
 
 
 def score(args):
-    from inference.load import load_model_spec
-    from selection.run import score_file
-    from trainer.distributed import cleanup_distributed, setup_distributed
     data, output = layout.resolve_input(args.data_path), Path(args.output)
     check_writable(output)
     if output.exists() and not list(output.parent.glob(output.name + ".part*")):
@@ -219,8 +223,6 @@ def compare_scores(args):
 
 
 def cluster(args):
-    from inference.load import load_model_spec
-    from selection.cluster import embed, pick_per_cluster
     data, output = layout.resolve_input(args.data_path), Path(args.output)
     labels_path = output.with_name(output.name + ".clusters.jsonl")
     for p in (output, labels_path):
@@ -245,12 +247,7 @@ def cherry(args):
     """Cherry's three steps, each a command of this script (its files beside --output): cluster (the
     pre-experienced sample), a brief full SFT of the scorer on it (trainer/train_full_sft.py), score every
     sample with the briefly trained model, select."""
-    import subprocess
-    from argparse import Namespace
-    from checkpoint.adapter import is_adapter
-    from checkpoint.pth import FORMAT, read_pth
     output = Path(args.output)
-    from inference.load import find_model
     kind, ckpt = find_model(layout.out_dir(args.out_dir), args.ckpt)
     obj = read_pth(ckpt, mmap=True) if kind == "pth" else None
     if obj is None or is_adapter(obj) or obj.get("format") != FORMAT:

@@ -18,12 +18,18 @@ the window loses its oldest whole exchanges; --persona is the system prompt of a
 --docs the passages retrieved for the last message go into it and come back in the reply's "sources" field
 (not OpenAI's; the client keeps it: response.model_extra["sources"]).
 """
+import warnings
 
+import torch
+import uvicorn
 
 from core.cli import ArgumentParser, check_device, check_range, run_cli
 from checkpoint import layout
 from core.errors import UserError
 from inference.precision import PRECISIONS
+from serving.engine import Engine
+from chat.persona import load_persona
+from chat.retrieval import open_index
 
 
 def parse_args(argv=None):
@@ -54,15 +60,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import warnings
-    import torch
-    import uvicorn
+    from serving.api import make_app            # fastapi: ~1 s of start-up, which --help does without
     # listing a model builds it on the meta device, where loading weights copies nothing; torch says so
     warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
-    from serving.api import make_app
-    from serving.engine import Engine
-    from chat.persona import load_persona
-    from chat.retrieval import open_index
     out = layout.out_dir(args.out_dir)
     chat = {"persona": load_persona(args.persona) if args.persona else None, "docs_k": args.docs_k,
             "index": open_index(args.docs, out) if args.docs else None}

@@ -10,6 +10,10 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
+
+from core.atomic import atomic_open
+
 BY = ("ifd", "ifd_ppl")
 PICKS = ("top", "bottom", "random")
 
@@ -64,10 +68,9 @@ def choose(rows, ratio=None, count=None, by="ifd", keep_above_one=False, min_ans
 def histogram(rows, by, cut, path, title, pick="top"):
     """A PNG of the scores' distribution with the selection's cut marked (kept: above it for pick "top",
     below for "bottom"; a random draw has none)."""
-    import matplotlib
+    import matplotlib                       # matplotlib: ~1 s of start-up, only when a chart is drawn
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from core.atomic import atomic_open
+    import matplotlib.pyplot as plt         # after use("Agg"): no display needed
     values = [r[by] for r in rows if r.get(by) is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(values, bins=50, color="#4C72B0")
@@ -88,7 +91,6 @@ def histogram(rows, by, cut, path, title, pick="top"):
 
 def ranks(values):
     """1-based ranks, ties sharing their average rank (one sort)."""
-    import numpy as np
     v = np.asarray(values, dtype=float)
     _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])          # 0-based rank of each value's first copy
@@ -97,7 +99,6 @@ def ranks(values):
 
 def spearman(a, b):
     """Spearman's rank correlation of two equally long lists (Pearson's r of their ranks)."""
-    import numpy as np
     ra, rb = ranks(a), ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = float(np.sqrt((ra ** 2).sum() * (rb ** 2).sum()))

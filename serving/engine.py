@@ -12,16 +12,16 @@ import threading
 from pathlib import Path
 
 from checkpoint import layout
+from checkpoint.adapter import adapter_fits
+from inference.batching import Batch
 from inference.generate import StreamDecoder
+from inference.load import file_header, load_for_inference
 
 
 def list_models(out):
     """{name: (checkpoint path, adapter path or None)} of what out/ offers: every checkpoint that loads, and
     every adapter of out/lora/ on each checkpoint it fits (model config and tokenizer: adapter_fits), read
     as the web demo reads them (inference.load.file_header); a file that would not load is left out."""
-    from checkpoint.adapter import adapter_fits
-    from inference.load import file_header
-
     def header(path, adapter=False):
         try:
             return file_header(path, adapter)
@@ -78,7 +78,6 @@ class Worker(threading.Thread):
 
     def __init__(self, loaded, max_rows):
         super().__init__(daemon=True)
-        from inference.batching import Batch
         self.loaded, self.max_rows = loaded, max_rows
         self.batch = Batch(loaded.model, pad_id=loaded.tokenizer.pad_id)
         self.waiting, self.live = queue.Queue(), {}
@@ -104,7 +103,6 @@ class Worker(threading.Thread):
 
     def fail_all(self, message):
         """Something broke mid-step: every live request gets the error, and the batch starts afresh."""
-        from inference.batching import Batch
         for req in self.live.values():
             req.push({"type": "error", "message": message})
         self.live = {}
@@ -163,7 +161,6 @@ class Engine:
 
     def worker(self, name):
         """The model's worker, loading the model on first use; an unknown name is a LookupError."""
-        from inference.load import load_for_inference
         if name in self.workers:
             return self.workers[name]
         with self.lock:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tracemalloc
-import types
 from collections import Counter
 
 import pytest
@@ -257,10 +256,8 @@ def test_stats_with_a_stand_in_tokenizer(tmp_path, capsys, monkeypatch):
             ids += tok.encode(m["content"]) + [2]
         return ids, [1] * len(ids)
 
-    fake = types.ModuleType("tokenizer.tokenizer")
-    fake.load_default_tokenizer = CharTokenizer
-    fake.encode_chat = encode_chat
-    monkeypatch.setitem(sys.modules, "tokenizer.tokenizer", fake)
+    monkeypatch.setattr(prepare_data, "load_default_tokenizer", CharTokenizer)
+    monkeypatch.setattr(prepare_data, "encode_chat", encode_chat)
     src = write_jsonl(tmp_path / "c.jsonl", [chat(i) for i in range(5)] + [chat(9, "x" * 600)])
     prepare_data.main(["stats", str(src), "--max_seq_len", "512"])
     out = capsys.readouterr().out

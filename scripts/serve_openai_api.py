@@ -16,8 +16,12 @@ binds 127.0.0.1 unless --host says otherwise; --api_key makes "Authorization: Be
 come from THE chat engine (chat/engine.py), as in eval_model.py and the web demo: a conversation longer than
 the window loses its oldest whole exchanges; --persona is the system prompt of a request without one; with
 --docs the passages retrieved for the last message go into it and come back in the reply's "sources" field
-(not OpenAI's; the client keeps it: response.model_extra["sources"]).
+(not OpenAI's; the client keeps it: response.model_extra["sources"]). --host and --port are checked (bound)
+before anything loads: an address that is not this machine's, or a port in use, is one line naming the flag.
 """
+import errno
+import ipaddress
+import socket
 import warnings
 
 import torch
@@ -41,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=PRECISIONS, default=None, help="the models' precision (default: their weights')")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max_batch", type=int, default=16, help="rows decoded together per model (default 16)")
+    p.add_argument("--max_loads", type=int, default=2, help="models loaded at once (the others wait; loaded "
+                   "models keep answering) (default %(default)s)")
     p.add_argument("--max_tokens", type=int, default=2048, help="the most max_tokens a request may ask "
                    "(default %(default)s)")
     p.add_argument("--max_body", type=int, default=1 << 20, help="the largest request body in bytes (default %(default)s)")
@@ -52,14 +58,45 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     check_range("--docs_k", args.docs_k, 1, 50, integer=True)
     check_range("--port", args.port, 1, 65535, integer=True)
-    for flag in ("max_batch", "max_tokens", "max_body"):
+    for flag in ("max_batch", "max_loads", "max_tokens", "max_body"):
         check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
     check_device(args.device)
     return args
 
 
+def listen(host, port):
+    """A socket listening on --host and --port, before any work: one line naming the flag when the host is
+    no address (999.1.1.1) or not this machine's, or the port is taken or not allowed."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not host or all(c.isdigit() or c in ".:" for c in host):        # looks like an address, is none
+            raise UserError(f"--host {host!r}: not an IP address; use 127.0.0.1, 0.0.0.0 or an address of "
+                            "this machine") from None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--host {host}: no such host name here ({e}); use 127.0.0.1 or 0.0.0.0") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"--port {port}: already in use on {host} (another server?); pick another --port") from None
+        if e.errno == errno.EACCES:
+            raise UserError(f"--port {port}: this user may not listen on it (ports below 1024 need root); "
+                            "use one from 1024, e.g. --port 8998") from None
+        raise UserError(f"--host {host}: cannot listen there ({e.strerror}); use 127.0.0.1, 0.0.0.0 or an "
+                        "address of this machine") from None
+    return sock
+
+
 def main(argv=None):
     args = parse_args(argv)
+    sock = listen(args.host, args.port)
     from serving.api import make_app            # fastapi: ~1 s of start-up, which --help does without
     # listing a model builds it on the meta device, where loading weights copies nothing; torch says so
     warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
@@ -69,7 +106,7 @@ def main(argv=None):
     if chat["index"]:
         print(f"documents: {chat['index'].folder}: {chat['index'].describe()}", flush=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    engine = Engine(out, args.max_batch, args.dtype, device)
+    engine = Engine(out, args.max_batch, args.dtype, device, args.max_loads)
     offered = engine.models()
     if not offered:
         raise UserError(f"{out}: no model to serve; train one (python scripts/quickstart.py) or give --out_dir")
@@ -77,8 +114,8 @@ def main(argv=None):
     print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: --host {args.host} without --api_key: anyone who reaches this machine can use it", flush=True)
-    uvicorn.run(make_app(engine, args.api_key or None, args.max_body, args.max_tokens, chat), host=args.host,
-                port=args.port, log_level="warning")
+    app = make_app(engine, args.api_key or None, args.max_body, args.max_tokens, chat)
+    uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")).run(sockets=[sock])
     return 0
 
 

@@ -3,12 +3,14 @@ as "base+adapter" names), loaded on first use, and one decoding thread per model
 its inference.batching.Batch between steps and streams each request's text back to its asyncio queue.
 
     engine = Engine(out_dir, max_rows=16)
-    req = engine.submit("smollm2_135m", ids, max_tokens=64, sampling={"temperature": 0.7}, stop=["\\n\\n"])
+    worker = await engine.get_worker("smollm2_135m")              # LookupError: out/ has no such model
+    req = engine.submit(worker, ids, 64, {"temperature": 0.7}, ["\\n\\n"], asyncio.get_running_loop())
     while (item := await req.queue.get())["type"] == "text": ...     # then {"type": "end", "finish": ...}
 """
 import asyncio
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from checkpoint import layout
@@ -18,15 +20,27 @@ from inference.generate import StreamDecoder
 from inference.load import file_header, load_for_inference
 
 
-def list_models(out):
+def list_models(out, seen=None):
     """{name: (checkpoint path, adapter path or None)} of what out/ offers: every checkpoint that loads, and
     every adapter of out/lora/ on each checkpoint it fits (model config and tokenizer: adapter_fits), read
-    as the web demo reads them (inference.load.file_header); a file that would not load is left out."""
+    as the web demo reads them (inference.load.file_header); a file that would not load is left out.
+    seen: a dict kept between calls, so that a file's header is read once (whatever links name it), and again
+    only when the file changes (a new inode, size or time, as an atomic write makes); what is gone is forgotten."""
+    cache = {} if seen is None else seen
+    fresh = {}
+
     def header(path, adapter=False):
         try:
-            return file_header(path, adapter)
-        except Exception:                             # noqa: BLE001 - a damaged file is not offered
+            st = path.stat()
+        except OSError:                               # gone since the folder was read
             return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, adapter)      # the file, by any of its names
+        if key not in fresh:
+            try:
+                fresh[key] = cache[key] if key in cache else file_header(path, adapter)
+            except Exception:                         # noqa: BLE001 - a damaged file is not offered
+                fresh[key] = None
+        return fresh[key]
     adapters = [(a, h) for a in layout.find_adapters(out) if (h := header(a, adapter=True))]
     found = {}
     for c in layout.find_checkpoints(out):
@@ -37,6 +51,8 @@ def list_models(out):
         for a, h in adapters:
             if not adapter_fits(h, head["config"], head["tokenizer_sha256"]):
                 found[f"{c.stem}+{a.stem}"] = (c, a)
+    cache.clear()
+    cache.update(fresh)
     return found
 
 
@@ -103,10 +119,10 @@ class Worker(threading.Thread):
 
     def fail_all(self, message):
         """Something broke mid-step: every live request gets the error, and the batch starts afresh."""
-        for req in self.live.values():
+        failed, self.live = self.live.values(), {}
+        self.batch = Batch(self.loaded.model, pad_id=self.loaded.tokenizer.pad_id)    # before anyone is told
+        for req in failed:
             req.push({"type": "error", "message": message})
-        self.live = {}
-        self.batch = Batch(self.loaded.model, pad_id=self.loaded.tokenizer.pad_id)
 
     def admit(self, reqs):
         """Join waiting requests, those with the same settings in one prefill."""
@@ -150,34 +166,58 @@ class Worker(threading.Thread):
 
 
 class Engine:
-    """The models of out/ and their decoding threads (started on a model's first request)."""
+    """The models of out/ and their decoding threads (started on a model's first request). The listing runs
+    on its own thread (an unknown name is answered from it without loading anything) and loads in their own
+    queue, at most max_loads at a time, so a loaded model keeps answering while others load."""
 
-    def __init__(self, out, max_rows=16, dtype=None, device="cpu"):
+    def __init__(self, out, max_rows=16, dtype=None, device="cpu", max_loads=2):
         self.out, self.max_rows, self.dtype, self.device = Path(out), max_rows, dtype, device
         self.workers, self.lock, self.loading = {}, threading.Lock(), {}
+        self.headers, self.list_lock = {}, threading.Lock()
+        self.lister = ThreadPoolExecutor(1, "list-models")
+        self.loader, self.max_loads = ThreadPoolExecutor(max_loads, "load-model"), max_loads
 
     def models(self):
-        return list_models(self.out)
+        with self.list_lock:
+            return list_models(self.out, self.headers)
 
-    def worker(self, name):
-        """The model's worker, loading the model on first use; an unknown name is a LookupError."""
+    async def get_worker(self, name):
+        """The model's worker: a loaded one at once; an unknown name (not in the listing) a LookupError,
+        nothing loaded; else the model's load, one per name, in the load queue."""
         if name in self.workers:
             return self.workers[name]
+        if name not in await asyncio.wrap_future(self.lister.submit(self.models)):
+            raise LookupError(name)
+        return await asyncio.wrap_future(self.load(name))
+
+    def worker(self, name):
+        """The model's worker, loading the model on first use (waits for it); an unknown name is a LookupError."""
+        return self.workers[name] if name in self.workers else self.load(name).result()
+
+    def load(self, name):
+        """A concurrent.futures.Future of the model's worker: the load in flight for that name, or a new one."""
         with self.lock:
-            lock = self.loading.setdefault(name, threading.Lock())
-        with lock:                                    # one load per model; the others' requests go on
-            if name not in self.workers:
-                offered = self.models()
-                if name not in offered:
-                    raise LookupError(name)
-                ckpt, adapter = offered[name]
-                # an adapter is offered on every base it fits (config and tokenizer), as the web demo does
-                loaded = load_for_inference(ckpt=adapter or ckpt, base=ckpt if adapter else None, device=self.device,
-                                            dtype=self.dtype, out=self.out, force=adapter is not None)
-                w = Worker(loaded, self.max_rows)
-                w.start()
-                self.workers[name] = w
+            future = self.loading.get(name)
+            if future is None:
+                future = self.loading[name] = self.loader.submit(self.start_worker, name)
+                future.add_done_callback(lambda f: self.loading.pop(name, None) if self.loading.get(name) is f else 0)
+            return future
+
+    def start_worker(self, name):
+        """Load the model and start its decoding thread (on the load queue)."""
+        if name in self.workers:
             return self.workers[name]
+        offered = self.models()
+        if name not in offered:
+            raise LookupError(name)
+        ckpt, adapter = offered[name]
+        # an adapter is offered on every base it fits (config and tokenizer), as the web demo does
+        loaded = load_for_inference(ckpt=adapter or ckpt, base=ckpt if adapter else None, device=self.device,
+                                    dtype=self.dtype, out=self.out, force=adapter is not None)
+        w = Worker(loaded, self.max_rows)
+        w.start()
+        self.workers[name] = w
+        return w
 
     def submit(self, worker, ids, max_tokens, sampling, stop, loop):
         req = Request(ids, max_tokens, sampling, stop, worker.loaded.tokenizer, loop)

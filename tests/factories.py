@@ -159,3 +159,55 @@ def run_main(main, argv, capsys, stdin=None, monkeypatch=None):
         code = e.code
     cap = capsys.readouterr()
     return code, cap.out, cap.err
+
+
+def run_argv(main, argv, capsys, monkeypatch):
+    """run_main for a command whose main() reads sys.argv itself (convert_model.py, lm_eval_run.py)."""
+    monkeypatch.setattr(sys, "argv", ["command", *map(str, argv)])
+    return run_main(lambda _: main(), argv, capsys)
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(out, *extra):
+    """scripts/serve_openai_api.py serving out on 127.0.0.1 (a free port, CPU, one thread), once it answers
+    -> (process, base url ".../v1"). Its output goes to a file, proc.log_path (server_log reads it), so that
+    a server that logs a lot never stalls on a full pipe."""
+    import tempfile
+    import time
+    import httpx                                   # the openai client's HTTP library: only the server tests need it
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "scripts/serve_openai_api.py", "--out_dir", str(out), "--port", str(port),
+                             "--device", "cpu", *extra], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log.close()                                    # the server holds its own copy
+    proc.log_path = log.name
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url[:-3]}/health", timeout=1, headers={"authorization": "Bearer k"}).status_code in (200, 401):
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(server_log(proc))
+
+
+def server_log(proc):
+    """What a server started by start_server has printed so far."""
+    return Path(proc.log_path).read_text(encoding="utf-8", errors="replace")
+
+
+def stop_server(proc):
+    proc.terminate()
+    proc.wait(10)
+    Path(proc.log_path).unlink(missing_ok=True)

@@ -8,43 +8,15 @@ and a client that goes away mid-stream.
 """
 import concurrent.futures as cf
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import openai
 import pytest
 
-from factories import REPO, make_adapter, make_checkpoint
+from factories import make_adapter, make_checkpoint, start_server, stop_server
 
 MESSAGES = [{"role": "user", "content": "Tell me about music and the piano"}]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(out, *extra):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "scripts/serve_openai_api.py", "--out_dir", str(out), "--port", str(port),
-                             "--device", "cpu", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/models", timeout=1, headers={"authorization": "Bearer k"}).status_code in (200, 401):
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(proc.stdout.read())
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +29,7 @@ def server(tmp_path_factory):
     (out / "broken_64.pth").write_bytes(b"not a checkpoint")                        # not offered
     proc, url = start_server(out, "--max_tokens", "30000")
     yield url, out
-    proc.terminate()
-    proc.wait(10)
+    stop_server(proc)
 
 
 def client(url, key="none"):
@@ -178,8 +149,7 @@ def test_an_api_key_is_required_when_given(tmp_path):
             client(url, "wrong").models.list()
         assert [m.id for m in client(url, "k").models.list().data] == ["full_sft_64"]
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_server(proc)
 
 
 def test_a_failing_step_fails_its_requests_and_the_model_serves_on(tmp_path, monkeypatch):
@@ -241,5 +211,4 @@ def test_the_chat_engine_builds_the_prompt_persona_documents_and_window(tmp_path
         turn = engine.prepare(long, "What is an oboe?", 6)
         assert turn.dropped > 0 and r.usage.prompt_tokens == len(turn.ids) <= 1024
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_server(proc)

@@ -2,6 +2,7 @@
 
     python eval_model.py --model_mode 1                              # full SFT model: auto test, then chat
     python eval_model.py --lora_name lora_music --model_mode 1       # the LoRA on the base it was trained on
+    python eval_model.py --lora_name lora_music --base path/to/full_sft_512.pth   # its base moved elsewhere
     python eval_model.py --prompt "Who are you?" --prompt "你是谁？"    # answer and exit
     echo "Who are you?" | python eval_model.py                       # one prompt per line from stdin
     python eval_model.py --lora_name lora_music --identity_test      # held-out identity questions
@@ -36,6 +37,8 @@ from core.cli import ArgumentParser, check_device, check_range, run_cli
 from evaluation.chat_suite import DEFAULT_DOCS, read_suite, run_chat_test
 from evaluation.answer_tests import expected_identity, read_test_file, run_identity_test, run_task_test
 from checkpoint import layout
+from checkpoint.adapter import is_adapter
+from checkpoint.pth import read_pth
 from core.atomic import check_writable
 from core.errors import UserError
 from inference.load import load_for_inference
@@ -54,6 +57,9 @@ def parse_args(argv=None):
                    help="0 pretrain, 1 full SFT (default 1); for a LoRA the adapter's recorded base is used")
     p.add_argument("--out_dir", default=None, help="where checkpoints are (default: $TINYMIND_OUT_DIR, else <repo>/out)")
     p.add_argument("--ckpt", default=None, help="a checkpoint or adapter .pth file, instead of the names above")
+    p.add_argument("--base", default=None, metavar="PATH",
+                   help="the checkpoint an adapter (--lora_name, or --ckpt an adapter) is put on, as train_lora.py's "
+                        "--base (default: the base the adapter records, else the file of that name in out/)")
     p.add_argument("--load", type=int, choices=(0, 1), default=0, help="1: load an HF folder given by --hf_path")
     p.add_argument("--hf_path", default=None, help="Hugging Face model folder for --load 1")
     p.add_argument("--hidden_size", type=int, default=None,
@@ -140,6 +146,12 @@ def check_args(args):
         check_range("--history_cnt", args.history_cnt, 0, integer=True)
     if args.report:
         check_writable(layout.resolve_input(args.report))
+    if args.base is not None:
+        args.base = layout.resolve_input(args.base)
+        if not args.base.is_file():
+            raise UserError(f"--base {args.base}: file not found")
+        if args.load == 1:
+            raise UserError("--base goes with an adapter (--lora_name or --ckpt), not with --load 1")
     return args
 
 
@@ -155,10 +167,18 @@ def load(args):
             raise UserError("--load 1 needs --hf_path DIR (a Hugging Face model folder)")
         return load_for_inference(hf_path=args.hf_path, device=args.device, dtype=args.dtype)
     if args.ckpt:
-        loaded = load_for_inference(ckpt=layout.resolve_input(args.ckpt), **common)
+        ckpt = layout.resolve_input(args.ckpt)
+        if args.base and not is_adapter(read_pth(ckpt, mmap=True)):
+            raise UserError(f"--base: {ckpt} is a full checkpoint, not an adapter; --base names the checkpoint an "
+                            "adapter is put on: drop it, or give the adapter with --ckpt or --lora_name")
+        loaded = load_for_inference(ckpt=ckpt, base=args.base, **common)
     elif args.lora_name:
-        loaded = load_for_inference(adapter=layout.find_adapter(out, args.lora_name, args.hidden_size), **common)
+        loaded = load_for_inference(adapter=layout.find_adapter(out, args.lora_name, args.hidden_size), base=args.base,
+                                    **common)
     else:
+        if args.base:
+            raise UserError("--base names the checkpoint an adapter is put on: give the adapter with --lora_name or "
+                            "--ckpt, or load the checkpoint itself with --ckpt")
         stage = STAGES[1 if args.model_mode is None else args.model_mode]
         path = layout.find_stage_checkpoint(out, stage, args.hidden_size, flag_hint="--hidden_size or --ckpt")
         loaded = load_for_inference(ckpt=path, **common)

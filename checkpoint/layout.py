@@ -187,7 +187,8 @@ def index_dir(out, docs):
     """out/index/{folder}-{hash}/: the retrieval index of a documents folder (hash of its resolved path)."""
     import hashlib
     docs = Path(docs).resolve()
-    return Path(out) / "index" / f"{docs.name or 'root'}-{hashlib.sha256(str(docs).encode()).hexdigest()[:10]}"
+    digest = hashlib.sha256(str(docs).encode("utf-8", "surrogateescape")).hexdigest()     # a name's own bytes
+    return Path(out) / "index" / f"{docs.name or 'root'}-{digest[:10]}"
 
 
 SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -313,8 +314,8 @@ def find_adapter_base(adapter, base_path=None, out=None):
     for p in (recorded, repo_root() / recorded, out / recorded.name):
         if p.is_file():
             return p
-    raise UserError(f"{name}: its base checkpoint {recorded} was not found (also looked in {out}); "
-                    "pass it with --base PATH")
+    raise UserError(f"{name}: its base checkpoint {recorded} was not found (nor {recorded.name} in {out}); put "
+                    "the base back there, or give it with --base PATH (eval_model.py, merge_lora.py)")
 
 
 def within(root, path):

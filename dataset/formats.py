@@ -25,9 +25,9 @@ Library module, no command; used as
 """
 import json
 import re
-from pathlib import Path
 
 from core.errors import UserError
+from dataset.files import BOM, open_data_file
 
 KINDS = ("chat", "prompt", "text", "any")
 ROLES = ("system", "user", "assistant")
@@ -251,15 +251,7 @@ class JsonlReader:
         self.bad_examples = []
 
     def _open(self):
-        p = Path(self.path)
-        if p.is_dir():
-            raise UserError(f"{self.path}: is a directory, not a file; pass a .jsonl file inside it")
-        if not p.exists():
-            raise UserError(f"{self.path}: no such file; check the path (relative paths start at the current directory)")
-        try:
-            return open(p, "rb")
-        except OSError as e:
-            raise UserError(f"{self.path}: cannot be opened ({e.strerror}); check its permissions")
+        return open_data_file(self.path)
 
     def _skip(self, err):
         self.n_bad += 1
@@ -271,8 +263,8 @@ class JsonlReader:
     def __iter__(self):
         with self._open() as f:
             for lineno, raw in enumerate(f, start=1):
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a UTF-8 byte-order mark, as some editors write
+                if lineno == 1 and raw.startswith(BOM):
+                    raw = raw[len(BOM):]
                 if not raw.strip():
                     continue
                 where = f"{self.path}:{lineno}"

@@ -83,10 +83,13 @@ class ChatDataset(Dataset):
 
     labels = ids where the template's loss mask is 1 (assistant replies and their end token), else -100;
     loss_on="all" puts loss on every token. Samples longer than max_seq_len are truncated and counted
-    (n_truncated); n_no_target counts samples left without any target token.
+    (n_truncated); n_no_target counts samples left without any target token. Those train nothing and
+    validate nothing (the validation loss is a mean over target tokens, so it is over the others); a set
+    in which most samples keep none (a --system_prompt that fills the window) is refused: its run would
+    learn from a few samples, and a validation set of none would log a loss of 0 over no token.
     """
 
-    def __init__(self, conversations, tokenizer, max_seq_len, loss_on="assistant", system_prompt=None):
+    def __init__(self, conversations, tokenizer, max_seq_len, loss_on="assistant", system_prompt=None, where=None):
         self.samples = []
         self.n_truncated = self.n_no_target = 0
         for messages in conversations:
@@ -98,6 +101,12 @@ class ChatDataset(Dataset):
             if all(t == IGNORE for t in labels[1:]):
                 self.n_no_target += 1
             self.samples.append((torch.tensor(ids, dtype=torch.int32), torch.tensor(labels, dtype=torch.int32)))
+        if 2 * self.n_no_target > len(self.samples):
+            n, total, system = self.n_no_target, len(self.samples), bool(system_prompt)
+            what = "no conversation keeps a" if n == total else f"{n} of {total} conversations keep no"
+            raise UserError(f"{where + ': ' if where else ''}{what} token to train on after the cut to --max_seq_len "
+                            f"{max_seq_len} (with --loss_on {loss_on}{', and the --system_prompt' * system}); raise "
+                            f"--max_seq_len{' or shorten the system prompt' * system}")
 
     def __len__(self):
         return len(self.samples)

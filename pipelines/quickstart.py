@@ -33,8 +33,8 @@ from core.errors import UserError
 from checkpoint.layout import (repo_root, adapter_path, checkpoint_path, data_path, log_path_for, out_dir,
                          quickstart_files, report_path, run_name, smollm2_path)
 from tokenizer.tokenizer import DEFAULT_TOKENIZER_PATH
-from trainer.runlog import run_stats
-from pipelines.clock import OVERHEAD, Clock, fmt_time
+from pipelines.clock import OVERHEAD, Clock, fmt_time, sample_size
+from pipelines.quickstart_summary import smaller_tests, stage_rows, test_rows, too_few_steps
 
 ROOT = repo_root()
 
@@ -197,15 +197,33 @@ class Pipeline:
                  self.clock.slice("lora"))
         return path
 
+    def test_plan(self, files):
+        """How much of each test file the tests ask: all of it when the budget leaves them the time, else
+        the share that fits in what it leaves (pipelines.clock.Clock.test_fraction: at the slowdown seen, a
+        quarter at least). A run that reuses every training stage keeps the plan its tests were made with."""
+        if not self.rerun and "tests" in self.state:
+            return self.state["tests"]
+        left = self.clock.end - time.time()
+        fraction = self.clock.test_fraction(left)
+        n_id = sum(1 for ln in files["identity_test.jsonl"].read_text(encoding="utf-8").splitlines() if ln.strip())
+        music = 16 if self.args.minutes < 8 and not self.gpu else 32
+        self.state["tests"] = {"fraction": round(fraction, 3), "left_s": round(max(0.0, left), 1),
+                               "slowdown": round(self.clock.slowdown, 2), "identity": [sample_size(n_id, fraction), n_id],
+                               "music": [sample_size(music, fraction), music]}
+        return self.state["tests"]
+
     def tests(self, files, scratch, base, lora):
         """Greedy answers to the held-out identity questions and to music questions (a sample of the trained
-        ones and of the held-out ones) -> {name: report path}."""
-        few = self.args.minutes < 8 and not self.gpu
+        ones and of the held-out ones), on smaller samples when the budget leaves too little time for all
+        (test_plan) -> {name: report path}."""
+        plan = self.test_plan(files)
         ident = files["identity_test.jsonl"]
+        if plan["identity"][0] < plan["identity"][1]:
+            ident = self.sample_file(ident, plan["identity"][0], "identity_test_sample.jsonl")
         held_for_val = read_pth(lora, mmap=True)["meta"].get("val_lines") or ()   # validation: not trained on
-        trained = self.sample_file(files["music.jsonl"], 16 if few else 32, "music_trained_sample.jsonl", task=True,
+        trained = self.sample_file(files["music.jsonl"], plan["music"][0], "music_trained_sample.jsonl", task=True,
                                    skip=held_for_val)
-        held = self.sample_file(files["music_test.jsonl"], 16 if few else 32, "music_test_sample.jsonl", task=True)
+        held = self.sample_file(files["music_test.jsonl"], plan["music"][0], "music_test_sample.jsonl", task=True)
         ev = [sys.executable, "eval_model.py", "--out_dir", self.out, "--device", self.device, "--batch_size", 32,
               "--max_new_tokens", 40, "--identity_test", ident]
         music = ["--task_test", trained, "--task_test", held]
@@ -233,57 +251,32 @@ class Pipeline:
                  f"identity and music tests: {LORA}")
         return reports
 
-    def stage_rows(self, scratch, lora):
-        def num(x):
-            return "-" if x is None else f"{x:.3f}"
-        rows = ["| stage | steps | train loss | val loss | time (budget) |", "|---|---:|---:|---:|---:|"]
-        runs = [("pretrain", scratch["pretrain"]), ("full_sft", scratch["full_sft"])]
-        runs += [("scratch_lora", scratch["lora"])] if "lora" in scratch else []
-        for stage, path in runs + [("lora", lora)]:
-            steps, loss, val = run_stats(log_path_for(path))
-            st = self.state.get(stage, {})
-            budget = f" ({fmt_time(st['budget_s'])})" if st.get("budget_s") else ""
-            where = "scratch/" if not self.gpu and stage != "lora" else ""
-            rows.append(f"| {where}{run_name(path)} | {steps} | {num(loss)} | {num(val)} | "
-                        f"{fmt_time(st['seconds']) if st.get('seconds') else '-'}{budget} |")
-        return rows
-
-    def test_rows(self, reports):
-        r = {k: json.loads(v.read_text(encoding="utf-8")) for k, v in reports.items()}
-
-        def rate(k):
-            return f"{r[k]['rate']:.0%} ({r[k]['passed']}/{r[k]['n']})" if k in r else ""
-        if self.gpu:
-            return ["| test (greedy, strict) | lora_music_512 |", "|---|---:|",
-                    f"| identity, held-out phrasings (en+zh) | {rate('id_lora')} |",
-                    f"| music, trained questions (sample) | {rate('mu_trained')} |",
-                    f"| music, held-out questions (sample) | {rate('mu_held')} |"]
-        return ["| test (greedy, strict) | scratch full_sft | scratch lora_identity | SmolLM2 | SmolLM2 + lora_music |",
-                "|---|---:|---:|---:|---:|",
-                f"| identity, held-out phrasings (en+zh) | {rate('id_sft')} | {rate('id_slora')} | {rate('id_base')} "
-                f"| {rate('id_lora')} |",
-                f"| music, trained questions (sample) | | | {rate('mu_trained_base')} | {rate('mu_trained')} |",
-                f"| music, held-out questions (sample) | | | {rate('mu_held_base')} | {rate('mu_held')} |"]
-
     def summary(self, scratch, base, lora, reports):
         total = time.time() - self.t0
         steps = {k: v["seconds"] for k, v in self.state.items() if isinstance(v, dict) and "seconds" in v}
         tests = sum(s for k, s in steps.items() if k.startswith("eval"))
         train = sum(s for k, s in steps.items() if not k.startswith("eval"))
-        rows = self.stage_rows(scratch, lora) + [""] + self.test_rows(reports) + [
-            "", f"device {self.device}, budget {self.args.minutes:g} min; this run took {fmt_time(total)}: "
-                f"training and import {fmt_time(train)}, tests {fmt_time(tests)}, the rest (planning, "
-                f"reused steps) {fmt_time(max(0, total - train - tests))}"]
-        table = "\n".join(rows)
-        dest = write_text(self.summary_path, table + "\n")
         default_out = self.out == out_dir()
         od = "" if default_out else f" --out_dir {shlex.quote(str(self.out))}"
         env = "" if default_out else f"TINYMIND_OUT_DIR={shlex.quote(str(self.out))} "
+        again = f"python trainer/train_lora.py --lora_name {LORA} --data_path ../dataset/music.jsonl --epochs 5{od}"
+        where = "" if self.gpu else "scratch/"
+        runs = [("pretrain", scratch["pretrain"]), ("full_sft", scratch["full_sft"])]
+        runs = [(stage, path, f"{where}{run_name(path)}") for stage, path in runs]
+        runs += [("scratch_lora", scratch["lora"], f"scratch/{run_name(scratch['lora'])}")] if "lora" in scratch else []
+        runs += [("lora", lora, run_name(lora))]
+        rows = stage_rows(runs, self.state) + [""] + test_rows(reports, self.gpu) + [
+            "", f"device {self.device}, budget {self.args.minutes:g} min; this run took {fmt_time(total)}: "
+                f"training and import {fmt_time(train)}, tests {fmt_time(tests)}, the rest (planning, "
+                f"reused steps) {fmt_time(max(0, total - train - tests))}"]
+        notes = too_few_steps(runs, self.args.minutes, again) + smaller_tests(
+            self.state.get("tests"), f"python eval_model.py --lora_name {LORA} --identity_test{od}")
+        table = "\n".join(rows + ([""] + notes if notes else []))
+        dest = write_text(self.summary_path, table + "\n")
         print("\n=== summary (also in " + str(dest) + ")\n" + table)
         print(f"\nchat in the terminal:   python eval_model.py --lora_name {LORA} --model_mode 1{od}")
         print(f"open the web demo:      {env}streamlit run scripts/web_demo.py")
-        print(f"train the LoRA again:   python trainer/train_lora.py --lora_name {LORA} "
-              f"--data_path ../dataset/music.jsonl --epochs 5{od}   (the adapter above is kept in out/previous/)")
+        print(f"train the LoRA again:   {again}   (the adapter above is kept in out/previous/)")
 
 
 def main(argv=None):

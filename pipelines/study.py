@@ -26,6 +26,7 @@ check has passed, before the first arm trains): nothing finished is lost. A fail
 one line naming it and its train.log, which stays where the study was being written.
 """
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -38,14 +39,14 @@ import torch
 from core.cli import ArgumentParser, check_device, check_range, run_cli
 from evaluation import benchmarks, report
 from evaluation.gen_tasks import evaluate_gen, load_gen_tasks
-from pipelines.study_arms import (DEFAULT_STUDY, STUDIES, arm_command, arm_data, arm_output,
+from pipelines.study_arms import (DEFAULT_STUDY, STUDIES, arm_command, arm_data, arm_output, check_arm,
                                 prepare_commands, shown, step_output)
 from pipelines.study_report import summary
 from evaluation.suite import evaluate_models
 from checkpoint import layout
 from checkpoint.adapter import is_adapter
-from core.atomic import check_writable, move, write_text
-from checkpoint.pth import read_pth
+from core.atomic import check_writable, clean_stale_temps, move, write_text
+from checkpoint.pth import config_from_dict, read_pth
 from core.errors import UserError
 from inference.load import find_model, load_for_inference
 from inference.precision import PRECISIONS
@@ -168,8 +169,22 @@ def make_plan(args):
         cmd = arm_command(arm, base, arm_data(arm, data, folder), d, args.minutes, args.seed, args.device,
                           args.max_steps, val, window if window < seq else 0)
         arms.append({"arm": arm, "dir": d, "output": arm_output(arm, base, d, config), "cmd": cmd})
+    check_arms(study, arms, base, config)
     return {"study": study, "out": out, "folder": folder, "base": base, "why": why, "data": data, "val": val,
             "count": count, "prepare": prepare, "gen": gen, "arms": arms, "name": f"study_{args.study}"}
+
+
+def check_arms(study, arms, base, config):
+    """Every arm's trainer command checked as its trainer will check it (study_arms.check_arm), all before
+    the first arm trains: a setting one arm cannot take (rank 64 on a base whose layers are narrower) is one
+    line naming the arm, not a failure after the others have trained."""
+    model_config = config_from_dict(config, base)
+    for a in arms:
+        if a["cmd"]:
+            try:
+                check_arm(a["arm"], a["cmd"], base, model_config)
+            except UserError as e:
+                raise UserError(f"arm {a['arm'].name} of study {study.name}: {e}; nothing was run") from None
 
 
 def describe_plan(args, plan):
@@ -199,6 +214,7 @@ def keep_earlier(plan):
     folder = plan["folder"]
     if not folder.exists():
         return
+    clean_killed(folder)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
     kept = layout.previous_dir(folder.parent, folder.name, stamp)
     kept = kept if not kept.exists() else kept.with_name(f"{kept.name}-{time.time_ns()}")
@@ -209,6 +225,14 @@ def keep_earlier(plan):
     if plan["prepare"] and done.is_file() and json.loads(done.read_text()) == [c for _, c in plan["prepare"]]:
         shutil.copytree(kept / "data", plan["folder"] / "data")        # the same shares: what is done stays done
         print("its shares were made by the same commands: reusing its data/ (finished steps are not run again)")
+
+
+def clean_killed(folder):
+    """Remove what killed processes left anywhere under folder (an arm's trainer killed mid-save leaves its
+    temporary; core.atomic.clean_stale_temps, folder by folder), so that none is kept with the run."""
+    for root, dirs, _ in os.walk(folder):
+        clean_stale_temps(root)
+        dirs[:] = [d for d in dirs if os.path.isdir(os.path.join(root, d))]
 
 
 def run_logged(cmd, log, what):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from checkpoint import layout
 from selection.select import cherry_paths
+from trainer.args import check_lora_flags, parse_args
+from trainer.stage import check_model_flags
 
 LORA, FULL = "trainer/train_lora.py", "trainer/train_full_sft.py"
 SELECT = "scripts/select_data.py"
@@ -107,6 +109,18 @@ def arm_command(arm, base, data, arm_dir, minutes, seed, device="", max_steps=0,
     cmd += ["--val_data", shown(val_data)] if val_data else []
     cmd += ["--max_seq_len", max_seq_len] if max_seq_len else []
     return [str(c) for c in cmd + list(arm.flags)]
+
+
+def check_arm(arm, cmd, base, config):
+    """The trainer's own checks of an arm's command (run from make_plan, before any arm trains, and so in a
+    dry run too): its flags (trainer.args.parse_args), their fit to the base (trainer.stage.check_model_flags:
+    the window) and, for a LoRA arm, its LoRA settings against the base's layers (trainer.args.check_lora_flags:
+    a rank above a layer's width, an unknown target). config: the base's ModelConfig."""
+    stage = "lora" if arm.script == LORA else "full_sft"
+    cfg = parse_args(stage, cmd[2:])
+    check_model_flags(cfg, config, base)
+    if stage == "lora":
+        check_lora_flags(cfg, config)
 
 
 def prepare_commands(study, base, data, folder, samples, count, seed, max_length, device="", scorer="",

@@ -1,11 +1,15 @@
-"""Tests for dataset/formats.py: every accepted format normalises, every bad input gets its one-line message.
+"""Tests for dataset/formats.py and dataset/files.py: every accepted format normalises, every bad input gets its
+one-line message; a JSON array file is read as a JSONL file is (a byte-order mark skipped); a FIFO or a device
+is refused without being opened.
 
     python -m pytest tests/test_data_formats.py -q
 """
 import json
+import os
 
 import pytest
 
+from dataset.files import is_json_array, read_json_array
 from dataset.formats import iter_jsonl, normalize_record
 from core.errors import UserError
 
@@ -88,6 +92,41 @@ def test_bom_is_accepted(tmp_path):
     p = tmp_path / "bom.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "a"}).encode() + b"\n")
     assert list(iter_jsonl(p, kind="text")) == [(1, {"text": "a"})]
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_a_json_array_reads_with_or_without_a_bom_as_jsonl_does(tmp_path, bom):
+    items = [{"instruction": "hi", "output": "hello"}, {"instruction": "caf\u00e9", "output": "ok"}]
+    p = tmp_path / "alpaca_data.json"
+    p.write_bytes(bom + b"\n  " + json.dumps(items, ensure_ascii=False, indent=2).encode())
+    assert is_json_array(p) and read_json_array(p) == items
+    jsonl = write(tmp_path, [bom + json.dumps(items[0]).encode()])
+    assert not is_json_array(jsonl) and [r for _, r in iter_jsonl(jsonl)] == [normalize_record(items[0], "x")]
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b'[{"instruction": "hi"},', "a.json:1: malformed JSON"),
+    (b'\xef\xbb\xbf[{"instruction": "\xff"}]', "a.json: bytes that are not UTF-8"),
+    (b'\xef\xbb\xbf' + b'[' * 100000, "a.json: JSON nested too deeply"),
+], ids=["malformed", "not_utf8", "too_deep"])
+def test_a_bad_json_array_is_one_line(tmp_path, content, fragment):
+    p = tmp_path / "a.json"
+    p.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        read_json_array(p)
+    assert str(e.value).startswith(f"{tmp_path}/{fragment}") and "\n" not in str(e.value), e.value
+
+
+def test_a_fifo_or_a_device_is_refused_without_waiting(tmp_path):
+    """Opening a FIFO nothing writes to blocks for ever: a reader says what it is instead (if it opened it,
+    the test would hang, not fail: nothing here writes to it)."""
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=r"data.jsonl: is a FIFO \(named pipe\): reading it would wait for a writer"):
+        list(iter_jsonl(fifo))
+    with pytest.raises(UserError, match=r"^/dev/zero: is a device or socket: reading it may never end"):
+        list(iter_jsonl("/dev/zero"))
+    assert not is_json_array(fifo)
 
 
 @pytest.mark.parametrize("lines,fragment", [

@@ -55,6 +55,30 @@ def test_unknown_lora_lists_adapters(out, capsys):
     assert "lora_nope" in line and "lora_music_64" in line and "trainer/train_lora.py" in line
 
 
+def test_an_adapter_whose_base_moved_loads_with_the_base_flag_its_hint_names(tmp_path, capsys):
+    """The base an adapter records is gone (and no file of its name is in out/): the one line says to put it
+    back or to pass --base PATH, and eval_model.py --base PATH then loads the adapter onto it."""
+    out, elsewhere = tmp_path / "out", tmp_path / "kept" / "my_base.pth"
+    base = make_checkpoint(tmp_path / "bases" / "full_sft_64.pth")
+    make_adapter(out / "lora" / "lora_music_64.pth", base)
+    elsewhere.parent.mkdir()
+    base.rename(elsewhere)
+    code, _, err = run(["--out_dir", str(out), "--lora_name", "lora_music", "--prompt", "hi"], capsys)
+    line, = err.strip().splitlines()
+    adapter = out / "lora" / "lora_music_64.pth"
+    assert code == 2 and line == (f"error: {adapter}: its base checkpoint {base} was not found (nor "
+                                  f"full_sft_64.pth in {out}); put the base back there, or give it with --base PATH "
+                                  "(eval_model.py, merge_lora.py)"), line
+    code, stdout, err = run(["--out_dir", str(out), "--lora_name", "lora_music", "--base", str(elsewhere), "--prompt",
+                             "hi", "--max_new_tokens", "3"], capsys)
+    assert code == 0 and "> hi" in stdout, err
+    assert "lora_music_64" in err and "my_base" in err, err         # the model line: the adapter on that base
+    code, _, err = run(["--out_dir", str(out), "--ckpt", str(elsewhere), "--base", str(elsewhere)], capsys)
+    assert code == 2 and f"--base: {elsewhere} is a full checkpoint, not an adapter" in err, err
+    code, _, err = run(["--out_dir", str(out), "--lora_name", "lora_music", "--base", str(tmp_path / "no.pth")], capsys)
+    assert code == 2 and err.strip() == f"error: --base {tmp_path / 'no.pth'}: file not found", err
+
+
 def test_missing_checkpoint_names_the_command(tmp_path, capsys):
     code, _, err = run(["--out_dir", str(tmp_path), "--model_mode", "0"], capsys)
     assert code == 2

@@ -1,4 +1,5 @@
-"""Tests for dataset/lm_dataset.py's hold-out split: by unique sample, seeded, unchanged without copies.
+"""Tests for dataset/lm_dataset.py: the hold-out split (by unique sample, seeded, unchanged without copies), and
+a chat set in which most samples keep no target token refused.
 
     python -m pytest tests/test_lm_dataset.py -q
 """
@@ -7,8 +8,9 @@ import random
 
 import pytest
 
-from factories import write_jsonl
-from dataset.lm_dataset import load_split, split_records
+from core.errors import UserError
+from factories import default_tokenizer, write_jsonl
+from dataset.lm_dataset import ChatDataset, load_split, split_records
 from scripts import prepare_data
 
 
@@ -56,3 +58,22 @@ def test_without_copies_the_split_is_a_seeded_shuffle():
 def test_one_sample_in_many_copies_is_not_split():
     records = [(i + 1, chat(0, id=i)) for i in range(5)]      # other keys do not make another sample
     assert split_records(records, 0.4, 0) == (records, [])
+
+
+@pytest.mark.parametrize("n_long,said", [(6, "no conversation keeps a token"),
+                                         (4, "4 of 6 conversations keep no token"), (3, None)])
+def test_a_set_whose_samples_mostly_keep_no_target_is_refused(n_long, said):
+    """A sample whose reply the cut to max_seq_len removes trains nothing; a set of mostly such samples
+    would train on a few and, as a validation set of none, log a loss of 0 over no token."""
+    tok = default_tokenizer()
+    convs = [chat(i)["conversations"] for i in range(6)]
+    for c in convs[:n_long]:
+        c[0]["content"] = "a long question about music " * 20
+    if said is None:
+        ds = ChatDataset(convs, tok, max_seq_len=48, system_prompt="Be brief.")
+        assert ds.n_no_target == 3 and len(ds) == 6
+        return
+    with pytest.raises(UserError) as e:
+        ChatDataset(convs, tok, max_seq_len=48, system_prompt="Be brief.", where="data.jsonl")
+    assert str(e.value) == (f"data.jsonl: {said} to train on after the cut to --max_seq_len 48 (with --loss_on "
+                            "assistant, and the --system_prompt); raise --max_seq_len or shorten the system prompt")

@@ -5,6 +5,8 @@ its re-run kept aside and a failing arm stopping it in one line, and a bad --stu
     pytest tests/test_study.py
 """
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -22,7 +24,8 @@ def inputs(tmp_path):
 
 
 def test_dry_run_prints_every_arm_with_the_same_base_seed_and_budget(tmp_path, bench_cache, inputs, capsys):
-    base, data = inputs
+    _, data = inputs
+    base = make_checkpoint(tmp_path / "wide" / "tiny_64.pth", num_key_value_heads=4)    # rank 64 fits its k_proj
     out = tmp_path / "out"
     for name, s in STUDIES.items():
         study.main(["--study", name, "--dry_run", "--base", str(base), "--data_path", str(data), "--seed", "7",
@@ -39,6 +42,52 @@ def test_dry_run_prints_every_arm_with_the_same_base_seed_and_budget(tmp_path, b
             assert f"--out_dir {out / 'study' / name / arm.name}" in cmd
             assert all(str(f) in cmd.split("--out_dir")[1] for f in arm.flags)     # the arm's own flags
     assert not out.exists()                                  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_setting_one_arm_cannot_take_stops_the_study_before_any_arm_trains(tmp_path, bench_cache, inputs, capsys,
+                                                                             dry_run):
+    """The tiny base's k_proj is 32 wide: the lora_rank study's rank-64 arm cannot train on it. Its trainer
+    would say so after the three other arms had trained; the study (and its dry run) says it first."""
+    base, data = inputs
+    out = tmp_path / "out"
+    earlier = out / "study" / "lora_rank" / "rank4" / "train.log"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("an earlier run")
+    with pytest.raises(SystemExit) as e:
+        run_cli(study.main, ["--study", "lora_rank", "--base", str(base), "--data_path", str(data), "--tasks", "",
+                             "--gen", "music", "--device", "cpu", "--out_dir", str(out)] + ["--dry_run"] * dry_run)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: arm rank64 of study lora_rank: --lora_rank 64: LoRA rank 64 is above the width "
+                          "of the layers it adapts (model.layers.0.self_attn.k_proj is 32x64); use at most 32"), err
+    assert sorted(p.name for p in (out / "study").iterdir()) == ["lora_rank"]       # nothing moved, nothing run
+    assert earlier.read_text() == "an earlier run" and not (out / "study" / "lora_rank" / "rank8").exists()
+
+
+def test_a_rerun_leaves_the_temporaries_of_a_killed_arm_behind(tmp_path):
+    """A study killed mid-arm leaves its trainer's temporaries (.NAME.tmpPID, a file or a folder); the
+    re-run moves the earlier study to out/study/previous/ without those of dead processes (a live one's
+    stays: it may still be writing)."""
+    folder = tmp_path / "out" / "study" / "loss_on"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [folder / "assistant" / "lora" / f".assistant_64.pth.tmp{dead.pid}",
+            folder / "assistant" / "logs" / f".assistant_64.jsonl.live.tmp{dead.pid}",
+            folder / "assistant" / "state" / "assistant_64" / f".step_00000010.tmp{dead.pid}" / "model.pt"]
+    for f in left:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("half")
+    finished = folder / "assistant" / "lora" / "assistant_64.pth"
+    finished.write_text("done")
+    live = folder / "all" / "lora" / f".all_64.pth.tmp{study.os.getpid()}"
+    live.parent.mkdir(parents=True)
+    live.write_text("being written")
+    study.keep_earlier({"folder": folder, "prepare": []})
+    kept = list((tmp_path / "out" / "study" / "previous").iterdir())
+    assert len(kept) == 1 and not folder.exists()
+    names = sorted(p.relative_to(kept[0]).as_posix() for p in kept[0].rglob("*") if p.is_file())
+    assert names == ["all/lora/" + live.name, "assistant/lora/assistant_64.pth"], names
 
 
 def test_tiny_study_end_to_end_then_rerun_kept_and_failed_arm(tmp_path, bench_cache, inputs):

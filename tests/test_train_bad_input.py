@@ -3,7 +3,10 @@ written to out/. CPU; the inputs are checked before any output exists, so these 
 
     pytest tests/test_train_bad_input.py
 """
+import contextlib
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,10 +61,33 @@ def test_bad_line_names_file_and_line(tmp_path, base, capsys, case):
     assert files_in(out) == []
 
 
-@pytest.mark.parametrize("case", ["empty_file", "non_utf8", "directory", "missing_file", "text_for_chat"])
+@contextlib.contextmanager
+def unblocked_after(fifo, seconds=30):
+    """If a reader still waits on the FIFO after `seconds`, open it for writing and close it (the reader then
+    sees an empty file), so that a test of a reader that should never have opened it fails instead of hanging."""
+    done = threading.Event()
+
+    def writer():
+        while not done.wait(seconds):
+            with contextlib.suppress(OSError):      # ENXIO: nobody reads it
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+
+
+@pytest.mark.parametrize("case", ["empty_file", "non_utf8", "directory", "missing_file", "text_for_chat", "fifo"])
 def test_bad_file(tmp_path, base, capsys, case):
     data = tmp_path / "data.jsonl"
-    if case == "empty_file":
+    guard = contextlib.nullcontext()
+    if case == "fifo":                         # nothing writes to it: opened, it would wait without a word
+        os.mkfifo(data)
+        guard = unblocked_after(data)
+    elif case == "empty_file":
         data.write_text("", encoding="utf-8")
     elif case == "non_utf8":
         data.write_bytes(json.dumps(GOOD).encode() + b"\n" + '{"text": "caf\xe9"}'.encode("latin-1") + b"\n")
@@ -70,12 +96,42 @@ def test_bad_file(tmp_path, base, capsys, case):
     elif case == "text_for_chat":
         data.write_text(json.dumps({"text": "plain text"}) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    err = run_main("full_sft", ["--base", str(base), "--data_path", str(data), "--out_dir", str(out), *FAST], capsys)
+    with guard:
+        err = run_main("full_sft", ["--base", str(base), "--data_path", str(data), "--out_dir", str(out), *FAST],
+                       capsys)
     assert str(data) in err
     want = {"empty_file": "empty", "non_utf8": ":2: bytes that are not UTF-8", "directory": "directory",
-            "missing_file": "no such file", "text_for_chat": ":1:"}[case]
+            "missing_file": "no such file", "text_for_chat": ":1:",
+            "fifo": "is a FIFO (named pipe): reading it would wait for a writer; write the data to a regular"}[case]
     assert want in err, err
     assert files_in(out) == []
+
+
+def test_a_system_prompt_that_leaves_most_samples_without_a_target_is_refused(tmp_path, base, capsys):
+    """--max_seq_len 64 and a system prompt of about 25 tokens: the replies of the 18 long conversations are
+    cut off, 2 short ones keep theirs. Training on 2 samples (and validating on none: loss 0.0000 over no
+    token) is refused in one line naming the flags; with fewer cut off, it trains and says how many."""
+    import trainer.train_full_sft as ts
+    def chat(question, i):
+        return {"conversations": [{"role": "user", "content": question}, {"role": "assistant", "content": f"a{i}"}]}
+    long = [chat("tell me about the song " * 8, i) for i in range(20)]
+    short = [chat("hi", i) for i in range(20)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in long[:18] + short[:2]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    flags = ["--base", str(base), "--data_path", str(data), "--out_dir", str(out), *FAST]
+    system = ["--system_prompt", "You are a helpful assistant who knows music. " * 2]
+    err = run_main("full_sft", flags + system, capsys)
+    assert "conversations keep no token to train on after the cut to --max_seq_len 64 (with --loss_on assistant, " \
+           "and the --system_prompt); raise --max_seq_len or shorten the system prompt" in err, err
+    assert "error: 17 of 19 conversations" in err or "error: 18 of 19 conversations" in err, err
+    assert files_in(out) == []
+    data.write_text("\n".join(json.dumps(r) for r in long[:4] + short[:16]) + "\n", encoding="utf-8")
+    ts.main(flags + system + ["--max_steps", "1", "--val_ratio", "0.5"])
+    said = capsys.readouterr().out
+    assert "without a target token" in said and "| val_loss 0.0000" not in said, said
+    val = [json.loads(x) for x in (out / "logs" / "full_sft_64.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] > 0 for r in val if "val_loss" in r] == [True]
 
 
 def test_pretrain_rejects_conversations(tmp_path, chat_data, capsys):

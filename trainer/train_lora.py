@@ -14,12 +14,8 @@ from checkpoint import layout
 from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
 from checkpoint.adapter import save_adapter
-from core.errors import UserError
-from model.lora import LoRAConfig, LoRAConfigError, apply_lora
+from trainer.args import apply_lora_flags, check_lora_flags
 from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
-
-# the flag of each LoRAConfig field
-FLAGS = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "lora_targets"}
 
 
 def main(argv=None):
@@ -27,15 +23,10 @@ def main(argv=None):
     cfg, say = run.cfg, run.say
     # read and check every input before anything is written
     base, ckpt, config, tokenizer = load_base(cfg, "full_sft", say)
+    check_lora_flags(cfg, config)                                  # a rank the base cannot take: now
     train_set, val_set, data_path, info = load_chat_sets(cfg, tokenizer, say)
     model = build_model(config, ckpt["model"], where=str(base))    # the base, loaded strictly, then wrapped
-    lora_cfg = LoRAConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                          targets=cfg.lora_targets, use_rslora=cfg.use_rslora)
-    try:
-        wrapped = apply_lora(model, lora_cfg)                        # freezes everything else
-    except LoRAConfigError as e:
-        flag = FLAGS[e.field]
-        raise UserError(f"--{flag} {getattr(cfg, flag)}: {e}") from None
+    lora_cfg, wrapped = apply_lora_flags(model, cfg)             # freezes everything else
     n_train, n_all = model.num_parameters(trainable_only=True), model.num_parameters()
     say(f"base {base}: LoRA r={lora_cfg.r} on {len(wrapped)} layers ({', '.join(lora_cfg.targets)}); "
         f"trainable {n_train:,} / {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")

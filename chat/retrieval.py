@@ -168,8 +168,14 @@ def record_text(record):
                      if m["role"] in ("user", "assistant"))
 
 
+def shown(name):
+    """A file name as text: bytes that are no UTF-8 (Python holds them as lone surrogates, which no text
+    file, JSON or terminal takes) shown as \\xNN escapes, so such a name is indexed and cited, never a crash."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def document_files(docs):
-    """{name relative to docs: path} of the files retrieval reads (pdf only when pypdf is installed)."""
+    """{name relative to docs (shown): path} of the files retrieval reads (pdf only when pypdf is installed)."""
     docs = Path(docs)
     if not docs.is_dir():
         what = "is a file, not a folder" if docs.is_file() else "no such folder"
@@ -181,7 +187,7 @@ def document_files(docs):
         # hidden files, and links that lead out of the folder, are not read
         if p.is_file() and p.suffix.lower() in exts and not any(s.startswith(".") for s in rel.parts) \
                 and layout.within(docs, p):
-            files[rel.as_posix()] = p
+            files[shown(rel.as_posix())] = p
     if not files:
         pdf = "" if ".pdf" in exts else " (.pdf files need pypdf: pip install pypdf)"
         raise UserError(f"--docs {docs}: no {', '.join(exts)} files in it{pdf}")
@@ -199,10 +205,11 @@ def source_file(source):
 
 
 class DocumentIndex:
-    """The passages of a documents folder and their BM25 index; `rebuilt` says whether open_index made it now."""
+    """The passages of a documents folder and their BM25 index; `rebuilt` says whether open_index made it now.
+    folder: the documents folder as it is shown (a name's undecodable bytes as escapes: shown())."""
 
     def __init__(self, folder, passages, bm25, rebuilt, skipped=()):
-        self.folder, self.passages, self.index, self.rebuilt = folder, passages, bm25, rebuilt
+        self.folder, self.passages, self.index, self.rebuilt = Path(shown(str(folder))), passages, bm25, rebuilt
         self.skipped = list(skipped)        # PDFs left out: pypdf is not installed
 
     def search(self, query, k=3):

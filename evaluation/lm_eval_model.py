@@ -12,12 +12,15 @@ In Python (importing this module registers the model):
 model_args: model=SPEC (what --model of scripts/eval_bench.py takes: a .pth checkpoint or adapter, an
 adapter name such as lora_music, a .gguf file, a Hugging Face folder, smollm2), device, dtype (float32,
 bfloat16, float16, int8; default the weights' own), batch_tokens (tokens per forward pass, default 4096).
+local_tasks(include_path): the tasks of lm-eval's --include_path that run from local files, no hub needed.
 """
 import importlib
+from pathlib import Path
 
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.tasks import TaskManager
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm import tqdm
 
@@ -30,6 +33,28 @@ from evaluation.loglik import encode_pair, prefix_token, score
 
 # lm-eval fills its registry with its own models ("hf", ...) only when it is empty: fill it before ours
 importlib.import_module("lm_eval.models")
+# the datasets builders that read files named in dataset_kwargs.data_files (a task's "dataset_path")
+FILE_LOADERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
+
+
+def local_tasks(include_path):
+    """The tasks under include_path (lm-eval's --include_path) whose data are local: a FILE_LOADERS builder
+    over data_files that exist, or a dataset folder. They run with no Hugging Face Hub to download from
+    (tests/test_lm_eval.py writes such tasks)."""
+    if not include_path:
+        return []
+    manager = TaskManager(include_path=include_path, include_defaults=False)
+    return sorted(name for name, entry in manager.task_index.items() if _reads_local_files(entry.cfg or {}))
+
+
+def _reads_local_files(cfg):
+    source = cfg.get("dataset_path")
+    if source in FILE_LOADERS:
+        files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+        files = list(files.values()) if isinstance(files, dict) else [files]
+        paths = [p for f in files for p in ([f] if isinstance(f, str) else f or [None])]
+        return bool(paths) and all(isinstance(p, str) and Path(p).is_file() for p in paths)
+    return isinstance(source, str) and Path(source).is_dir()
 
 
 @register_model("tinymind")

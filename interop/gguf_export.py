@@ -4,6 +4,8 @@ own terms (a sentencepiece BPE as tokenizer.ggml.model "llama", an imported GGUF
 its chat template as jinja, written with the gguf package. The tokenizer's whole TinyMind state rides along
 under "tinymind.tokenizer", so interop.gguf_import.import_gguf gives back exactly the tokenizer it had (the
 name tables, the q/k permutation and that entry's encoding live there, used both ways).
+q8_0 writes F16 any matrix whose rows are no whole number of its 32-value blocks (as llama.cpp's own converter
+does), says how many, and refuses a model where that is every matrix unless allow_fallback.
 Library module; the CLI is scripts/convert_model.py --to_gguf FILE --ckpt F [--type f32|f16|q8_0].
 
     from interop.gguf_export import export_gguf
@@ -60,18 +62,41 @@ def architecture(config):
     return "qwen2" if config.attention_bias else "llama"
 
 
+def stored_type(shape, kind):
+    """What a weight of shape is written as for --type kind: "F32" for norms and biases (1-D, as llama.cpp's
+    own converter keeps them), "Q8_0" for a q8_0 matrix whose rows are a whole number of 32-value blocks,
+    else "F16" (f16, and a q8_0 matrix whose rows q8_0 cannot cut: it falls back), or "F32" for f32."""
+    if len(shape) == 1 or kind == "f32":
+        return "F32"
+    return "Q8_0" if kind == "q8_0" and shape[-1] % Q8_BLOCK == 0 else "F16"
+
+
 def tensor_data(name, w, config, arch, kind):
     """(array to write, its GGML type or None for the array's own dtype) of one weight."""
     import gguf                 # gguf: ~0.3 s of start-up, only when a GGUF is written
     w = w.detach().float().cpu().numpy()
     if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
         w = permute_qk(w, config.num_attention_heads if ".attn_q." in name else config.num_key_value_heads)
-    if w.ndim == 1 or kind == "f32":
-        return w.astype(np.float32), None               # norms and biases stay float32, as llama.cpp's own
-    if kind == "q8_0" and w.shape[-1] % Q8_BLOCK == 0:
+    stored = stored_type(w.shape, kind)
+    if stored == "Q8_0":
         q = gguf.GGMLQuantizationType.Q8_0
         return gguf.quants.quantize(w, q), q
-    return w.astype(np.float16), None                   # f16 (and a q8_0 row length q8_0 cannot cut)
+    return w.astype(np.float32 if stored == "F32" else np.float16), None
+
+
+def q8_0_fallbacks(state, kind, allow_fallback, where):
+    """What a q8_0 export writes F16 instead: "" (none, or not q8_0), else a note saying how many matrices and
+    why. Every matrix is refused in one line unless allow_fallback: such a file is an f16 file named q8_0."""
+    if kind != "q8_0":
+        return ""
+    matrices = {k: tuple(v.shape) for k, v in state.items() if v.dim() > 1}
+    fallen = [s for s in matrices.values() if stored_type(s, kind) == "F16"]
+    widths = ", ".join(str(w) for w in sorted({s[-1] for s in fallen}))
+    why = f"rows of {widths} values are no whole number of q8_0's {Q8_BLOCK}-value blocks"
+    if fallen and len(fallen) == len(matrices) and not allow_fallback:
+        raise UserError(f"--type q8_0: every matrix of {where} would be written F16 ({why}); use --type f16, "
+                        "or pass --allow_fallback to write them so")
+    return f"{len(fallen)} of {len(matrices)} matrices written F16: {why}" if fallen else ""
 
 
 def add_tokenizer(writer, tokenizer):
@@ -123,8 +148,13 @@ def add_sentencepiece(writer, tokenizer):
         writer.add_unk_token_id(tokenizer.sp.unk_id())
 
 
-def export_gguf(ckpt, out_path, kind="f16", name=None):
+def export_gguf(ckpt, out_path, kind="f16", name=None, allow_fallback=False):
     """Write out_path (atomically: a failure leaves nothing) -> its path."""
+    return export_gguf_noted(ckpt, out_path, kind, name, allow_fallback)[0]
+
+
+def export_gguf_noted(ckpt, out_path, kind="f16", name=None, allow_fallback=False):
+    """export_gguf -> (its path, q8_0_fallbacks' note: how many matrices q8_0 wrote F16, and why; "" if none)."""
     import gguf                 # gguf: ~0.3 s of start-up, only when a GGUF is written
     if kind not in TYPES:
         raise UserError(f"--type {kind}: choose one of {', '.join(TYPES)}")
@@ -133,6 +163,7 @@ def export_gguf(ckpt, out_path, kind="f16", name=None):
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     check_keys(state, config, str(ckpt))
+    fallen = q8_0_fallbacks(state, kind, allow_fallback, ckpt)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
     with atomic_path(out_path) as tmp:
@@ -159,7 +190,7 @@ def export_gguf(ckpt, out_path, kind="f16", name=None):
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-    return Path(out_path)
+    return Path(out_path), fallen
 
 
 def order(key):

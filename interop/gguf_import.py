@@ -1,6 +1,8 @@
 """Import llama-architecture GGUF files (llama.cpp's format; F32/F16/BF16 and the quantised types gguf can
-dequantize) with their embedded vocabulary, merges and chat template. Library module; the CLI is
-scripts/convert_model.py --from_gguf FILE / --smollm2.
+dequantize) with their embedded vocabulary, merges and chat template. Every metadata key read
+(interop/gguf_meta.py) and every tensor's name, type and shape are checked before any weight is: a damaged
+or foreign file is one line naming the key or tensor. Library module; the CLI is
+scripts/convert_model.py --from_gguf FILE / --smollm2 (inference/load.py loads a .gguf with it too).
 
     from interop.gguf_import import import_gguf
     state, config, tokenizer = import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -12,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import ModelConfig
-from interop.hf import check_keys
 from core.errors import UserError
+from interop.gguf_meta import ARCHITECTURES, MISSING, REDO, GGUFMeta, read_config
+from interop.hf import check_keys, expected_shapes
 from tokenizer.hf import GGUFBPETokenizer, chat_template_from_jinja
 from tokenizer.tokenizer import load_tokenizer_from_state
 
@@ -78,20 +80,18 @@ def tokenizer_state(value, where):
                         "again") from None
 
 
-def _gguf_fields(reader):
-    out = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            out[key] = field.contents()
-        except Exception:
-            continue
-    return out
+# the metadata keys that size each tensor, for the line that says a tensor's shape is not theirs
+_ATTN, _KV, _FFN = ("embedding_length, attention.head_count and attention.key_length",
+                    "embedding_length, attention.head_count_kv and attention.key_length",
+                    "embedding_length and feed_forward_length")
+SIZED_BY = {"token_embd": "embedding_length and the count of tokenizer.ggml.tokens", "attn_q": _ATTN,
+            "attn_output": _ATTN, "attn_k": _KV, "attn_v": _KV, "ffn_gate": _FFN, "ffn_up": _FFN, "ffn_down": _FFN}
 
 
 def import_gguf(path, dtype=torch.float32):
-    """A llama-architecture GGUF file -> (state_dict, ModelConfig, Tokenizer), tensors dequantized to float32."""
+    """A llama-architecture GGUF file -> (state_dict, ModelConfig, Tokenizer), tensors dequantized to float32.
+    Every key read and every tensor's name, type and shape are checked before any tensor is: a damaged or
+    foreign file is one line (core.errors.UserError) naming the file and the key or tensor."""
     import gguf                 # gguf: ~0.3 s of start-up, only when a GGUF is read
     path = Path(path)
     if not path.is_file():
@@ -100,67 +100,98 @@ def import_gguf(path, dtype=torch.float32):
         reader = gguf.GGUFReader(str(path))
     except Exception as e:
         raise UserError(f"{path}: not a readable GGUF file ({type(e).__name__}: {str(e)[:100]})") from None
-    meta = _gguf_fields(reader)
-    arch = meta.get("general.architecture")
-    if arch not in ("llama", "qwen2"):
-        raise UserError(f"{path}: GGUF architecture {arch!r} is not supported (llama, qwen2)")
-
-    def get(key, default=None):
-        return meta.get(f"{arch}.{key}", default)
-    scaling = get("rope.scaling.type")
-    if (scaling not in (None, "none", "linear") or (scaling == "linear" and get("rope.scaling.factor", 1.0) != 1.0)
-            or any(t.name == "rope_freqs.weight" for t in reader.tensors)):
-        raise UserError(f"{path}: rope scaling is not supported (TinyMind uses plain rope)")
-    own = meta.get(STATE_KEY)                # written by TinyMind (interop/gguf_export.py): the exact tokenizer
-    if own is None and meta.get("tokenizer.ggml.model") != "gpt2":
-        raise UserError(f"{path}: tokenizer type {meta.get('tokenizer.ggml.model')!r} is not supported "
+    meta = GGUFMeta(reader, path)
+    arch = meta.get("general.architecture", str)
+    if arch not in ARCHITECTURES:
+        raise UserError(f"{path}: GGUF architecture {arch!r} is not supported ({', '.join(ARCHITECTURES)})")
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+        raise UserError(f"{path}: rope scaling (tensor rope_freqs.weight) is not supported (TinyMind uses plain rope)")
+    own = meta.get(STATE_KEY, str, None)     # written by TinyMind (interop/gguf_export.py): the exact tokenizer
+    if own is None and meta.get("tokenizer.ggml.model", str, None) != "gpt2":
+        raise UserError(f"{path}: tokenizer type {meta.values.get('tokenizer.ggml.model')!r:.40} is not supported "
                         "(only GPT-2-style byte-level BPE, tokenizer.ggml.model == 'gpt2', or a GGUF TinyMind wrote)")
-    tokens = meta["tokenizer.ggml.tokens"]
-    heads = int(get("attention.head_count"))
-    kv_heads = int(get("attention.head_count_kv", heads))
-    hidden = int(get("embedding_length"))
-
+    tokens = meta.get("tokenizer.ggml.tokens", "strings")
+    config = read_config(meta, arch, len(tokens), tied=all(t.name != "output.weight" for t in reader.tensors))
+    check_tensors(reader, config, path)
+    tokenizer = tokenizer_from(meta, tokens) if own is None else \
+        load_tokenizer_from_state(tokenizer_state(own, path), where=str(path))
+    if tokenizer.vocab_size > len(tokens):
+        raise UserError(f"{path}: its {STATE_KEY} tokenizer has {tokenizer.vocab_size} tokens but "
+                        f"tokenizer.ggml.tokens {len(tokens)}; {REDO}")
     state = {}
-    for t in reader.tensors:
-        name = gguf_to_hf_name(t.name)
-        if name is None:
-            raise UserError(f"{path}: unexpected tensor {t.name!r}")
-        try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type)
-        except NotImplementedError:
-            raise UserError(f"{path}: tensor {t.name} has type {t.tensor_type.name}, which gguf cannot dequantize") from None
+    for t in reader.tensors:                # checked above: every name known, every shape the config's
+        w = gguf.quants.dequantize(t.data, t.tensor_type)
         w = np.asarray(w, dtype=np.float32).reshape(tuple(reversed([int(x) for x in t.shape])))
         if arch == "llama" and t.name.split(".")[-2] in ("attn_q", "attn_k"):
-            w = unpermute_qk(w, heads if ".attn_q." in t.name else kv_heads)
-        state[name] = torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).to(dtype)
-
-    head_dim = int(get("attention.key_length", hidden // heads))
-    tied = "lm_head.weight" not in state
-    config = ModelConfig(
-        vocab_size=int(state["model.embed_tokens.weight"].shape[0]), hidden_size=hidden,
-        num_hidden_layers=int(get("block_count")), num_attention_heads=heads, num_key_value_heads=kv_heads,
-        intermediate_size=int(get("feed_forward_length")), head_dim=head_dim,
-        max_position_embeddings=int(get("context_length", 4096)), rope_theta=float(get("rope.freq_base", 10000.0)),
-        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)), attention_bias=arch == "qwen2",
-        tie_word_embeddings=tied, model_type=arch)
-
-    tokenizer = tokenizer_from(meta, tokens, path) if own is None else \
-        load_tokenizer_from_state(tokenizer_state(own, path), where=str(path))
+            w = unpermute_qk(w, config.num_attention_heads if ".attn_q." in t.name else config.num_key_value_heads)
+        state[gguf_to_hf_name(t.name)] = torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).to(dtype)
     check_keys(state, config, str(path))
     config.bos_token_id = tokenizer.bos_id if tokenizer.bos_id is not None else -1
     config.eos_token_id, config.pad_token_id = tokenizer.eos_id, tokenizer.pad_id
     return state, config, tokenizer
 
 
-def tokenizer_from(meta, tokens, path):
-    """The byte-level BPE tokenizer (GGUFBPETokenizer) of a GGUF file's tokenizer.ggml.* fields."""
-    eos = int(meta.get("tokenizer.ggml.eos_token_id", 0))
-    pad = meta.get("tokenizer.ggml.padding_token_id")
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    eos_str = tokens[eos]
-    tpl = chat_template_from_jinja(meta.get("tokenizer.chat_template"), tokens[bos] if bos is not None else "",
-                                   eos_str, where=str(path))
-    return GGUFBPETokenizer(tokens, meta.get("tokenizer.ggml.merges", []), meta.get("tokenizer.ggml.token_type"),
-                            meta.get("tokenizer.ggml.pre", "default"), eos, int(pad) if pad is not None else None,
-                            int(bos) if bos is not None else None, add_bos, tpl)
+def check_tensors(reader, config, path):
+    """Every tensor a model of config has and no other, each of the shape the config gives it and of a type
+    gguf dequantizes, checked on the file's header before any tensor is read."""
+    import gguf                 # gguf: ~0.3 s of start-up, only when a GGUF is read
+    arch, layers = config.model_type, config.num_hidden_layers
+    found = {}
+    for t in reader.tensors:
+        name = gguf_to_hf_name(t.name)
+        block = t.name.split(".")[1] if t.name.startswith("blk.") else "0"
+        if name is None or not block.isdigit():
+            raise UserError(f"{path}: tensor {t.name} is not one a {arch} model has (token_embd, output_norm, "
+                            f"output, blk.N.{{attn_q,attn_k,attn_v,attn_output,ffn_*,*_norm}}); {REDO}")
+        if int(block) >= layers:
+            raise UserError(f"{path}: tensor {t.name} is beyond GGUF key {arch}.block_count {layers} (blocks 0 to "
+                            f"{layers - 1}); {REDO}")
+        found[name] = t
+    blocks = len({n.split(".")[2] for n in found if n.startswith("model.layers.")})
+    if blocks < layers:
+        raise UserError(f"{path}: GGUF key {arch}.block_count is {layers} but the file holds tensors of {blocks} "
+                        f"blocks; {REDO}")
+    want = expected_shapes(config)          # block_count is bounded by the tensors now: a cheap meta model
+    for name, shape in want.items():
+        t = found.get(name)
+        if t is None:
+            raise UserError(f"{path}: tensor {hf_to_gguf_name(name)} is missing (a {arch} model of these keys has "
+                            f"it); {REDO}")
+        if tuple(int(x) for x in reversed(t.shape)) != shape:
+            keys = SIZED_BY.get(t.name.split(".")[-2], SIZED_BY["token_embd"] if t.name == "output.weight"
+                                else "embedding_length")
+            raise UserError(f"{path}: tensor {t.name} has shape {[int(x) for x in t.shape]} (GGUF order), not the "
+                            f"{list(reversed(shape))} that the keys {keys} give; {REDO}")
+    for name, t in found.items():
+        if name not in want:
+            raise UserError(f"{path}: tensor {t.name} is not one a {arch} model of these keys has; {REDO}")
+    for qtype in {t.tensor_type for t in reader.tensors}:
+        try:                    # one block of zeros: can gguf dequantize this type at all?
+            gguf.quants.dequantize(np.zeros((1, gguf.GGML_QUANT_SIZES[qtype][1]), np.uint8), qtype)
+        except (NotImplementedError, KeyError, ValueError):
+            bad = next(t.name for t in reader.tensors if t.tensor_type == qtype)
+            raise UserError(f"{path}: tensor {bad} has type {qtype.name}, which gguf cannot dequantize; "
+                            "convert the model to GGUF with F32, F16, BF16 or a Q* type") from None
+
+
+def tokenizer_from(meta, tokens):
+    """The byte-level BPE tokenizer (GGUFBPETokenizer) of a GGUF file's tokenizer.ggml.* fields, each checked."""
+    n, path = len(tokens), meta.path
+    eos = meta.token_id("tokenizer.ggml.eos_token_id", n, MISSING)
+    pad = meta.token_id("tokenizer.ggml.padding_token_id", n)
+    bos = meta.token_id("tokenizer.ggml.bos_token_id", n)
+    add_bos = meta.get("tokenizer.ggml.add_bos_token", bool, False) and bos is not None
+    types = meta.get("tokenizer.ggml.token_type", "ints")
+    if len(types) != n:
+        raise meta.bad("tokenizer.ggml.token_type", f"has {len(types)} entries, not one per token ({n})")
+    merges = meta.get("tokenizer.ggml.merges", "strings")
+    template, pre = meta.get("tokenizer.chat_template", str, None), meta.get("tokenizer.ggml.pre", str, "default")
+    tpl = chat_template_from_jinja(template, tokens[bos] if bos is not None else "", tokens[eos], where=str(path))
+    try:
+        return GGUFBPETokenizer(tokens, merges, types, pre, eos, pad, bos, add_bos, tpl)
+    except MemoryError:
+        raise
+    except Exception as e:      # the vocabulary comes from a file: whatever the tokenizers library refuses is damage
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(f"{path}: its tokenizer.ggml.* vocabulary cannot be built ({type(e).__name__}: {first}); "
+                        f"{REDO}") from None

@@ -11,6 +11,7 @@ tokenizers, chat templates and GGUF's quantisation and Q/K row order.
     from interop.hf import import_hf, load_hf_model
     state, config, tokenizer = import_hf("path/to/hf_model")
 """
+import functools
 import json
 from pathlib import Path
 
@@ -166,11 +167,23 @@ def load_hf_tokenizer(d, model_cfg=None):
     raise UserError(f"{d}: no tokenizer.json or tokenizer.model found")
 
 
-def check_keys(state, config, where):
-    with torch.device("meta"):
-        expected = set(TinyMindForCausalLM(config).state_dict())
+def expected_shapes(config):
+    """The weights a model of config has -> {name: shape}, nothing allocated (a tied lm_head left out)."""
+    return dict(_shapes(tuple(sorted(config.to_dict().items()))))
+
+
+@functools.lru_cache(maxsize=16)
+def _shapes(config_items):
+    config = ModelConfig(**dict(config_items))
+    with torch.device("meta"):          # a meta model: the names and shapes, no memory
+        shapes = {k: tuple(v.shape) for k, v in TinyMindForCausalLM(config).state_dict().items()}
     if config.tie_word_embeddings:
-        expected.discard("lm_head.weight")
+        shapes.pop("lm_head.weight", None)
+    return tuple(shapes.items())
+
+
+def check_keys(state, config, where):
+    expected = set(expected_shapes(config))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise UserError(f"{where}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -228,3 +228,31 @@ def test_documents_outside_the_folder_are_not_read(tmp_path):
     (docs / ".hidden.md").write_text("swordfish hidden\n", encoding="utf-8")
     index = open_index(docs, tmp_path / "out")
     assert index.search("swordfish password", 3) == []
+
+
+def test_names_that_are_not_utf8_are_indexed_and_shown_with_escapes(tmp_path, capsys):
+    """A Linux name is bytes: a file, a subfolder and the --docs folder itself named with bytes that are no
+    UTF-8 are indexed, their names shown as \\xNN escapes (sources, the folder), the index cached and read
+    back, and eval_model.py --docs answers with them: nothing a UTF-8 stream refuses."""
+    import os
+    import eval_model
+    from factories import make_checkpoint, run_main
+    docs = os.fsencode(tmp_path) + b"/d\xe9ocs"
+    os.makedirs(docs + b"/sub\xff")
+    with open(docs + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"The cafe plays jazz piano music every night.\n")
+    with open(docs + b"/sub\xff/notes.md", "wb") as f:
+        f.write(b"Guitar chords: C, G, Am and F.\n")
+    folder, out = os.fsdecode(docs), tmp_path / "out"
+    index = open_index(folder, out)
+    assert index.rebuilt and sorted(p.source for p in index.passages) == ["caf\\xe9.txt", "sub\\xff/notes.md"]
+    assert index.search("jazz piano", 1)[0].source == "caf\\xe9.txt" and index.folder.name == "d\\xe9ocs"
+    again = open_index(folder, out)
+    assert not again.rebuilt and again.passages == index.passages
+    turn = ChatEngine(loaded_model(), index=index).prepare([], "Where is jazz piano played?", 16)
+    assert "(caf\\xe9.txt) " in turn.messages[-1]["content"]
+    ckpt = make_checkpoint(out / "full_sft_64.pth")
+    code, stdout, err = run_main(eval_model.main, ["--ckpt", str(ckpt), "--out_dir", str(out), "--docs", folder,
+                                                   "--prompt", "jazz piano?", "--max_new_tokens", "4"], capsys)
+    assert code == 0 and "[1] caf\\xe9.txt" in stdout, err
+    stdout.encode("utf-8"), err.encode("utf-8")         # what a terminal would have been sent: no surrogate

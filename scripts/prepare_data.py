@@ -25,8 +25,9 @@ from pathlib import Path
 
 from dataset.formats import KINDS, detect_kind, dumps, iter_jsonl
 from dataset.streaming import BUCKET_BYTES, duplicate_linenos, hold_out, select_indices, shuffle_lines
-from core.atomic import atomic_open, check_writable
+from core.atomic import atomic_open
 from core.errors import UserError
+from core.ownership import check_outputs
 from core.cli import ArgumentParser, check_range, run_cli
 from tokenizer.tokenizer import encode_chat, load_default_tokenizer
 
@@ -62,23 +63,14 @@ def parse_weight(spec):
 
 def check_paths(inputs, outputs, in_place=False):
     """Before any reading: every input is an existing file, every output (flag, path) can be written,
-    no two outputs are one file, and no output is an input unless the command rewrites in place."""
+    no two outputs are one file, and no output is an input (by name, link or inode: core/ownership.py)
+    unless the command rewrites in place."""
     for path in inputs:
         if Path(path).is_dir():
             raise UserError(f"{path}: is a directory, not a file; pass a .jsonl file inside it")
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file; check the path (relative paths start at the current directory)")
-    seen = {}
-    for flag, path in outputs:
-        check_writable(path)
-        real = os.path.realpath(path)
-        if real in seen:
-            raise UserError(f"{seen[real]} and {flag} {path} are the same file; give each output its own path")
-        seen[real] = f"{flag} {path}"
-    for path in inputs:
-        if not in_place and os.path.realpath(path) in seen:
-            raise UserError(f"{seen[os.path.realpath(path)]}: is also an input; writing it would overwrite "
-                            f"{path}; choose another output path")
+    check_outputs(outputs, [] if in_place else inputs)
 
 
 def check_flags(args):

@@ -13,8 +13,11 @@ anything was cut, and the sample's line (selection/ifd.py says exactly how each 
 answer alone"). Multi-turn samples: the last assistant turn is A, everything before it Q. --max_length
 tokens per pass: the answer is cut from the right to fit after the question (the same answer tokens in
 both passes), a question longer than max_length - 16 from the left; such samples say "truncated". An
-interrupted run continues its scores file when started again. --ckpt takes what eval_bench's --model does
-(a .pth checkpoint or adapter, smollm2, a .gguf, a Hugging Face folder, full_sft, an adapter name).
+interrupted run continues its scores file when started again; a second run into the same file while one
+runs is refused at start, naming the first one's pid (core/ownership.py). No command writes over one of
+its inputs (--data_path, --scores, --ckpt): that is refused before any work. --ckpt takes what
+eval_bench's --model does (a .pth checkpoint or adapter, smollm2, a .gguf, a Hugging Face folder, full_sft,
+an adapter name).
 
 select: the top --ratio (of the samples left after the filters) or --count by --by (ifd or ifd_ppl);
 samples with ifd >= 1 are dropped unless --keep_above_one, and those with fewer than --min_answer_tokens
@@ -41,6 +44,7 @@ rank correlation of two scores files' ifd over the samples both scored, and the 
     python scripts/select_data.py compare out/select/small_scores.jsonl out/select/smollm2_scores.jsonl
 """
 import json
+import os
 import subprocess
 import sys
 from argparse import Namespace
@@ -52,8 +56,9 @@ from core.cli import ArgumentParser, check_device, check_range, run_cli
 from checkpoint import layout
 from checkpoint.adapter import is_adapter
 from checkpoint.pth import FORMAT, read_pth
-from core.atomic import check_writable, write_text
+from core.atomic import write_text
 from core.errors import UserError
+from core.ownership import check_outputs, owning
 from inference.load import find_model, load_model_spec
 from inference.precision import PRECISIONS
 from selection.cluster import embed, pick_per_cluster
@@ -143,11 +148,27 @@ def check_args(args):
     return args
 
 
+def model_file(spec):
+    """--ckpt as the file or folder it names (None for a model name such as smollm2): an input too."""
+    path = layout.resolve_input(spec)
+    return path if path.exists() else None
+
+
+def main_rank():
+    """Whether this process holds a run's lock: the only one, or rank 0 of a torchrun job."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def score(args):
     data, output = layout.resolve_input(args.data_path), Path(args.output)
-    check_writable(output)
+    check_outputs([("-o", output)], [("--data_path", data), ("--ckpt", model_file(args.ckpt))])
     if output.exists() and not list(output.parent.glob(output.name + ".part*")):
-        raise UserError(f"{output}: already scored (a finished run); delete it to score again, or give another -o")
+        raise UserError(f"{output}: already scored (a finished run); give another -o to score again")
+    with owning(output, "scoring into", enabled=main_rank()):
+        run_scoring(args, data, output)
+
+
+def run_scoring(args, data, output):
     samples = read_samples(data)                            # a bad line: one line, before any model
     dist = setup_distributed(args.device)
     try:
@@ -169,8 +190,8 @@ def select(args):
     data, scores, output = (layout.resolve_input(args.data_path), layout.resolve_input(args.scores),
                             Path(args.output))
     stats_path, png_path = side_paths(output)
-    for p in (output, stats_path, png_path):
-        check_writable(p)
+    check_outputs([("-o", output), ("-o (its stats)", stats_path), ("-o (its histogram)", png_path)],
+                  [("--data_path", data), ("--scores", scores)])
     samples = read_samples(data)
     rows = read_scores(scores)
     by_line = {s.line: s for s in samples}
@@ -225,8 +246,13 @@ def compare_scores(args):
 def cluster(args):
     data, output = layout.resolve_input(args.data_path), Path(args.output)
     labels_path = output.with_name(output.name + ".clusters.jsonl")
-    for p in (output, labels_path):
-        check_writable(p)
+    check_outputs([("-o", output), ("-o (its clusters)", labels_path)],
+                  [("--data_path", data), ("--ckpt", model_file(args.ckpt))])
+    with owning(output, "clustering into"):
+        cluster_into(args, data, output, labels_path)
+
+
+def cluster_into(args, data, output, labels_path):
     samples = read_samples(data)
     if args.k > len(samples):
         raise UserError(f"--k {args.k}: more clusters than the {len(samples):,} samples of {data}")
@@ -254,9 +280,14 @@ def cherry(args):
         raise UserError(f"--ckpt {args.ckpt}: cherry trains the scorer briefly, so it needs a TinyMind checkpoint "
                         ".pth (import others with scripts/convert_model.py)")
     pre, work, scores = cherry_paths(output)
-    for p in (output, pre, scores):
-        check_writable(p)
-    check_writable(work, folder=True)
+    check_outputs([("-o", output), ("-o (its clustered sample)", pre), ("-o (its scores)", scores)],
+                  [("--data_path", layout.resolve_input(args.data_path)), ("--ckpt", ckpt)],
+                  folders=[("-o (its brief SFT)", work)])
+    with owning(output, "running cherry into"):
+        cherry_steps(args, output, ckpt, pre, work, scores)
+
+
+def cherry_steps(args, output, ckpt, pre, work, scores):
     common = dict(data_path=args.data_path, prompt=args.prompt, max_length=args.max_length, device=args.device,
                   out_dir=args.out_dir)
     cluster(Namespace(**common, ckpt=str(ckpt), output=str(pre), k=args.k, per_cluster=args.per_cluster,

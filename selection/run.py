@@ -68,11 +68,27 @@ def check_settings(scores, settings, dist):
         old = json.loads(path.read_text(encoding="utf-8"))
         if old != settings:
             diff = ", ".join(f"{k} {old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
-            raise UserError(f"{scores}: an unfinished run of it used other settings: {diff}; run it with those, "
-                            f"or delete {path} and its {Path(scores).name}.part* files to start again")
+            raise UserError(f"{scores}: an unfinished run of it used other settings: {diff}; run it again with "
+                            "those to finish it (its scores are kept), or give another -o to score afresh")
     elif dist.is_main:
         write_text(path, json.dumps(settings, indent=2) + "\n")
     barrier(dist)
+
+
+def merge_parts(scores, samples, world):
+    """The rows of every part, one per sample, sorted by line. A line scored twice (same settings, so the
+    same score) is kept once; a sample not scored leaves the parts as they are, to be finished."""
+    by_line = {}
+    for rank in range(world):
+        for r in read_lines(part_path(scores, rank, world))[0]:
+            by_line.setdefault(r["line"], r)
+    lines = sorted(s.line for s in samples)
+    missing, extra = set(lines) - set(by_line), set(by_line) - set(lines)
+    if missing or extra:
+        raise UserError(f"{scores}: {len(missing):,} samples not scored yet" + (f", {len(extra):,} scores of lines "
+                        "the data no longer has (was it edited?)" if extra else "") + f"; the scores are kept in "
+                        f"{Path(scores).name}.part*: run the same command again to finish, or give another -o")
+    return [by_line[n] for n in lines]
 
 
 def batch_cost(batch):
@@ -129,12 +145,7 @@ def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, 
     bar.close()
     barrier(dist)
     if dist.is_main:
-        rows = [r for rank in range(dist.world_size) for r in read_lines(part_path(scores, rank, dist.world_size))[0]]
-        rows.sort(key=lambda r: r["line"])
-        if [r["line"] for r in rows] != sorted(s.line for s in samples):
-            raise UserError(f"{scores}: the parts hold {len(rows):,} score lines for {len(samples):,} samples; "
-                            f"they are kept ({Path(scores).name}.part*): delete them and score again")
-        write_text(scores, "".join(dumps(r) + "\n" for r in rows))
+        write_text(scores, "".join(dumps(r) + "\n" for r in merge_parts(scores, samples, dist.world_size)))
         for rank in range(dist.world_size):
             part_path(scores, rank, dist.world_size).unlink(missing_ok=True)
         settings_path(scores).unlink(missing_ok=True)

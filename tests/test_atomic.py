@@ -56,6 +56,14 @@ def test_file_name_that_is_a_folder_is_refused(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl"]
 
 
+def test_a_file_where_a_folder_goes_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    for path in (tmp_path / "f" / "x.jsonl", tmp_path / "f" / "sub" / "x.jsonl"):
+        with pytest.raises(UserError, match=f"^{path}: cannot write there \\({tmp_path / 'f'} is a file, not a folder\\)"):
+            write_text(path, "new")
+    assert (tmp_path / "f").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["f"]
+
+
 def test_folder_write_replaces_folder(tmp_path):
     d = tmp_path / "hf"
     d.mkdir()

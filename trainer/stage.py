@@ -15,6 +15,7 @@ from pathlib import Path
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
 from checkpoint import layout
 from core.atomic import check_writable, clean_stale_temps, keep_aside
+from core.ownership import check_outputs, owning
 from checkpoint.pth import config_from_dict, file_sha256, load_checkpoint
 from core.errors import UserError
 from tokenizer.tokenizer import load_tokenizer_from_state
@@ -130,13 +131,18 @@ def stage_meta(stage, data_path, info, base=None, base_sha=None):
 
 def finish_run(run, model, train_set, val_set, collate):
     """Train (trainer/loop.py) with logs and states named after the artefact run.path, leave the process
-    group, and say where the result is."""
+    group, and say where the result is. Before the first step: no output is an input (core/ownership.py),
+    and the run owns its artefact (a second run of the same name is refused, naming this one's pid)."""
     cfg, path = run.cfg, run.path
     log = layout.log_path(cfg.out_dir, run.name)
-    for p in (path, log, layout.plot_path_for(log), layout.state_path(cfg.out_dir, run.name, 1)):
-        check_writable(p)
+    hint = "pass another --out_dir" + (" or --lora_name" if run.meta.get("stage") == "lora" else "")
+    check_outputs([("the run's output", path), ("its log", log), ("its loss curve", layout.plot_path_for(log)),
+                   ("its state", layout.state_path(cfg.out_dir, run.name, 1))],
+                  [("--base", run.meta.get("parent")), ("--data_path", run.meta.get("data_path")),
+                   ("--val_data", run.meta.get("val_path")), ("--tokenizer", cfg.tokenizer or None)], hint=hint)
     keeper = Keeper(run, [path, log, layout.plot_path_for(log)])
-    with collective_timeout(run.dist, cfg.ddp_timeout):
+    with owning(path, f"training {run.name} into", hint=hint, enabled=run.dist.is_main), \
+            collective_timeout(run.dist, cfg.ddp_timeout):
         final = train(replace(run, save_model=keeper.wrap(run.save_model)), model, train_set, collate,
                       val_set=val_set)
     cleanup_distributed()

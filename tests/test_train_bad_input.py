@@ -110,7 +110,7 @@ def test_bad_file(tmp_path, base, capsys, case):
 def test_a_system_prompt_that_leaves_most_samples_without_a_target_is_refused(tmp_path, base, capsys):
     """--max_seq_len 64 and a system prompt of about 25 tokens: the replies of the 18 long conversations are
     cut off, 2 short ones keep theirs. Training on 2 samples (and validating on none: loss 0.0000 over no
-    token) is refused in one line naming the flags; with fewer cut off, it trains and says how many."""
+    token) is refused in one line naming the file and the flags; with fewer cut off, it trains and says how many."""
     import trainer.train_full_sft as ts
     def chat(question, i):
         return {"conversations": [{"role": "user", "content": question}, {"role": "assistant", "content": f"a{i}"}]}
@@ -124,7 +124,7 @@ def test_a_system_prompt_that_leaves_most_samples_without_a_target_is_refused(tm
     err = run_main("full_sft", flags + system, capsys)
     assert "conversations keep no token to train on after the cut to --max_seq_len 64 (with --loss_on assistant, " \
            "and the --system_prompt); raise --max_seq_len or shorten the system prompt" in err, err
-    assert "error: 17 of 19 conversations" in err or "error: 18 of 19 conversations" in err, err
+    assert f"error: {data}: 17 of 19 conversations" in err or f"error: {data}: 18 of 19 conversations" in err, err
     assert files_in(out) == []
     data.write_text("\n".join(json.dumps(r) for r in long[:4] + short[:16]) + "\n", encoding="utf-8")
     ts.main(flags + system + ["--max_steps", "1", "--val_ratio", "0.5"])

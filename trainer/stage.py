@@ -80,13 +80,9 @@ def load_chat_sets(cfg, tokenizer, say):
     train_recs, val_recs, info = load_split(data_path, val_path, cfg.val_ratio, cfg.seed, "chat", cfg.skip_bad)
     make = partial(ChatDataset, tokenizer=tokenizer, max_seq_len=cfg.max_seq_len, loss_on=cfg.loss_on,
                    system_prompt=cfg.system_prompt)
-    train_set = make([r["conversations"] for r in train_recs])
-    val_set = make([r["conversations"] for r in val_recs]) if val_recs else None
-    if len(train_set) and train_set.n_no_target == len(train_set):
-        raise UserError(f"{data_path}: no conversation keeps a token to train on after the cut to --max_seq_len "
-                        f"{cfg.max_seq_len} (with --loss_on {cfg.loss_on}"
-                        f"{', and the --system_prompt' if cfg.system_prompt else ''}); raise --max_seq_len or "
-                        "shorten the system prompt")
+    train_set = make([r["conversations"] for r in train_recs], where=str(data_path))     # refuses a set that
+    val_set = make([r["conversations"] for r in val_recs], where=f"{val_path or data_path} (validation)") \
+        if val_recs else None                                                             # keeps too few targets
     say(f"{data_path}: {len(train_set):,} conversations, {train_set.n_truncated} truncated to "
         f"{cfg.max_seq_len} tokens, {train_set.n_no_target} without a target token"
         + (f", {info['n_bad']} bad lines skipped" if info["n_bad"] else ""))

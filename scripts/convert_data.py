@@ -10,37 +10,20 @@ dumps usually are). Accepted record formats: MiniMind conversations, OpenAI {"me
 extra top-level keys are kept. The output is written atomically, and is never one of the inputs (refused
 before any reading: the same file, or a link to it).
 """
-import json
 import sys
-from pathlib import Path
 
 
 from dataset.formats import KINDS, dumps, iter_jsonl, normalize_record
 from core.atomic import atomic_open
 from core.errors import UserError
+from dataset.files import is_json_array, read_json_array
 from core.ownership import check_outputs
 from core.cli import ArgumentParser, run_cli
 
 
-def is_json_array(path):
-    """True when the file starts with '[' (a JSON list dump rather than JSONL)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    except (IsADirectoryError, FileNotFoundError):
-        return False  # iter_jsonl gives the clear message
-    return head.startswith(b"[")
-
-
 def iter_json_array(path, kind, skip_bad, on_bad):
     """Records of a JSON list file (loaded whole: such dumps are small); `where` names the item index."""
-    try:
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: bytes that are not UTF-8; re-save the file as UTF-8")
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); fix the file or export it as JSONL")
-    for i, obj in enumerate(items):
+    for i, obj in enumerate(read_json_array(path)):
         try:
             yield i, normalize_record(obj, f"{path}[{i}]", kind)
         except UserError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 from dataset.formats import dumps, normalize_record
 from core.atomic import write_text
 from core.errors import UserError
+from dataset.files import is_json_array, read_json_array
 
 
 @dataclass
@@ -23,27 +24,13 @@ class Sample:
     record: dict        # its canonical form: {"conversations": [...]} ending with an assistant reply
 
 
-def is_array_file(path):
-    """A file whose first non-blank character is "[": one JSON array (Alpaca's alpaca_data.json shape)."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                return line.lstrip().startswith("[")
-    return False
-
-
 def read_samples(path):
     """Every sample of a JSONL file or a JSON array file; a bad one is one line naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    if is_array_file(path):
-        try:
-            items = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: not a JSON array ({e}); give one JSON array or one JSON object per line") \
-                from None
-        numbered = [(i + 1, obj, f"{path}: item {i + 1}") for i, obj in enumerate(items)]
+    if is_json_array(path):
+        numbered = [(i + 1, obj, f"{path}: item {i + 1}") for i, obj in enumerate(read_json_array(path))]
     else:
         numbered = []
         with open(path, encoding="utf-8") as f:
@@ -62,7 +49,7 @@ def read_samples(path):
 
 def write_samples(path, samples, like):
     """Write samples in the shape of the file `like` (a JSON array, or JSONL), atomically."""
-    if is_array_file(like):
+    if is_json_array(like):
         text = json.dumps([s.raw for s in samples], ensure_ascii=False, indent=2) + "\n"
     else:
         text = "".join(dumps(s.raw) + "\n" for s in samples)

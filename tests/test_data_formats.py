@@ -104,6 +104,19 @@ def test_a_json_array_reads_with_or_without_a_bom_as_jsonl_does(tmp_path, bom):
     assert not is_json_array(jsonl) and [r for _, r in iter_jsonl(jsonl)] == [normalize_record(items[0], "x")]
 
 
+def test_the_data_tools_read_a_json_array_with_a_bom(tmp_path, capsys):
+    """convert_data.py and the selection's sample reader (select_data.py) read Alpaca's array through the
+    one reader (dataset/files.py), a byte-order mark and all."""
+    from scripts import convert_data
+    from selection.samples import read_samples
+    items = [{"instruction": "hi", "output": "hello"}, {"instruction": "caf\u00e9", "output": "ok"}]
+    p = tmp_path / "alpaca_data.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(items, ensure_ascii=False).encode())
+    assert [s.raw for s in read_samples(p)] == items
+    convert_data.main([str(p), "-o", str(tmp_path / "out.jsonl")])
+    assert [r for _, r in iter_jsonl(tmp_path / "out.jsonl")] == [normalize_record(i, "x") for i in items]
+
+
 @pytest.mark.parametrize("content,fragment", [
     (b'[{"instruction": "hi"},', "a.json:1: malformed JSON"),
     (b'\xef\xbb\xbf[{"instruction": "\xff"}]', "a.json: bytes that are not UTF-8"),

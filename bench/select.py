@@ -6,8 +6,10 @@ full logits), on the same model, weights, samples and token ids, in one run.
     python scripts/bench_select.py --ckpt out/full_sft_512.pth --samples 200 --dtypes float32
 
 The reference loop, re-implemented as Cherry's code runs it: for each sample, LlamaForCausalLM(ids,
-labels=labels) on question + answer (labels -100 before the answer) and on the answer-alone prefix + answer;
-loss = outputs.loss (the mean cross-entropy of the answer tokens); ifd = the ratio. "max rel diff" is the
+labels=labels) on question + answer (labels -100 before the answer) and on the answer-alone prefix + its
+answer (for --prompt alpaca cut as Cherry cuts it, maybe shorter); loss = outputs.loss (the mean
+cross-entropy of the answer tokens); ifd = the ratio. (tests/test_ifd_parity.py holds the scores to
+Cherry's own tokenization and slicing; here both sides take the same token ids.) "max rel diff" is the
 largest relative difference of a sample's ifd from the reference's.
 """
 import sys
@@ -31,8 +33,8 @@ def reference(hf, pairs):
     with torch.no_grad():
         for p in pairs:
             losses = []
-            for context in (p.question, p.alone):
-                ids = torch.tensor([context + p.answer])
+            for context, answer in ((p.question, p.answer), (p.alone, p.alone_answer)):
+                ids = torch.tensor([context + answer])
                 labels = ids.clone()
                 labels[0, :len(context)] = -100
                 losses.append(hf(ids, labels=labels).loss.item())
@@ -53,7 +55,7 @@ def main():
     loaded = load_model_spec(args.ckpt, layout.out_dir(), dtype="float32")
     samples = read_samples(layout.resolve_input(args.data_path))[:args.samples]
     pairs = [Pair(s, loaded.tokenizer, args.prompt, args.max_length) for s in samples]
-    pairs = [p for p in pairs if p.answer]
+    pairs = [p for p in pairs if p.scored]
     hf = to_hf(loaded.model)
     reference(hf, pairs[:2])                                             # warm up
     t0 = time.perf_counter()

@@ -1,5 +1,6 @@
 """Cherry's "pre-experienced" data: embed each sample's instruction with the scorer (its last hidden states,
-after the final norm, averaged over the instruction's tokens, as Cherry's data_analysis.py --mod pre does),
+after the final norm, averaged over the instruction's tokens, as Cherry's data_analysis.py --mod pre does;
+with --prompt alpaca its very tokens: the Alpaca prompt tokenized whole, cut to max_length from the right),
 cluster the embeddings with KMeans (scikit-learn) into k clusters, and take n samples per cluster (those
 nearest its centre), a small set that covers the data's kinds of instruction for the brief first SFT.
 
@@ -18,7 +19,7 @@ def embed(loaded, samples, prompt, max_length, batch_tokens=1024):
     """(n, hidden) float32 array: the mean final hidden state over each sample's question tokens."""
     model, tok = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
-    questions = [Pair(s, tok, prompt, max_length).question for s in samples]
+    questions = [Pair(s, tok, prompt, max_length).instruction for s in samples]
     captured = {}
     hook = model.model.norm.register_forward_hook(lambda m, i, o: captured.update(h=o))
     out, order = np.zeros((len(samples), model.config.hidden_size), dtype=np.float32), \

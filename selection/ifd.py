@@ -9,16 +9,21 @@ High ifd: the question helps little to produce the answer (a hard, informative s
 question does not help at all (the paper drops those as misaligned).
 
 What Q, A and "the answer alone" are (--prompt):
-    alpaca  Cherry's Stanford-Alpaca template (with or without an input), the answer appended with no
-            separator; alone: "### Response:" then the answer, as Cherry's code scores it
+    alpaca  Cherry's own scores (cherry_seletion/data_analysis.py --mod cherry, then data_by_IFD.py): the
+            Stanford-Alpaca prompt (with or without an input) and the answer tokenized as ONE text; A = the
+            tokens after the prompt's own token count; alone: "### Response:" + the answer, one text, A =
+            the tokens after "### Response:"'s count. A BOS only where the scorer's tokenizer adds one
+            itself (none for SmolLM2). Truncation is Cherry's: the whole text is cut from the right to
+            max_length, the answer-alone text to max_length - (prompt tokens) - 2, so a long answer keeps
+            fewer tokens alone than after the question; a prompt within 6 tokens of max_length has no score.
     chatml  the scorer's own chat template; A = the last reply's tokens as training sees them (with its
             end token); alone: the opening of an assistant turn, no system prompt
     plain   the question's text, then the answer; alone: the answer after the BOS (else EOS) token
-Multi-turn samples: A is the last assistant turn, Q everything before it (alpaca and plain write earlier
-turns as "role: content" lines before the last question). Truncation (max_length tokens per pass): the
-answer is cut from the right to fit after the question, and the same answer tokens are scored in both
-passes; a question longer than max_length - 16 is cut from the left (its first token kept). Either sets
-"truncated"; a sample with no answer token left has no score.
+chatml and plain tokenize Q and A apart (A's tokens are the same in both passes) and cut to max_length
+their own way: the answer from the right to fit after the question, a question longer than
+max_length - 16 from the left (its first token kept). Multi-turn samples: A is the last assistant turn, Q
+everything before it (alpaca and plain write earlier turns as "role: content" lines before the last
+question). Any cut sets "truncated"; a sample with no answer token left in a pass has no score.
 
 Samples are batched by length (fixed before any work, so an interrupted run, or one split over ranks,
 computes exactly the same batches); each pass of a batch is one right-padded forward with logits only at
@@ -54,12 +59,50 @@ def alpaca_fields(sample):
     return earlier_turns(conv[:-2]) + conv[-2]["content"], ""
 
 
+def alpaca_texts(sample):
+    """(Cherry's Alpaca prompt, the answer) of a sample, as texts."""
+    instruction, inp = alpaca_fields(sample)
+    prompt = (ALPACA_INPUT if inp else ALPACA_NO_INPUT).format(instruction=instruction, input=inp)
+    return prompt, sample.record["conversations"][-1]["content"]
+
+
+def added_ids(tokenizer):
+    """What the scorer's tokenizer puts before a text by itself: its BOS where it adds one (Llama's),
+    nothing where it adds none (SmolLM2's, TinyMind's own)."""
+    return [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+
+
 def start_ids(tokenizer):
     return [tokenizer.bos_id] if tokenizer.bos_id is not None else [tokenizer.eos_id]
 
 
+def cherry_passes(sample, tokenizer, max_length):
+    """Cherry's two passes of a sample under --prompt alpaca -> (the prompt's tokens as --mod pre embeds
+    them, (question, answer, alone, alone answer, truncated)).
+
+    As data_analysis.py --mod cherry and data_by_IFD.py compute them: a pass's text is tokenized whole
+    (tokenizer.encode(text, truncation=True, max_length=m): the tokenizer's own BOS, then the text cut from
+    the right to m tokens in all) and its loss list sliced after as many tokens as the text before the
+    answer has alone (start_token = len(encode(text[:text.rfind(answer)]))), so a token spanning the seam
+    counts as the answer's. The whole text is cut to max_length, the alone text to max_length -
+    min(prompt tokens, max_length) - 2; data_by_IFD.py skips a sample where that leaves 4 tokens or fewer."""
+    prompt, output = alpaca_texts(sample)
+    head = added_ids(tokenizer)
+    question = head + tokenizer.encode(prompt)
+    alone_length = max_length - min(len(question), max_length) - 2
+    if alone_length <= 4:
+        return question[:max_length], ([], [], [], [], True)
+    whole = head + tokenizer.encode(prompt + output)
+    direct = head + tokenizer.encode(ALPACA_ANSWER + output)
+    cut, cut_alone = whole[:max_length], direct[:alone_length]
+    start, start_alone = len(question), len(head + tokenizer.encode(ALPACA_ANSWER))
+    truncated = len(whole) > max_length or len(direct) > alone_length
+    return question, (cut[:start], cut[start:], cut_alone[:start_alone], cut_alone[start_alone:], truncated)
+
+
 def split_sample(sample, tokenizer, prompt):
-    """-> (question ids, answer-alone prefix ids, answer ids) of a sample (a selection.samples.Sample)."""
+    """-> (question ids, answer-alone prefix ids, answer ids) of a sample (a selection.samples.Sample) under
+    --prompt chatml or plain (alpaca: cherry_passes)."""
     conv = sample.record["conversations"]
     if prompt == "chatml":
         ids, mask = encode_chat(tokenizer, conv)
@@ -71,20 +114,15 @@ def split_sample(sample, tokenizer, prompt):
             start -= 1
         alone = encode_chat(tokenizer, [], add_generation_prompt=True, system_prompt="")[0]
         return ids[:start], alone, ids[start:end]
-    answer = tokenizer.encode(conv[-1]["content"])
-    if prompt == "alpaca":
-        instruction, inp = alpaca_fields(sample)
-        text = (ALPACA_INPUT if inp else ALPACA_NO_INPUT).format(instruction=instruction, input=inp)
-        return start_ids(tokenizer) + tokenizer.encode(text), start_ids(tokenizer) + \
-            tokenizer.encode(ALPACA_ANSWER), answer
     if prompt == "plain":
         text = earlier_turns([m for m in conv[:-2] if m["role"] != "system"]) + conv[-2]["content"]
-        return start_ids(tokenizer) + tokenizer.encode(text), start_ids(tokenizer), answer
+        return start_ids(tokenizer) + tokenizer.encode(text), start_ids(tokenizer), \
+            tokenizer.encode(conv[-1]["content"])
     raise ValueError(f"prompt {prompt!r}: use one of {', '.join(PROMPTS)}")
 
 
 def fit(question, alone, answer, max_length):
-    """Cut a sample's passes to max_length -> (question, alone, kept answer, truncated)."""
+    """Cut a chatml or plain sample's passes to max_length -> (question, alone, kept answer, truncated)."""
     truncated = False
     room = max_length - min(len(answer), MIN_ANSWER)
     if len(question) > room:
@@ -94,16 +132,26 @@ def fit(question, alone, answer, max_length):
 
 
 class Pair:
-    """One sample's two passes, cut to the window."""
+    """One sample's two passes, cut to the window: (question, answer) conditioned, (alone, alone_answer)
+    alone; instruction: the question's tokens as an embedding of it reads them (cluster.py)."""
 
     def __init__(self, sample, tokenizer, prompt, max_length):
-        q, alone, a = split_sample(sample, tokenizer, prompt)
-        self.line, self.full_answer = sample.line, len(a)
-        self.question, self.alone, self.answer, self.truncated = fit(q, alone, a, max_length)
+        self.line = sample.line
+        if prompt == "alpaca":
+            self.instruction, passes = cherry_passes(sample, tokenizer, max_length)
+        else:
+            q, alone, a, truncated = fit(*split_sample(sample, tokenizer, prompt), max_length)
+            self.instruction, passes = q, (q, a, alone, a, truncated)
+        self.question, self.answer, self.alone, self.alone_answer, self.truncated = passes
+
+    @property
+    def scored(self):
+        """Whether both passes keep an answer token (else the sample has no score)."""
+        return bool(self.answer and self.alone_answer)
 
     @property
     def tokens(self):
-        return len(self.question) + len(self.alone) + 2 * len(self.answer)
+        return len(self.question) + len(self.answer) + len(self.alone) + len(self.alone_answer)
 
 
 def make_batches(pairs, batch_tokens):
@@ -140,15 +188,20 @@ def answer_loss_sums(model, rows, pad_id):
 
 @torch.inference_mode()
 def score_batch(model, pairs, pad_id):
-    """Score lines {"line", "ifd", "ifd_ppl", "loss_cond", "loss_alone", "answer_tokens", "truncated"} of a
-    batch of pairs: one forward per pass (each padded to its own longest row)."""
-    conds = answer_loss_sums(model, [(p.question, p.answer) for p in pairs], pad_id)
-    alones = answer_loss_sums(model, [(p.alone, p.answer) for p in pairs], pad_id)
+    """Score lines {"line", "ifd", "ifd_ppl", "loss_cond", "loss_alone", "answer_tokens",
+    "answer_tokens_alone", "truncated"} of a batch of pairs: one forward per pass (each padded to its own
+    longest row) over the pairs that keep an answer token in both; the others' scores are null."""
+    live = [p for p in pairs if p.scored]
+    conds = answer_loss_sums(model, [(p.question, p.answer) for p in live], pad_id) if live else []
+    alones = answer_loss_sums(model, [(p.alone, p.alone_answer) for p in live], pad_id) if live else []
+    sums = {id(p): (c, a) for p, c, a in zip(live, conds, alones)}
     lines = []
-    for i, p in enumerate(pairs):
-        n = len(p.answer)
-        cond, alone = (conds[i] / n, alones[i] / n) if n else (None, None)
-        lines.append({"line": p.line, "ifd": (cond / alone if alone > 0 else math.inf) if n else None,
-                      "ifd_ppl": math.exp(cond - alone) if n else None, "loss_cond": cond, "loss_alone": alone,
-                      "answer_tokens": n, "truncated": p.truncated})
+    for p in pairs:
+        cond = alone = ifd = ifd_ppl = None
+        if p.scored:        # the mean over each pass's own answer tokens (data_by_IFD.py: loss_list.mean())
+            cond, alone = sums[id(p)][0] / len(p.answer), sums[id(p)][1] / len(p.alone_answer)
+            ifd, ifd_ppl = cond / alone if alone > 0 else math.inf, math.exp(cond - alone)
+        lines.append({"line": p.line, "ifd": ifd, "ifd_ppl": ifd_ppl, "loss_cond": cond, "loss_alone": alone,
+                      "answer_tokens": len(p.answer), "answer_tokens_alone": len(p.alone_answer),
+                      "truncated": p.truncated})
     return lines

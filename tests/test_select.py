@@ -45,13 +45,13 @@ def hf_reference(loaded, pair):
     hf.load_state_dict(loaded.model.state_dict(), strict=True)
     hf.eval()
 
-    def loss(context):
-        ids = torch.tensor([context + pair.answer])
+    def loss(context, answer):
+        ids = torch.tensor([context + answer])
         labels = ids.clone()
         labels[0, :len(context)] = -100
         with torch.no_grad():
             return hf(ids, labels=labels).loss.item()
-    return loss(pair.question), loss(pair.alone)
+    return loss(pair.question, pair.answer), loss(pair.alone, pair.alone_answer)
 
 
 @pytest.mark.parametrize("prompt", ["chatml", "alpaca", "plain"])
@@ -59,11 +59,17 @@ def test_scores_equal_a_transformers_computation(tmp_path, prompt):
     ckpt = make_checkpoint(tmp_path / "m.pth", std=0.08)
     loaded = load_for_inference(ckpt=ckpt)
     samples = read_samples(mixed_data(tmp_path))
-    pairs = [Pair(s, loaded.tokenizer, prompt, 64) for s in samples]
-    got = {r["line"]: r for b in ifd.make_batches(pairs, 150) for r in ifd.score_batch(loaded.model, b, 0)}
-    assert len(got) == len(samples) and len(ifd.make_batches(pairs, 150)) > 1       # several batches, padded
+    window, batch = (160, 400) if prompt == "alpaca" else (64, 150)      # room for Cherry's long prompt
+    pairs = [Pair(s, loaded.tokenizer, prompt, window) for s in samples]
+    batches = ifd.make_batches(pairs, batch)
+    got = {r["line"]: r for b in batches for r in ifd.score_batch(loaded.model, b, 0)}
+    assert len(got) == len(samples) and len(batches) > 1 and max(map(len, batches)) > 1   # several, padded
+    assert sum(p.scored for p in pairs) > len(pairs) // 2
     for pair in pairs:
         row = got[pair.line]
+        if not pair.scored:
+            assert row["ifd"] is None
+            continue
         cond, alone = hf_reference(loaded, pair)
         assert row["loss_cond"] == pytest.approx(cond, rel=1e-4)
         assert row["loss_alone"] == pytest.approx(alone, rel=1e-4)
@@ -75,18 +81,22 @@ def test_what_each_prompt_scores(tmp_path):
     tok = default_tokenizer()
     samples = read_samples(mixed_data(tmp_path))
     alpaca, multi = samples[-2], samples[-1]
-    q, alone, a = split_sample(alpaca, tok, "alpaca")
-    alpaca_q = q
-    assert tok.decode(q).endswith("### Instruction:\nName a string instrument\n\n### Input:\nin an orchestra\n\n"
-                                  "### Response:")
-    assert tok.decode(alone).endswith("### Response:") and tok.decode(a) == "the cello"
+    pair = Pair(alpaca, tok, "alpaca", 512)           # Cherry's: the prompt and the answer as one text
+    assert tok.decode(pair.question).endswith("### Instruction:\nName a string instrument\n\n### Input:\n"
+                                              "in an orchestra\n\n### Response:")
+    assert pair.question + pair.answer == tok.encode(tok.decode(pair.question) + "the cello")
+    assert tok.decode(pair.alone) == "### Response:" and tok.decode(pair.alone_answer) == "the cello"
+    assert pair.instruction == pair.question and not pair.truncated
     q, alone, a = split_sample(multi, tok, "plain")
     assert "user: hi\nassistant: hello\na song?" in tok.decode(q) and tok.decode(a) == "a melody with a chord"
     q, alone, a = split_sample(multi, tok, "chatml")
     assert tok.decode(a).startswith("a melody with a chord") and "hello" in tok.decode(q)
     assert "a song?" not in tok.decode(alone) and len(alone) < len(q)
-    long = Pair(alpaca, tok, "alpaca", 24)                 # the question is cut, its first token kept
-    assert long.truncated and long.question[0] == alpaca_q[0] and len(long.question) + len(long.answer) <= 24
+    plain_q = split_sample(alpaca, tok, "plain")[0]
+    long = Pair(alpaca, tok, "plain", 24)                  # the question is cut, its first token kept
+    assert long.truncated and long.question[0] == plain_q[0] and len(long.question) + len(long.answer) <= 24
+    short = Pair(alpaca, tok, "alpaca", len(pair.question) + 6)    # Cherry's: no room left alone, no score
+    assert short.truncated and not short.scored and short.instruction == pair.question
 
 
 def rows_of(values):
@@ -270,7 +280,7 @@ def test_scoring_into_a_finished_file_is_one_line(tmp_path):
     done.write_text("{}\n")
     res = subprocess.run([sys.executable, SCRIPT, "score", "--data_path", str(data), "--ckpt", "x.pth", "-o",
                           str(done)], capture_output=True, text=True)
-    assert res.returncode == 2 and "already scored (a finished run); delete it to score again" in res.stderr
+    assert res.returncode == 2 and "already scored (a finished run)" in res.stderr
 
 
 def test_cherry_runs_the_three_steps(tmp_path):

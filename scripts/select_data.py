@@ -11,8 +11,10 @@ score: for each sample, s(A|Q) and s(A) (the mean cross-entropy of the answer's 
 the question), ifd = s(A|Q) / s(A), ifd_ppl = exp(s(A|Q) - s(A)), the answer's token count, whether
 anything was cut, and the sample's line (selection/ifd.py says exactly how each --prompt builds Q and "the
 answer alone"). Multi-turn samples: the last assistant turn is A, everything before it Q. --max_length
-tokens per pass: the answer is cut from the right to fit after the question (the same answer tokens in
-both passes), a question longer than max_length - 16 from the left; such samples say "truncated". An
+tokens per pass: --prompt alpaca cuts as Cherry_LLM does (the whole text to max_length, the answer alone to
+max_length - question - 2), chatml and plain cut the answer from the right to fit after the question (the
+same answer tokens in both passes) and a question longer than max_length - 16 from the left; such samples
+say "truncated". An
 interrupted run continues its scores file when started again; a second run into the same file while one
 runs is refused at start, naming the first one's pid (core/ownership.py). No command writes over one of
 its inputs (--data_path, --scores, --ckpt): that is refused before any work. --ckpt takes what
@@ -76,7 +78,7 @@ def add_common(sub, ckpt_help, output_help):
     sub.add_argument("-o", "--output", required=True, help=output_help)
     sub.add_argument("--prompt", choices=PROMPTS, default="chatml",
                      help="how the question is written: chatml (the scorer's chat template, default), alpaca "
-                          "(Cherry's Stanford-Alpaca template), plain")
+                          "(Cherry's Stanford-Alpaca template and Cherry_LLM's own scores), plain")
     sub.add_argument("--max_length", type=int, default=512, help="tokens per pass (default 512, as Cherry's)")
     sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sub.add_argument("--out_dir", default=None, help="where model names are looked up (default <repo>/out)")

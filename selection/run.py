@@ -56,6 +56,10 @@ def rewrite_clean(path, rows):
     write_text(path, "".join(dumps(r) + "\n" for r in rows))
 
 
+SCORING = 2       # the scoring's version: 2 = Cherry_LLM's tokens and slicing for --prompt alpaca (a part
+                  # scored by an earlier version is not continued: the settings differ)
+
+
 def settings_path(scores):
     return Path(f"{scores}.run.json")
 
@@ -94,7 +98,7 @@ def merge_parts(scores, samples, world):
 def batch_cost(batch):
     """The padded tokens of a batch's two passes: what its time goes with."""
     return len(batch) * (max(len(p.question) + len(p.answer) for p in batch) +
-                         max(len(p.alone) + len(p.answer) for p in batch))
+                         max(len(p.alone) + len(p.alone_answer) for p in batch))
 
 
 class ScoringBar:
@@ -126,7 +130,7 @@ def score_file(samples, loaded, scores, prompt, max_length, batch_tokens, dist, 
     model, tok = loaded.model, loaded.tokenizer
     Path(scores).parent.mkdir(parents=True, exist_ok=True)
     check_settings(scores, {"model": loaded.info["checkpoint"], "adapter": (loaded.info.get("adapter") or {}).get(
-        "path"), "dtype": loaded.info.get("dtype"), "prompt": prompt, "max_length": max_length,
+        "path"), "dtype": loaded.info.get("dtype"), "prompt": prompt, "max_length": max_length, "scoring": SCORING,
         "batch_tokens": batch_tokens, "processes": dist.world_size, "samples": len(samples)}, dist)
     pairs = [Pair(s, tok, prompt, max_length) for s in samples]
     mine = [b for i, b in enumerate(make_batches(pairs, batch_tokens)) if i % dist.world_size == dist.rank]

@@ -9,7 +9,6 @@ or a script except the entry points. And the size smell tests: no module over 35
     python -m pytest tests/test_layout.py -q
 """
 import ast
-from pathlib import Path
 
 import pytest
 

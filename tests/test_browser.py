@@ -169,14 +169,10 @@ def test_default_server_answers_only_on_this_machine(tmp_path):
 
 def test_chat_in_headless_chromium(server, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     with chromium() as driver:
         driver.get(server)
-        box = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, '[data-testid="stChatInput"] textarea'),
-                         60, "the chat input")
-        box.send_keys("Hello, who are you? 你是谁？")
-        box.send_keys(Keys.ENTER)
+        send_message(driver, "Hello, who are you? 你是谁？")
         # the reply is done when the sidebar shows its speed
         wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]'), 90,
                    "the answer's tokens/s")
@@ -188,6 +184,24 @@ def test_chat_in_headless_chromium(server, tmp_path):
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         if os.environ.get("TINYMIND_SCREENSHOT"):
             shutil.copy(shot, os.environ["TINYMIND_SCREENSHOT"])
+
+
+def send_message(driver, text):
+    """Type text into the chat input and press Enter; again (at most twice) when a Streamlit rerun re-rendered
+    the input meanwhile and swallowed it: the message is sent once it shows as a chat message."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    shown = lambda: any(text in m.text for m in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stChatMessage"]'))
+    for _ in range(3):
+        box = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, '[data-testid="stChatInput"] textarea'),
+                         60, "the chat input")
+        try:
+            box.send_keys(text)
+            box.send_keys(Keys.ENTER)
+            return wait_until(shown, 30, "the message in the chat")
+        except Exception:       # noqa: BLE001 - a stale input (the page re-rendered), or the message not shown
+            continue
+    raise AssertionError(f"the chat input did not take {text!r}")
 
 
 def choose(driver, label, option):
@@ -203,17 +217,13 @@ def choose(driver, label, option):
 def test_chat_with_documents_shows_the_sources(server):
     """Retrieval switched on in the sidebar: the answer comes with its passages and their file."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     with chromium() as driver:
         driver.get(server)
         choose(driver, "Answer from documents", "out/docs/mine")
         wait_until(lambda: "1 passage from 1 file" in driver.find_element(By.TAG_NAME, "body").text, 60,
                    "the documents' index")
-        box = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, '[data-testid="stChatInput"] textarea'),
-                         60, "the chat input")
-        box.send_keys("What kind of instrument is the oboe?")
-        box.send_keys(Keys.ENTER)
+        send_message(driver, "What kind of instrument is the oboe?")
         expander = wait_until(lambda: next(e for e in driver.find_elements(By.CSS_SELECTOR,
                                                                            '[data-testid="stExpander"]')
                                            if "Sources" in e.text), 90, "the answer's sources")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from factories import REPO as ROOT, make_checkpoint
+from factories import REPO as ROOT, free_port, make_checkpoint
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 DRIVER = "/usr/bin/chromedriver"
 
@@ -70,12 +70,6 @@ def chromium():
         yield driver
     finally:
         driver.quit()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check, timeout, what):

@@ -39,6 +39,7 @@ class TrainConfig:
     max_seq_len: int = 512               # tokens per sample (pretrain: packed window length)
     skip_bad: bool = False               # skip and count malformed lines instead of stopping at the first
     padding: str = "dynamic"             # dynamic: pad to the batch's longest sample; max_length: to max_seq_len
+    group_by_length: bool = False        # batch samples of similar length together (less padding; HF's group_by_length)
     loss_on: str = "assistant"           # assistant: loss on replies only; all: on every token
     system_prompt: str = ""              # system message added to conversations that have none
     # model
@@ -87,7 +88,7 @@ class TrainConfig:
 
 
 # flags that exist only for some stages (the rest exist for all)
-ONLY = {"loss_on": CHAT, "system_prompt": CHAT, "base": CHAT, "padding": CHAT,
+ONLY = {"loss_on": CHAT, "system_prompt": CHAT, "base": CHAT, "padding": CHAT, "group_by_length": CHAT,
         "preset": ("pretrain",), "tokenizer": ("pretrain",),
         **{f: ("lora",) for f in ("lora_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
                                  "use_rslora")}}
@@ -98,7 +99,7 @@ STAGE_DEFAULTS = {
     "pretrain": dict(data_path="../dataset/pretrain.jsonl", batch_size=32, learning_rate=5e-4, epochs=1),
     "full_sft": dict(data_path="../dataset/sft.jsonl", val_data="../dataset/sft_val.jsonl", batch_size=16,
                      learning_rate=1e-4, epochs=2),
-    "lora": dict(data_path="../dataset/music.jsonl", batch_size=16, learning_rate=1e-3, epochs=5),
+    "lora": dict(data_path="../dataset/music.jsonl", batch_size=16, learning_rate=1e-3, epochs=5, group_by_length=True),
 }
 
 

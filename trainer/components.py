@@ -78,7 +78,8 @@ def hold_frozen_in(model, dtype):
 
 def make_loaders(train_set, val_set, collate, cfg, dist):
     """-> (resumable sampler, training loader, validation loader or None), each rank reading its share."""
-    sampler = ResumableSampler(train_set, dist, shuffle=True, seed=cfg.seed)
+    group = cfg.batch_size if cfg.group_by_length and hasattr(train_set, "samples") else 0
+    sampler = ResumableSampler(train_set, dist, shuffle=True, seed=cfg.seed, group=group)
     # a private generator: starting a loader iterator must not draw from the global RNG (exact resume)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),

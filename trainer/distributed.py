@@ -115,22 +115,46 @@ def cleanup_distributed():
 class ResumableSampler(Sampler):
     """DistributedSampler's order for an epoch (seeded by seed + epoch; rank r takes every world_size-th
     sample), optionally starting `skip` samples in, so a resumed run sees exactly what the interrupted
-    one had not seen yet."""
+    one had not seen yet. group (the micro-batch size; 0 = off) batches samples of similar length together
+    (group_by_length): the same samples each epoch, in an order that is as seeded and as resumable."""
 
-    def __init__(self, dataset, dist, shuffle, seed):
+    def __init__(self, dataset, dist, shuffle, seed, group=0):
         self.inner = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
                                         shuffle=shuffle, seed=seed)
-        self.skip = 0
+        self.skip, self.seed, self.epoch, self.group = 0, seed, 0, group
+        self.lengths = [len(s[0]) for s in dataset.samples] if group else None
 
     def set_epoch(self, epoch, skip=0):
         self.inner.set_epoch(epoch)
-        self.skip = skip
+        self.skip, self.epoch = skip, epoch
 
     def __iter__(self):
-        return itertools.islice(iter(self.inner), self.skip, None)
+        order = list(self.inner)
+        if self.group:
+            order = group_by_length(order, self.lengths, self.group, random.Random(self.seed + self.epoch))
+        return itertools.islice(iter(order), self.skip, None)
 
     def __len__(self):
         return max(0, len(self.inner) - self.skip)
+
+
+def group_by_length(order, lengths, batch, rng, mega=50):
+    """Hugging Face Trainer's group_by_length: the shuffled order cut into mega-batches of mega * batch
+    samples, each sorted by length (longest first) and cut into batches; the batches then go in a seeded
+    random order, the longest first (an out-of-memory shows at the first step) and a short last batch last
+    (every other batch stays whole, as the loader cuts them). Padding shrinks to the spread within a batch."""
+    batches = []
+    for i in range(0, len(order), mega * batch):
+        chunk = sorted(order[i:i + mega * batch], key=lambda j: -lengths[j])
+        batches += [chunk[k:k + batch] for k in range(0, len(chunk), batch)]
+    short = [b for b in batches if len(b) < batch]
+    full = [b for b in batches if len(b) == batch]
+    if not full:
+        return [j for b in short for j in b]
+    first = max(range(len(full)), key=lambda k: lengths[full[k][0]])
+    rest = full[:first] + full[first + 1:]
+    rng.shuffle(rest)
+    return [j for b in [full[first]] + rest + short for j in b]
 
 
 def rng_state():

@@ -11,11 +11,13 @@
     python eval_model.py --load 1 --hf_path path/to/hf_model         # a Hugging Face folder, imported in memory
     python eval_model.py --persona music_tutor --docs dataset/knowledge/music --session alice   # the chatbot
     python eval_model.py --chat_test --persona tinymind --docs dataset/knowledge/music       # its test suite
+    python eval_model.py --lora_name lora_music --no_docs --task_test dataset/music_test.jsonl   # no retrieval
 
 A thin command over the modules that do the work: checkpoint/layout.py finds the files (out/{pretrain|full_sft}_
 {hidden}.pth, out/lora/{lora_name}_{hidden}.pth), inference/load.py loads them (an adapter onto the base it
-records), chat/engine.py builds every chat prompt (persona, retrieval over --docs, the memory of a
---session, the history fitted to the window), apps/terminal.py chats, evaluation/answer_tests.py runs the tests
+records), chat/engine.py builds every chat prompt (persona, retrieval over --docs, else over the knowledge
+base the model records (chat.retrieval.default_docs; --no_docs: none), the memory of a --session, the
+history fitted to the window), apps/terminal.py chats, evaluation/answer_tests.py runs the tests
 and evaluation/chat_suite.py the chat test suite (greedy by default, a JSON report under
 out/eval/; strict scorers of evaluation/scoring.py). The identity checked is the one the model records (its
 training data's "identity", from scripts/make_identity.py) unless --bot_name/--bot_creator say otherwise.
@@ -31,7 +33,7 @@ import torch
 from chat.engine import ChatEngine
 from chat.memory import Memory
 from chat.persona import load_persona, shipped_personas
-from chat.retrieval import open_index
+from chat.retrieval import default_docs, open_index
 from apps.terminal import auto_prompts, auto_test, converse, read_prompts_file, stdin_prompts, tty_prompts
 from core.cli import ArgumentParser, check_device, check_range, run_cli
 from evaluation.chat_suite import DEFAULT_DOCS, read_suite, run_chat_test
@@ -43,6 +45,7 @@ from core.atomic import check_writable
 from core.errors import UserError
 from inference.load import load_for_inference
 from inference.precision import PRECISIONS, precision_hint
+from inference.sampling import CHAT_SAMPLING
 
 STAGES = {0: "pretrain", 1: "full_sft"}
 DEFAULT_IDENTITY_TEST = layout.repo_root() / "dataset" / "identity_test.jsonl"
@@ -71,10 +74,12 @@ def parse_args(argv=None):
                    help="precision: int8 (weights quantised at load time) decodes fastest on a CPU, bfloat16 "
                         "where the CPU has AVX512-BF16/AMX or on a GPU; float32 is exact (default)")
     p.add_argument("--temperature", type=float, default=None,
-                   help="0 = greedy (default 0.85 for chat, 0 for --identity_test/--task_test)")
-    p.add_argument("--top_p", type=float, default=0.85)
-    p.add_argument("--top_k", type=int, default=0, help="0 = off")
-    p.add_argument("--repetition_penalty", type=float, default=1.0)
+                   help=f"0 = greedy (default {CHAT_SAMPLING['temperature']:g}: THE chat default, "
+                        "inference/sampling.py CHAT_SAMPLING; the tests: 0)")
+    p.add_argument("--top_p", type=float, default=CHAT_SAMPLING["top_p"], help="1 = off (default %(default)s)")
+    p.add_argument("--top_k", type=int, default=CHAT_SAMPLING["top_k"], help="0 = off (default %(default)s)")
+    p.add_argument("--repetition_penalty", type=float, default=CHAT_SAMPLING["repetition_penalty"],
+                   help="1 = off (default %(default)s)")
     p.add_argument("--max_new_tokens", type=int, default=None, help="default 512 for chat, 128 for tests")
     p.add_argument("--history_cnt", type=int, default=None,
                    help="earlier exchanges kept in the chat at most (default: as many as the window holds "
@@ -84,8 +89,12 @@ def parse_args(argv=None):
                    help="a persona YAML file, or a shipped one's name: " + ", ".join(shipped_personas()))
     p.add_argument("--docs", default=None, metavar="DIR",
                    help="answer from these documents (.txt, .md, .jsonl, .pdf): the top passages go into the "
-                        "prompt, their sources are shown (index cached under out/index/)")
-    p.add_argument("--docs_k", type=int, default=3, help="passages retrieved per message (with --docs)")
+                        "prompt, their sources are shown (index cached under out/index/); default: the knowledge "
+                        "base the model was trained to answer from, if it records one (the music bot's "
+                        "dataset/knowledge/music)")
+    p.add_argument("--no_docs", action="store_true",
+                   help="no retrieval: not from the knowledge base the model records either (the adapter alone)")
+    p.add_argument("--docs_k", type=int, default=3, help="passages retrieved per message (with retrieval)")
     p.add_argument("--session", default=None, metavar="NAME",
                    help="long-term memory: exchanges kept in out/memory/NAME.jsonl, across runs; the most "
                         "relevant come back into the prompt")
@@ -138,6 +147,8 @@ def check_args(args):
     check_range("--repetition_penalty", args.repetition_penalty, 0.0, low_open=True)
     check_range("--batch_size", args.batch_size, 1, 4096, integer=True)
     check_range("--docs_k", args.docs_k, 1, 50, integer=True)
+    if args.docs and args.no_docs:
+        raise UserError("--docs and --no_docs: give one (--docs DIR retrieves from DIR, --no_docs from nothing)")
     check_range("--memory_k", args.memory_k, 0, 50, integer=True)
     for flag in ("max_new_tokens", "hidden_size", "num_hidden_layers"):
         if getattr(args, flag) is not None:
@@ -202,8 +213,10 @@ def warn_mismatch(args, loaded):
 
 
 def sampling(args, test=False):
-    """The sampling settings of the flags; the tests default to greedy and shorter answers."""
-    temperature = args.temperature if args.temperature is not None else (0.0 if test else 0.85)
+    """The sampling settings of the flags: a flag not given, THE chat default (inference.sampling.CHAT_SAMPLING,
+    greedy); the tests are greedy whatever that default, with shorter answers."""
+    default = 0.0 if test else CHAT_SAMPLING["temperature"]
+    temperature = args.temperature if args.temperature is not None else default
     return dict(temperature=temperature, top_p=args.top_p, top_k=args.top_k,
                 repetition_penalty=args.repetition_penalty, seed=args.seed,
                 max_new_tokens=args.max_new_tokens or (128 if test else 512))
@@ -251,6 +264,20 @@ def chat_parts(args, suite=None):
     return persona, memory, index
 
 
+def chat_index(args, loaded, index):
+    """The chat's documents index, once the model is loaded: --docs's (opened by chat_parts before loading), else
+    the knowledge base the model records, unless --no_docs (chat.retrieval.default_docs); None for none."""
+    if args.docs:
+        return index
+    docs = default_docs(None, loaded, args.no_docs)
+    if docs is None:
+        return None
+    index = open_index(docs, args.out_dir)
+    print(f"documents: {index.folder}: {index.describe()} (the knowledge base the model records; --no_docs: "
+          "none)", file=sys.stderr)
+    return index
+
+
 def make_engine(args, loaded, persona, memory, index, history_cap=None):
     """The chat engine of the flags."""
     engine = ChatEngine(loaded, persona, args.system, index, memory, args.docs_k, args.memory_k, history_cap)
@@ -285,7 +312,7 @@ def main(argv=None):
     loaded = load(args)
     print(f"model: {loaded.describe()} on {args.device}", file=sys.stderr)
     cap = args.history_cnt if args.history_cnt is not None else (None if interactive else 0)
-    engine = make_engine(args, loaded, persona, memory, index if args.docs else None, cap)
+    engine = make_engine(args, loaded, persona, memory, chat_index(args, loaded, index), cap)
     if testing:
         test_engine = ChatEngine(loaded, persona, args.system, engine.index, None, args.docs_k)   # remembers nothing
         run_tests(args, loaded, identity, tasks, test_engine)

@@ -1,5 +1,7 @@
 """The web demo's chatbot panel: the sidebar's persona, documents, memory session and history settings
 become THE chat engine (chat/engine.py); an answer streams with the passages it was given shown under it.
+The documents start on the knowledge base the model records (chat.retrieval.default_docs: the music bot's
+dataset/knowledge/music) and follow the model chosen until the visitor picks others ("(none)": no retrieval).
 
 Library module; the command is:
     streamlit run scripts/web_demo.py
@@ -11,7 +13,7 @@ import streamlit as st
 from chat.engine import ChatEngine
 from chat.memory import Memory
 from chat.persona import load_persona, shipped_personas
-from chat.retrieval import document_files, open_index
+from chat.retrieval import default_docs, document_files, open_index
 from checkpoint.layout import repo_root, within
 
 NONE = "(none)"
@@ -41,6 +43,26 @@ def load_index(folder, version, out):
     return open_index(folder, out)
 
 
+def recorded_choice(folders, loaded):
+    """The documents choice a model starts on: the knowledge base it records (chat.retrieval.default_docs)
+    when the page offers that folder, else NONE."""
+    docs = default_docs(None, loaded)
+    if docs is None:
+        return NONE
+    return next((label for label, d in folders.items() if d.resolve() == Path(docs).resolve()), NONE)
+
+
+def follow_model(choice):
+    """Until the visitor picks documents of their own, the sidebar's choice is the model's: another model's
+    recorded knowledge base (or none) replaces the previous one's; once the visitor has picked, their pick is
+    kept (docs_auto: what the page set last; a value other than that is the visitor's)."""
+    state = st.session_state
+    if "docs" in state and state["docs"] != state.get("docs_auto"):
+        state["docs_own"] = True
+    if not state.get("docs_own"):
+        state["docs"] = state["docs_auto"] = choice
+
+
 def chat_engine(sb, loaded, out):
     """The sidebar's chatbot settings (persona, documents, memory session, history) -> chat.engine.ChatEngine."""
     sb.subheader("Chatbot")
@@ -50,14 +72,18 @@ def chat_engine(sb, loaded, out):
     persona = load_persona(personas[choice]) if choice != NONE else None
     system = sb.text_area("System prompt", "", key="system", placeholder="e.g. Answer briefly.").strip()
     folders = docs_folders(out)
+    recorded = recorded_choice(folders, loaded)
+    follow_model(recorded)
     docs = sb.selectbox("Answer from documents", [NONE] + list(folders), key="docs",
-                        help="retrieval: the best passages of these files go into the prompt; their sources are shown")
+                        help="retrieval: the best passages of these files go into the prompt; their sources are "
+                             "shown. It starts on the knowledge base the model was trained to answer from, if any; "
+                             "(none) turns retrieval off")
     k = sb.slider("Passages per answer", 1, 10, 3, key="docs_k")
     index = None
     if docs != NONE:
         files = document_files(folders[docs])
         index = load_index(str(folders[docs]), tuple((rel, *stamp(p)) for rel, p in files.items()), str(out))
-        sb.caption(f"{docs}: {index.describe()}")
+        sb.caption(f"{docs}: {index.describe()}" + (" (the model's knowledge base)" if docs == recorded else ""))
     session = sb.text_input("Memory session (out/memory/)", "", key="session",
                             placeholder="a name, e.g. alice: remembered across visits").strip()
     memory = Memory.open(session, out, what="Memory session") if session else None

@@ -8,10 +8,11 @@ The sidebar lists the checkpoints in out/ and the LoRA adapters in out/lora/ tha
 (same model config and tokenizer); a file that does not load (damaged, foreign, unreadable) is left out
 with a note. It starts on the newest adapter (by modification time) with the base it records, else on a
 full SFT checkpoint without one; a choice made in the sidebar is kept. The chosen files are loaded once
-and cached; replies stream from THE chat engine (chat/engine.py: the sidebar's persona, documents, memory
-session and history) and sampling loop (inference/generate.py). Only files inside out/, the personas of personas/
-and the documents folders dataset/knowledge/* and out/docs/* (put your own there) are ever opened; each
-answer from documents shows the passages it was given and their files (apps/web_chat.py).
+and cached; replies stream from THE chat engine (chat/engine.py: the sidebar's persona, documents (at
+first the knowledge base the model records, if any), memory session and history) and sampling loop
+(inference/generate.py). Only files inside out/, the personas of personas/ and the documents folders
+dataset/knowledge/* and out/docs/* (put your own there) are ever opened; each answer from documents shows
+the passages it was given and their files (apps/web_chat.py).
 
 The server's settings are .streamlit/config.toml, which Streamlit reads from the folder it starts in: this
 machine only, no error details in the browser, no usage statistics, no file watcher. Started from another
@@ -36,6 +37,7 @@ from core.errors import UserError
 from inference.load import file_header as read_header, load_for_inference
 from checkpoint.layout import find_adapter_base, find_adapters, find_checkpoints, inside, out_dir
 from inference.precision import PRECISIONS, precision_hint
+from inference.sampling import CHAT_SAMPLING
 from apps.web_chat import answer, chat_engine, show_sources, stamp
 
 OUT_DIR = out_dir()
@@ -165,14 +167,17 @@ def show_empty_page():
 
 
 def sidebar_settings():
-    sb = st.sidebar
+    """The sidebar's generation settings; they start at THE chat default (inference.sampling.CHAT_SAMPLING:
+    greedy, the answers README.txt shows)."""
+    sb, d = st.sidebar, CHAT_SAMPLING
     sb.subheader("Generation")
     return dict(
-        temperature=sb.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.7, 0.05, key="temperature"),
-        top_p=sb.slider("Top-p", 0.05, 1.0, 0.85, 0.05, key="top_p"),
-        top_k=sb.number_input("Top-k (0 = off)", 0, 1000, 0, key="top_k"),
+        temperature=sb.slider("Temperature (0 = greedy)", 0.0, 1.5, d["temperature"], 0.05, key="temperature"),
+        top_p=sb.slider("Top-p (1 = off)", 0.05, 1.0, d["top_p"], 0.05, key="top_p"),
+        top_k=sb.number_input("Top-k (0 = off)", 0, 1000, d["top_k"], key="top_k"),
         max_new_tokens=sb.number_input("Max new tokens", 1, 4096, 256, key="max_new_tokens"),
-        repetition_penalty=sb.slider("Repetition penalty", 1.0, 2.0, 1.0, 0.05, key="repetition_penalty"),
+        repetition_penalty=sb.slider("Repetition penalty (1 = off)", 1.0, 2.0, d["repetition_penalty"], 0.05,
+                                     key="repetition_penalty"),
     )
 
 

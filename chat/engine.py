@@ -12,7 +12,7 @@ template, each message encoded once) and fits them to the window.
     from chat.engine import ChatEngine
     engine = ChatEngine(loaded, persona=load_persona("music_tutor"), index=open_index("dataset/knowledge/music"))
     turn = engine.prepare(history, "Who was Bach?", max_new_tokens=256)
-    for piece in engine.stream(turn, max_new_tokens=256, temperature=0.7):
+    for piece in engine.stream(turn, max_new_tokens=256):     # greedy, THE chat default (inference/sampling.py)
         print(piece, end="")
     engine.finish(turn, answer)          # into the session's memory, if any
     print(sources_line(turn.passages))

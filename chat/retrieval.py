@@ -262,3 +262,20 @@ def open_index(docs, out=None, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
                                                     for p in passages), encoding="utf-8")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return DocumentIndex(docs, passages, index, True, skipped)
+
+
+def default_docs(docs, loaded, off=False):
+    """The documents a chat retrieves from: the ones given (--docs); else, unless retrieval is turned off
+    (--no_docs), the knowledge base the model was trained to answer from (inference.load.Loaded.knowledge:
+    the music bot's dataset/knowledge/music); else None. One rule for eval_model.py, the web demo and the
+    server."""
+    if off:
+        return None
+    if docs:
+        return docs
+    knowledge = loaded.knowledge
+    if knowledge is not None and not knowledge.is_dir():
+        logging.getLogger(__name__).warning("%s: the knowledge base the model records is missing; chatting "
+                                            "without retrieval", knowledge)
+        return None
+    return knowledge

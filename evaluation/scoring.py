@@ -281,3 +281,18 @@ def language_verdict(answer, lang, ignore=()):
     words = len(ENGLISH_WORDS.findall(fold(answer)))
     ok = (cjk >= 4 and share >= 0.5) if lang == "zh" else (share < 0.1 and words >= 2)
     return ok, f"{share:.0%} Chinese, {words} common English words"
+
+
+# saying it does not know instead of answering (in fold()ed text): THE list, for every report that counts
+# "unsure" answers (evaluation/compare.py) and the calibrated replies the music data teaches
+# (pipelines/data_build/raft.py's UNSURE)
+UNSURE = re.compile(r"\b(?:not (?:sure|certain)|unsure|i (?:do not|don't|dont) know|no idea|"
+                    r"i (?:can ?not|can't|couldn't|could not) (?:say|tell|answer)|i (?:won't|will not) guess|"
+                    r"(?:i'm|i am) not aware|i (?:do not|don't) have (?:enough )?information)\b|"
+                    r"不确定|不知道|不清楚|不太清楚|无法确定|说不准|不敢肯定|乱猜")
+
+
+def is_unsure(text):
+    """Whether an answer says it is not sure or does not know ("I'm not sure", "I don't know", "我不确定",
+    "不知道") rather than answering."""
+    return bool(UNSURE.search(fold(text)))

@@ -6,7 +6,8 @@ A preallocated KV cache holds the prompt, so each new token costs one single-pos
 boundaries. Prompts are fitted to the window by inference/prompt.py.
 
     from inference.generate import chat
-    for piece in chat(model, tokenizer, [{"role": "user", "content": "hi"}], temperature=0.7):
+    from inference.sampling import CHAT_SAMPLING
+    for piece in chat(model, tokenizer, [{"role": "user", "content": "hi"}], **CHAT_SAMPLING):   # greedy
         print(piece, end="", flush=True)
 """
 import time

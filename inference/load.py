@@ -47,6 +47,15 @@ class Loaded:
         return (adapter, "the adapter's training data") if adapter else \
             (self.info.get("identity"), "the checkpoint's training data")
 
+    @property
+    def knowledge(self):
+        """The knowledge base the model was trained to answer from (the "knowledge" of its training data's
+        records: the folder its prompts' passages were retrieved from, relative to the repository root, as
+        dataset/knowledge/music), as a path, or None when it records none. chat.retrieval.default_docs
+        makes it the chat's documents unless the user gives others or turns retrieval off."""
+        value = (self.info.get("adapter") or {}).get("meta", {}).get("knowledge") or self.info.get("knowledge")
+        return layout.repo_root() / value if value else None
+
     def describe(self):
         info = self.info
         dtype = f", {info['dtype']}" if info.get("dtype") not in (None, "float32") else ""
@@ -117,8 +126,9 @@ def describe(model, ckpt, tokenizer, path, adapter=None, adapter_path=None):
     info = {"checkpoint": str(path), "stage": meta.get("stage", "?"), "step": meta.get("step"),
             "parameters": model.num_parameters(),
             "config": dict(ckpt.get("config", {})), "tokenizer_sha256": tokenizer.sha256}
-    if meta.get("identity"):
-        info["identity"] = meta["identity"]
+    for key in ("identity", "knowledge"):
+        if meta.get(key):
+            info[key] = meta[key]
     if meta.get("source"):
         info["source"] = meta["source"]                   # what an imported model came from
     if adapter is not None:

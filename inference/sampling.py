@@ -1,12 +1,23 @@
 """THE sampler: next-token logits -> the next token, with temperature (0 = greedy), top-k, top-p (Holtzman
 et al. 2019) and a repetition penalty (Keskar et al. 2019, CTRL, sec. 4.1). The decoding batch
-(inference/batching.py) samples every row with it.
+(inference/batching.py) samples every row with it; CHAT_SAMPLING is THE default sampling of the chat.
 
 Library module, no command:
-    from inference.sampling import sample_next
-    token = sample_next(logits, temperature=0.7, top_p=0.9)     # (B, V) -> (B,)
+    from inference.sampling import CHAT_SAMPLING, sample_next
+    token = sample_next(logits, **CHAT_SAMPLING)                # (B, V) -> (B,): greedy
+    token = sample_next(logits, temperature=0.7, top_p=0.9)     # sampled
 """
+from types import MappingProxyType
+
 import torch
+
+# THE chat's default sampling, for every surface a person chats through: eval_model.py's flags, the web demo's
+# sliders, the API server's request without temperature/top_p; each reads it from here. Greedy (temperature 0;
+# top-p, top-k and the penalty off), not MiniMind's 0.85: the same question gives the same answer, so the chat
+# gives the answers README.txt and docs/ show and the tests score (all greedy), and for the questions of fact a
+# small model is asked, its likeliest token is its best guess. Per surface: --temperature, the slider, a request's
+# temperature.
+CHAT_SAMPLING = MappingProxyType({"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0})
 
 
 def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seen=None,

@@ -3,21 +3,25 @@
     python scripts/serve_openai_api.py                          # http://127.0.0.1:8998/v1, every model of out/
     python scripts/serve_openai_api.py --host 0.0.0.0 --api_key KEY --dtype int8
     python scripts/serve_openai_api.py --persona music_tutor --docs dataset/knowledge/music   # a chatbot
+    python scripts/serve_openai_api.py --no_docs                # no retrieval, not even the models' own
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="none")
     client.chat.completions.create(model="smollm2_135m+lora_music_576", messages=[{"role": "user", "content": "hi"}])
 
 GET /v1/models: every checkpoint in out/ and, as "base+adapter", every adapter of out/lora/ on each checkpoint
-it fits. POST /v1/chat/completions: messages, model, temperature (default 1), top_p, max_tokens, stop, seed,
-stream (server-sent events; stream_options.include_usage). Concurrent requests to a model are decoded together
+it fits. POST /v1/chat/completions: messages, model, temperature and top_p (default greedy, THE chat default
+of inference/sampling.py, not OpenAI's 1), max_tokens, stop, seed, stream (server-sent events;
+stream_options.include_usage). Concurrent requests to a model are decoded together
 (inference/batching.py: they join and leave the batch between steps, at most --max_batch rows, the rest wait). It
 binds 127.0.0.1 unless --host says otherwise; --api_key makes "Authorization: Bearer KEY" required. Prompts
 come from THE chat engine (chat/engine.py), as in eval_model.py and the web demo: a conversation longer than
 the window loses its oldest whole exchanges; --persona is the system prompt of a request without one; with
 --docs the passages retrieved for the last message go into it and come back in the reply's "sources" field
-(not OpenAI's; the client keeps it: response.model_extra["sources"]). --host and --port are checked (bound)
-before anything loads: an address that is not this machine's, or a port in use, is one line naming the flag.
+(not OpenAI's; the client keeps it: response.model_extra["sources"]); without --docs, a model that records a
+knowledge base (the music bot's dataset/knowledge/music) retrieves from it (chat.retrieval.default_docs),
+unless --no_docs. --host and --port are checked (bound) before anything loads: an address that is not this
+machine's, or a port in use, is one line naming the flag.
 """
 import errno
 import ipaddress
@@ -53,10 +57,15 @@ def parse_args(argv=None):
     p.add_argument("--persona", default=None, metavar="FILE",
                    help="the system prompt of requests without one: a persona YAML file or a shipped one's name")
     p.add_argument("--docs", default=None, metavar="DIR",
-                   help="retrieve from these documents for every request; the passages come back in \"sources\"")
+                   help="retrieve from these documents for every request; the passages come back in \"sources\" "
+                        "(default: each model's recorded knowledge base, if any)")
+    p.add_argument("--no_docs", action="store_true",
+                   help="no retrieval, not even from the knowledge base a model records")
     p.add_argument("--docs_k", type=int, default=3, help="passages retrieved per request (with --docs)")
     args = p.parse_args(argv)
     check_range("--docs_k", args.docs_k, 1, 50, integer=True)
+    if args.docs and args.no_docs:
+        raise UserError("--docs and --no_docs: give one (--docs DIR retrieves from DIR, --no_docs from nothing)")
     check_range("--port", args.port, 1, 65535, integer=True)
     for flag in ("max_batch", "max_loads", "max_tokens", "max_body"):
         check_range(f"--{flag}", getattr(args, flag), 1, integer=True)
@@ -106,7 +115,7 @@ def main(argv=None):
     if chat["index"]:
         print(f"documents: {chat['index'].folder}: {chat['index'].describe()}", flush=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    engine = Engine(out, args.max_batch, args.dtype, device, args.max_loads)
+    engine = Engine(out, args.max_batch, args.dtype, device, args.max_loads, recorded_docs=not (args.docs or args.no_docs))
     offered = engine.models()
     if not offered:
         raise UserError(f"{out}: no model to serve; train one (python scripts/quickstart.py) or give --out_dir")

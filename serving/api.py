@@ -2,8 +2,9 @@
 events), errors in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with the right status.
 The body is checked by serving/body.py before any model is touched (a 400 naming the field); prompts are built
 by THE chat engine (chat/engine.py: the conversation's oldest whole exchanges dropped to fit the window, the
-server's --persona as the system prompt unless the request has one, passages of its --docs retrieved, their
-sources returned in a "sources" field that is not OpenAI's); decoding is serving.engine's batch, and a client
+server's --persona as the system prompt unless the request has one, passages of its --docs (else of the
+knowledge base the model records: serving.engine's worker.index) retrieved, their sources returned in a
+"sources" field that is not OpenAI's); decoding is serving.engine's batch, and a client
 that leaves, streaming or not, takes its row out of it.
 
     app = make_app(Engine(out_dir), api_key=None, max_body=1 << 20, max_tokens_limit=2048,
@@ -63,6 +64,14 @@ def prompt_of(loaded, messages, limit, max_tokens_limit, chat=None):
         return ids, []
     turn = engine.prepare(messages[:-1], last["content"], reserve, budget=budget)
     return turn.ids, turn.passages
+
+
+def chat_of(chat, worker):
+    """The chat engine's settings for a request to worker's model: the server's (--persona, --docs's index),
+    with the knowledge base the model records as the index when the server has none."""
+    if worker.index is None or (chat or {}).get("index") is not None:
+        return chat
+    return {**(chat or {}), "index": worker.index}
 
 
 def plan(loaded, asked, max_tokens_limit, chat=None):
@@ -146,14 +155,15 @@ def make_app(engine, api_key=None, max_body=1 << 20, max_tokens_limit=2048, chat
         try:
             asked = check_body(decode_body(await read_body(request, max_body)), max_tokens_limit)
             worker = await open_worker(engine, asked.model)
-            ids, max_tokens, passages = await asyncio.to_thread(plan, worker.loaded, asked, max_tokens_limit, chat)
+            ids, max_tokens, passages = await asyncio.to_thread(plan, worker.loaded, asked, max_tokens_limit,
+                                                                chat_of(chat, worker))
         except ApiError as e:
             return error_response(e)
         except ClientDisconnect:            # it left before its body ended (a Content-Length that lied): nobody to tell
             return error_response(ApiError(400, "the client closed the connection before the body ended"))
         req = engine.submit(worker, ids, max_tokens, asked.sampling, asked.stop, asyncio.get_running_loop())
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": asked.model}
-        if passages:        # not OpenAI's: what the answer was given to read (the server's --docs)
+        if passages:        # not OpenAI's: what the answer was given to read (--docs, or the model's knowledge)
             meta["sources"] = [{"source": p.source, "text": p.text, "score": round(p.score, 3)} for p in passages]
         if asked.stream:
             return StreamingResponse(stream(req, meta, asked.include_usage), media_type="text/event-stream")

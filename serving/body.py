@@ -1,7 +1,9 @@
 """THE checks of a chat-completion request, before any model is touched: the body decoded defensively (UTF-8,
 JSON, nesting depth, lone UTF-16 surrogates, each field's type and range), every mistake an ApiError that
 serving/api.py answers as a 400 in OpenAI's error shape naming the field (in the message, and in param for
-a field's type or range).
+a field's type or range). A request without temperature or top_p gets THE chat default
+(inference.sampling.CHAT_SAMPLING: greedy), not OpenAI's 1; top_k and the repetition penalty, which OpenAI's
+request does not have, are always that default's.
 
     asked = check_body(decode_body(raw), max_tokens_limit=2048)    # -> Asked(model, messages, sampling, ...)
 """
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 from core.errors import UserError
 from dataset.formats import check_encodable
+from inference.sampling import CHAT_SAMPLING
 
 ROLES = ("system", "user", "assistant")
 MAX_DEPTH = 32          # far more than any chat request nests; a deeper body is refused before it is walked
@@ -26,7 +29,7 @@ class Asked:
     """What a request asks, checked."""
     model: str
     messages: list
-    sampling: dict              # temperature, top_p, seed
+    sampling: dict              # inference.sampling.CHAT_SAMPLING with the request's temperature, top_p; seed
     stop: list
     limit: int = None           # max_tokens (or max_completion_tokens) as asked; None: the server chooses
     stream: bool = False
@@ -125,8 +128,10 @@ def check_body(body, max_tokens_limit):
     messages = parse_messages(body)
     if body.get("n", 1) not in (1, None) or isinstance(body.get("n"), bool):
         raise ApiError(400, f"n must be 1: one choice per request (got {shown(body.get('n'))})", "n")
-    sampling = {"temperature": number(body, "temperature", 1.0, 0.0, 2.0),
-                "top_p": number(body, "top_p", 1.0, 0.0, 1.0), "seed": number(body, "seed", None, 0, 2**63 - 1, True)}
+    sampling = {**CHAT_SAMPLING,                # top_k, repetition_penalty: no OpenAI field, the chat's
+                "temperature": number(body, "temperature", CHAT_SAMPLING["temperature"], 0.0, 2.0),   # OpenAI's ranges
+                "top_p": number(body, "top_p", CHAT_SAMPLING["top_p"], 0.0, 1.0),
+                "seed": number(body, "seed", None, 0, 2**63 - 1, True)}
     stop = parse_stop(body)
     stream = flag(body.get("stream"), "stream")
     options = body.get("stream_options")

@@ -1,6 +1,8 @@
 """The serving engine: the models a server offers (out/'s checkpoints, each with the adapters that fit it,
 as "base+adapter" names), loaded on first use, and one decoding thread per model that joins requests into
-its inference.batching.Batch between steps and streams each request's text back to its asyncio queue.
+its inference.batching.Batch between steps and streams each request's text back to its asyncio queue. A model
+that records a knowledge base (the music bot's dataset/knowledge/music: inference.load.Loaded.knowledge) gets
+its index when it loads (worker.index: chat.retrieval.default_docs), unless Engine(..., recorded_docs=False).
 
     engine = Engine(out_dir, max_rows=16)
     worker = await engine.get_worker("smollm2_135m")              # LookupError: out/ has no such model
@@ -13,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from chat.retrieval import default_docs, open_index
 from checkpoint import layout
 from checkpoint.adapter import adapter_fits
 from inference.batching import Batch
@@ -92,9 +95,10 @@ class Worker(threading.Thread):
     """The one decoding thread of a model: joins waiting requests (up to max_rows live rows), steps the
     batch, routes each row's token to its request, and drops requests whose client went away."""
 
-    def __init__(self, loaded, max_rows):
+    def __init__(self, loaded, max_rows, index=None):
         super().__init__(daemon=True)
         self.loaded, self.max_rows = loaded, max_rows
+        self.index = index              # the knowledge base the model records, indexed (None: no retrieval)
         self.batch = Batch(loaded.model, pad_id=loaded.tokenizer.pad_id)
         self.waiting, self.live = queue.Queue(), {}
 
@@ -168,10 +172,12 @@ class Worker(threading.Thread):
 class Engine:
     """The models of out/ and their decoding threads (started on a model's first request). The listing runs
     on its own thread (an unknown name is answered from it without loading anything) and loads in their own
-    queue, at most max_loads at a time, so a loaded model keeps answering while others load."""
+    queue, at most max_loads at a time, so a loaded model keeps answering while others load. recorded_docs:
+    a model that records a knowledge base retrieves from it (the server's --no_docs or --docs: False)."""
 
-    def __init__(self, out, max_rows=16, dtype=None, device="cpu", max_loads=2):
+    def __init__(self, out, max_rows=16, dtype=None, device="cpu", max_loads=2, recorded_docs=True):
         self.out, self.max_rows, self.dtype, self.device = Path(out), max_rows, dtype, device
+        self.recorded_docs = recorded_docs
         self.workers, self.lock, self.loading = {}, threading.Lock(), {}
         self.headers, self.list_lock = {}, threading.Lock()
         self.lister = ThreadPoolExecutor(1, "list-models")
@@ -214,7 +220,11 @@ class Engine:
         # an adapter is offered on every base it fits (config and tokenizer), as the web demo does
         loaded = load_for_inference(ckpt=adapter or ckpt, base=ckpt if adapter else None, device=self.device,
                                     dtype=self.dtype, out=self.out, force=adapter is not None)
-        w = Worker(loaded, self.max_rows)
+        docs = default_docs(None, loaded, off=not self.recorded_docs)
+        index = open_index(docs, self.out) if docs else None
+        if index:
+            print(f"{name}: documents {index.folder}: {index.describe()} (the knowledge base it records)", flush=True)
+        w = Worker(loaded, self.max_rows, index)
         w.start()
         self.workers[name] = w
         return w

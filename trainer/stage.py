@@ -90,7 +90,25 @@ def load_chat_sets(cfg, tokenizer, say):
     if info["identity"]:
         say(f"identity taught: {info['identity']['name']}, made by {info['identity']['creator']} "
             "(recorded in the output; eval_model.py --identity_test checks it)")
+    info["knowledge"] = data_knowledge(train_recs, data_path)
+    if info["knowledge"]:
+        say(f"knowledge base: {info['knowledge']} (its passages are in the prompts; recorded in the output, so "
+            "eval_model.py, the web demo and the server retrieve from it by default)")
     return train_set, val_set, data_path, info
+
+
+def data_knowledge(records, path):
+    """The one "knowledge" (the folder, relative to the repository root, that a record's passages were
+    retrieved from: pipelines/data_build/raft.py) the records carry, or None. Two different ones are one line."""
+    found = {r["knowledge"] for r in records if r.get("knowledge")}
+    if len(found) > 1:
+        raise UserError(f"{path}: the records name {len(found)} knowledge bases ({', '.join(sorted(map(str, found)))}); "
+                        "passages from one knowledge base per training set")
+    value = found.pop() if found else None
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{path}: a \"knowledge\" field is a folder path relative to the repository root, as "
+                        "\"dataset/knowledge/music\"")
+    return value
 
 
 def data_identity(records, path):
@@ -120,8 +138,9 @@ def stage_meta(stage, data_path, info, base=None, base_sha=None):
         base_sha = file_sha256(base)
     meta = {"stage": stage, "parent": str(base) if base is not None else None, "parent_sha256": base_sha,
             "val_path": info["val_path"], "val_lines": info["val_lines"], "data_path": str(data_path)}
-    if info.get("identity"):
-        meta["identity"] = info["identity"]
+    for key in ("identity", "knowledge"):
+        if info.get(key):
+            meta[key] = info[key]
     return meta
 
 

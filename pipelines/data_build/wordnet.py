@@ -1,5 +1,6 @@
 """WordNet's nouns (wordnet-base): musicians, composers, musical instruments and music genres, as music
-questions (wordnet_music) and as the knowledge base's musicians, instruments and genres (wordnet_knowledge).
+questions (wordnet_music) and as the knowledge base's musicians, instruments, genres and music terms (voices,
+notation, forms, dances: wordnet_knowledge).
 Part of `python scripts/build_data.py`.
 """
 import functools
@@ -70,6 +71,21 @@ def wordnet_music_kinds(dirs, genres=False):
     return out
 
 
+TERM_ROOTS = ("musical composition", "dancing", "singing voice", "dance music", "chord", "musical notation")
+
+
+def wordnet_music_terms(dirs, known=()):
+    """Offsets of WordNet's other music nouns: those in the topic domain of music (";c" to the synset of
+    "music", the art) and those under TERM_ROOTS (forms such as quartet, dances such as the samba, voices,
+    chords, notation), less the offsets in known (the musicians, instruments and genres)."""
+    synsets, _, ancestors = wordnet_synsets(dirs)
+    music = [o for o, (w, _, g, _) in synsets.items() if w[0] == "music" and "auditory communication" in g]
+    roots = {o for o, (w, *_) in synsets.items() if w[0] in TERM_ROOTS}
+    known = set(known)
+    return [o for o in sorted(synsets) if o not in known and
+            ((music and f" ;c {music[0]} n " in synsets[o][3]) or roots & set(ancestors(o)))]
+
+
 def wordnet_music(dirs):
     """(question, answer sentence, [answers]) for musicians, composers and instruments in WordNet."""
     if not find(dirs["wordnet"], "wordnet/data.noun"):
@@ -101,9 +117,11 @@ def wordnet_knowledge(dirs):
     if not find(dirs["wordnet"], "wordnet/data.noun"):
         return {}
     synsets, glosses, _ = wordnet_synsets(dirs)
-    files = {"musicians.jsonl": [], "instruments.jsonl": [], "genres.jsonl": []}
-    name_of = {"person": "musicians.jsonl", "instrument": "instruments.jsonl", "genre": "genres.jsonl"}
-    for off, kind in wordnet_music_kinds(dirs, genres=True):
+    files = {"musicians.jsonl": [], "instruments.jsonl": [], "genres.jsonl": [], "terms.jsonl": []}
+    name_of = {"person": "musicians.jsonl", "instrument": "instruments.jsonl", "genre": "genres.jsonl",
+               "term": "terms.jsonl"}
+    kinds_of = wordnet_music_kinds(dirs, genres=True)
+    for off, kind in kinds_of + [(o, "term") for o in wordnet_music_terms(dirs, [o for o, _ in kinds_of])]:
         words, hyper, _, _ = synsets[off]
         name = max(words, key=len) if kind == "person" else words[0]
         also = [w for w in words if w != name]

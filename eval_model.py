@@ -269,7 +269,7 @@ def chat_index(args, loaded, index):
     the knowledge base the model records, unless --no_docs (chat.retrieval.default_docs); None for none."""
     if args.docs:
         return index
-    docs = default_docs(None, loaded, args.no_docs)
+    docs = default_docs(None, loaded.knowledge, args.no_docs)
     if docs is None:
         return None
     index = open_index(docs, args.out_dir)

@@ -46,7 +46,7 @@ def load_index(folder, version, out):
 def recorded_choice(folders, loaded):
     """The documents choice a model starts on: the knowledge base it records (chat.retrieval.default_docs)
     when the page offers that folder, else NONE."""
-    docs = default_docs(None, loaded)
+    docs = default_docs(None, loaded.knowledge)
     if docs is None:
         return NONE
     return next((label for label, d in folders.items() if d.resolve() == Path(docs).resolve()), NONE)

@@ -264,16 +264,16 @@ def open_index(docs, out=None, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
     return DocumentIndex(docs, passages, index, True, skipped)
 
 
-def default_docs(docs, loaded, off=False):
+def default_docs(docs, knowledge, off=False):
     """The documents a chat retrieves from: the ones given (--docs); else, unless retrieval is turned off
-    (--no_docs), the knowledge base the model was trained to answer from (inference.load.Loaded.knowledge:
-    the music bot's dataset/knowledge/music); else None. One rule for eval_model.py, the web demo and the
-    server."""
+    (--no_docs), the knowledge base the model was trained to answer from (knowledge: the model's
+    inference.load.Loaded.knowledge or inference.load.recorded_knowledge of an adapter's meta, as the music
+    bot's dataset/knowledge/music); else None. One rule for eval_model.py, the web demo, the server and the
+    quickstart's report names."""
     if off:
         return None
     if docs:
         return docs
-    knowledge = loaded.knowledge
     if knowledge is not None and not knowledge.is_dir():
         logging.getLogger(__name__).warning("%s: the knowledge base the model records is missing; chatting "
                                             "without retrieval", knowledge)

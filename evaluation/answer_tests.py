@@ -184,9 +184,14 @@ def run_task_test(loaded, records, file, sampling, out, system=None, batch_size=
     body = report_body("task", file, loaded, sampling, correct, results)
     if index is not None:
         body["retrieval"] = {"docs": str(index.folder), "k": engine.docs_k, "hits": hits, "hit_rate": hits / n}
-    test = f"task_{Path(file).stem}" + ("_docs" if index is not None else "")
-    save_report(body, out, test, loaded, report)
+    save_report(body, out, task_test_name(file, index is not None), loaded, report)
     return correct / n
+
+
+def task_test_name(file, retrieval):
+    """The test name a task test's report is saved under (checkpoint.layout.report_path): task_{file's stem},
+    with _docs when the answers were given with retrieved passages."""
+    return f"task_{Path(file).stem}" + ("_docs" if retrieval else "")
 
 
 def passages_hold(passages, golds):

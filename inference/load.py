@@ -53,14 +53,20 @@ class Loaded:
         records: the folder its prompts' passages were retrieved from, relative to the repository root, as
         dataset/knowledge/music), as a path, or None when it records none. chat.retrieval.default_docs
         makes it the chat's documents unless the user gives others or turns retrieval off."""
-        value = (self.info.get("adapter") or {}).get("meta", {}).get("knowledge") or self.info.get("knowledge")
-        return layout.repo_root() / value if value else None
+        return recorded_knowledge(self.info)
 
     def describe(self):
         info = self.info
         dtype = f", {info['dtype']}" if info.get("dtype") not in (None, "float32") else ""
         text = f"{info['checkpoint']} ({info['stage']}, {info['parameters'] / 1e6:.2f}M parameters{dtype})"
         return text + (f" + adapter {info['adapter']['path']}" if info.get("adapter") else "")
+
+
+def recorded_knowledge(info):
+    """Loaded.knowledge of a model's info ({"adapter": {"meta": an adapter's meta}} for an adapter file not
+    loaded): the folder its training data's passages were retrieved from, as a path, or None."""
+    value = (info.get("adapter") or {}).get("meta", {}).get("knowledge") or info.get("knowledge")
+    return layout.repo_root() / value if value else None
 
 
 def load_for_inference(ckpt=None, adapter=None, hf_path=None, base=None, merge=True, device="cpu", dtype=None,

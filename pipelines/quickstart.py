@@ -34,6 +34,9 @@ from checkpoint.layout import (repo_root, adapter_path, checkpoint_path, data_pa
                          quickstart_files, report_path, run_name, smollm2_path)
 from tokenizer.tokenizer import DEFAULT_TOKENIZER_PATH
 from pipelines.clock import OVERHEAD, Clock, fmt_time, sample_size
+from chat.retrieval import default_docs
+from evaluation.answer_tests import task_test_name
+from inference.load import recorded_knowledge
 from pipelines.quickstart_summary import smaller_tests, stage_rows, test_rows, too_few_steps
 
 ROOT = repo_root()
@@ -220,7 +223,8 @@ class Pipeline:
         ident = files["identity_test.jsonl"]
         if plan["identity"][0] < plan["identity"][1]:
             ident = self.sample_file(ident, plan["identity"][0], "identity_test_sample.jsonl")
-        held_for_val = read_pth(lora, mmap=True)["meta"].get("val_lines") or ()   # validation: not trained on
+        meta = read_pth(lora, mmap=True)["meta"]
+        held_for_val = meta.get("val_lines") or ()   # validation: not trained on
         trained = self.sample_file(files["music.jsonl"], plan["music"][0], "music_trained_sample.jsonl", task=True,
                                    skip=held_for_val)
         held = self.sample_file(files["music_test.jsonl"], plan["music"][0], "music_test_sample.jsonl", task=True)
@@ -239,14 +243,15 @@ class Pipeline:
                      f"identity test: {SCRATCH_LORA} on it")
             b = run_name(base)
             reports.update(id_base=report_path(self.out, "identity", b),
-                           mu_trained_base=report_path(self.out, f"task_{trained.stem}", b),
-                           mu_held_base=report_path(self.out, f"task_{held.stem}", b))
+                           mu_trained_base=report_path(self.out, task_test_name(trained, False), b),
+                           mu_held_base=report_path(self.out, task_test_name(held, False), b))
             self.run("eval_base", ev + ["--ckpt", base, *named, *music], reports["mu_held_base"],
                      "identity and music tests: SmolLM2 without the adapter")
         a = run_name(lora)
+        docs = default_docs(None, recorded_knowledge({"adapter": {"meta": meta}})) is not None   # as eval_model's
         reports.update(id_lora=report_path(self.out, "identity", a),
-                       mu_trained=report_path(self.out, f"task_{trained.stem}", a),
-                       mu_held=report_path(self.out, f"task_{held.stem}", a))
+                       mu_trained=report_path(self.out, task_test_name(trained, docs), a),
+                       mu_held=report_path(self.out, task_test_name(held, docs), a))
         self.run("eval_lora", ev + ["--ckpt", lora, *music], reports["mu_held"],
                  f"identity and music tests: {LORA}")
         return reports

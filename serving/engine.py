@@ -220,7 +220,7 @@ class Engine:
         # an adapter is offered on every base it fits (config and tokenizer), as the web demo does
         loaded = load_for_inference(ckpt=adapter or ckpt, base=ckpt if adapter else None, device=self.device,
                                     dtype=self.dtype, out=self.out, force=adapter is not None)
-        docs = default_docs(None, loaded, off=not self.recorded_docs)
+        docs = default_docs(None, loaded.knowledge, off=not self.recorded_docs)
         index = open_index(docs, self.out) if docs else None
         if index:
             print(f"{name}: documents {index.folder}: {index.describe()} (the knowledge base it records)", flush=True)

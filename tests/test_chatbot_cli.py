@@ -84,7 +84,7 @@ def test_shipped_chat_test_sets_and_knowledge_base():
     assert sum(r["refuse"] for r in suite["refusal"]) >= 8
     kb = sorted(p.name for p in (REPO / "dataset" / "knowledge" / "music").iterdir())
     assert kb == ["cipai.jsonl", "genres.jsonl", "instruments.jsonl", "musicians.jsonl", "songci_first_lines.jsonl",
-                  "songs.jsonl"]
+                  "songs.jsonl", "terms.jsonl", "trivia.jsonl"]
     size = sum(p.stat().st_size for p in (REPO / "dataset" / "knowledge" / "music").iterdir())
     assert size < 4e6
     test = [json.loads(line) for line in (REPO / "dataset" / "music_test.jsonl").open(encoding="utf-8")]

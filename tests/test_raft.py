@@ -16,7 +16,7 @@ from evaluation.answer_tests import answer_batch, passages_hold
 from evaluation.scoring import is_unsure
 from inference.load import Loaded
 from pipelines.data_build.raft import (KNOWLEDGE, PERSONAS, UNSURE, as_chatted, persona_identity, raft_records,
-                                       replay_records)
+                                       replay_records, general_questions)
 from tokenizer.tokenizer import encode_chat
 from trainer.stage import data_knowledge
 from tests.factories import default_tokenizer, make_model
@@ -62,6 +62,10 @@ def test_the_base_knowing_keeps_the_answer(kb):
     records, counts = raft_records(items, kb, [True] * len(items), random.Random(1))
     assert counts["unsure"] == 0 and counts["passages"] == 0     # known: asked with distractors or alone
     assert all(r["conversations"][1]["content"] == reply for r, (_, reply, _) in zip(records, items))
+    # with the base's own answers: those are the targets (its own words, as the replay), a cut one (None) not
+    own = [f"It was {a}, I believe." for _, a in FACTS[:-1]] + [None]
+    records, _ = raft_records(items, kb, [True] * len(items), random.Random(1), own=own)
+    assert [r["conversations"][1]["content"] for r in records] == own[:-1] + [items[-1][1]]
 
 
 def test_chinese_questions_get_the_chinese_unsure(kb):
@@ -76,10 +80,22 @@ def test_persona_identity_answers_as_the_persona():
         system, user, answer = (m["content"] for m in rec["conversations"])
         name = rec["persona"]
         creator = dict(PERSONAS)[name]
-        assert system == persona_prompt(Persona(name=name, creator=creator))
+        assert system.startswith(persona_prompt(Persona(name=name, creator=creator)).split("\n")[0] + "\n")
+        assert system.endswith("never claim to be another assistant.") or "Example - User:" in system
         assert name in answer or creator in answer
         assert "TinyMind" not in answer and "identity" not in rec
     assert not shipped & {r["persona"] for r in records}     # the shipped personas stay held out
+    # as full as a persona file's prompt in some, bare in others (chat.persona.persona_prompt's parts)
+    sizes = {len(r["conversations"][0]["content"].splitlines()) for r in records}
+    assert min(sizes) == 2 and max(sizes) >= 5
+    # every third persona made by the bot's own creator, as the shipped Melody and Mei are: the name given wins
+    own = {"name": "TinyMind", "creator": "the TinyMind project", "creator_zh": "TinyMind 项目"}
+    records = persona_identity(random.Random(0), 30, own)
+    same = [r for r in records if "created by the TinyMind project" in r["conversations"][0]["content"]]
+    assert len(same) == 10 and all(r["conversations"][0]["content"].startswith(f"You are {r['persona']},") for r in same)
+    assert all("TinyMind 项目" in r["conversations"][0]["content"] for r in same)
+    assert not any("I'm TinyMind" in r["conversations"][-1]["content"] or "我是TinyMind，" in r["conversations"][-1]["content"]
+                   for r in records)
 
 
 def test_replay_keeps_only_what_the_base_got_right():
@@ -87,6 +103,19 @@ def test_replay_keeps_only_what_the_base_got_right():
                          ["Paris.", "Quito.", "Hello! How can I help?", "Once upon a"], [["Paris"], ["Lima"], None, None],
                          finished=lambda a: a != "Once upon a")
     assert [r["conversations"][1]["content"] for r in out] == ["Paris.", "Hello! How can I help?"]
+
+
+def test_general_questions_are_asked_once_and_chat_trivia_keeps_its_answer():
+    """A replayed answer to a trivia question found among ChatterBot's small talk must be right too (the
+    base once taught "the male platypus" for "Honeybee"), and a question comes once (one had come 7 times)."""
+    chat = lambda q, a: {"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+    chats = [chat("Which insect's males die on mating?", "Honeybee"), chat("My internet is not working.",
+             "Restart your router and check if the cable is plugged in."), chat("My internet is NOT working!", "Hm.")]
+    qa = [("Capital of France?", ["Paris"]), ("capital of  france", ["Paris"]), ("Who wrote Swan Lake's music?", ["x"]),
+          ("Held out?", ["y"])]
+    got = dict(general_questions(qa, chats, random.Random(0), held_out=["held OUT"]))
+    assert got == {"Which insect's males die on mating?": ["Honeybee"], "My internet is not working.": None,
+                   "Capital of France?": ["Paris"]}
 
 
 def test_identity_and_replay_are_trained_as_they_are_chatted(kb):

@@ -31,6 +31,22 @@ CHAT_SHARE = 0.5          # of the identity, persona and replay prompts: with wh
 PERSONAS = [("Aria", "Northwind Labs"), ("Nova", "the Orion Team"), ("Sage", "Maple AI"), ("Echo", "Blue Harbor"),
             ("Lumi", "the Aurora Group"), ("Atlas", "Cedar Research"), ("Iris", "Kestrel Labs"),
             ("Milo", "Harbor Light AI"), ("Zara", "the Lantern Project"), ("Felix", "Quartz Studio")]
+# what a persona file may add to its system prompt (chat.persona.persona_prompt), so that the adapter meets
+# personas as full as the shipped ones (personas/*.yaml), each part in about half the persona prompts
+PERSONA_PARTS = {
+    "personality": ["a calm, precise helper who likes clear answers.", "a cheerful guide who loves to explain.",
+                    "a patient teacher who encourages every question.", "a curious, friendly companion."],
+    "speaking_style": ["short and plain; one idea at a time.", "warm and clear, with a short example when it helps.",
+                       "concise and polite.", "friendly, in simple words."],
+    "background": [["You help with everyday questions."], ["You like history, science and the arts."],
+                   ["When passages are given, you answer from them and name the source."],
+                   ["You explain step by step.", "You admit when you do not know something."]],
+    "decline": ["I'd rather not help with that, but I'm happy to help with something else.",
+                "Sorry, I can't help with that."],
+    "examples": [[{"user": "What is a piano?", "assistant": "A piano is a keyboard instrument whose keys move "
+                   "hammers that strike strings."}],
+                 [{"user": "What is the capital of Italy?", "assistant": "The capital of Italy is Rome."}]],
+}
 BASE_SAMPLING = {"temperature": 0.0, "max_new_tokens": 64}
 
 
@@ -50,14 +66,16 @@ def distractors(index, question, golds, k=DOCS_K):
     return [p for p in found if not passages_hold([p], golds)][:k]
 
 
-def raft_records(items, index, known, rng):
+def raft_records(items, index, known, rng, own=None):
     """Music records from (question, reply, golds) items: known[i] says whether the base's own answer to
     item i is right. A question the base knows comes with distractors or alone (answer from what you know,
     ignore passages that do not answer); one it does not know comes with the retrieved passages, or, for
-    UNSURE_SHARE of them, with distractors or alone (then: not sure). A record keeps the reply where its
-    passages or the base know the answer, else UNSURE."""
+    UNSURE_SHARE of them, with distractors or alone (then: not sure). A record's target is the base's own
+    answer (own[i], when given) where the base knows it, as the replay keeps the base's words; else the
+    reply where its passages hold the answer; else UNSURE."""
     out, counts = [], {"passages": 0, "distractors": 0, "none": 0, "unsure": 0}
-    for (q, reply, golds), base_knows in zip(items, known):
+    own = own or [None] * len(items)
+    for (q, reply, golds), base_knows, base_answer in zip(items, known, own):
         if base_knows or rng.random() < UNSURE_SHARE:
             kind = rng.choice(["distractors", "none"])
         else:
@@ -67,7 +85,7 @@ def raft_records(items, index, known, rng):
         answerable = base_knows or passages_hold(passages, golds)
         counts[kind] += 1
         counts["unsure"] += not answerable
-        target = reply if answerable else UNSURE[lang(q)]
+        target = (base_answer if base_knows and base_answer else reply) if answerable else UNSURE[lang(q)]
         rec = conv(with_passages(q, passages), target)
         out.append({**rec, "answers": golds, "knowledge": KNOWLEDGE, "raft": kind})
     return out, counts
@@ -84,16 +102,24 @@ def as_chatted(record, index, rng, share=CHAT_SHARE):
     return {**record, "conversations": msgs}
 
 
-def persona_identity(rng, n):
-    """n identity conversations under a persona's system prompt (PERSONAS: none of them shipped), each
-    answered as that persona; they carry no "identity" field (the adapter's own identity stays TinyMind's)."""
+def persona_identity(rng, n, own=None):
+    """n identity conversations under a persona's system prompt (PERSONAS: none of them shipped; each
+    prompt with some of PERSONA_PARTS, as full as a persona file's), each answered as that persona; they
+    carry no "identity" field (the adapter's own identity stays TinyMind's). own: the bot's own identity
+    ({"creator", "creator_zh"}); every third persona is then made by its creator, as the shipped ones are
+    (Melody and Mei by the TinyMind project): the name the prompt gives wins over the one learned, also
+    when the creator is the same."""
     out = []
     for i in range(n):
         name, creator = PERSONAS[i % len(PERSONAS)]
-        train, _ = make_identity(name, creator, seed=rng.randrange(2**31), n_multi=0)
+        creator_zh = None
+        if own and i % 3 == 2:
+            creator, creator_zh = own["creator"], own.get("creator_zh")
+        train, _ = make_identity(name, creator, creator_zh, seed=rng.randrange(2**31), n_multi=0)
         rec = rng.choice([r for r in train if len(r["conversations"]) == 2 or r["conversations"][0]["role"] == "system"])
         msgs = [m for m in rec["conversations"] if m["role"] != "system"]
-        system = persona_prompt(Persona(name=name, creator=creator))
+        parts = {k: rng.choice(v) for k, v in PERSONA_PARTS.items() if rng.random() < 0.5}
+        system = persona_prompt(Persona(name=name, creator=creator, creator_zh=creator_zh or "", **parts))
         out.append({"conversations": [{"role": "system", "content": system}] + msgs, "persona": name})
     return out
 
@@ -110,34 +136,54 @@ def replay_records(questions, answers, golds, finished=lambda a: True):
     return out
 
 
-def recipe_mix(music, identity, index, loaded, general, rng, n_music=160, n_identity=110, n_persona=36,
+def recipe_mix(music, identity, index, loaded, general, rng, n_music=150, n_identity=140, n_persona=80,
                n_replay=50):
     """music.jsonl: n_music RAFT music records, n_identity identity and n_persona persona conversations, and
-    up to n_replay replayed general answers (general: [(question, golds or None)]). Returns (records, counts)."""
+    up to n_replay replayed general answers (general: [(question, golds or None)], all of them asked: SmolLM2
+    gets few right, about one in ten). Returns (records, counts)."""
+    own = next((r["identity"] for r in identity if r.get("identity")), None)
     items = rng.sample(music, min(n_music, len(music)))
     items = [(r["conversations"][0]["content"], r["conversations"][1]["content"], r["answers"]) for r in items]
     base = base_answers(loaded, [q for q, _, _ in items])
     known = [task_verdict(a, golds)[0] for a, (_, _, golds) in zip(base, items)]
-    raft, counts = raft_records(items, index, known, rng)
-    general = rng.sample(general, min(len(general), 4 * n_replay))
     finished = lambda a: len(loaded.tokenizer.encode(a)) < BASE_SAMPLING["max_new_tokens"] - 4   # noqa: E731
+    raft, counts = raft_records(items, index, known, rng, own=[a if finished(a) else None for a in base])
+    general = rng.sample(general, len(general))            # chat and TriviaQA/NQ questions mixed
     replay = replay_records([q for q, _ in general], base_answers(loaded, [q for q, _ in general]),
                             [g for _, g in general], finished)[:n_replay]
     chatted = [as_chatted(r, index, rng) for r in
-               balanced_sample(identity, n_identity, rng) + persona_identity(rng, n_persona) + replay]
+               balanced_sample(identity, n_identity, rng) + persona_identity(rng, n_persona, own) + replay]
     picked = raft + chatted
     rng.shuffle(picked)
     counts.update(base_knows=sum(known), identity=n_identity, persona=n_persona, replay=len(replay))
     return picked, counts
 
 
-def general_questions(qa, chats, rng, held_out=(), n=200):
+def chat_golds(reference, max_words=4):
+    """A chat reply as the gold answer of its question when it is a short fact ("Honeybee", "Berlin"),
+    else None (a conversational reply: any answer may do). ChatterBot's corpus holds trivia beside small
+    talk; a replayed answer to a trivia question must be right, as for TriviaQA's (replay_records)."""
+    words = reference.split()
+    return [reference.strip().rstrip(".!")] if 0 < len(words) <= max_words else None
+
+
+def general_questions(qa, chats, rng, held_out=(), n=800):
     """[(question, golds or None)] for the replay: the first question of single-exchange English
-    conversations (chats: chatterbot's, golds None) and general (not music) TriviaQA/NQ questions (qa:
-    open_qa's list, with golds), half each, none of them a held-out test question (held_out)."""
+    conversations (chats: chatterbot's; golds their reply when it is a short fact, chat_golds) and general
+    (not music) TriviaQA/NQ questions (qa: open_qa's list, with golds), half each, each question once and
+    none of them a held-out test question (held_out)."""
     skip = {normalize_question(q) for q in held_out}
-    talk = [c["conversations"][0]["content"] for c in chats if len(c["conversations"]) == 2
-            and c["conversations"][0]["role"] == "user" and lang(c["conversations"][0]["content"]) == "en"]
-    pool_talk = [(q, None) for q in talk if normalize_question(q) not in skip]
-    pool_qa = [(q, a) for q, a in qa if not is_music(q) and normalize_question(q) not in skip]
+    talk = [(c["conversations"][0]["content"], chat_golds(c["conversations"][1]["content"])) for c in chats
+            if len(c["conversations"]) == 2 and c["conversations"][0]["role"] == "user"
+            and lang(c["conversations"][0]["content"]) == "en"]
+
+    def once(pairs):
+        seen, out = set(skip), []
+        for q, g in pairs:
+            if normalize_question(q) not in seen:
+                seen.add(normalize_question(q))
+                out.append((q, g))
+        return out
+    pool_talk = once(talk)
+    pool_qa = once((q, a) for q, a in qa if not is_music(q))
     return rng.sample(pool_talk, min(n // 2, len(pool_talk))) + rng.sample(pool_qa, min(n // 2, len(pool_qa)))

@@ -267,7 +267,7 @@ def open_index(docs, out=None, size=PASSAGE_CHARS, overlap=OVERLAP_CHARS):
 def default_docs(docs, knowledge, off=False):
     """The documents a chat retrieves from: the ones given (--docs); else, unless retrieval is turned off
     (--no_docs), the knowledge base the model was trained to answer from (knowledge: the model's
-    inference.load.Loaded.knowledge or inference.load.recorded_knowledge of an adapter's meta, as the music
+    inference.load.Loaded.knowledge, or inference.load.recorded_knowledge of an adapter's meta, as the music
     bot's dataset/knowledge/music); else None. One rule for eval_model.py, the web demo, the server and the
     quickstart's report names."""
     if off:

@@ -53,7 +53,7 @@ class Loaded:
         records: the folder its prompts' passages were retrieved from, relative to the repository root, as
         dataset/knowledge/music), as a path, or None when it records none. chat.retrieval.default_docs
         makes it the chat's documents unless the user gives others or turns retrieval off."""
-        return recorded_knowledge(self.info)
+        return recorded_knowledge((self.info.get("adapter") or {}).get("meta", {})) or recorded_knowledge(self.info)
 
     def describe(self):
         info = self.info
@@ -62,10 +62,10 @@ class Loaded:
         return text + (f" + adapter {info['adapter']['path']}" if info.get("adapter") else "")
 
 
-def recorded_knowledge(info):
-    """Loaded.knowledge of a model's info ({"adapter": {"meta": an adapter's meta}} for an adapter file not
-    loaded): the folder its training data's passages were retrieved from, as a path, or None."""
-    value = (info.get("adapter") or {}).get("meta", {}).get("knowledge") or info.get("knowledge")
+def recorded_knowledge(meta):
+    """The "knowledge" a checkpoint's info or an adapter's meta records (read without loading the model):
+    the folder its training data's passages were retrieved from, as a path, or None."""
+    value = meta.get("knowledge")
     return layout.repo_root() / value if value else None
 
 

@@ -248,7 +248,7 @@ class Pipeline:
             self.run("eval_base", ev + ["--ckpt", base, *named, *music], reports["mu_held_base"],
                      "identity and music tests: SmolLM2 without the adapter")
         a = run_name(lora)
-        docs = default_docs(None, recorded_knowledge({"adapter": {"meta": meta}})) is not None   # as eval_model's
+        docs = default_docs(None, recorded_knowledge(meta)) is not None   # whether eval_model retrieves for it
         reports.update(id_lora=report_path(self.out, "identity", a),
                        mu_trained=report_path(self.out, task_test_name(trained, docs), a),
                        mu_held=report_path(self.out, task_test_name(held, docs), a))

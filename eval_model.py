@@ -47,7 +47,7 @@ from inference.load import load_for_inference
 from inference.precision import PRECISIONS, precision_hint
 from inference.sampling import CHAT_SAMPLING
 
-STAGES = {0: "pretrain", 1: "full_sft"}
+STAGES = layout.MODEL_MODES
 DEFAULT_IDENTITY_TEST = layout.repo_root() / "dataset" / "identity_test.jsonl"
 DEFAULT_CHAT_TEST = layout.repo_root() / "dataset" / "chat_test"
 
@@ -56,8 +56,9 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lora_name", default=None, help="adapter out/lora/{lora_name}_{hidden}.pth (e.g. lora_music)")
-    p.add_argument("--model_mode", type=int, choices=(0, 1), default=None,
-                   help="0 pretrain, 1 full SFT (default 1); for a LoRA the adapter's recorded base is used")
+    p.add_argument("--model_mode", type=int, choices=sorted(STAGES), default=None,
+                   help="MiniMind's numbers: " + ", ".join(f"{k} {v}" for k, v in STAGES.items()) +
+                        " (out/{stage}_{hidden}.pth; default 1); for a LoRA the adapter's recorded base is used")
     p.add_argument("--out_dir", default=None, help="where checkpoints are (default: $TINYMIND_OUT_DIR, else <repo>/out)")
     p.add_argument("--ckpt", default=None, help="a checkpoint or adapter .pth file, instead of the names above")
     p.add_argument("--base", default=None, metavar="PATH",

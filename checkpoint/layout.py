@@ -33,7 +33,11 @@ DEFAULT_HIDDEN = 512                  # MiniMind's default width: the name picke
 NAME_RE = re.compile(r"^(?P<stem>.+)_(?P<hidden>\d+)(?P<moe>_moe)?\.pth$")
 # how each kind of file is made (the "make it with ..." hint of every "not found" message)
 MAKERS = {"pretrain": "python trainer/train_pretrain.py", "full_sft": "python trainer/train_full_sft.py",
-          "lora": "python trainer/train_lora.py"}
+          "lora": "python trainer/train_lora.py", "dpo": "python trainer/train_dpo.py"}
+# MiniMind's --model_mode numbers: the stage whose out/{stage}_{hidden}.pth each one loads
+MODEL_MODES = {0: "pretrain", 1: "full_sft", 2: "dpo", 3: "reason", 4: "ppo_actor", 5: "grpo"}
+# older names MiniMind gave a stage's files, found too (its RLHF model was rlhf_512.pth before dpo_512.pth)
+STAGE_ALIASES = {"dpo": ("rlhf",)}
 
 
 CACHE_ENV = "TINYMIND_CACHE"
@@ -143,6 +147,11 @@ def state_path(out, run, step):
     return state_file(state_dir(out, run), step)
 
 
+def reference_path(folder):
+    """A DPO run's precomputed reference log-probabilities, kept with its states: reference_logps.pth."""
+    return Path(folder) / "reference_logps.pth"
+
+
 def list_state_files(folder):
     """The states in a run's state_dir, oldest first (by step number: step_10 comes after step_9)."""
     return sorted(Path(folder).glob("step_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
@@ -236,6 +245,9 @@ def candidates(folder, stem, use_moe=None):
 
 def make_hint(stage, hidden_size=None, lora_name=None, use_moe=False):
     """The command that makes a missing file, for the end of a 'not found' line."""
+    if stage not in MAKERS:
+        return (f"a MiniMind {stage}_*.pth copied into out/ (TinyMind has no {stage} trainer yet; "
+                "`python eval_model.py --help` lists the modes)")
     cmd = MAKERS[stage]
     if stage == "lora":
         cmd += f" --lora_name {lora_name or 'lora_music'} --data_path ../dataset/music.jsonl"
@@ -261,13 +273,15 @@ def find_stage_checkpoint(out, stage, hidden_size=None, use_moe=False, flag_hint
     """out/{stage}_{hidden}[_moe].pth: the given size, else the only one there, else the 512 one. Missing:
     one line naming the file and the command that makes it."""
     out = Path(out)
-    found = candidates(out, stage, use_moe)
+    found = candidates(out, stage, use_moe) or \
+        [c for alias in STAGE_ALIASES.get(stage, ()) for c in candidates(out, alias, use_moe)]
     path = pick(found, hidden_size, f"{stage} checkpoints in {out}", flag_hint)
     if path is None:
         want = checkpoint_path(out, stage, hidden_size or DEFAULT_HIDDEN, use_moe)
         others = f" (there: {', '.join(p.name for _, p in found)})" if found else ""
+        quick = " or run `python scripts/quickstart.py`" if stage in ("pretrain", "full_sft") else ""
         raise UserError(f"{want}: checkpoint not found{others}; make it with {make_hint(stage, hidden_size, use_moe=use_moe)} "
-                        "(same --hidden_size/--out_dir) or run `python scripts/quickstart.py`")
+                        f"(same --hidden_size/--out_dir){quick}")
     return path.resolve()
 
 

@@ -242,10 +242,12 @@ class JsonlReader:
     .bad_examples); otherwise the first bad line raises UserError.
     """
 
-    def __init__(self, path, skip_bad=False, kind="any", on_bad=None):
+    def __init__(self, path, skip_bad=False, kind="any", on_bad=None, normalize=None):
+        """normalize(obj, where) -> record replaces the canonical forms of `kind` (dataset/preference.py)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         self.path, self.skip_bad, self.kind, self.on_bad = str(path), skip_bad, kind, on_bad
+        self.normalize = normalize or (lambda obj, where: _normalize(obj, where, kind))
         self.n_good = 0
         self.n_bad = 0
         self.bad_examples = []
@@ -284,7 +286,7 @@ class JsonlReader:
                                         "[ or {); flatten the record") from None
                     if SURROGATE_ESCAPE.search(raw):     # only a \uD800-\uDFFF escape makes one
                         check_encodable(obj, where)
-                    record = _normalize(obj, where, self.kind)
+                    record = self.normalize(obj, where)
                 except UserError as e:
                     if not self.skip_bad:
                         raise
@@ -296,9 +298,9 @@ class JsonlReader:
             raise UserError(f"{self.path}: file is empty; it needs at least one JSON line")
 
 
-def iter_jsonl(path, skip_bad=False, kind="any", on_bad=None):
+def iter_jsonl(path, skip_bad=False, kind="any", on_bad=None, normalize=None):
     """Yield (lineno, canonical record) for each line of a JSONL file; see JsonlReader."""
-    return JsonlReader(path, skip_bad=skip_bad, kind=kind, on_bad=on_bad)
+    return JsonlReader(path, skip_bad=skip_bad, kind=kind, on_bad=on_bad, normalize=normalize)
 
 
 def detect_kind(path):

@@ -23,10 +23,11 @@ from tokenizer.tokenizer import encode_chat
 IGNORE = -100
 
 
-def read_records(path, kind, skip_bad=False):
+def read_records(path, kind, skip_bad=False, normalize=None):
     """Read and validate a whole JSONL file -> ([(lineno, record), ...], n_bad). All of it is checked
-    before any training output is written; a bad line is a UserError "file:line: ..." unless skip_bad."""
-    reader = iter_jsonl(str(path), skip_bad=skip_bad, kind=kind)
+    before any training output is written; a bad line is a UserError "file:line: ..." unless skip_bad.
+    normalize(obj, where) replaces the kind's canonical forms (dataset/preference.normalize_pair)."""
+    reader = iter_jsonl(str(path), skip_bad=skip_bad, kind=kind, normalize=normalize)
     records = list(reader)
     if not records:
         raise UserError(f"{path}: no usable line ({reader.n_bad} bad lines skipped); fix the file")
@@ -135,12 +136,12 @@ def collate_chat(batch, pad_id, pad_to=None):
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def load_split(data_path, val_path, val_ratio, seed, kind, skip_bad=False):
+def load_split(data_path, val_path, val_ratio, seed, kind, skip_bad=False, normalize=None):
     """Training and validation records -> (train, val, info). Validation comes from val_path when given,
     else a seeded val_ratio hold-out of data_path; info records where it came from (and which lines)."""
-    records, n_bad = read_records(data_path, kind, skip_bad)
+    records, n_bad = read_records(data_path, kind, skip_bad, normalize)
     if val_path:
-        val, val_bad = read_records(val_path, kind, skip_bad)
+        val, val_bad = read_records(val_path, kind, skip_bad, normalize)
         train, info = records, {"val_path": str(val_path), "val_lines": None}
         n_bad += val_bad
     else:

@@ -62,8 +62,9 @@ def shuffle_lines(lines, total_bytes, rng, tmp_dir, bucket_bytes=BUCKET_BYTES):
 
 def sample_key(record):
     """THE identity of a training sample: a hash of its conversations (or text) as canonical JSON, so the
-    copies a mix writes (FILE:3) are one sample whatever else their records carry ("answers", "id")."""
-    sample = record["conversations"] if "conversations" in record else record.get("text")
+    copies a mix writes (FILE:3) are one sample whatever else their records carry ("answers", "id"). A
+    preference pair is its prompt: the pairs of one question are one sample (a split keeps them together)."""
+    sample = record["conversations"] if "conversations" in record else record.get("prompt", record.get("text"))
     text = json.dumps(sample, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
 

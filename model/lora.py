@@ -9,6 +9,7 @@ base, attaching it) is checkpoint/adapter.py.
     from model.lora import LoRAConfig, apply_lora
     apply_lora(model, LoRAConfig(r=8, alpha=16))                  # before building the optimizer
 """
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -73,6 +74,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Linear(r, base.out_features, bias=False, **factory)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False           # adapters_disabled(): the base layer alone (a DPO run's reference)
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self):
@@ -80,7 +82,7 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x):
-        if self.merged:
+        if self.merged or self.disabled:
             return self.base(x)
         w, device = self.base.weight, x.device.type
         plain = isinstance(self.lora_dropout, nn.Identity) or not self.training
@@ -134,6 +136,22 @@ def unwrap_model(model):
             model = model.module
         else:
             return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """Within the block every LoRALinear of model computes its base layer alone: the model before its
+    adapter, with no second copy of the weights (a DPO run's reference). A merged adapter cannot be left out."""
+    layers = [m for m in unwrap_model(model).modules() if isinstance(m, LoRALinear)]
+    if any(m.merged for m in layers):
+        raise ValueError("adapters_disabled needs unmerged adapters")
+    for m in layers:
+        m.disabled = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.disabled = False
 
 
 def _lora_modules(model):

@@ -268,7 +268,8 @@ class TinyMindForCausalLM(nn.Module):
         happens here and nowhere else. attention_mask (B, S) with 1 for real tokens and 0 for padding,
         S = positions cached before + T. last_only computes logits for the last position only;
         targets_only (training) computes them only where a label is, as (n_targets, vocab): the same
-        loss without the output layer's work on prompts and padding.
+        loss without the output layer's work on prompts and padding. loss_reduction "mean", "sum" or
+        "none" (each target's loss; with targets_only, the targets in row-major order).
         packed = (position_ids (B, T), mask (B, 1, T, T) bool, select (B, T) bool), no cache: several
         sequences in one row that share a prefix (a benchmark question and each of its answers), each
         token seeing what the mask allows at the positions given; logits only where select is, as
@@ -307,8 +308,8 @@ class TinyMindForCausalLM(nn.Module):
         loss, n_targets = None, 0
         if targets is not None:
             n_targets = int((targets != -100).sum())
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                   targets.reshape(-1), ignore_index=-100, reduction="sum")
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=-100, reduction="none" if loss_reduction == "none" else "sum")
             if loss_reduction == "mean":
                 loss = loss / max(n_targets, 1)      # a batch with no target gives 0, not NaN
                 if aux_loss is not None:

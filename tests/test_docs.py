@@ -166,3 +166,10 @@ def test_every_documented_command_runs_with_help():
     with ThreadPoolExecutor(max_workers=2) as pool:      # each run imports torch: two at a time on 2 cores
         failures = [f for f in pool.map(run, runs) if f]
     assert not failures, "\n\n".join(failures)
+
+
+def test_the_flag_table_is_the_trainers_flags():
+    """docs/training.md's table of trainer flags is trainer.args.flag_table(): a flag added, dropped or
+    given another default shows there."""
+    from trainer.args import flag_table
+    assert flag_table() in (REPO / "docs" / "training.md").read_text(encoding="utf-8")

@@ -245,14 +245,14 @@ def test_stuck_ddp_rank_ends_the_job_with_one_line(tmp_path):
     spy.write_text(f"""
 import os, sys, time
 sys.path.insert(0, {str(REPO)!r})
-import trainer.loop as loop
-orig, calls = loop.accumulate_gradients, []
+import trainer.step as step
+orig, calls = step.accumulate_gradients, []
 def frozen(*a, **k):
     calls.append(1)
     if os.environ.get("RANK") == "1" and len(calls) == 2:
         time.sleep(120)
     return orig(*a, **k)
-loop.accumulate_gradients = frozen
+step.accumulate_gradients = frozen
 import trainer.train_full_sft as ts
 from core.cli import run_cli
 run_cli(ts.main, sys.argv[1:])

@@ -11,7 +11,7 @@ to --out_dir, else $TINYMIND_OUT_DIR, else <repo>/out, whatever the current fold
 import argparse
 import inspect
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -23,8 +23,9 @@ from model.lora import DEFAULT_TARGETS, LoRAConfig, LoRAConfigError, apply_lora
 from model.model import TinyMindForCausalLM
 from inference.precision import cpu_has_bf16
 
-ALL = ("pretrain", "full_sft", "lora")
-CHAT = ("full_sft", "lora")
+ALL = ("pretrain", "full_sft", "lora", "dpo")
+CHAT = ("full_sft", "lora", "dpo")
+LORA_STAGES = ("lora", "dpo")              # dpo: a LoRA when --lora_name is given, else full fine-tuning
 LORA_TARGETS = ",".join(DEFAULT_TARGETS)
 # the flag of each LoRAConfig field
 LORA_FLAGS = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "lora_targets"}
@@ -56,13 +57,20 @@ class TrainConfig:
     lora_dropout: float = 0.0            # dropout on the LoRA branch input
     lora_targets: str = LORA_TARGETS     # comma list of linear-layer names to adapt
     use_rslora: bool = False             # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)
+    # preference training (train_dpo.py)
+    loss_type: str = "sigmoid"           # sigmoid (DPO), ipo, or simpo (reference-free, length-normalised)
+    beta: float = 0.0                    # the loss's beta; 0 = 0.1 (sigmoid, ipo) or 2.0 (simpo)
+    label_smoothing: float = 0.0         # conservative DPO: the assumed share of flipped pairs (sigmoid, simpo)
+    simpo_gamma: float = 0.5             # SimPO's target reward margin gamma
+    rpo_alpha: float = 0.0               # weight of an SFT term on the chosen answers (RPO); 0 = off
+    precompute_ref: bool = False         # compute the reference log-probabilities once before training (kept with the run's states)
     # optimisation
     epochs: int = 1                      # passes over the training data
     max_steps: int = 0                   # optimizer steps to run; > 0 overrides --epochs (data repeats)
     max_minutes: float = 0.0             # stop training (and save) after this many minutes of steps; 0 = no limit
     batch_size: int = 16                 # samples per micro-batch per process
     accumulation_steps: int = 1          # micro-batches per optimizer step
-    learning_rate: float = 5e-4          # peak learning rate (after warmup; cosine decay to 10% of it)
+    learning_rate: float = 5e-4          # peak learning rate (after warmup; cosine decay to 10% of it); dpo: 0 = 5e-6, with --lora_name 5e-5
     weight_decay: float = 0.1            # AdamW decay on matrices only (not on norms and biases)
     warmup_iters: int = -1               # linear warmup steps; -1 = 3% of the run's steps
     grad_clip: float = 1.0               # clip the global gradient norm to this (0 = off)
@@ -88,11 +96,14 @@ class TrainConfig:
 
 
 # flags that exist only for some stages (the rest exist for all)
-ONLY = {"loss_on": CHAT, "system_prompt": CHAT, "base": CHAT, "padding": CHAT, "group_by_length": CHAT,
-        "preset": ("pretrain",), "tokenizer": ("pretrain",),
-        **{f: ("lora",) for f in ("lora_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
-                                 "use_rslora")}}
+ONLY = {"loss_on": ("full_sft", "lora"), "system_prompt": CHAT, "base": CHAT, "padding": CHAT,
+        "group_by_length": CHAT, "preset": ("pretrain",), "tokenizer": ("pretrain",),
+        **{f: LORA_STAGES for f in ("lora_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                                    "use_rslora")},
+        **{f: ("dpo",) for f in ("loss_type", "beta", "label_smoothing", "simpo_gamma", "rpo_alpha",
+                                 "precompute_ref")}}
 CHOICES = {"loss_on": ("assistant", "all"), "padding": ("dynamic", "max_length"),
+           "loss_type": ("sigmoid", "ipo", "simpo"),
            "dtype": ("auto", "bfloat16", "float16", "float32"), "preset": ("tiny", "small", "base", "moe")}
 # MiniMind-like defaults per stage
 STAGE_DEFAULTS = {
@@ -100,7 +111,22 @@ STAGE_DEFAULTS = {
     "full_sft": dict(data_path="../dataset/sft.jsonl", val_data="../dataset/sft_val.jsonl", batch_size=16,
                      learning_rate=1e-4, epochs=2),
     "lora": dict(data_path="../dataset/music.jsonl", batch_size=16, learning_rate=1e-3, epochs=5, group_by_length=True),
+    # learning_rate 0: resolved by preference_defaults (a LoRA takes a larger one than full fine-tuning)
+    "dpo": dict(data_path="../dataset/music_pairs.jsonl", batch_size=8, learning_rate=0.0, epochs=2, lora_name="",
+                eval_interval=50),
 }
+# what learning_rate 0 and beta 0 of a DPO run resolve to (docs/training.md, "Preference training")
+DPO_LR = {"full": 5e-6, "lora": 5e-5}
+DPO_BETA = {"sigmoid": 0.1, "ipo": 0.1, "simpo": 2.0}
+
+
+def preference_defaults(cfg):
+    """A DPO run's learning rate and beta where the flags leave them at 0 (their defaults), in place."""
+    if not cfg.learning_rate:
+        cfg.learning_rate = DPO_LR["lora" if cfg.lora_name else "full"]
+    if not cfg.beta:
+        cfg.beta = DPO_BETA[cfg.loss_type]
+    return cfg
 
 
 def field_comments():
@@ -132,6 +158,8 @@ def parse_args(stage, argv=None, description=None):
     """Flags -> TrainConfig for one stage (fields a stage does not use keep their defaults)."""
     ns = build_parser(stage, description).parse_args(argv)
     cfg = TrainConfig(**{**STAGE_DEFAULTS[stage], **vars(ns)})
+    if stage == "dpo":
+        preference_defaults(cfg)
     check_flags(cfg, stage)
     return resolve_config(cfg, stage)
 
@@ -140,13 +168,14 @@ def parse_args(stage, argv=None, description=None):
 AT_LEAST = {"batch_size": 1, "accumulation_steps": 1, "max_seq_len": 2, "log_interval": 1, "keep_last": 1,
             "num_workers": 0, "eval_batches": 0, "eval_interval": 0, "save_interval": 0, "max_steps": 0,
             "epochs": 0, "max_minutes": 0.0, "hidden_size": 0, "num_hidden_layers": 0, "warmup_iters": -1, "lora_rank": 1,
-            "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1, "seed": 0}
-ABOVE = {"learning_rate": 0.0, "lora_alpha": 0.0}
+            "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1, "seed": 0, "simpo_gamma": 0.0, "rpo_alpha": 0.0}
+ABOVE = {"learning_rate": 0.0, "lora_alpha": 0.0, "beta": 0.0}
 # the highest sensible value: past it a typo, not a plan (and an allocation that would take the machine down)
 AT_MOST = {"seed": 2**32 - 1, "hidden_size": 16384, "num_hidden_layers": 512, "batch_size": 65536,
            "accumulation_steps": 65536, "max_seq_len": 1 << 20, "num_workers": 256, "lora_rank": 8192,
            "epochs": 100000, "keep_last": 10000, "ddp_timeout": 7 * 24 * 3600, "eval_batches": 10**9,
-           "lora_alpha": 1e6, "learning_rate": 1e3, "max_minutes": 1e6}
+           "lora_alpha": 1e6, "learning_rate": 1e3, "max_minutes": 1e6, "beta": 1e3, "simpo_gamma": 1e3,
+           "rpo_alpha": 1e3}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -154,7 +183,7 @@ def check_flags(cfg, stage):
     """Every value range-checked before any work starts: one line naming the flag and what it takes."""
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or stage not in ONLY.get(f.name, ALL):
             continue
         if f.name in ABOVE:
             check_range(f"--{f.name}", value, ABOVE[f.name], AT_MOST.get(f.name), low_open=True)
@@ -166,7 +195,13 @@ def check_flags(cfg, stage):
         raise UserError(f"--val_ratio must be in [0, 1) (got {cfg.val_ratio})")
     if not 0 <= cfg.lora_dropout < 1:
         raise UserError(f"--lora_dropout must be in [0, 1) (got {cfg.lora_dropout})")
-    if stage == "lora" and (not NAME_RE.match(cfg.lora_name) or ".." in cfg.lora_name):
+    if stage == "dpo" and not 0 <= cfg.label_smoothing < 0.5:
+        raise UserError(f"--label_smoothing must be in [0, 0.5) (got {cfg.label_smoothing}): the share of pairs "
+                        "taken as flipped")
+    if cfg.label_smoothing and cfg.loss_type == "ipo":
+        raise UserError("--label_smoothing is for --loss_type sigmoid or simpo; IPO has none: drop it")
+    named = stage == "lora" or (stage == "dpo" and cfg.lora_name)
+    if named and (not NAME_RE.match(cfg.lora_name) or ".." in cfg.lora_name):
         raise UserError(f"--lora_name {cfg.lora_name!r}: use letters, digits, '.', '_' and '-' only (it becomes "
                         "the file name out/lora/{lora_name}_{hidden}.pth)")
     check_device(cfg.device, "--device")
@@ -195,6 +230,26 @@ def resolve_config(cfg, stage):
     return cfg
 
 
+def flag_table():
+    """docs/training.md's table of every trainer flag (tests/test_docs.py holds the page to it): the
+    stages that take it, the default of each, the --help text."""
+    def shown(v):
+        return "off" if v is False else "on" if v is True else "(empty)" if v == "" else str(v)
+    rows = ["| flag | stages | default | what it does |", "|---|---|---|---|"]
+    helps = field_comments()
+    for f in fields(TrainConfig):
+        stages = ONLY.get(f.name, ALL)
+        values = {st: {**TrainConfig().to_dict(), **STAGE_DEFAULTS[st]}[f.name] for st in stages}
+        if len(set(map(repr, values.values()))) == 1:
+            default = shown(next(iter(values.values())))
+        else:
+            default = "; ".join(f"{st} {shown(v)}" for st, v in values.items())
+        extra = f" (or {', '.join(CHOICES[f.name])})" if f.name == "dtype" else ""
+        rows.append(f"| --{f.name} | {'all' if stages == ALL else ', '.join(stages)} | {default} | "
+                    f"{helps.get(f.name, '')}{extra} |")
+    return "\n".join(rows)
+
+
 ALWAYS_SHOWN = ("data_path", "val_data", "out_dir", "device", "dtype")
 
 
@@ -202,7 +257,10 @@ def format_config(cfg, stage):
     """What the start of every run prints: where data and outputs are, the device, and every setting that
     differs from the stage's default, one `name: value` per line. The whole resolved config goes into the
     run's log (out/logs/{run}.jsonl, first line) and into every checkpoint."""
-    defaults = resolve_config(TrainConfig(**STAGE_DEFAULTS[stage]), stage).to_dict()
+    defaults = TrainConfig(**STAGE_DEFAULTS[stage])
+    if stage == "dpo":
+        defaults = preference_defaults(replace(defaults, lora_name=cfg.lora_name, loss_type=cfg.loss_type))
+    defaults = resolve_config(defaults, stage).to_dict()
     return "\n".join(f"  {k}: {v!r}" for k, v in cfg.to_dict().items()
                      if k in ALWAYS_SHOWN or v != defaults[k])
 

@@ -22,6 +22,7 @@ class Run:
     path: Optional[Path] = None              # the stage's artefact (a checkpoint or an adapter)
     save_model: Optional[Callable] = None    # save_model(model, meta) writes it (rank 0 only), returns path
     meta: dict = field(default_factory=dict)  # stage, parent, parent_sha256, ...: recorded in every save
+    objective: Optional[object] = None       # what a step optimises; None = cross-entropy (trainer/step.py)
 
     def writes(self, path, save_model, meta):
         """What the run produces: the artefact at `path`, written by save_model(model, meta), with `meta`

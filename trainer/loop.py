@@ -18,7 +18,7 @@ from trainer.components import (count_steps, get_lr, hold_frozen_in, make_loader
 from trainer.distributed import rank0_clock
 from trainer.runlog import RunLog
 from trainer.state import TrainState
-from trainer.step import accumulate_gradients, apply_gradients, check_loss, estimate_loss
+from trainer.step import TokenObjective, apply_gradients, check_loss
 
 
 def due(interval, step, total):
@@ -41,6 +41,8 @@ def train(run, model, train_set, collate, val_set=None):
     hold_frozen_in(model, dtype)                   # a LoRA run's frozen base: in the compute dtype
     sampler, loader, val_loader = make_loaders(train_set, val_set, collate, cfg, dist)
     steps_per_epoch, total, warmup = count_steps(sampler, cfg)
+    objective = run.objective or TokenObjective()
+    objective.prepare(run, model, train_set, val_set, collate, dtype, autocast)   # before a resume's weights
     state = TrainState(layout.state_dir(run.out, run.name), cfg, dict(run.meta or {}), dist).load(model)
     ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if dist.enabled else model
     optimizer = make_optimizer(model, cfg, dev)
@@ -62,19 +64,19 @@ def train(run, model, train_set, collate, val_set=None):
             break
         at = schedule_step(state.step, total, elapsed, limit_s)
         lr = set_lr(optimizer, get_lr(at, total, warmup, cfg.learning_rate))
-        stats, n_targets = accumulate_gradients(ddp_model, micro, dist, scaler, autocast)
+        stats, n_targets, metrics = objective.accumulate(ddp_model, micro, dist, scaler, autocast)
         step_loss = check_loss(stats[0].item(), n_targets, state.step, last_saved)
         apply_gradients(optimizer, scaler, trainable, cfg.grad_clip, n_targets)
         state.step, state.tokens_seen = state.step + 1, state.tokens_seen + int(stats[1].item())
-        log.step_done(state.step, epoch, stats[0].item(), n_targets, step_loss, lr, state.tokens_seen)
+        log.step_done(state.step, epoch, stats[0].item(), n_targets, step_loss, lr, state.tokens_seen, metrics)
         if val_loader is not None and due(cfg.eval_interval, state.step, total):
-            log.record_val(state.step, estimate_loss(model, val_loader, dist, autocast, cfg.eval_batches))
+            log.record_val(state.step, *objective.validate(model, val_loader, dist, autocast, cfg.eval_batches))
         if due(cfg.save_interval, state.step, total):
             last_saved = state.save(model, optimizer, scaler, run.save_model, log.summary())
             log.publish()
     log.close_bar()
     if val_loader is not None:
-        log.record_val(state.step, estimate_loss(model, val_loader, dist, autocast, cfg.eval_batches))
+        log.record_val(state.step, *objective.validate(model, val_loader, dist, autocast, cfg.eval_batches))
     last_saved = state.save(model, optimizer, scaler, run.save_model, log.summary(), final=True)
     log.close()
     return last_saved

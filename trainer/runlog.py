@@ -3,8 +3,8 @@ loss-curve PNG. No torch here, so plotting needs none (scripts/plot_runs.py over
 
 Library module; trainer/loop.py drives it, on every rank (only rank 0 writes or prints):
     log = RunLog(out, run_name, cfg, total, (step, tokens_seen), dist.is_main, resumed, header="run ...")
-    log.step_done(step, epoch, loss_sum, n_targets, step_loss, lr, tokens_seen)
-    log.record_val(step, val_loss)
+    log.step_done(step, epoch, loss_sum, n_targets, step_loss, lr, tokens_seen, metrics)
+    log.record_val(step, val_loss, metrics)
     log.close_bar(); ...; log.close()          # the PNG next to the jsonl, wandb.finish()
 """
 import json
@@ -24,11 +24,18 @@ def format_eta(seconds):
     return f"{s}s" if s < 60 else f"{s // 60}m" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def log_line(step, total, loss=None, lr=None, tok_per_s=None, eta=None, val_loss=None):
-    """THE log-line format: `step 100/2000 | loss 2.1234 | lr 3.0e-04 | 52,000 tok/s | eta 3m`."""
+# the objective's metrics a log line shows (all of them go into the jsonl row): a DPO run's reward
+# accuracy and margin (trainer/preference.py)
+SHOWN = {"accuracy": "acc", "margin": "margin"}
+
+
+def log_line(step, total, loss=None, lr=None, tok_per_s=None, eta=None, val_loss=None, metrics=None, prefix=""):
+    """THE log-line format: `step 100/2000 | loss 2.1234 | lr 3.0e-04 | 52,000 tok/s | eta 3m`; a DPO
+    run adds `| acc 0.750 | margin 0.412` (prefix "val_" on a validation line)."""
     parts = [f"step {step}/{total}"]
     parts += [f"loss {loss:.4f}"] if loss is not None else []
     parts += [f"val_loss {val_loss:.4f}"] if val_loss is not None else []
+    parts += [f"{prefix}{short} {metrics[k]:.3f}" for k, short in SHOWN.items() if k in (metrics or {})]
     parts += [f"lr {lr:.1e}"] if lr is not None else []
     parts += [f"{tok_per_s:,.0f} tok/s"] if tok_per_s is not None else []
     parts += [f"eta {format_eta(eta)}"] if eta is not None else []
@@ -111,7 +118,7 @@ class RunLog:
         """start: (step, tokens_seen) the run begins at (not 0 for a resumed one)."""
         self.path, self.cfg, self.total, self.main = layout.log_path(out, run_name), cfg, total, main
         self.start_step, self.tokens_at_log = start
-        self.val_loss, self.wandb, self.stopped = None, None, None
+        self.val_loss, self.wandb, self.stopped, self.val_metrics = None, None, None, {}
         if main:
             print(header)
             # a new run starts a fresh log; a resumed one keeps the lines up to its step
@@ -133,7 +140,7 @@ class RunLog:
                             dynamic_ncols=True, unit="step")
             self.emit = print if self.bar.disable else self.bar.write
         self.t0 = self.t_log = time.time()
-        self.window = deque(maxlen=cfg.log_interval)    # (summed loss, target tokens) of the last steps
+        self.window = deque(maxlen=cfg.log_interval)    # (summed loss, target tokens, metric sums) of the last steps
         self.logged_step = self.start_step              # the step of the last line
 
     def record(self, row, line):
@@ -149,12 +156,18 @@ class RunLog:
         """Mean loss per target token over the last log_interval steps (token-weighted); NaN before any."""
         if not self.window:
             return float("nan")
-        return sum(s for s, _ in self.window) / max(sum(n for _, n in self.window), 1.0)
+        return sum(s for s, _, _ in self.window) / max(sum(n for _, n, _ in self.window), 1.0)
 
-    def step_done(self, step, epoch, loss_sum, n_targets, step_loss, lr, tokens_seen):
+    def train_metrics(self):
+        """The objective's metrics (sums over its weight: pairs) as means over the same steps as train_loss()."""
+        n = max(sum(n for _, n, _ in self.window), 1.0)
+        names = {k for _, _, m in self.window for k in m if k != "loss"}
+        return {k: sum(m.get(k, 0.0) for _, _, m in self.window) / n for k in sorted(names)}
+
+    def step_done(self, step, epoch, loss_sum, n_targets, step_loss, lr, tokens_seen, metrics=None):
         """After optimizer step `step`: the bar (train_loss() and, as `batch`, this step's own loss), and
         every log_interval steps a line with train_loss(), tokens per second and the time left."""
-        self.window.append((loss_sum, n_targets))
+        self.window.append((loss_sum, n_targets, metrics or {}))
         self.last_step = (step, epoch, lr, tokens_seen)
         if self.main:
             self.bar.update(1)
@@ -173,8 +186,9 @@ class RunLog:
         eta = (now - self.t0) / max(step - self.start_step, 1) * (self.total - step)
         if self.cfg.max_minutes:                         # a time limit ends the run first
             eta = max(0.0, min(eta, self.cfg.max_minutes * 60 - (now - self.t0)))
-        self.record({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "tok_per_s": round(tok_s),
-                     "tokens": tokens_seen}, log_line(step, self.total, loss, lr, tok_s, eta))
+        metrics = self.train_metrics()
+        self.record({"step": step, "epoch": epoch, "loss": loss, **metrics, "lr": lr, "tok_per_s": round(tok_s),
+                     "tokens": tokens_seen}, log_line(step, self.total, loss, lr, tok_s, eta, metrics=metrics))
         self.t_log, self.tokens_at_log, self.logged_step = now, tokens_seen, step
 
     def time_limit(self, step, minutes):
@@ -186,14 +200,16 @@ class RunLog:
         if self.main:
             self.record({"step": step, "stopped": self.stopped}, f"stopped: {self.stopped}")
 
-    def record_val(self, step, val_loss):
-        self.val_loss = val_loss
-        self.record({"step": step, "val_loss": val_loss}, log_line(step, self.total, val_loss=val_loss))
+    def record_val(self, step, val_loss, metrics=None):
+        """A validation result: the loss and the objective's metrics (val_accuracy, ... in the row)."""
+        self.val_loss, self.val_metrics = val_loss, {f"val_{k}": v for k, v in (metrics or {}).items()}
+        self.record({"step": step, "val_loss": val_loss, **self.val_metrics},
+                    log_line(step, self.total, val_loss=val_loss, metrics=metrics, prefix="val_"))
 
     def summary(self):
         """What every save records about the run so far; final_loss is train_loss(), the mean over the
         last log_interval steps (not the last batch)."""
-        return {"final_loss": self.train_loss(), "val_loss": self.val_loss,
+        return {"final_loss": self.train_loss(), "val_loss": self.val_loss, **self.val_metrics,
                 "train_time_s": round(time.time() - self.t0, 1), "stopped": self.stopped}
 
     def close_bar(self):

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
+from dataset.preference import PreferenceDataset, collate_pairs, normalize_pair
 from checkpoint import layout
 from core.atomic import check_writable, clean_stale_temps, keep_aside
 from core.ownership import check_outputs, owning
@@ -97,6 +98,22 @@ def load_chat_sets(cfg, tokenizer, say):
     return train_set, val_set, data_path, info
 
 
+def load_pair_sets(cfg, tokenizer, say):
+    """Preference JSONL (dataset/preference.py) -> (train PreferenceDataset, val one or None, data path,
+    split info); a question's pairs stay on one side of the split."""
+    data_path, val_path = resolve_inputs(cfg)
+    train_recs, val_recs, info = load_split(data_path, val_path, cfg.val_ratio, cfg.seed, "any", cfg.skip_bad,
+                                            normalize=normalize_pair)
+    make = partial(PreferenceDataset, tokenizer=tokenizer, max_seq_len=cfg.max_seq_len, system_prompt=cfg.system_prompt)
+    train_set = make(train_recs, where=str(data_path))
+    val_set = make(val_recs, where=f"{val_path or data_path} (validation)") if val_recs else None
+    say(f"{data_path}: {len(train_set):,} pairs, {train_set.n_truncated} cut to {cfg.max_seq_len} tokens, "
+        f"{train_set.n_dropped} dropped (no answer token left)"
+        + (f", {len(val_set):,} for validation" if val_set else "")
+        + (f", {info['n_bad']} bad lines skipped" if info["n_bad"] else ""))
+    return train_set, val_set, data_path, info
+
+
 def data_knowledge(records, path):
     """The one "knowledge" (the folder, relative to the repository root, that a record's passages were
     retrieved from: pipelines/data_build/raft.py) the records carry, or None. Two different ones are one line."""
@@ -126,9 +143,10 @@ def data_identity(records, path):
     return identity
 
 
-def chat_collate(cfg, tokenizer):
-    """Dynamic padding to the longest sample of each batch (--padding max_length pads to max_seq_len)."""
-    return partial(collate_chat, pad_id=tokenizer.pad_id,
+def chat_collate(cfg, tokenizer, pairs=False):
+    """Dynamic padding to the longest sample of each batch (--padding max_length pads to max_seq_len);
+    pairs: preference pairs, the chosen rows then the rejected ones."""
+    return partial(collate_pairs if pairs else collate_chat, pad_id=tokenizer.pad_id,
                    pad_to=cfg.max_seq_len if cfg.padding == "max_length" else None)
 
 
@@ -150,7 +168,7 @@ def finish_run(run, model, train_set, val_set, collate):
     and the run owns its artefact (a second run of the same name is refused, naming this one's pid)."""
     cfg, path = run.cfg, run.path
     log = layout.log_path(cfg.out_dir, run.name)
-    hint = "pass another --out_dir" + (" or --lora_name" if run.meta.get("stage") == "lora" else "")
+    hint = "pass another --out_dir" + (" or --lora_name" if run.meta.get("stage") in ("lora", "dpo") else "")
     check_outputs([("the run's output", path), ("its log", log), ("its loss curve", layout.plot_path_for(log)),
                    ("its state", layout.state_path(cfg.out_dir, run.name, 1))],
                   [("--base", run.meta.get("parent")), ("--data_path", run.meta.get("data_path")),

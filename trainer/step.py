@@ -63,6 +63,22 @@ def accumulate_gradients(ddp_model, micro, dist, scaler, autocast=contextlib.nul
     return stats, global_targets
 
 
+class TokenObjective:
+    """The language-model objective of pretraining, SFT and LoRA: cross-entropy per target token. What
+    trainer/loop.py asks of an objective (trainer/preference.py has the other one): prepare, accumulate
+    -> (stats, global weight, metric sums) and validate -> (loss, metrics)."""
+
+    def prepare(self, run, model, train_set, val_set, collate, dtype, autocast):
+        pass
+
+    def accumulate(self, ddp_model, micro, dist, scaler, autocast):
+        stats, n_targets = accumulate_gradients(ddp_model, micro, dist, scaler, autocast)
+        return stats, n_targets, {}
+
+    def validate(self, model, loader, dist, autocast, max_batches=0):
+        return estimate_loss(model, loader, dist, autocast, max_batches), {}
+
+
 def check_loss(loss_sum, n_targets, step, last_saved):
     """The step's mean loss per target token; NaN or inf stops the run with one line saying what to do."""
     loss = loss_sum / max(n_targets, 1)

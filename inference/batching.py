@@ -62,7 +62,8 @@ class Batch:
     def join(self, prompts, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
              stop_ids=(), seed=None):
         """Prefill prompts (token-id lists) together and add them as rows -> their Row objects. The reply
-        length is capped to what the window leaves (a WindowWarning says so)."""
+        length is capped to what the window leaves (a WindowWarning says so). seed: one for every row, or a
+        list with each row's (several samples of one prompt)."""
         lengths = [len(p) for p in prompts]
         if not prompts or min(lengths) == 0:
             raise ValueError("every prompt needs at least one token")
@@ -87,11 +88,12 @@ class Batch:
         logits = self.model(ids, attention_mask=mask if padded else None, kv_cache=cache,
                             last_only=True).logits[:, -1].float()
         rows = []
-        for p in prompts:
+        seeds = seed if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
+        for p, row_seed in zip(prompts, seeds, strict=True):
             g = None
-            if seed is not None:
+            if row_seed is not None:
                 g = torch.Generator(device=self.device)
-                g.manual_seed(seed)
+                g.manual_seed(row_seed)
             seen = None
             if repetition_penalty != 1.0:
                 seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)

@@ -183,8 +183,8 @@ SPEC_FORMS = ("a .pth checkpoint or adapter, a .gguf file, a Hugging Face folder
 
 def find_model(out, spec, hidden_size=None):
     """A model named on a command line (--model) -> (kind, path): kind "pth" (a checkpoint or an adapter),
-    "gguf" or "hf" (a folder). An existing file or folder is taken as it is; else the names pretrain,
-    full_sft (out/{stage}_{hidden}.pth), smollm2 (the imported SmolLM2) and adapter names (out/lora/)."""
+    "gguf" or "hf" (a folder). An existing file or folder is taken as it is; else the stage names of
+    --model_mode (pretrain, full_sft, dpo, ...: out/{stage}_{hidden}.pth), smollm2 (the imported SmolLM2) and adapter names (out/lora/)."""
     p = layout.resolve_input(spec)
     if p.exists():
         if p.is_dir():
@@ -196,7 +196,7 @@ def find_model(out, spec, hidden_size=None):
         if p.suffix == ".pth":
             return "pth", p.resolve()
         raise UserError(f"{spec}: not a model file (give {SPEC_FORMS})")
-    if spec in ("pretrain", "full_sft"):
+    if spec in layout.MODEL_MODES.values():
         return "pth", layout.find_stage_checkpoint(out, spec, hidden_size, flag_hint="--hidden_size or a path")
     if spec == "smollm2":
         if not layout.smollm2_path(out).is_file():

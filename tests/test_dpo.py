@@ -15,7 +15,7 @@ import eval_model
 import trainer.train_dpo as td
 from checkpoint.pth import load_checkpoint, save_checkpoint
 from dataset.preference import PreferenceDataset, collate_pairs, encode_answer
-from factories import FAST, REPO, default_tokenizer, make_checkpoint, make_model, randomize_lora_B, run_main, run_python, write_jsonl
+from factories import FAST, REPO, default_tokenizer, make_adapter, make_checkpoint, make_model, randomize_lora_B, run_main, run_python, write_jsonl
 from model.lora import LoRAConfig, adapters_disabled, apply_lora
 from trainer.preference import Reference, answer_logps
 
@@ -84,14 +84,19 @@ def test_reward_accuracy_on_the_training_pairs_rises_from_chance_above_90_percen
     assert ckpt["meta"]["preference"]["loss_type"] == "sigmoid" and ckpt["meta"]["data_path"] == str(data.resolve())
 
 
-@pytest.mark.parametrize("lora, precompute", [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("lora, precompute", [(False, False), (False, True), ("new", True), ("continued", False)])
 def test_resume_equals_uninterrupted(tmp_path, lora, precompute):
-    """The reference of a resumed full fine-tuning run is still the starting model (not the resumed
-    weights); with --precompute_ref the resumed run reads the table the interrupted one kept."""
+    """The reference of a resumed run is still the model as it started (not the resumed weights: a full
+    run's copy, a continued adapter's starting weights swapped in and out each step); with
+    --precompute_ref the resumed run reads the table the interrupted one kept."""
     base = make_checkpoint(tmp_path / "base.pth", dropout=0.1)
     data = write_pairs(tmp_path / "pairs.jsonl", n=30)
     a, b = tmp_path / "a", tmp_path / "b"
-    extra = ["--lora_name", "d", "--lora_dropout", "0.1"] if lora else []
+    extra = ["--lora_name", "d", "--lora_dropout", "0.1"] if lora == "new" else []
+    if lora == "continued":
+        start = tmp_path / "start.pth"
+        make_adapter(start, base, lora=LoRAConfig(r=4, dropout=0.1))
+        extra = ["--from_lora", str(start), "--lora_name", "d"]
     args = ["--base", str(base), "--data_path", str(data), *FAST, "--batch_size", "2", "--accumulation_steps", "2",
             "--max_steps", "10", "--save_interval", "4", "--learning_rate", "1e-3",
             *(["--precompute_ref"] * precompute), *extra]
@@ -127,13 +132,23 @@ def test_the_lora_reference_is_the_base_with_no_second_copy():
             off = answer_logps(model, batch["input_ids"], batch["labels"])[0]
     assert not torch.allclose(adapted, want)
     torch.testing.assert_close(off, want)
-    ref = Reference(model.train(), lora=True, dtype=torch.float32, precompute=False)
+    ref = Reference(model.train(), "adapter_off", dtype=torch.float32, precompute=False)
     assert ref.model is None                                          # no copy of the weights
     c, r = ref.logps(model, batch, torch.autocast("cpu", enabled=False))
     torch.testing.assert_close(torch.cat([c, r]), want)
     assert model.training                                             # left as it was
     with torch.no_grad():                                             # and the adapter is on again
         torch.testing.assert_close(answer_logps(model, batch["input_ids"], batch["labels"])[0], adapted)
+    # a continued adapter: its reference is its starting weights, swapped in for the reference's forward
+    # and out again, whatever the policy has learned since
+    ref = Reference(model, "adapter_start", dtype=torch.float32, precompute=False)
+    randomize_lora_B(model, seed=5)
+    learned = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    c, r = ref.logps(model, batch, torch.autocast("cpu", enabled=False))
+    torch.testing.assert_close(torch.cat([c, r]), adapted)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, learned[n]), n
 
 
 def test_precomputed_reference_trains_as_the_live_one(tmp_path, capsys):
@@ -230,3 +245,26 @@ def test_two_gloo_processes_train_as_one_with_the_same_global_batch(tmp_path):
     ta, tb = (torch.load(tmp_path / n / "state" / "dpo_64" / "reference_logps.pth", weights_only=True)["table"]["train"]
               for n in ("ddp", "one"))
     torch.testing.assert_close(ta, tb)
+
+
+def test_a_continued_adapter_starts_as_its_own_reference_and_records_where_it_came_from(tmp_path, capsys):
+    base = make_checkpoint(tmp_path / "base.pth")
+    start = tmp_path / "lora_start_64.pth"
+    make_adapter(start, base, lora=LoRAConfig(r=4))
+    data = write_random_pairs(tmp_path / "pairs.jsonl", n=16)
+    out = tmp_path / "out"
+    code, stdout, err = run_main(td.main, ["--from_lora", str(start), "--lora_name", "more", "--data_path", str(data),
+                                           "--val_ratio", "0", "--out_dir", str(out), *FAST, "--max_steps", "6",
+                                           "--learning_rate", "1e-2"], capsys)
+    assert code == 0, err
+    first = next(r for r in log_rows(out, "more_64") if "accuracy" in r)
+    assert first["margin"] == 0 and first["reward_chosen"] == 0          # its reference is itself at the start
+    # and stays the start as the adapter learns (a reference that moved with it would keep every reward 0)
+    assert all(r["reward_chosen"] != 0 for r in log_rows(out, "more_64")[1:] if "accuracy" in r)
+    saved = torch.load(out / "lora" / "more_64.pth", weights_only=True)
+    begun = torch.load(start, weights_only=True)
+    assert saved["lora_config"] == begun["lora_config"] and saved["meta"]["from_lora"] == str(start)
+    assert any(not torch.equal(saved["lora"][k], begun["lora"][k]) for k in begun["lora"])
+    assert saved["base"]["sha256"] == begun["base"]["sha256"]
+    code, _, err = run_main(td.main, ["--from_lora", str(start), "--data_path", str(data), "--out_dir", str(out)], capsys)
+    assert code == 2 and "give --lora_name" in err

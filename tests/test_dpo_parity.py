@@ -48,8 +48,8 @@ def tinymind_step(s, loss, rpo_alpha=0.0, pairs=None):
     """TinyMind's loss, gradients and logged metrics on the batch (its first `pairs` pairs)."""
     batch = s.batch if pairs is None else sub_batch(s.batch, pairs)
     model = copy.deepcopy(s.model)
-    objective = PreferenceObjective(loss, lora=False, rpo_alpha=rpo_alpha)
-    objective.reference = Reference(model, lora=True, dtype=torch.float32, precompute=True)
+    objective = PreferenceObjective(loss, "copy", rpo_alpha=rpo_alpha)
+    objective.reference = Reference(model, "adapter_off", dtype=torch.float32, precompute=True)
     objective.reference.table = {"train": s.ref[:len(batch["index"])]}
     stats, n, metrics = objective.accumulate(model, [batch], Dist(), torch.amp.GradScaler("cpu", enabled=False),
                                              torch.autocast("cpu", enabled=False))

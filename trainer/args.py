@@ -64,6 +64,7 @@ class TrainConfig:
     simpo_gamma: float = 0.5             # SimPO's target reward margin gamma
     rpo_alpha: float = 0.0               # weight of an SFT term on the chosen answers (RPO); 0 = off
     precompute_ref: bool = False         # compute the reference log-probabilities once before training (kept with the run's states)
+    from_lora: str = ""                  # continue this adapter (a name in out/lora or a .pth) on the base it records; the reference is the adapter as it starts
     # optimisation
     epochs: int = 1                      # passes over the training data
     max_steps: int = 0                   # optimizer steps to run; > 0 overrides --epochs (data repeats)
@@ -101,7 +102,7 @@ ONLY = {"loss_on": ("full_sft", "lora"), "system_prompt": CHAT, "base": CHAT, "p
         **{f: LORA_STAGES for f in ("lora_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
                                     "use_rslora")},
         **{f: ("dpo",) for f in ("loss_type", "beta", "label_smoothing", "simpo_gamma", "rpo_alpha",
-                                 "precompute_ref")}}
+                                 "precompute_ref", "from_lora")}}
 CHOICES = {"loss_on": ("assistant", "all"), "padding": ("dynamic", "max_length"),
            "loss_type": ("sigmoid", "ipo", "simpo"),
            "dtype": ("auto", "bfloat16", "float16", "float32"), "preset": ("tiny", "small", "base", "moe")}
@@ -200,6 +201,9 @@ def check_flags(cfg, stage):
                         "taken as flipped")
     if cfg.label_smoothing and cfg.loss_type == "ipo":
         raise UserError("--label_smoothing is for --loss_type sigmoid or simpo; IPO has none: drop it")
+    if stage == "dpo" and cfg.from_lora and not cfg.lora_name:
+        raise UserError(f"--from_lora {cfg.from_lora}: give --lora_name, the name the continued adapter is saved "
+                        "under (another than the one it starts from)")
     named = stage == "lora" or (stage == "dpo" and cfg.lora_name)
     if named and (not NAME_RE.match(cfg.lora_name) or ".." in cfg.lora_name):
         raise UserError(f"--lora_name {cfg.lora_name!r}: use letters, digits, '.', '_' and '-' only (it becomes "

@@ -77,17 +77,26 @@ class PreferenceLoss:
 
 
 class Reference:
-    """The frozen model the log-ratios are taken against: a full fine-tuning run's starting model (a copy
-    made before the first step, held in the compute dtype), or for a LoRA run the same model with its
-    adapters switched off (no second copy). With precompute, every pair's reference log-probabilities
-    are computed once before training and kept in the run's state folder, where a resumed run finds them."""
+    """The frozen model the log-ratios are taken against, the policy as it starts, by kind:
+        "copy"           full fine-tuning: a copy made before the first step, held in the compute dtype
+        "adapter_off"    a new LoRA: the same model with its adapters switched off (no second copy)
+        "adapter_start"  a LoRA continued from an adapter (--from_lora): the same model with the adapter's
+                         starting weights swapped in (a copy of the LoRA weights only)
+    With precompute, every pair's reference log-probabilities are computed once before training and kept
+    in the run's state folder, where a resumed run finds them."""
+    KINDS = ("copy", "adapter_off", "adapter_start")
 
-    def __init__(self, model, lora, dtype, precompute):
-        self.lora, self.precompute, self.table = lora, precompute, {}
-        self.model = None
-        if not lora:
-            self.model = copy.deepcopy(unwrap_model(model)).requires_grad_(False).eval()
+    def __init__(self, model, kind, dtype, precompute):
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}")
+        self.kind, self.precompute, self.table = kind, precompute, {}
+        self.model = self.start = None
+        m = unwrap_model(model)
+        if kind == "copy":
+            self.model = copy.deepcopy(m).requires_grad_(False).eval()
             hold_frozen_in(self.model, dtype)
+        elif kind == "adapter_start":
+            self.start = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def logps(self, policy, batch, autocast, split="train"):
@@ -103,10 +112,27 @@ class Reference:
             m = unwrap_model(policy)
             was = m.training
             m.eval()
-            with adapters_disabled(m), autocast:
+            with self.as_reference(m), autocast:
                 logps = answer_logps(m, ids, labels)[0]
             m.train(was)
         return logps.chunk(2)
+
+    @contextlib.contextmanager
+    def as_reference(self, m):
+        """The policy module m as the reference within the block: adapters off, or their starting weights in."""
+        if self.kind == "adapter_off":
+            with adapters_disabled(m):
+                yield
+            return
+        params = dict(m.named_parameters())
+        now = {n: params[n].detach().clone() for n in self.start}
+        try:
+            for n, v in self.start.items():
+                params[n].data.copy_(v)
+            yield
+        finally:
+            for n, v in now.items():
+                params[n].data.copy_(v)
 
     def prepare(self, policy, sets, collate, batch_size, autocast, dist, folder, identity, say):
         """With precompute: the table of each named dataset's reference log-probabilities, read from
@@ -131,7 +157,7 @@ class Reference:
             if dist.is_main:
                 atomic_torch_save({"identity": identity, "table": self.table}, path)
             say(f"reference log-probabilities computed once for {sum(map(len, sets.values())):,} pairs: {path}")
-        self.model = None
+        self.model = self.start = None
 
 
 def dataset_digest(ds):
@@ -149,29 +175,30 @@ class PreferenceObjective:
     forward and backward) and validate. The loss is the mean over the step's pairs (all micro-batches, all
     ranks), plus rpo_alpha times the mean NLL per chosen-answer token of the step."""
 
-    def __init__(self, loss, lora, rpo_alpha=0.0):
-        self.loss, self.lora, self.rpo_alpha, self.reference = loss, lora, rpo_alpha, None
+    def __init__(self, loss, reference_kind, rpo_alpha=0.0):
+        self.loss, self.kind, self.rpo_alpha, self.reference = loss, reference_kind, rpo_alpha, None
 
     def prepare(self, run, model, train_set, val_set, collate, dtype, autocast):
         """The reference, made from the model as it starts (before a resumed run loads its weights), its
         log-probabilities computed once with --precompute_ref. SimPO has none."""
         if not self.loss.needs_reference:
             return
-        self.reference = Reference(model, self.lora, dtype, run.cfg.precompute_ref)
+        self.reference = Reference(model, self.kind, dtype, run.cfg.precompute_ref)
         sets = {"train": train_set, **({"val": val_set} if val_set is not None and len(val_set) else {})}
-        identity = {"parent_sha256": run.meta.get("parent_sha256"), "lora": self.lora, "dtype": str(dtype)}
+        identity = {"parent_sha256": run.meta.get("parent_sha256"), "reference": self.kind, "dtype": str(dtype),
+                    "from_lora_sha256": run.meta.get("from_lora_sha256")}
         self.reference.prepare(model, sets, collate, run.cfg.batch_size, autocast, run.dist,
                                layout.state_dir(run.out, run.name), identity, run.say)
 
     def pair_terms(self, model, batch, autocast, split, dev):
         """-> (per-pair losses, sums row for SUMS minus loss, chosen NLL sum, chosen token count, aux loss)."""
+        ref_c = ref_r = None
+        if self.loss.needs_reference:          # first: a continued adapter's reference swaps weights in and out
+            ref_c, ref_r = (x.to(dev, torch.float32) for x in self.reference.logps(model, batch, autocast, split))
         with autocast:
             logps, counts, res = answer_logps(model, batch["input_ids"].to(dev), batch["labels"].to(dev))
         pol_c, pol_r = logps.chunk(2)
         n_c, n_r = counts.chunk(2)
-        ref_c = ref_r = None
-        if self.loss.needs_reference:
-            ref_c, ref_r = (x.to(dev, torch.float32) for x in self.reference.logps(model, batch, autocast, split))
         losses, rew_c, rew_r = self.loss(pol_c, pol_r, n_c, n_r, ref_c, ref_r)
         sums = torch.stack([rew_c.sum(), rew_r.sum(), (rew_c > rew_r).float().sum(),
                             pol_c.detach().sum(), pol_r.detach().sum()]).double()

@@ -42,11 +42,11 @@ def start_run(stage, argv, description):
     return Run(cfg, dist, say)
 
 
-def load_base(cfg, parent, say=print):
-    """The checkpoint a fine-tuning stage starts from (--base, else out/{parent}_{hidden}.pth): its path,
-    the checkpoint dict, and the model config and tokenizer it carries (never taken from flags). Says
-    which file and why it was picked."""
-    base, why = find_base(cfg, parent)
+def load_base(cfg, parent, say=print, chosen=None):
+    """The checkpoint a fine-tuning stage starts from (chosen = (path, why) when the stage picked it, else
+    --base, else out/{parent}_{hidden}.pth): its path, the checkpoint dict, and the model config and
+    tokenizer it carries (never taken from flags). Says which file and why it was picked."""
+    base, why = chosen or find_base(cfg, parent)
     say(f"base: {base} ({why})")
     ckpt = load_checkpoint(base)
     config = config_from_dict(ckpt["config"], base)
@@ -172,6 +172,7 @@ def finish_run(run, model, train_set, val_set, collate):
     check_outputs([("the run's output", path), ("its log", log), ("its loss curve", layout.plot_path_for(log)),
                    ("its state", layout.state_path(cfg.out_dir, run.name, 1))],
                   [("--base", run.meta.get("parent")), ("--data_path", run.meta.get("data_path")),
+                   ("--from_lora", run.meta.get("from_lora")),
                    ("--val_data", run.meta.get("val_path")), ("--tokenizer", cfg.tokenizer or None)], hint=hint)
     keeper = Keeper(run, [path, log, layout.plot_path_for(log)])
     with owning(path, f"training {run.name} into", hint=hint, enabled=run.dist.is_main), \

@@ -1,0 +1,104 @@
+"""Preference pairs made by the project's own verifiers: a model answers each question N times (sampled,
+through the one batched decoder), the strict scorers of evaluation/scoring.py judge every answer, and each
+question with a failing answer gives one pair: chosen = a passing answer (the record's reference answer
+when none passes), rejected = a failing one. Questions whose N answers all pass are left out, and counted.
+
+Which questions: records with gold "answers" (task questions) and identity questions (records with "ask" or
+"identity"); the rest (persona, replay, chat) have nothing to check an answer against, and are counted.
+A question that holds a test set's question (dataset/*_test.jsonl by default) is left out: no test is
+trained on.
+
+Library module; the command is scripts/make_pairs.py:
+    from evaluation.pairs import make_pairs
+    pairs, counts = make_pairs(loaded, records, n=4, sampling={...}, seed=0)
+"""
+import json
+import sys
+from collections import Counter
+
+from chat.engine import ChatEngine
+from evaluation.answer_tests import asked, judge, last_user, reference
+from evaluation.scoring import normalize
+from inference.generate import generate
+
+
+def checkable(record):
+    """Whether a record's answers can be judged: its own gold "answers" (not a reference answer that would
+    have to occur whole), or an identity question."""
+    return bool(record.get("answers")) or "ask" in record or isinstance(record.get("identity"), dict)
+
+
+def questions_asked_by(records):
+    """The normalised questions of test records (the last user turn of each)."""
+    return {q for q in (normalize(last_user(r["conversations"])) for r in records) if len(q) >= 8}
+
+
+def held_out(record, tests):
+    """Whether a training record asks a test question: a test question's normalised text inside its own
+    (a RAFT prompt holds passages around the question)."""
+    text = normalize(last_user(record["conversations"]))
+    return any(q in text for q in tests)
+
+
+def sample_answers(loaded, questions, n, sampling, seed, batch_size=16):
+    """n sampled answers (text) to each question (a message list): [[answer, ...], ...]. Each answer has
+    its own seed (seed + n * question + k), so the answers are the same however the rows are batched."""
+    engine, tok = ChatEngine(loaded), loaded.tokenizer
+    max_new = sampling.get("max_new_tokens", 256)
+    prepared = [engine.prepare(q[:-1], q[-1]["content"], max_new).ids for q in questions]
+    jobs = sorted(((i, k) for i in range(len(questions)) for k in range(n)), key=lambda j: len(prepared[j[0]]))
+    answers = [[None] * n for _ in questions]
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        outs = generate(loaded.model, [prepared[i] for i, _ in chunk], stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                        seed=[seed + n * i + k for i, k in chunk], **sampling)
+        for (i, k), out in zip(chunk, outs):
+            answers[i][k] = tok.decode(out).strip()
+        print(f"  {min(start + batch_size, len(jobs))}/{len(jobs)} answers sampled", file=sys.stderr, flush=True)
+    return answers
+
+
+def make_pairs(loaded, records, n, sampling, seed=0, tests=(), batch_size=16):
+    """-> (pairs, counts): one flat pair per question that had a failing answer among its n samples, with
+    where it came from ("source": the record's place, as given in records' "_where") and why each answer
+    was judged so; counts says how many questions were used, skipped and left out, and why."""
+    counts = Counter()
+    chosen_recs, seen = [], set()
+    for rec in records:
+        key = json.dumps(asked(rec["conversations"]), sort_keys=True, ensure_ascii=False)
+        if not checkable(rec):
+            counts["nothing to check an answer against"] += 1
+        elif held_out(rec, tests):
+            counts["asks a test question"] += 1
+        elif key in seen:
+            counts["asked before (once is enough)"] += 1
+        else:
+            seen.add(key)
+            chosen_recs.append(rec)
+    questions = [asked(r["conversations"]) for r in chosen_recs]
+    answers = sample_answers(loaded, questions, n, sampling, seed, batch_size) if questions else []
+    pairs = []
+    for rec, prompt, got in zip(chosen_recs, questions, answers):
+        pair, why = pair_of(rec, prompt, got)
+        counts[why] += 1
+        if pair is not None:
+            pairs.append(pair)
+    return pairs, counts
+
+
+def pair_of(record, prompt, answers):
+    """One question's pair from its sampled answers -> (pair or None, what happened, for the counts):
+    chosen = the first passing answer, else the record's reference; rejected = the first failing one."""
+    identity = record.get("identity") if isinstance(record.get("identity"), dict) else None
+    verdicts = [judge(record, a, identity) for a in answers]
+    good = [a for a, (ok, _) in zip(answers, verdicts) if ok]
+    bad = [(a, why) for a, (ok, why) in zip(answers, verdicts) if ok is False and a.strip()]
+    if not bad:
+        return None, "every answer passed (no pair)"
+    chosen, chosen_from = (good[0], "model") if good else (reference(record), "reference")
+    rejected, why = bad[0]
+    if not chosen or not chosen.strip() or chosen.strip() == rejected.strip():
+        return None, "no answer to choose"
+    return ({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": record.get("_where"),
+             "chosen_from": chosen_from, "rejected_why": why, "passed": f"{len(good)}/{len(answers)}"},
+            f"pairs, chosen answer from the {chosen_from}")

@@ -35,7 +35,7 @@ from checkpoint.adapter import adapter_fits, config_diff
 from checkpoint.pth import file_sha256
 from core.errors import UserError
 from inference.load import file_header as read_header, load_for_inference
-from checkpoint.layout import find_adapter_base, find_adapters, find_checkpoints, inside, out_dir
+from checkpoint.layout import find_adapter_base, find_adapters, find_checkpoints, inside, model_mode, out_dir
 from inference.precision import PRECISIONS, precision_hint
 from inference.sampling import CHAT_SAMPLING
 from apps.web_chat import answer, chat_engine, show_sources, stamp
@@ -147,6 +147,12 @@ def default_base(checkpoints, adapters):
     return next((i for i, n in enumerate(names) if n.startswith("full_sft")), 0)
 
 
+def mode_label(rel):
+    """A checkpoint as the menu shows it: its name, and the --model_mode that loads it (dpo_512.pth (mode 2))."""
+    mode = model_mode(rel)
+    return rel if mode is None else f"{rel} (mode {mode})"
+
+
 def show_skipped(sb, skipped):
     if skipped:
         files = "; ".join(f"`{rel}` ({why})" for rel, why in skipped)
@@ -205,7 +211,7 @@ def choose_model(sb):
     sb.header("Model")
     show_skipped(sb, skipped)
     base_rel = sb.selectbox("Checkpoint (out/)", list(checkpoints), index=default_base(checkpoints, adapters),
-                            key="base")
+                            key="base", format_func=mode_label)
     base_path = inside(OUT_DIR, base_rel)
     dtype = sb.selectbox("Precision", DEMO_PRECISIONS, key="dtype",
                          help="int8: weights quantised at load time, fastest decoding on a CPU; float32: exact")

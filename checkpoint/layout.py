@@ -86,6 +86,15 @@ def parse_name(path):
     return (m["stem"], int(m["hidden"]), bool(m["moe"])) if m else None
 
 
+def model_mode(path):
+    """MiniMind's --model_mode number of a checkpoint by its file name (dpo_512.pth and MiniMind's older
+    rlhf_512.pth -> 2), or None for a file of no stage (an import, a merge, any other name)."""
+    parsed = parse_name(path)
+    stem = parsed[0] if parsed else None
+    return next((mode for mode, stage in MODEL_MODES.items()
+                 if stem == stage or stem in STAGE_ALIASES.get(stage, ())), None)
+
+
 def checkpoint_path(out, stage, hidden_size, use_moe=False):
     return Path(out) / checkpoint_name(stage, hidden_size, use_moe)
 

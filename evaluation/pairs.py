@@ -40,9 +40,19 @@ def held_out(record, tests):
     return any(q in text for q in tests)
 
 
+class Answer(str):
+    """A sampled answer's text; .finished: it ended by itself, not at the max_new_tokens cut."""
+
+    def __new__(cls, text, finished=True):
+        obj = super().__new__(cls, text)
+        obj.finished = finished
+        return obj
+
+
 def sample_answers(loaded, questions, n, sampling, seed, batch_size=16):
-    """n sampled answers (text) to each question (a message list): [[answer, ...], ...]. Each answer has
-    its own seed (seed + n * question + k), so the answers are the same however the rows are batched."""
+    """n sampled answers (Answer: text and whether it finished) to each question (a message list):
+    [[answer, ...], ...]. Each answer has its own seed (seed + n * question + k), so the answers are the
+    same however the rows are batched."""
     engine, tok = ChatEngine(loaded), loaded.tokenizer
     max_new = sampling.get("max_new_tokens", 256)
     prepared = [engine.prepare(q[:-1], q[-1]["content"], max_new).ids for q in questions]
@@ -53,7 +63,7 @@ def sample_answers(loaded, questions, n, sampling, seed, batch_size=16):
         outs = generate(loaded.model, [prepared[i] for i, _ in chunk], stop_ids=tok.stop_ids, pad_id=tok.pad_id,
                         seed=[seed + n * i + k for i, k in chunk], **sampling)
         for (i, k), out in zip(chunk, outs):
-            answers[i][k] = tok.decode(out).strip()
+            answers[i][k] = Answer(tok.decode(out).strip(), len(out) < max_new)
         print(f"  {min(start + batch_size, len(jobs))}/{len(jobs)} answers sampled", file=sys.stderr, flush=True)
     return answers
 
@@ -88,10 +98,11 @@ def make_pairs(loaded, records, n, sampling, seed=0, tests=(), batch_size=16):
 
 def pair_of(record, prompt, answers):
     """One question's pair from its sampled answers -> (pair or None, what happened, for the counts):
-    chosen = the first passing answer, else the record's reference; rejected = the first failing one."""
+    chosen = the first passing answer that finished (one cut at max_new_tokens would teach stopping
+    mid-sentence), else the record's reference; rejected = the first failing one."""
     identity = record.get("identity") if isinstance(record.get("identity"), dict) else None
     verdicts = [judge(record, a, identity) for a in answers]
-    good = [a for a, (ok, _) in zip(answers, verdicts) if ok]
+    good = [a for a, (ok, _) in zip(answers, verdicts) if ok and getattr(a, "finished", True)]
     bad = [(a, why) for a, (ok, why) in zip(answers, verdicts) if ok is False and a.strip()]
     if not bad:
         return None, "every answer passed (no pair)"

@@ -95,3 +95,10 @@ def test_the_samples_of_one_question_differ(tmp_path):
     got = sample_answers(loaded, [[{"role": "user", "content": "Which instrument has 88 keys?"}]], 4,
                          {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 6}, seed=0)
     assert len(got) == 1 and len(set(got[0])) == 4, got
+
+
+def test_an_answer_cut_at_max_new_tokens_is_never_chosen():
+    from evaluation.pairs import Answer
+    rec = qa("Which instrument has 88 keys?", "The piano has 88 keys.", answers=["piano"])
+    pair, _ = pair_of(rec, rec["conversations"][:1], [Answer("The piano, which", False), Answer("A drum.")])
+    assert pair["chosen"] == "The piano has 88 keys." and pair["chosen_from"] == "reference"

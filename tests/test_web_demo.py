@@ -359,3 +359,17 @@ def test_chatbot_with_persona_documents_and_memory(monkeypatch, out_dir):
     turn = engine.prepare([], "What kind of instrument is the oboe?", 4)
     expected = "".join(stream_generate(m.model, m.tokenizer, turn.ids, 4, temperature=0.0))
     assert at.session_state.messages[-1]["content"] == expected
+
+
+def test_the_checkpoint_menu_names_each_files_model_mode(monkeypatch, tmp_path):
+    """MiniMind's --model_mode numbers in the menu: full_sft (mode 1), dpo (mode 2), its older rlhf_ name
+    (mode 2); an import or a merge has none."""
+    out = tmp_path / "out"
+    for name in ("full_sft_64.pth", "dpo_64.pth", "rlhf_64.pth", "lora_music_merged_64.pth"):
+        make_checkpoint(out / name)
+    at = app(monkeypatch, out)
+    assert not at.exception
+    options = at.sidebar.selectbox(key="base").options
+    for shown in ("full_sft_64.pth (mode 1)", "dpo_64.pth (mode 2)", "rlhf_64.pth (mode 2)", "lora_music_merged_64.pth"):
+        assert shown in options, options
+    assert at.sidebar.selectbox(key="base").value == "full_sft_64.pth"

@@ -38,8 +38,6 @@ MAKERS = {"pretrain": "python trainer/train_pretrain.py", "full_sft": "python tr
 MODEL_MODES = {0: "pretrain", 1: "full_sft", 2: "dpo", 3: "reason", 4: "ppo_actor", 5: "grpo"}
 # older names MiniMind gave a stage's files, found too (its RLHF model was rlhf_512.pth before dpo_512.pth)
 STAGE_ALIASES = {"dpo": ("rlhf",)}
-
-
 CACHE_ENV = "TINYMIND_CACHE"
 
 
@@ -87,12 +85,9 @@ def parse_name(path):
 
 
 def model_mode(path):
-    """MiniMind's --model_mode number of a checkpoint by its file name (dpo_512.pth and MiniMind's older
-    rlhf_512.pth -> 2), or None for a file of no stage (an import, a merge, any other name)."""
-    parsed = parse_name(path)
-    stem = parsed[0] if parsed else None
-    return next((mode for mode, stage in MODEL_MODES.items()
-                 if stem == stage or stem in STAGE_ALIASES.get(stage, ())), None)
+    """MiniMind's --model_mode of a checkpoint by its name (dpo_512.pth, MiniMind's older rlhf_512.pth: 2), or None."""
+    stem = (parse_name(path) or [None])[0]
+    return next((m for m, stage in MODEL_MODES.items() if stem == stage or stem in STAGE_ALIASES.get(stage, ())), None)
 
 
 def checkpoint_path(out, stage, hidden_size, use_moe=False):
@@ -157,8 +152,7 @@ def state_path(out, run, step):
 
 
 def reference_path(folder):
-    """A DPO run's precomputed reference log-probabilities, kept with its states: reference_logps.pth."""
-    return Path(folder) / "reference_logps.pth"
+    return Path(folder) / "reference_logps.pth"          # a DPO run's precomputed reference log-probabilities
 
 
 def list_state_files(folder):

@@ -21,7 +21,7 @@ from checkpoint import layout
 from core.errors import UserError
 from model.lora import DEFAULT_TARGETS, LoRAConfig, LoRAConfigError, apply_lora
 from model.model import TinyMindForCausalLM
-from inference.precision import cpu_has_bf16
+from inference.precision import PRECISIONS, cpu_has_bf16
 
 ALL = ("pretrain", "full_sft", "lora", "dpo")
 CHAT = ("full_sft", "lora", "dpo")
@@ -57,6 +57,11 @@ class TrainConfig:
     lora_dropout: float = 0.0            # dropout on the LoRA branch input
     lora_targets: str = LORA_TARGETS     # comma list of linear-layer names to adapt
     use_rslora: bool = False             # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)
+    # distillation (full_sft, lora)
+    teacher: str = ""                    # a model to distil from (a name in out/, a .pth, an HF folder, a .gguf); same tokenizer
+    alpha: float = 0.5                   # with --teacher: the share of cross-entropy in the loss; the rest is T^2 * KL(teacher || student)
+    temperature: float = 1.0             # with --teacher: the softmax temperature T of the distillation term
+    teacher_dtype: str = "float32"       # the teacher's precision: float32, bfloat16, float16 or int8
     # preference training (train_dpo.py)
     loss_type: str = "sigmoid"           # sigmoid (DPO), ipo, or simpo (reference-free, length-normalised)
     beta: float = 0.0                    # the loss's beta; 0 = 0.1 (sigmoid, ipo) or 2.0 (simpo)
@@ -101,10 +106,11 @@ ONLY = {"loss_on": ("full_sft", "lora"), "system_prompt": CHAT, "base": CHAT, "p
         "group_by_length": CHAT, "preset": ("pretrain",), "tokenizer": ("pretrain",),
         **{f: LORA_STAGES for f in ("lora_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
                                     "use_rslora")},
+        **{f: ("full_sft", "lora") for f in ("teacher", "alpha", "temperature", "teacher_dtype")},
         **{f: ("dpo",) for f in ("loss_type", "beta", "label_smoothing", "simpo_gamma", "rpo_alpha",
                                  "precompute_ref", "from_lora")}}
 CHOICES = {"loss_on": ("assistant", "all"), "padding": ("dynamic", "max_length"),
-           "loss_type": ("sigmoid", "ipo", "simpo"),
+           "loss_type": ("sigmoid", "ipo", "simpo"), "teacher_dtype": PRECISIONS,
            "dtype": ("auto", "bfloat16", "float16", "float32"), "preset": ("tiny", "small", "base", "moe")}
 # MiniMind-like defaults per stage
 STAGE_DEFAULTS = {
@@ -169,14 +175,15 @@ def parse_args(stage, argv=None, description=None):
 AT_LEAST = {"batch_size": 1, "accumulation_steps": 1, "max_seq_len": 2, "log_interval": 1, "keep_last": 1,
             "num_workers": 0, "eval_batches": 0, "eval_interval": 0, "save_interval": 0, "max_steps": 0,
             "epochs": 0, "max_minutes": 0.0, "hidden_size": 0, "num_hidden_layers": 0, "warmup_iters": -1, "lora_rank": 1,
-            "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1, "seed": 0, "simpo_gamma": 0.0, "rpo_alpha": 0.0}
-ABOVE = {"learning_rate": 0.0, "lora_alpha": 0.0, "beta": 0.0}
+            "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1, "seed": 0, "simpo_gamma": 0.0, "rpo_alpha": 0.0,
+            "alpha": 0.0}
+ABOVE = {"learning_rate": 0.0, "lora_alpha": 0.0, "beta": 0.0, "temperature": 0.0}
 # the highest sensible value: past it a typo, not a plan (and an allocation that would take the machine down)
 AT_MOST = {"seed": 2**32 - 1, "hidden_size": 16384, "num_hidden_layers": 512, "batch_size": 65536,
            "accumulation_steps": 65536, "max_seq_len": 1 << 20, "num_workers": 256, "lora_rank": 8192,
            "epochs": 100000, "keep_last": 10000, "ddp_timeout": 7 * 24 * 3600, "eval_batches": 10**9,
            "lora_alpha": 1e6, "learning_rate": 1e3, "max_minutes": 1e6, "beta": 1e3, "simpo_gamma": 1e3,
-           "rpo_alpha": 1e3}
+           "rpo_alpha": 1e3, "alpha": 1.0, "temperature": 100.0}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

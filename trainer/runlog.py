@@ -25,8 +25,8 @@ def format_eta(seconds):
 
 
 # the objective's metrics a log line shows (all of them go into the jsonl row): a DPO run's reward
-# accuracy and margin (trainer/preference.py)
-SHOWN = {"accuracy": "acc", "margin": "margin"}
+# accuracy and margin (trainer/preference.py), a distillation run's KL (trainer/distill.py)
+SHOWN = {"accuracy": "acc", "margin": "margin", "kl": "kl"}
 
 
 def log_line(step, total, loss=None, lr=None, tok_per_s=None, eta=None, val_loss=None, metrics=None, prefix=""):

@@ -172,7 +172,7 @@ def finish_run(run, model, train_set, val_set, collate):
     check_outputs([("the run's output", path), ("its log", log), ("its loss curve", layout.plot_path_for(log)),
                    ("its state", layout.state_path(cfg.out_dir, run.name, 1))],
                   [("--base", run.meta.get("parent")), ("--data_path", run.meta.get("data_path")),
-                   ("--from_lora", run.meta.get("from_lora")),
+                   ("--from_lora", run.meta.get("from_lora")), ("--teacher", (run.meta.get("distill") or {}).get("teacher")),
                    ("--val_data", run.meta.get("val_path")), ("--tokenizer", cfg.tokenizer or None)], hint=hint)
     keeper = Keeper(run, [path, log, layout.plot_path_for(log)])
     with owning(path, f"training {run.name} into", hint=hint, enabled=run.dist.is_main), \

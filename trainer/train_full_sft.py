@@ -12,6 +12,7 @@ The model config and tokenizer come from the base checkpoint, never from flags. 
 from checkpoint import layout
 from checkpoint.pth import build_model, save_checkpoint
 from core.cli import run_cli
+from trainer.distill import teacher_objective
 from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
 
 
@@ -30,7 +31,9 @@ def main(argv=None):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
         return path
 
-    run.writes(path, save_model, stage_meta("full_sft", data_path, info, base))
+    run.objective = teacher_objective(cfg, tokenizer, run.dist.device, say)        # None without --teacher
+    meta = stage_meta("full_sft", data_path, info, base)
+    run.writes(path, save_model, {**meta, "distill": run.objective.record(cfg)} if run.objective else meta)
     finish_run(run, model, train_set, val_set, chat_collate(cfg, tokenizer))
 
 

@@ -15,6 +15,7 @@ from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
 from checkpoint.adapter import save_adapter
 from trainer.args import apply_lora_flags, check_lora_flags
+from trainer.distill import teacher_objective
 from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
 
 
@@ -38,7 +39,9 @@ def main(argv=None):
         save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, meta)
         return path
 
-    run.writes(path, save_model, stage_meta("lora", data_path, info, base, base_sha))
+    run.objective = teacher_objective(cfg, tokenizer, run.dist.device, say)        # None without --teacher
+    meta = stage_meta("lora", data_path, info, base, base_sha)
+    run.writes(path, save_model, {**meta, "distill": run.objective.record(cfg)} if run.objective else meta)
     finish_run(run, model, train_set, val_set, chat_collate(cfg, tokenizer))
 
 

@@ -268,7 +268,7 @@ def test_unreadable_files_are_skipped_with_a_note(monkeypatch, out_dir):
     bad = damage(out_dir, monkeypatch)
     at = app(monkeypatch, out_dir)
     assert not at.exception and not at.error
-    assert at.sidebar.selectbox(key="base").options == ["full_sft_64.pth"]
+    assert at.sidebar.selectbox(key="base").options == ["full_sft_64.pth (mode 1)"]
     assert at.sidebar.selectbox(key="adapter").options == ["(none)", "lora/lora_ok_64.pth"]
     note = next(c.value for c in at.sidebar.caption if c.value.startswith("skipped"))
     assert note.startswith(f"skipped {len(bad)} unreadable files: ")
@@ -305,7 +305,7 @@ def test_a_load_failure_is_one_line(monkeypatch, out_dir, capsys, error):
     at = app(monkeypatch, out_dir)
     assert not at.exception
     assert [e.value for e in at.error] == [line]
-    assert at.sidebar.selectbox(key="base").options == ["full_sft_64.pth"]     # another can be chosen
+    assert at.sidebar.selectbox(key="base").options == ["full_sft_64.pth (mode 1)"]     # another can be chosen
     assert line in capsys.readouterr().err
 
 

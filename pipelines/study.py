@@ -5,8 +5,9 @@ scored on the same benchmarks and generation tests, in one report (the arms: pip
     python scripts/study.py --study loss_on --dry_run        # the arms' commands, nothing run
     python scripts/study.py --study lora_rank --minutes 5 --tasks arc_easy --limit 300 --gen music
     python scripts/study.py --study ifd                      # Cherry selection: top 10% by IFD vs random, bottom, all
+    python scripts/study.py --study dpo                      # LoRA alone vs LoRA then DPO, the same steps
 
-Studies: forgetting (the default), loss_on, system_prompt, lora_vs_full, lora_rank, ifd. The default took 15m40s
+Studies: forgetting (the default), loss_on, system_prompt, lora_vs_full, lora_rank, ifd, dpo. The default took 15m40s
 on the project's 2-core CPU with SmolLM2-135M as the base: 12 minutes of LoRA training, then each arm's
 benchmarks (--limit 150 items of each --tasks, 0-shot; run `python scripts/eval_bench.py --fetch` once) and
 generation tests (--gen, greedy, the first --gen_limit questions). Every arm runs the real trainer command
@@ -40,7 +41,7 @@ from core.cli import ArgumentParser, check_device, check_range, run_cli
 from evaluation import benchmarks, report
 from evaluation.gen_tasks import evaluate_gen, load_gen_tasks
 from pipelines.study_arms import (DEFAULT_STUDY, STUDIES, arm_command, arm_data, arm_output, check_arm,
-                                prepare_commands, shown, step_output)
+                                prepare_commands, shown, step_output, then_command)
 from pipelines.study_report import summary
 from evaluation.suite import evaluate_models
 from checkpoint import layout
@@ -60,7 +61,7 @@ ROOT = layout.repo_root()
 
 TASKS = "arc_easy,hellaswag,piqa"
 COMMON_DEFAULTS = {"data_path": "dataset/music.jsonl", "val_data": "", "minutes": 12.0, "max_steps": 0,
-                   "gen": "music,identity"}                  # a study's own (Study.defaults) come first
+                   "gen": "music,identity", "pairs": "dataset/music_pairs.jsonl"}                  # a study's own (Study.defaults) come first
 
 
 def parse_args(argv=None):
@@ -73,6 +74,8 @@ def parse_args(argv=None):
                                                      "the ifd study: dataset/sft.jsonl, the set it selects from)")
     p.add_argument("--val_data", default=None, help="every arm's validation file (default: the trainer's own; "
                                                     "the ifd study: dataset/sft_val.jsonl)")
+    p.add_argument("--pairs", default=None, help="the dpo study: the preference pairs of its DPO stage "
+                                                 "(default dataset/music_pairs.jsonl)")
     p.add_argument("--ratio", type=float, default=0.1, help="the ifd study: the share each selected arm keeps "
                                                             "(of every sample; default 0.1)")
     p.add_argument("--scorer", default="", help="the ifd study: the model whose IFD picks the shares, any --ckpt "
@@ -142,9 +145,12 @@ def make_plan(args):
     base, why, config = find_base(args, out)
     data = layout.resolve_input(args.data_path)
     val = layout.resolve_input(args.val_data) if args.val_data else ""
-    for flag, f in (("--data_path", data), ("--val_data", val)):
+    pairs = layout.resolve_input(args.pairs) if any(a.then is not None for a in study.arms) else ""
+    for flag, f in (("--data_path", data), ("--val_data", val), ("--pairs", pairs)):
         if f and not f.is_file():
             raise UserError(f"{flag} {f}: file not found")
+    if pairs and not args.max_steps:
+        raise UserError(f"--max_steps 0: the {study.name} study splits a number of steps between its stages; give one")
     for t in args.tasks:
         benchmarks.load_task(t)                        # items not fetched: one line saying how
     gen = load_gen_tasks(args.gen, args.gen_limit) if args.gen else []
@@ -166,9 +172,13 @@ def make_plan(args):
     arms = []
     for arm in study.arms:
         d = folder / arm.name
+        cut = window if window < seq else 0
         cmd = arm_command(arm, base, arm_data(arm, data, folder), d, args.minutes, args.seed, args.device,
-                          args.max_steps, val, window if window < seq else 0)
-        arms.append({"arm": arm, "dir": d, "output": arm_output(arm, base, d, config), "cmd": cmd})
+                          args.max_steps, val, cut)
+        first = arm_output(arm, base, d, config, first=True)
+        arms.append({"arm": arm, "dir": d, "output": arm_output(arm, base, d, config), "cmd": cmd, "first": first,
+                     "then": then_command(arm, first, pairs, d, args.minutes, args.seed, args.device,
+                                          args.max_steps, cut)})
     check_arms(study, arms, base, config)
     return {"study": study, "out": out, "folder": folder, "base": base, "why": why, "data": data, "val": val,
             "count": count, "prepare": prepare, "gen": gen, "arms": arms, "name": f"study_{args.study}"}
@@ -180,9 +190,9 @@ def check_arms(study, arms, base, config):
     line naming the arm, not a failure after the others have trained."""
     model_config = config_from_dict(config, base)
     for a in arms:
-        if a["cmd"]:
+        for cmd in filter(None, (a["cmd"], a["then"])):
             try:
-                check_arm(a["arm"], a["cmd"], base, model_config)
+                check_arm(a["arm"], cmd, base, model_config)
             except UserError as e:
                 raise UserError(f"arm {a['arm'].name} of study {study.name}: {e}; nothing was run") from None
 
@@ -200,8 +210,7 @@ def describe_plan(args, plan):
         lines += [f"  $ {shlex.join(cmd)}" for _, cmd in plan["prepare"]]
     for a in plan["arms"]:
         lines.append(f"arm {a['arm'].name}: {a['arm'].what}")
-        if a["cmd"]:
-            lines.append(f"  $ {shlex.join(a['cmd'])}")
+        lines += [f"  $ {shlex.join(cmd)}" for cmd in (a["cmd"], a["then"]) if cmd]
     lines.append(f"then every arm: {' and '.join(tests)}")
     if plan["folder"].exists():
         kept = shown(plan["folder"].parent / "previous")
@@ -278,12 +287,17 @@ def prepare_shares(plan):
 def train_arm(plan, a):
     """Run an arm's trainer command (its output shown and kept in {arm}/train.log) -> seconds it took.
     A failure is one line naming the arm and its log."""
-    log = a["dir"] / "train.log"
-    rc, seconds, err = run_logged(a["cmd"], log, f"arm {a['arm'].name}: {a['arm'].what}")
-    if rc != 0 or not a["output"].is_file():
-        why = (f"exit {rc}" + (f": {err}" if err else "")) if rc else f"it left no {a['output'].name}"
-        raise UserError(f"arm {a['arm'].name} of study {plan['study'].name} failed ({why}); its log: {log}")
-    return seconds
+    total = 0.0
+    for cmd, log, output in ((a["cmd"], a["dir"] / "train.log", a["first"]),
+                             (a["then"], a["dir"] / "train_dpo.log", a["output"])):
+        if not cmd:
+            continue
+        rc, seconds, err = run_logged(cmd, log, f"arm {a['arm'].name}: {a['arm'].what}")
+        if rc != 0 or not output.is_file():
+            why = (f"exit {rc}" + (f": {err}" if err else "")) if rc else f"it left no {output.name}"
+            raise UserError(f"arm {a['arm'].name} of study {plan['study'].name} failed ({why}); its log: {log}")
+        total += seconds
+    return total
 
 
 def score_arms(args, plan):
@@ -323,7 +337,7 @@ def main(argv=None):
     trained = [a for a in plan["arms"] if a["cmd"]]
     curves = plan["folder"] / "loss_curves.png" if trained else None
     if curves:
-        plot_curves([layout.log_path_for(a["output"]) for a in trained], curves, [a["arm"].name for a in trained])
+        plot_curves([layout.log_path_for(a["first"]) for a in trained], curves, [a["arm"].name for a in trained])
     readme = summary(args, argv, plan, seconds, rows, written, curves, time.time() - t0)
     print("\n" + report.markdown_table(rows))
     print(f"\nstudy {plan['study'].name} done in {fmt_time(time.time() - t0)}: {readme}, "

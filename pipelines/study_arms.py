@@ -20,7 +20,7 @@ from selection.select import cherry_paths
 from trainer.args import check_lora_flags, parse_args
 from trainer.stage import check_model_flags
 
-LORA, FULL = "trainer/train_lora.py", "trainer/train_full_sft.py"
+LORA, FULL, DPO = "trainer/train_lora.py", "trainer/train_full_sft.py", "trainer/train_dpo.py"
 SELECT = "scripts/select_data.py"
 SYSTEM = "You are a helpful assistant."
 RANKS = (4, 8, 16, 64)
@@ -35,6 +35,8 @@ class Arm:
     script: object = LORA              # the trainer it runs; None: no training, the base itself is scored
     flags: tuple = ()                  # what this arm adds to the flags every arm shares
     data: str = ""                     # "": the study's --data_path; else its prepared share, data/{data}.jsonl
+    then: tuple = None                 # a DPO stage after it (its flags): train_dpo.py --from_lora on --pairs
+    share: float = 1.0                 # with then: the first stage's share of --max_steps (DPO takes the rest)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,13 @@ STUDIES = {s.name: s for s in (
           base="pretrain", defaults=(("data_path", "dataset/sft.jsonl"), ("val_data", "dataset/sft_val.jsonl"),
                                      ("max_steps", 600), ("minutes", 60.0), ("gen", "music,identity")),
           file_identity=True),
+    Study("dpo", "Does DPO after the LoRA beat the LoRA alone, in the same number of steps?",
+          (Arm("lora", "LoRA for every one of --max_steps (train_lora.py's defaults)"),
+           Arm("lora_dpo", "LoRA for 3/4 of --max_steps, then sigmoid DPO (beta 0.1) of that adapter "
+                           "(--from_lora) on --pairs for the rest", then=(), share=0.75)),
+          "a DPO step takes 8 pairs (16 answers) where a LoRA step takes 16 conversations; both arms end "
+          "after the same number of optimizer steps.",
+          defaults=(("max_steps", 160), ("minutes", 30.0))),
 )}
 
 
@@ -103,12 +112,37 @@ def arm_command(arm, base, data, arm_dir, minutes, seed, device="", max_steps=0,
         return None
     cmd = ["python", arm.script, "--base", shown(base), "--data_path", shown(data), "--epochs", EPOCHS,
            "--seed", seed, "--max_minutes", f"{minutes:g}", "--out_dir", shown(arm_dir)]
-    cmd += ["--lora_name", arm.name] if arm.script == LORA else []
+    cmd += ["--lora_name", first_name(arm)] if arm.script == LORA else []
     cmd += ["--device", device] if device else []
-    cmd += ["--max_steps", max_steps] if max_steps else []
+    cmd += ["--max_steps", stage_steps(arm, max_steps)[0]] if max_steps else []
     cmd += ["--val_data", shown(val_data)] if val_data else []
     cmd += ["--max_seq_len", max_seq_len] if max_seq_len else []
     return [str(c) for c in cmd + list(arm.flags)]
+
+
+def first_name(arm):
+    """The adapter name of an arm's LoRA stage: the arm's, or {arm}_lora when a DPO stage follows (the
+    arm's name is then the DPO stage's adapter)."""
+    return arm.name if arm.then is None else f"{arm.name}_lora"
+
+
+def stage_steps(arm, max_steps):
+    """(first stage's --max_steps, the DPO stage's) of an arm; an arm without a DPO stage takes them all."""
+    first = max_steps if arm.then is None else max(1, round(arm.share * max_steps))
+    return first, max_steps - first
+
+
+def then_command(arm, first_output, pairs, arm_dir, minutes, seed, device="", max_steps=0, max_seq_len=0):
+    """The DPO stage of an arm with one (Arm.then), or None: train_dpo.py continuing the first stage's
+    adapter (--from_lora) on the pairs, for the steps the first stage left, into the arm's folder."""
+    if arm.then is None:
+        return None
+    cmd = ["python", DPO, "--from_lora", shown(first_output), "--lora_name", arm.name, "--data_path",
+           shown(pairs), "--seed", seed, "--max_minutes", f"{minutes:g}", "--out_dir", shown(arm_dir),
+           "--max_steps", stage_steps(arm, max_steps)[1]]
+    cmd += ["--device", device] if device else []
+    cmd += ["--max_seq_len", max_seq_len] if max_seq_len else []
+    return [str(c) for c in cmd + list(arm.then)]
 
 
 def check_arm(arm, cmd, base, config):
@@ -116,10 +150,10 @@ def check_arm(arm, cmd, base, config):
     dry run too): its flags (trainer.args.parse_args), their fit to the base (trainer.stage.check_model_flags:
     the window) and, for a LoRA arm, its LoRA settings against the base's layers (trainer.args.check_lora_flags:
     a rank above a layer's width, an unknown target). config: the base's ModelConfig."""
-    stage = "lora" if arm.script == LORA else "full_sft"
+    stage = {LORA: "lora", FULL: "full_sft", DPO: "dpo"}[cmd[1]]
     cfg = parse_args(stage, cmd[2:])
     check_model_flags(cfg, config, base)
-    if stage == "lora":
+    if stage == "lora" or (stage == "dpo" and not cfg.from_lora):
         check_lora_flags(cfg, config)
 
 
@@ -160,12 +194,12 @@ def step_output(folder, step):
     return Path(folder) / "data" / ("scores.jsonl" if step == "scores" else f"{step}.jsonl")
 
 
-def arm_output(arm, base, arm_dir, config):
-    """The model file an arm's run leaves (config: the base's, a dict): its adapter, its full-SFT
-    checkpoint, or the base itself for an arm that does not train."""
+def arm_output(arm, base, arm_dir, config, first=False):
+    """The model file an arm's run leaves (config: the base's, a dict): its adapter (after its DPO stage if
+    it has one; first: its first stage's), its full-SFT checkpoint, or the base for an arm that does not train."""
     hidden, moe = config["hidden_size"], config.get("use_moe", False)
     if arm.script is None:
         return Path(base)
     if arm.script == FULL:
         return layout.checkpoint_path(arm_dir, "full_sft", hidden, moe)
-    return layout.adapter_path(arm_dir, arm.name, hidden, moe)
+    return layout.adapter_path(arm_dir, first_name(arm) if first else arm.name, hidden, moe)

@@ -52,7 +52,10 @@ def summary(args, argv, plan, seconds, rows, written, curves, took):
               "|---|---|---|---:|---:|---:|---:|"]
     for a in plan["arms"]:
         trained = a["cmd"] is not None
-        steps, loss, val = log_stats(layout.log_path_for(a["output"])) if trained else ("-", "-", "-")
+        steps, loss, val = log_stats(layout.log_path_for(a["first"])) if trained else ("-", "-", "-")
+        if trained and a.get("then"):                   # its DPO stage: the steps add up, the losses do not
+            more, dpo_loss, dpo_val = log_stats(layout.log_path_for(a["output"]))
+            steps, loss, val = f"{steps} + {more} DPO", f"{loss} (DPO {dpo_loss})", f"{val} (DPO {dpo_val})"
         lines.append(f"| {a['arm'].name} | {a['arm'].what} | {share_note(plan, a) if trained else '-'} | {steps} | "
                      f"{loss} | {val} | {fmt_time(seconds[a['arm'].name]) if trained else '-'} |")
     lines += (["", f"Note: {study.note}"] if study.note else []) + ["", "## Scores", "", report.markdown_table(rows)]
@@ -67,4 +70,6 @@ def summary(args, argv, plan, seconds, rows, written, curves, took):
     lines += ["Its arms ran:", ""]
     for a in plan["arms"]:
         lines.append(f"    # {a['arm'].name}: " + ("no training" if a["cmd"] is None else shlex.join(a["cmd"])))
+        if a.get("then"):
+            lines.append(f"    #   then: {shlex.join(a['then'])}")
     return write_text(f / "README.md", "\n".join(lines) + "\n")

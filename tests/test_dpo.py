@@ -268,3 +268,14 @@ def test_a_continued_adapter_starts_as_its_own_reference_and_records_where_it_ca
     assert saved["base"]["sha256"] == begun["base"]["sha256"]
     code, _, err = run_main(td.main, ["--from_lora", str(start), "--data_path", str(data), "--out_dir", str(out)], capsys)
     assert code == 2 and "give --lora_name" in err
+
+
+def test_the_speed_benchmark_prints_its_table_beside_trl(tmp_path):
+    pytest.importorskip("trl")
+    base = make_checkpoint(tmp_path / "base.pth")
+    data = write_random_pairs(tmp_path / "pairs.jsonl", n=8)
+    r = run_python([str(REPO / "scripts" / "bench_dpo.py"), "--ckpt", str(base), "--data", str(data), "--steps", "1",
+                    "--batch_size", "2", "--threads", "1", "--lora"], REPO)
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| T")]
+    assert [row.split("|")[1].strip() for row in rows] == ["TRL 1.16 DPOTrainer", "TinyMind train_dpo"], r.stdout
+    assert "command: python" in r.stdout and "machine:" in r.stdout

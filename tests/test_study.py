@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from core.cli import run_cli
 from pipelines.study_arms import STUDIES
@@ -29,10 +30,12 @@ def test_dry_run_prints_every_arm_with_the_same_base_seed_and_budget(tmp_path, b
     out = tmp_path / "out"
     for name, s in STUDIES.items():
         study.main(["--study", name, "--dry_run", "--base", str(base), "--data_path", str(data), "--seed", "7",
-                    "--minutes", "0.5", "--tasks", "arc_easy,hellaswag", "--out_dir", str(out)])
+                    "--minutes", "0.5", "--tasks", "arc_easy,hellaswag", "--out_dir", str(out),
+                    "--pairs", str(write_pairs(tmp_path / "pairs.jsonl"))])
         text = capsys.readouterr().out
         arms_text = text[text.index("\narm "):]                   # the shares' commands (ifd) come first
-        cmds = [line[4:] for line in arms_text.splitlines() if line.startswith("  $ ")]
+        cmds = [line[4:] for line in arms_text.splitlines()               # each arm's first stage; the dpo
+                if line.startswith("  $ ") and "train_dpo.py" not in line]     # study's DPO stages: their own test
         assert len(cmds) == sum(a.script is not None for a in s.arms), text
         assert all(f"arm {a.name}:" in text for a in s.arms)
         for arm, cmd in zip([a for a in s.arms if a.script], cmds):
@@ -88,6 +91,32 @@ def test_a_rerun_leaves_the_temporaries_of_a_killed_arm_behind(tmp_path):
     assert len(kept) == 1 and not folder.exists()
     names = sorted(p.relative_to(kept[0]).as_posix() for p in kept[0].rglob("*") if p.is_file())
     assert names == ["all/lora/" + live.name, "assistant/lora/assistant_64.pth"], names
+
+
+def write_pairs(path, n=12):
+    rows = [{"prompt": f"question {i} about music", "chosen": f"the right answer {i}", "rejected": f"wrong {i}"}
+            for i in range(n)]
+    return write_jsonl(path, rows)
+
+
+def test_the_dpo_study_takes_the_same_steps_with_a_dpo_stage_that_continues_the_lora(tmp_path, bench_cache, inputs):
+    """LoRA for 3 of 4 steps then DPO of that adapter for 1, against LoRA for 4: both scored in one table."""
+    base, data = inputs
+    out, pairs = tmp_path / "out", write_pairs(tmp_path / "pairs.jsonl")
+    argv = ["scripts/study.py", "--study", "dpo", "--base", str(base), "--data_path", str(data), "--pairs", str(pairs),
+            "--minutes", "1", "--max_steps", "4", "--tasks", "arc_easy", "--limit", "2", "--gen", "identity",
+            "--gen_limit", "2", "--device", "cpu", "--out_dir", str(out)]
+    run_python(argv, REPO, {"TINYMIND_CACHE": str(bench_cache)})
+    folder = out / "study" / "dpo"
+    logs = {name: [json.loads(x) for x in (folder / arm / "logs" / f"{name}_64.jsonl").read_text().splitlines()]
+            for arm, name in (("lora", "lora"), ("lora_dpo", "lora_dpo_lora"), ("lora_dpo", "lora_dpo"))}
+    steps = {name: max(r["step"] for r in rows) for name, rows in logs.items()}
+    assert steps == {"lora": 4, "lora_dpo_lora": 3, "lora_dpo": 1}
+    assert "accuracy" in logs["lora_dpo"][-2] or any("accuracy" in r for r in logs["lora_dpo"])
+    dpo = torch.load(folder / "lora_dpo" / "lora" / "lora_dpo_64.pth", weights_only=True)
+    assert dpo["meta"]["stage"] == "dpo" and dpo["meta"]["from_lora"].endswith("lora_dpo_lora_64.pth")
+    assert json.loads((folder / "eval" / "study_dpo.json").read_text())["models"] == ["lora", "lora_dpo"]
+    assert "| lora_dpo |" in (folder / "README.md").read_text() and "3 + 1 DPO" in (folder / "README.md").read_text()
 
 
 def test_tiny_study_end_to_end_then_rerun_kept_and_failed_arm(tmp_path, bench_cache, inputs):

@@ -49,10 +49,16 @@ class Answer(str):
         return obj
 
 
+def answer_seed(seed, n, i, k):
+    """The seed of answer k (of n) to question i: another --seed gives other answers to every question (not
+    the same ones shifted by a question)."""
+    return (seed * 1_000_003 + n * i + k) % 2**63
+
+
 def sample_answers(loaded, questions, n, sampling, seed, batch_size=16):
     """n sampled answers (Answer: text and whether it finished) to each question (a message list):
-    [[answer, ...], ...]. Each answer has its own seed (seed + n * question + k), so the answers are the
-    same however the rows are batched."""
+    [[answer, ...], ...]. Each answer has its own seed (answer_seed), so the answers are the same however
+    the rows are batched."""
     engine, tok = ChatEngine(loaded), loaded.tokenizer
     max_new = sampling.get("max_new_tokens", 256)
     prepared = [engine.prepare(q[:-1], q[-1]["content"], max_new).ids for q in questions]
@@ -61,7 +67,7 @@ def sample_answers(loaded, questions, n, sampling, seed, batch_size=16):
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         outs = generate(loaded.model, [prepared[i] for i, _ in chunk], stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                        seed=[seed + n * i + k for i, k in chunk], **sampling)
+                        seed=[answer_seed(seed, n, i, k) for i, k in chunk], **sampling)
         for (i, k), out in zip(chunk, outs):
             answers[i][k] = Answer(tok.decode(out).strip(), len(out) < max_new)
         print(f"  {min(start + batch_size, len(jobs))}/{len(jobs)} answers sampled", file=sys.stderr, flush=True)
@@ -99,17 +105,29 @@ def make_pairs(loaded, records, n, sampling, seed=0, tests=(), batch_size=16):
 def pair_of(record, prompt, answers):
     """One question's pair from its sampled answers -> (pair or None, what happened, for the counts):
     chosen = the first passing answer that finished (one cut at max_new_tokens would teach stopping
-    mid-sentence), else the record's reference; rejected = the first failing one."""
+    mid-sentence), else the record's reference (when it passes its own check); rejected = the first failing
+    answer that finished, else the first failing one cut short (counted: it may have failed only for the cut)."""
     identity = record.get("identity") if isinstance(record.get("identity"), dict) else None
     verdicts = [judge(record, a, identity) for a in answers]
-    good = [a for a, (ok, _) in zip(answers, verdicts) if ok and getattr(a, "finished", True)]
-    bad = [(a, why) for a, (ok, why) in zip(answers, verdicts) if ok is False and a.strip()]
+    if all(ok is None for ok, _ in verdicts):
+        return None, "nothing to check an answer against"
+    finished = [getattr(a, "finished", True) for a in answers]
+    good = [a for a, (ok, _), done in zip(answers, verdicts, finished) if ok and done]
+    bad = sorted(((not done, i) for i, ((ok, _), done) in enumerate(zip(verdicts, finished))
+                  if ok is False and answers[i].strip()))
     if not bad:
         return None, "every answer passed (no pair)"
-    chosen, chosen_from = (good[0], "model") if good else (reference(record), "reference")
-    rejected, why = bad[0]
-    if not chosen or not chosen.strip() or chosen.strip() == rejected.strip():
+    if good:
+        chosen, chosen_from = good[0], "model"
+    else:
+        chosen, chosen_from = reference(record), "reference"
+        if not chosen or not judge(record, chosen, identity)[0]:
+            return None, "the reference answer fails its own check"
+    cut, i = bad[0]
+    rejected, why = answers[i], verdicts[i][1]
+    if chosen.strip() == rejected.strip():
         return None, "no answer to choose"
-    return ({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": record.get("_where"),
-             "chosen_from": chosen_from, "rejected_why": why, "passed": f"{len(good)}/{len(answers)}"},
-            f"pairs, chosen answer from the {chosen_from}")
+    pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": record.get("_where"),
+            "chosen_from": chosen_from, "rejected_why": why + (" (cut at --max_new_tokens)" if cut else ""),
+            "passed": f"{sum(bool(ok) for ok, _ in verdicts)}/{len(answers)}"}
+    return pair, f"pairs, chosen answer from the {chosen_from}" + (", rejected one cut short" if cut else "")

@@ -102,3 +102,18 @@ def test_an_answer_cut_at_max_new_tokens_is_never_chosen():
     rec = qa("Which instrument has 88 keys?", "The piano has 88 keys.", answers=["piano"])
     pair, _ = pair_of(rec, rec["conversations"][:1], [Answer("The piano, which", False), Answer("A drum.")])
     assert pair["chosen"] == "The piano has 88 keys." and pair["chosen_from"] == "reference"
+
+
+def test_a_finished_failing_answer_is_rejected_before_one_cut_short_and_the_reference_is_checked():
+    from evaluation.pairs import Answer
+    rec = qa("Which instrument has 88 keys?", "The piano has 88 keys.", answers=["piano"])
+    prompt = rec["conversations"][:1]
+    pair, why = pair_of(rec, prompt, [Answer("It might be the", False), Answer("A drum.")])
+    assert pair["rejected"] == "A drum." and "cut" not in why
+    pair, why = pair_of(rec, prompt, [Answer("It might be the", False)])
+    assert pair["rejected"] == "It might be the" and why.endswith("rejected one cut short")
+    assert pair["rejected_why"].endswith("(cut at --max_new_tokens)")
+    wrong = qa("Which instrument has 88 keys?", "A harp.", answers=["piano"])
+    assert pair_of(wrong, prompt, ["A drum."]) == (None, "the reference answer fails its own check")
+    unscored = qa("Who are you?", "I am TinyMind.", ask="name")                   # no identity to check against
+    assert pair_of(unscored, prompt, ["I am Bob."]) == (None, "nothing to check an answer against")

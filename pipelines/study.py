@@ -149,8 +149,9 @@ def make_plan(args):
     for flag, f in (("--data_path", data), ("--val_data", val), ("--pairs", pairs)):
         if f and not f.is_file():
             raise UserError(f"{flag} {f}: file not found")
-    if pairs and not args.max_steps:
-        raise UserError(f"--max_steps 0: the {study.name} study splits a number of steps between its stages; give one")
+    if pairs and args.max_steps < 2:
+        raise UserError(f"--max_steps {args.max_steps}: the {study.name} study splits its steps between two stages; "
+                        "give at least 2")
     for t in args.tasks:
         benchmarks.load_task(t)                        # items not fetched: one line saying how
     gen = load_gen_tasks(args.gen, args.gen_limit) if args.gen else []

@@ -86,7 +86,8 @@ STUDIES = {s.name: s for s in (
            Arm("lora_dpo", "LoRA for 3/4 of --max_steps, then sigmoid DPO (beta 0.1) of that adapter "
                            "(--from_lora) on --pairs for the rest", then=(), share=0.75)),
           "a DPO step takes 8 pairs (16 answers) where a LoRA step takes 16 conversations; both arms end "
-          "after the same number of optimizer steps.",
+          "after the same number of optimizer steps (each stage may take --minutes: give a budget the steps "
+          "fit in, or the arms differ).",
           defaults=(("max_steps", 160), ("minutes", 30.0))),
 )}
 
@@ -128,7 +129,7 @@ def first_name(arm):
 
 def stage_steps(arm, max_steps):
     """(first stage's --max_steps, the DPO stage's) of an arm; an arm without a DPO stage takes them all."""
-    first = max_steps if arm.then is None else max(1, round(arm.share * max_steps))
+    first = max_steps if arm.then is None else min(max_steps - 1, max(1, round(arm.share * max_steps)))
     return first, max_steps - first
 
 

@@ -154,12 +154,19 @@ def test_the_lora_reference_is_the_base_with_no_second_copy():
 def test_precomputed_reference_trains_as_the_live_one(tmp_path, capsys):
     base = make_checkpoint(tmp_path / "base.pth")
     data = write_pairs(tmp_path / "pairs.jsonl", n=16)
-    args = ["--base", str(base), "--data_path", str(data), *FAST, "--max_steps", "6", "--learning_rate", "1e-3"]
+    args = ["--base", str(base), "--data_path", str(data), *FAST, "--max_steps", "6", "--learning_rate", "1e-3",
+            "--val_ratio", "0.3"]
     for name, extra in (("live", []), ("pre", ["--precompute_ref"])):
         assert run_main(td.main, args + ["--out_dir", str(tmp_path / name), *extra], capsys)[0] == 0
     wa, wb = (load_checkpoint(tmp_path / n / "dpo_64.pth")["model"] for n in ("live", "pre"))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6, msg=k)
+    # the validation pairs have their own table: the same validation as against the live reference
+    live, pre = ([r for r in log_rows(tmp_path / n, "dpo_64") if "val_loss" in r] for n in ("live", "pre"))
+    assert len(live) == len(pre) > 1
+    for a, b in zip(live, pre):
+        for key in ("val_loss", "val_margin", "val_accuracy", "val_reward_chosen"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key
     # a second run over the same pairs and reference reads the table back instead of computing it
     code, stdout, _ = run_main(td.main, args + ["--out_dir", str(tmp_path / "pre"), "--precompute_ref"], capsys)
     assert code == 0 and "computed before" in stdout

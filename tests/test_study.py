@@ -242,3 +242,20 @@ def test_bad_study_name_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "--study: invalid choice: 'nope'" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_dpo_studys_stages_split_the_steps_and_need_two(tmp_path, bench_cache, inputs, capsys):
+    from pipelines.study_arms import stage_steps
+    lora, lora_dpo = STUDIES["dpo"].arms
+    assert [stage_steps(lora_dpo, n) for n in (2, 3, 4, 160)] == [(1, 1), (2, 1), (3, 1), (120, 40)]
+    assert stage_steps(lora, 160) == (160, 0)
+    base, data = inputs
+    code = 0
+    try:
+        run_cli(study.main, ["--study", "dpo", "--dry_run", "--base", str(base), "--data_path", str(data), "--pairs",
+                             str(write_pairs(tmp_path / "pairs.jsonl")), "--max_steps", "1", "--out_dir",
+                             str(tmp_path / "out")])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "--max_steps 1: the dpo study splits its steps between two stages" in err

@@ -10,7 +10,7 @@ cross-entropy objective of trainer/step.py. The teacher is any model TinyMind lo
 --teacher_dtype (on a CPU bfloat16 or int8 make it cheaper); it must share the student's tokenizer.
 
 Library module; trainer/train_full_sft.py and train_lora.py use it:
-    run.objective = teacher_objective(cfg, tokenizer, run.dist.device, say)      # None without --teacher
+    run.objective = teacher_objective(cfg, tokenizer, config, run.dist.device, say)
 """
 import contextlib
 import itertools
@@ -44,10 +44,7 @@ class DistillObjective:
                 "teacher_dtype": cfg.teacher_dtype}
 
     def prepare(self, run, model, train_set, val_set, collate, dtype, autocast):
-        vocab, tv = model.config.vocab_size, self.teacher.config.vocab_size
-        if vocab != tv:
-            raise UserError(f"--teacher: its output layer has {tv:,} tokens and the student's {vocab:,}; "
-                            "distil from a model of the same vocabulary")
+        pass
 
     def terms(self, model, batch, dev, autocast):
         """(loss sum as trained, CE sum, KL sum, target count, aux loss) of one micro-batch."""
@@ -95,9 +92,9 @@ class DistillObjective:
         return sums[0].item() / n, {"kl": sums[1].item() / n}
 
 
-def teacher_objective(cfg, tokenizer, device, say=print):
+def teacher_objective(cfg, tokenizer, config, device, say=print):
     """The DistillObjective of --teacher (its model loaded in --teacher_dtype, eval mode, frozen), or None.
-    A teacher with another tokenizer is one line."""
+    A teacher with another tokenizer or output layer than the student's (config) is one line."""
     if not cfg.teacher:
         return None
     _, source = find_model(cfg.out_dir, cfg.teacher)
@@ -106,6 +103,10 @@ def teacher_objective(cfg, tokenizer, device, say=print):
         raise UserError(f"--teacher {cfg.teacher}: its tokenizer is not the student's (sha256 "
                         f"{loaded.tokenizer.sha256[:12]} vs {tokenizer.sha256[:12]}); teacher and student must share "
                         "one (black-box distillation needs none: scripts/make_pairs.py writes a teacher's answers)")
+    vocab, theirs = config.vocab_size, loaded.model.config.vocab_size
+    if vocab != theirs:
+        raise UserError(f"--teacher {cfg.teacher}: its output layer has {theirs:,} tokens and the student's "
+                        f"{vocab:,}; distil from a model of the same vocabulary")
     loaded.model.requires_grad_(False).eval()
     say(f"teacher {loaded.label} ({cfg.teacher_dtype}): loss = {cfg.alpha:g} * CE + {1 - cfg.alpha:g} * "
         f"{cfg.temperature:g}^2 * KL(teacher || student) at temperature {cfg.temperature:g}")

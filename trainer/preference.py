@@ -31,6 +31,7 @@ from trainer.components import hold_frozen_in
 from trainer.distributed import all_reduce_sum
 
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
+TABLE_VERSION = 2          # of a precomputed reference table: 1 filled the validation rows from the training set
 # the sums a step keeps per pair (and the chosen tokens' NLL for --rpo_alpha), in this order
 SUMS = ("loss", "reward_chosen", "reward_rejected", "accuracy", "logps_chosen", "logps_rejected")
 
@@ -99,9 +100,10 @@ class Reference:
             self.start = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
-    def logps(self, policy, batch, autocast, split="train"):
-        """(chosen, rejected) reference log-probabilities of a collated batch, each (B,)."""
-        if split in self.table:
+    def logps(self, policy, batch, autocast, split=None):
+        """(chosen, rejected) reference log-probabilities of a collated batch, each (B,): from the table of
+        its dataset (split "train" or "val", as precomputed), else computed now."""
+        if split is not None and split in self.table:
             return self.table[split][batch["index"]].to(batch["input_ids"].device).unbind(1)
         dev = next(unwrap_model(policy).parameters()).device
         ids, labels = batch["input_ids"].to(dev), batch["labels"].to(dev)
@@ -140,7 +142,7 @@ class Reference:
         a share, summed) and kept there. The copied reference is then let go."""
         if not self.precompute:
             return
-        identity = {**identity, **{name: dataset_digest(ds) for name, ds in sets.items()}}
+        identity = {**identity, "version": TABLE_VERSION, **{name: dataset_digest(ds) for name, ds in sets.items()}}
         path = layout.reference_path(folder)
         saved = read_pth(path) if path.is_file() else None
         if saved is not None and saved.get("identity") == identity:

@@ -23,7 +23,8 @@ from trainer.distributed import all_gather_objects, barrier, rng_state, set_rng_
 # the flags that decide which parameters a LoRA run trains and how
 LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "use_rslora")
 # the flags that decide what the samples are and which of them train (the split): a resume must keep them
-DATA_FLAGS = ("max_seq_len", "val_ratio", "val_data", "seed", "loss_on", "system_prompt", "skip_bad")
+DATA_FLAGS = ("max_seq_len", "val_ratio", "val_data", "seed", "loss_on", "system_prompt", "skip_bad",
+              "from_lora")          # a DPO run's --from_lora: the adapter it continues is its reference
 
 
 class TrainState:

@@ -31,7 +31,7 @@ def main(argv=None):
         save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
         return path
 
-    run.objective = teacher_objective(cfg, tokenizer, run.dist.device, say)        # None without --teacher
+    run.objective = teacher_objective(cfg, tokenizer, config, run.dist.device, say)        # None without --teacher
     meta = stage_meta("full_sft", data_path, info, base)
     run.writes(path, save_model, {**meta, "distill": run.objective.record(cfg)} if run.objective else meta)
     finish_run(run, model, train_set, val_set, chat_collate(cfg, tokenizer))

@@ -39,7 +39,7 @@ def main(argv=None):
         save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, meta)
         return path
 
-    run.objective = teacher_objective(cfg, tokenizer, run.dist.device, say)        # None without --teacher
+    run.objective = teacher_objective(cfg, tokenizer, config, run.dist.device, say)        # None without --teacher
     meta = stage_meta("lora", data_path, info, base, base_sha)
     run.writes(path, save_model, {**meta, "distill": run.objective.record(cfg)} if run.objective else meta)
     finish_run(run, model, train_set, val_set, chat_collate(cfg, tokenizer))

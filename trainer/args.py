@@ -269,8 +269,9 @@ def format_config(cfg, stage):
     differs from the stage's default, one `name: value` per line. The whole resolved config goes into the
     run's log (out/logs/{run}.jsonl, first line) and into every checkpoint."""
     defaults = TrainConfig(**STAGE_DEFAULTS[stage])
-    if stage == "dpo":
-        defaults = preference_defaults(replace(defaults, lora_name=cfg.lora_name, loss_type=cfg.loss_type))
+    if stage == "dpo":              # the learning rate and beta the run's own --lora_name and --loss_type pick
+        auto = preference_defaults(replace(defaults, lora_name=cfg.lora_name, loss_type=cfg.loss_type))
+        defaults = replace(defaults, learning_rate=auto.learning_rate, beta=auto.beta)
     defaults = resolve_config(defaults, stage).to_dict()
     return "\n".join(f"  {k}: {v!r}" for k, v in cfg.to_dict().items()
                      if k in ALWAYS_SHOWN or v != defaults[k])

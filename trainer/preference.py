@@ -149,6 +149,8 @@ class Reference:
             self.table = saved["table"]
             say(f"reference log-probabilities: {path} (computed before; {sum(map(len, self.table.values())):,} pairs)")
         else:
+            say(f"computing the reference log-probabilities of {sum(map(len, sets.values())):,} pairs once "
+                "(--precompute_ref) ...")
             for name, ds in sets.items():
                 mine = Subset(ds, range(dist.rank, len(ds), dist.world_size))
                 table = torch.zeros(len(ds), 2, dtype=torch.float64, device=dist.device)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from core.errors import UserError
 from dataset.formats import _bad, _check_messages, _from_role_list, check_encodable, iter_jsonl
-from dataset.lm_dataset import IGNORE
+from dataset.lm_dataset import IGNORE, collate_chat
 from tokenizer.tokenizer import encode_chat
 
 FIX_PAIR = ('each line should be {"prompt": "...", "chosen": "...", "rejected": "..."} or MiniMind\'s '
@@ -134,15 +134,7 @@ class PreferenceDataset(Dataset):
 
 def collate_pairs(batch, pad_id, pad_to=None):
     """B pairs -> one batch of 2B rows, the chosen answers first, then the rejected ones in the same order
-    (as TRL's concatenated forward), right-padded to the longest row (or pad_to); "index" holds each
-    pair's place in its dataset (its precomputed reference log-probabilities)."""
-    rows = [(b["chosen_ids"], b["chosen_labels"]) for b in batch] + \
-           [(b["rejected_ids"], b["rejected_labels"]) for b in batch]
-    T = pad_to or max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, :len(ids)], labels[i, :len(ids)], attention_mask[i, :len(ids)] = ids, lab, 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-            "index": torch.tensor([b["index"] for b in batch], dtype=torch.long)}
+    (as TRL's concatenated forward), padded by dataset.lm_dataset.collate_chat; "index" holds each pair's
+    place in its dataset (its precomputed reference log-probabilities)."""
+    rows = [{"input_ids": b[f"{k}_ids"], "labels": b[f"{k}_labels"]} for k in ANSWERS for b in batch]
+    return {**collate_chat(rows, pad_id, pad_to), "index": torch.tensor([b["index"] for b in batch], dtype=torch.long)}

@@ -229,12 +229,10 @@ class PreferenceObjective:
             sums[0] += losses.detach().sum().double()
             sums[1:len(SUMS)] += s
             sums[len(SUMS)] += nll.detach().double()
-        tokens = sum(b["attention_mask"].sum().item() for b in micro)
-        all_reduce_sum(sums, dist)
-        metrics = self.metric_sums(sums, n_pairs, n_tok)
-        stats = torch.tensor([metrics["loss"], tokens], dtype=torch.float64, device=dev)
-        stats[1] = all_reduce_sum(stats[1:].clone(), dist)[0]
-        return stats, n_pairs, metrics
+        tokens = torch.tensor([sum(b["attention_mask"].sum().item() for b in micro)], dtype=torch.float64, device=dev)
+        sums = all_reduce_sum(torch.cat([sums, tokens]), dist)          # one collective for the sums and tokens
+        metrics = self.metric_sums(sums[:-1], n_pairs, n_tok)
+        return torch.tensor([metrics["loss"], sums[-1].item()], dtype=torch.float64, device=dev), n_pairs, metrics
 
     def metric_sums(self, sums, n_pairs, n_tok):
         """The step's sums over pairs -> {name: sum}: the loss (with the RPO term, as trained), each SUMS

@@ -40,6 +40,7 @@ class Row:
     seen: object = None                   # (V,) bool, for the repetition penalty
     done: bool = False
     new: list = field(default_factory=list)
+    logps: list = None                    # with keep_logps: each new token's log-probability as sampled
 
 
 class Batch:
@@ -60,10 +61,13 @@ class Batch:
 
     @torch.inference_mode()
     def join(self, prompts, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
-             stop_ids=(), seed=None):
+             stop_ids=(), seed=None, copies=1, keep_logps=False):
         """Prefill prompts (token-id lists) together and add them as rows -> their Row objects. The reply
         length is capped to what the window leaves (a WindowWarning says so). seed: one for every row, or a
-        list with each row's (several samples of one prompt)."""
+        list with each row's (several samples of one prompt). copies: each prompt joins as that many rows
+        (prompt i's copies next to each other) that share its one prefill: a group of samples of one prompt
+        computes the prompt once. keep_logps: each row keeps the log-probability of every token it samples
+        (of the temperature-scaled distribution, as a policy gradient takes it: trainer/rollout.py)."""
         lengths = [len(p) for p in prompts]
         if not prompts or min(lengths) == 0:
             raise ValueError("every prompt needs at least one token")
@@ -87,6 +91,9 @@ class Batch:
         padded = min(lengths) != L
         logits = self.model(ids, attention_mask=mask if padded else None, kv_cache=cache,
                             last_only=True).logits[:, -1].float()
+        if copies > 1:                                        # the group's rows share the one prefill
+            cache, mask, logits = repeat_rows(cache, mask, logits, copies)
+            prompts = [p for p in prompts for _ in range(copies)]
         rows = []
         seeds = seed if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
         for p, row_seed in zip(prompts, seeds, strict=True):
@@ -99,7 +106,7 @@ class Batch:
                 seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
                 seen[torch.tensor(p, dtype=torch.long, device=self.device)] = True
             rows.append(Row(self.next_id, temperature, top_k, top_p, repetition_penalty, frozenset(stop_ids),
-                            max_new_tokens, g, seen))
+                            max_new_tokens, g, seen, logps=[] if keep_logps else None))
             self.next_id += 1
         self._merge(cache, mask, logits, rows)
         return rows
@@ -181,6 +188,11 @@ class Batch:
         self.mask, self.logits = self.mask.index_select(0, idx), self.logits.index_select(0, idx)
         self.rows = [self.rows[i] for i in keep]
 
+    def row_log_softmax(self):
+        """(B, V) log-probabilities of the next token, each row's logits divided by its temperature (if above 0)."""
+        temps = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in self.rows], device=self.device)
+        return torch.log_softmax(self.logits / temps[:, None], dim=-1)
+
     @torch.inference_mode()
     def step(self):
         """Sample one token for every live row -> [(row, token)]: a row that stops (a stop token, its
@@ -188,11 +200,14 @@ class Batch:
         out = []
         greedy = all(r.temperature <= 0 and r.seen is None for r in self.rows)
         picked = self.logits.argmax(dim=-1).tolist() if greedy else None        # one op for the usual case
+        scaled = self.row_log_softmax() if any(r.logps is not None for r in self.rows) else None
         for i, r in enumerate(self.rows):
             t = picked[i] if greedy else int(sample_next(self.logits[i:i + 1], r.temperature, r.top_k, r.top_p,
                                                          r.repetition_penalty, None if r.seen is None else
                                                          r.seen[None], r.generator)[0])
             r.new.append(t)
+            if r.logps is not None:
+                r.logps.append(float(scaled[i, t]))
             r.left -= 1
             r.done = t in r.stop or r.left <= 0
             if r.seen is not None:
@@ -208,3 +223,10 @@ class Batch:
             self.logits = self.model(fed, attention_mask=None if full else self.mask[:, :n], kv_cache=self.cache,
                                      last_only=True).logits[:, -1].float()
         return out
+
+
+def repeat_rows(cache, mask, logits, n):
+    """A prefilled group's cache, mask and last logits with each row repeated n times (copies side by side)."""
+    for i in range(len(cache.k)):
+        cache.k[i], cache.v[i] = cache.k[i].repeat_interleave(n, 0), cache.v[i].repeat_interleave(n, 0)
+    return cache, mask.repeat_interleave(n, 0), logits.repeat_interleave(n, 0)

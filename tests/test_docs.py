@@ -171,5 +171,5 @@ def test_every_documented_command_runs_with_help():
 def test_the_flag_table_is_the_trainers_flags():
     """docs/training.md's table of trainer flags is trainer.args.flag_table(): a flag added, dropped or
     given another default shows there."""
-    from trainer.args import flag_table
+    from trainer.flag_table import flag_table
     assert flag_table() in (REPO / "docs" / "training.md").read_text(encoding="utf-8")

@@ -23,7 +23,8 @@ FLOORS = {
     "inference": 4, "dataset": 4,
     "trainer": 5, "chat": 5,
     "selection": 6, "evaluation": 6, "serving": 6,
-    "apps": 7, "bench": 7, "pipelines": 7,
+    "rewards": 7,
+    "apps": 8, "bench": 8, "pipelines": 8,
 }
 TOPS = {"apps", "bench", "pipelines", "scripts"}          # what a person runs: nothing below imports them
 MAX_LINES, MAX_FUNCTION = 350, 80

@@ -23,9 +23,9 @@ from model.lora import DEFAULT_TARGETS, LoRAConfig, LoRAConfigError, apply_lora
 from model.model import TinyMindForCausalLM
 from inference.precision import PRECISIONS, cpu_has_bf16
 
-ALL = ("pretrain", "full_sft", "lora", "dpo")
-CHAT = ("full_sft", "lora", "dpo")
-LORA_STAGES = ("lora", "dpo")              # dpo: a LoRA when --lora_name is given, else full fine-tuning
+ALL = ("pretrain", "full_sft", "lora", "dpo", "grpo")
+CHAT = ("full_sft", "lora", "dpo", "grpo")
+LORA_STAGES = ("lora", "dpo", "grpo")      # dpo, grpo: a LoRA when --lora_name is given, else full fine-tuning
 LORA_TARGETS = ",".join(DEFAULT_TARGETS)
 # the flag of each LoRAConfig field
 LORA_FLAGS = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "lora_targets"}
@@ -60,16 +60,25 @@ class TrainConfig:
     # distillation (full_sft, lora)
     teacher: str = ""                    # a model to distil from (a name in out/, a .pth, an HF folder, a .gguf); same tokenizer
     alpha: float = 0.5                   # with --teacher: the share of cross-entropy in the loss; the rest is T^2 * KL(teacher || student)
-    temperature: float = 1.0             # with --teacher: the softmax temperature T of the distillation term
+    temperature: float = 1.0             # with --teacher: the softmax temperature T of the distillation term; grpo: of the sampling
     teacher_dtype: str = "float32"       # the teacher's precision: float32, bfloat16, float16 or int8
-    # preference training (train_dpo.py)
-    loss_type: str = "sigmoid"           # sigmoid (DPO), ipo, or simpo (reference-free, length-normalised)
-    beta: float = 0.0                    # the loss's beta; 0 = 0.1 (sigmoid, ipo) or 2.0 (simpo)
+    # preference training (train_dpo.py) and reinforcement learning (train_grpo.py)
+    loss_type: str = "sigmoid"           # dpo: sigmoid (DPO), ipo, or simpo (reference-free); grpo: grpo, dapo, dr_grpo or cispo
+    beta: float = 0.0                    # dpo: the loss's beta, 0 = 0.1 (sigmoid, ipo) or 2.0 (simpo); grpo: the KL weight, 0 = no reference
     label_smoothing: float = 0.0         # conservative DPO: the assumed share of flipped pairs (sigmoid, simpo)
     simpo_gamma: float = 0.5             # SimPO's target reward margin gamma
     rpo_alpha: float = 0.0               # weight of an SFT term on the chosen answers (RPO); 0 = off
     precompute_ref: bool = False         # compute the reference log-probabilities once before training (kept with the run's states)
     from_lora: str = ""                  # continue this adapter (a name in out/lora or a .pth) on the base it records; the reference is the adapter as it starts
+    # reinforcement learning (train_grpo.py)
+    reward: str = "arithmetic"           # NAME[:weight] (answer, identity, arithmetic, format, length) or module:function[:weight]; repeat the flag for several
+    num_generations: int = 8             # completions sampled per prompt (the group G)
+    max_new_tokens: int = 64             # the longest completion, in tokens
+    epsilon: float = 0.2                 # the clip of the ratio below 1 (grpo, dapo, dr_grpo)
+    epsilon_high: float = 0.0            # the clip above 1 (cispo: of the ratio itself); 0 = --epsilon (cispo: 5.0)
+    scale_rewards: str = "group"         # divide the advantages by the std of the group, of the batch, or none
+    num_iterations: int = 1              # optimizer steps on each rollout (the old policy's log-probabilities: as sampled)
+    dynamic_sampling: bool = False       # sample a prompt again (up to 3 times) when its group's rewards are all equal; drop it if they stay so
     # optimisation
     epochs: int = 1                      # passes over the training data
     max_steps: int = 0                   # optimizer steps to run; > 0 overrides --epochs (data repeats)
@@ -102,15 +111,20 @@ class TrainConfig:
 
 
 # flags that exist only for some stages (the rest exist for all)
-ONLY = {"loss_on": ("full_sft", "lora"), "system_prompt": CHAT, "base": CHAT, "padding": CHAT,
-        "group_by_length": CHAT, "preset": ("pretrain",), "tokenizer": ("pretrain",),
+ONLY = {"loss_on": ("full_sft", "lora"), "system_prompt": CHAT, "base": CHAT, "padding": CHAT[:3],
+        "group_by_length": CHAT[:3], "preset": ("pretrain",), "tokenizer": ("pretrain",),
         **{f: LORA_STAGES for f in ("lora_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
                                     "use_rslora")},
-        **{f: ("full_sft", "lora") for f in ("teacher", "alpha", "temperature", "teacher_dtype")},
-        **{f: ("dpo",) for f in ("loss_type", "beta", "label_smoothing", "simpo_gamma", "rpo_alpha",
-                                 "precompute_ref", "from_lora")}}
+        **{f: ("full_sft", "lora") for f in ("teacher", "alpha", "teacher_dtype")},
+        "temperature": ("full_sft", "lora", "grpo"), "loss_type": ("dpo", "grpo"), "beta": ("dpo", "grpo"),
+        **{f: ("dpo",) for f in ("label_smoothing", "simpo_gamma", "rpo_alpha", "precompute_ref", "from_lora")},
+        **{f: ("grpo",) for f in ("reward", "num_generations", "max_new_tokens", "epsilon", "epsilon_high",
+                                  "scale_rewards", "num_iterations", "dynamic_sampling")}}
+# the --loss_type of each stage that has one
+LOSS_TYPES = {"dpo": ("sigmoid", "ipo", "simpo"), "grpo": ("grpo", "dapo", "dr_grpo", "cispo")}
 CHOICES = {"loss_on": ("assistant", "all"), "padding": ("dynamic", "max_length"),
-           "loss_type": ("sigmoid", "ipo", "simpo"), "teacher_dtype": PRECISIONS,
+           "loss_type": LOSS_TYPES["dpo"] + LOSS_TYPES["grpo"], "teacher_dtype": PRECISIONS,
+           "scale_rewards": ("group", "batch", "none"),
            "dtype": ("auto", "bfloat16", "float16", "float32"), "preset": ("tiny", "small", "base", "moe")}
 # MiniMind-like defaults per stage
 STAGE_DEFAULTS = {
@@ -121,10 +135,24 @@ STAGE_DEFAULTS = {
     # learning_rate 0: resolved by preference_defaults (a LoRA takes a larger one than full fine-tuning)
     "dpo": dict(data_path="../dataset/music_pairs.jsonl", batch_size=8, learning_rate=0.0, epochs=2, lora_name="",
                 eval_interval=50),
+    # batch_size: prompts per micro-batch (each sampled --num_generations times)
+    "grpo": dict(data_path="../dataset/arithmetic.jsonl", val_data="../dataset/arithmetic_test.jsonl", batch_size=4,
+                 learning_rate=0.0, epochs=1, lora_name="", loss_type="dapo", beta=0.04, max_seq_len=256,
+                 eval_interval=20, eval_batches=16, log_interval=1, save_interval=20),
 }
 # what learning_rate 0 and beta 0 of a DPO run resolve to (docs/training.md, "Preference training")
 DPO_LR = {"full": 5e-6, "lora": 5e-5}
+GRPO_LR = {"full": 1e-6, "lora": 2e-5}          # a GRPO run's learning_rate 0 (docs/training.md, "GRPO")
 DPO_BETA = {"sigmoid": 0.1, "ipo": 0.1, "simpo": 2.0}
+
+
+def rl_defaults(cfg):
+    """A GRPO run's learning rate (0: by full or LoRA) and epsilon_high (0: --epsilon, cispo 5.0), in place."""
+    if not cfg.learning_rate:
+        cfg.learning_rate = GRPO_LR["lora" if cfg.lora_name else "full"]
+    if not cfg.epsilon_high:
+        cfg.epsilon_high = 5.0 if cfg.loss_type == "cispo" else cfg.epsilon
+    return cfg
 
 
 def preference_defaults(cfg):
@@ -155,6 +183,8 @@ def build_parser(stage, description=None):
             ap.add_argument(f"--{f.name}", action="store_true", default=default, **kw)
             ap.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
                             help=f"turn --{f.name} off" if default else argparse.SUPPRESS)
+        elif f.name == "reward":
+            ap.add_argument("--reward", action="append", default=None, **kw)
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
             ap.add_argument(f"--{f.name}", type=typ, default=default, choices=CHOICES.get(f.name), **kw)
@@ -164,9 +194,13 @@ def build_parser(stage, description=None):
 def parse_args(stage, argv=None, description=None):
     """Flags -> TrainConfig for one stage (fields a stage does not use keep their defaults)."""
     ns = build_parser(stage, description).parse_args(argv)
+    if stage == "grpo":                 # --reward is repeatable: kept as one comma list
+        ns.reward = ",".join(ns.reward) if ns.reward else STAGE_DEFAULTS["grpo"].get("reward", TrainConfig.reward)
     cfg = TrainConfig(**{**STAGE_DEFAULTS[stage], **vars(ns)})
     if stage == "dpo":
         preference_defaults(cfg)
+    if stage == "grpo":
+        rl_defaults(cfg)
     check_flags(cfg, stage)
     return resolve_config(cfg, stage)
 
@@ -193,6 +227,8 @@ def check_flags(cfg, stage):
         value = getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or stage not in ONLY.get(f.name, ALL):
             continue
+        if stage == "grpo" and f.name == "beta":
+            continue                        # check_rl_flags: a GRPO beta of 0 keeps no reference
         if f.name in ABOVE:
             check_range(f"--{f.name}", value, ABOVE[f.name], AT_MOST.get(f.name), low_open=True)
         else:
@@ -203,6 +239,10 @@ def check_flags(cfg, stage):
         raise UserError(f"--val_ratio must be in [0, 1) (got {cfg.val_ratio})")
     if not 0 <= cfg.lora_dropout < 1:
         raise UserError(f"--lora_dropout must be in [0, 1) (got {cfg.lora_dropout})")
+    if stage in LOSS_TYPES and cfg.loss_type not in LOSS_TYPES[stage]:
+        raise UserError(f"--loss_type {cfg.loss_type} is not a {stage} loss; use one of {', '.join(LOSS_TYPES[stage])}")
+    if stage == "grpo":
+        check_rl_flags(cfg)
     if stage == "dpo" and not 0 <= cfg.label_smoothing < 0.5:
         raise UserError(f"--label_smoothing must be in [0, 0.5) (got {cfg.label_smoothing}): the share of pairs "
                         "taken as flipped")
@@ -216,6 +256,14 @@ def check_flags(cfg, stage):
         raise UserError(f"--lora_name {cfg.lora_name!r}: use letters, digits, '.', '_' and '-' only (it becomes "
                         "the file name out/lora/{lora_name}_{hidden}.pth)")
     check_device(cfg.device, "--device")
+
+
+def check_rl_flags(cfg):
+    """The GRPO flags' ranges (beta may be 0 here: no reference)."""
+    for flag, low, high, low_open in (("beta", 0.0, 1e3, False), ("num_generations", 2, 1024, False),
+                                      ("max_new_tokens", 1, 1 << 16, False), ("epsilon", 0.0, 1.0, True),
+                                      ("epsilon_high", 0.0, 1e3, True), ("num_iterations", 1, 1024, False)):
+        check_range(f"--{flag}", getattr(cfg, flag), low, high, low_open=low_open)
 
 
 def resolve_config(cfg, stage):
@@ -241,26 +289,6 @@ def resolve_config(cfg, stage):
     return cfg
 
 
-def flag_table():
-    """docs/training.md's table of every trainer flag (tests/test_docs.py holds the page to it): the
-    stages that take it, the default of each, the --help text."""
-    def shown(v):
-        return "off" if v is False else "on" if v is True else "(empty)" if v == "" else str(v)
-    rows = ["| flag | stages | default | what it does |", "|---|---|---|---|"]
-    helps = field_comments()
-    for f in fields(TrainConfig):
-        stages = ONLY.get(f.name, ALL)
-        values = {st: {**TrainConfig().to_dict(), **STAGE_DEFAULTS[st]}[f.name] for st in stages}
-        if len(set(map(repr, values.values()))) == 1:
-            default = shown(next(iter(values.values())))
-        else:
-            default = "; ".join(f"{st} {shown(v)}" for st, v in values.items())
-        extra = f" (or {', '.join(CHOICES[f.name])})" if f.name == "dtype" else ""
-        rows.append(f"| --{f.name} | {'all' if stages == ALL else ', '.join(stages)} | {default} | "
-                    f"{helps.get(f.name, '')}{extra} |")
-    return "\n".join(rows)
-
-
 ALWAYS_SHOWN = ("data_path", "val_data", "out_dir", "device", "dtype")
 
 
@@ -272,6 +300,9 @@ def format_config(cfg, stage):
     if stage == "dpo":              # the learning rate and beta the run's own --lora_name and --loss_type pick
         auto = preference_defaults(replace(defaults, lora_name=cfg.lora_name, loss_type=cfg.loss_type))
         defaults = replace(defaults, learning_rate=auto.learning_rate, beta=auto.beta)
+    if stage == "grpo":
+        auto = rl_defaults(replace(defaults, lora_name=cfg.lora_name, loss_type=cfg.loss_type, epsilon=cfg.epsilon))
+        defaults = replace(defaults, learning_rate=auto.learning_rate, epsilon_high=auto.epsilon_high)
     defaults = resolve_config(defaults, stage).to_dict()
     return "\n".join(f"  {k}: {v!r}" for k, v in cfg.to_dict().items()
                      if k in ALWAYS_SHOWN or v != defaults[k])

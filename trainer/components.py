@@ -79,7 +79,8 @@ def hold_frozen_in(model, dtype):
 def make_loaders(train_set, val_set, collate, cfg, dist):
     """-> (resumable sampler, training loader, validation loader or None), each rank reading its share."""
     group = cfg.batch_size if cfg.group_by_length and hasattr(train_set, "samples") else 0
-    sampler = ResumableSampler(train_set, dist, shuffle=True, seed=cfg.seed, group=group)
+    sampler = ResumableSampler(train_set, dist, shuffle=True, seed=cfg.seed, group=group,
+                               repeat=(cfg.num_iterations, cfg.batch_size * cfg.accumulation_steps))
     # a private generator: starting a loader iterator must not draw from the global RNG (exact resume)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
@@ -93,7 +94,7 @@ def make_loaders(train_set, val_set, collate, cfg, dist):
 
 def count_steps(sampler, cfg):
     """-> (optimizer steps per epoch, steps of the run, warmup steps; -1 warmup = 3% of the run)."""
-    steps_per_epoch = math.ceil(math.ceil(len(sampler.inner) / cfg.batch_size) / cfg.accumulation_steps)
+    steps_per_epoch = math.ceil(math.ceil(sampler.total / cfg.batch_size) / cfg.accumulation_steps)
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_iters if cfg.warmup_iters >= 0 else math.ceil(0.03 * total)
     return steps_per_epoch, total, warmup

@@ -116,12 +116,15 @@ class ResumableSampler(Sampler):
     """DistributedSampler's order for an epoch (seeded by seed + epoch; rank r takes every world_size-th
     sample), optionally starting `skip` samples in, so a resumed run sees exactly what the interrupted
     one had not seen yet. group (the micro-batch size; 0 = off) batches samples of similar length together
-    (group_by_length): the same samples each epoch, in an order that is as seeded and as resumable."""
+    (group_by_length): the same samples each epoch, in an order that is as seeded and as resumable.
+    repeat = (k, block): each block of `block` samples (one optimizer step's) comes k times in a row (a
+    GRPO rollout trains k steps: --num_iterations), a last partial block left out; len() counts the repeats."""
 
-    def __init__(self, dataset, dist, shuffle, seed, group=0):
+    def __init__(self, dataset, dist, shuffle, seed, group=0, repeat=(1, 1)):
         self.inner = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
                                         shuffle=shuffle, seed=seed)
         self.skip, self.seed, self.epoch, self.group = 0, seed, 0, group
+        self.repeat, self.block = repeat
         self.lengths = [len(s[0]) for s in dataset.samples] if group else None
 
     def set_epoch(self, epoch, skip=0):
@@ -132,10 +135,19 @@ class ResumableSampler(Sampler):
         order = list(self.inner)
         if self.group:
             order = group_by_length(order, self.lengths, self.group, random.Random(self.seed + self.epoch))
+        if self.repeat > 1:
+            order = [j for i in range(0, self.total // self.repeat, self.block) for _ in range(self.repeat)
+                     for j in order[i:i + self.block]]
         return itertools.islice(iter(order), self.skip, None)
 
+    @property
+    def total(self):
+        """The samples of one epoch, repeats counted."""
+        n = len(self.inner)
+        return n if self.repeat == 1 else max(n - n % self.block, min(n, self.block)) * self.repeat
+
     def __len__(self):
-        return max(0, len(self.inner) - self.skip)
+        return max(0, self.total - self.skip)
 
 
 def group_by_length(order, lengths, batch, rng, mega=50):

@@ -43,7 +43,7 @@ def train(run, model, train_set, collate, val_set=None):
     steps_per_epoch, total, warmup = count_steps(sampler, cfg)
     objective = run.objective or TokenObjective()
     objective.prepare(run, model, train_set, val_set, collate, dtype, autocast)   # before a resume's weights
-    state = TrainState(layout.state_dir(run.out, run.name), cfg, dict(run.meta or {}), dist).load(model)
+    state = TrainState(layout.state_dir(run.out, run.name), cfg, dict(run.meta or {}), dist, objective).load(model)
     ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if dist.enabled else model
     optimizer = make_optimizer(model, cfg, dev)
     state.load_optimizer(optimizer, scaler)

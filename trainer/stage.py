@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
+from dataset.formats import normalize_record
 from dataset.preference import PreferenceDataset, collate_pairs, normalize_pair
 from checkpoint import layout
 from core.atomic import check_writable, clean_stale_temps, keep_aside
@@ -24,6 +25,7 @@ from trainer.args import find_base, format_config, parse_args, resolve_inputs
 from trainer.context import Run
 from trainer.distributed import cleanup_distributed, collective_timeout, seed_everything, setup_distributed
 from trainer.loop import train
+from trainer.rollout import PromptSet
 
 
 def start_run(stage, argv, description):
@@ -114,6 +116,32 @@ def load_pair_sets(cfg, tokenizer, say):
     return train_set, val_set, data_path, info
 
 
+def load_prompt_sets(cfg, tokenizer, window, check, say):
+    """Prompt JSONL (a conversation, and the fields the rewards read; a last assistant turn, the reference
+    answer of SFT data, is left out of the prompt) -> (train PromptSet, val PromptSet or None, data path,
+    split info). check(record, where) refuses a record a reward cannot score (one line file:line)."""
+    def normalize(obj, where):
+        record = normalize_record(obj, where, "any")
+        if "conversations" not in record:
+            raise UserError(f"{where}: a prompt is a conversation ({{\"conversations\": [{{\"role\": \"user\", "
+                            "\"content\": ...}]}), not a text record")
+        if record["conversations"][-1]["role"] == "assistant":
+            record["conversations"] = record["conversations"][:-1]
+        if not record["conversations"] or record["conversations"][-1]["role"] != "user":
+            raise UserError(f"{where}: the conversation has no user turn to answer")
+        check(record, where)
+        return record
+    data_path, val_path = resolve_inputs(cfg)
+    train_recs, val_recs, info = load_split(data_path, val_path, cfg.val_ratio, cfg.seed, "prompt", cfg.skip_bad,
+                                            normalize=normalize)
+    make = partial(PromptSet, tokenizer=tokenizer, window=min(window, cfg.max_seq_len + cfg.max_new_tokens),
+                   max_new_tokens=cfg.max_new_tokens, system_prompt=cfg.system_prompt)
+    train_set, val_set = make(train_recs), (make(val_recs) if val_recs else None)
+    say(f"{data_path}: {len(train_set):,} prompts" + (f", {len(val_set):,} for validation" if val_set else "")
+        + (f", {info['n_bad']} bad lines skipped" if info["n_bad"] else ""))
+    return train_set, val_set, data_path, info
+
+
 def data_knowledge(records, path):
     """The one "knowledge" (the folder, relative to the repository root, that a record's passages were
     retrieved from: pipelines/data_build/raft.py) the records carry, or None. Two different ones are one line."""
@@ -168,7 +196,7 @@ def finish_run(run, model, train_set, val_set, collate):
     and the run owns its artefact (a second run of the same name is refused, naming this one's pid)."""
     cfg, path = run.cfg, run.path
     log = layout.log_path(cfg.out_dir, run.name)
-    hint = "pass another --out_dir" + (" or --lora_name" if run.meta.get("stage") in ("lora", "dpo") else "")
+    hint = "pass another --out_dir" + (" or --lora_name" if run.meta.get("stage") in ("lora", "dpo", "grpo") else "")
     check_outputs([("the run's output", path), ("its log", log), ("its loss curve", layout.plot_path_for(log)),
                    ("its state", layout.state_path(cfg.out_dir, run.name, 1))],
                   [("--base", run.meta.get("parent")), ("--data_path", run.meta.get("data_path")),

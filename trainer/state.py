@@ -24,14 +24,17 @@ from trainer.distributed import all_gather_objects, barrier, rng_state, set_rng_
 LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "use_rslora")
 # the flags that decide what the samples are and which of them train (the split): a resume must keep them
 DATA_FLAGS = ("max_seq_len", "val_ratio", "val_data", "seed", "loss_on", "system_prompt", "skip_bad",
-              "from_lora")          # a DPO run's --from_lora: the adapter it continues is its reference
+              "from_lora",          # a DPO run's --from_lora: the adapter it continues is its reference
+              "reward", "num_iterations")   # a GRPO run's scoring and its rollouts' reuse
 
 
 class TrainState:
     """Where a run is (step, tokens_seen) and the files that let it continue from there."""
 
-    def __init__(self, folder, cfg, meta, dist):
+    def __init__(self, folder, cfg, meta, dist, objective=None):
         self.folder, self.cfg, self.meta, self.dist = Path(folder), cfg, meta, dist
+        # an objective with a state of its own (GRPO's rollout in use) saves and loads it with the run's
+        self.objective = objective if hasattr(objective, "state_dict") else None
         self.step, self.tokens_seen, self.resumed = 0, 0, None
         self.identity = None
 
@@ -51,6 +54,7 @@ class TrainState:
         info = {**self.meta, "step": self.step, "tokens_seen": self.tokens_seen, "train_config": self.cfg.to_dict(),
                 **run_stats}
         rngs = all_gather_objects(rng_state(), self.dist)         # a collective: every rank takes part
+        objective = all_gather_objects(self.objective.state_dict(), self.dist) if self.objective else None
         saved = None
         if self.dist.is_main:
             saved = save_model(model, info)
@@ -60,7 +64,8 @@ class TrainState:
                                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                    "step": self.step, "tokens_seen": self.tokens_seen, "rng": rngs,
                                    "world_size": self.dist.world_size, "parent_sha256": self.meta.get("parent_sha256"),
-                                   "train_config": self.cfg.to_dict(), "run": self.run_identity(model)},
+                                   "train_config": self.cfg.to_dict(), "run": self.run_identity(model),
+                                   "objective": objective},
                                   layout.state_file(self.folder, self.step))
                 for old in layout.list_state_files(self.folder)[:-max(1, self.cfg.keep_last)]:
                     old.unlink()
@@ -91,6 +96,10 @@ class TrainState:
                                 f"{tuple(params[name].shape)} in this model; drop --resume or restore the settings")
             params[name].data.copy_(value)
         self.step, self.tokens_seen, self.resumed = resumed["step"], resumed["tokens_seen"], resumed
+        if self.objective and resumed.get("objective"):
+            mine = resumed["objective"]
+            self.objective.load_state_dict(mine[self.dist.rank] if len(mine) == self.dist.world_size
+                                          else {"step": self.step, "cache": None})
         then = resumed["train_config"]
         if (then["batch_size"], then["accumulation_steps"], resumed["world_size"]) != \
                 (self.cfg.batch_size, self.cfg.accumulation_steps, self.dist.world_size) and self.dist.is_main:

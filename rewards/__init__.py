@@ -1,0 +1,1 @@
+"""Rewards for reinforcement learning: plain functions (completions, their records) -> one float each."""

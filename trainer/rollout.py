@@ -1,0 +1,107 @@
+"""Rollouts of reinforcement learning (trainer/train_grpo.py): G sampled completions of each prompt through
+THE decoding batch (inference/batching.py; no second generation loop). A prompt's G rows share its one
+prefill, rows that finish leave the batch, and each sampled token's log-probability is kept, so the first
+update needs no extra forward for the old policy. Then the tensors the policy loss takes, and the policy's
+per-token log-probabilities of a completion (the one forward with gradients).
+
+Library module:
+    from trainer.rollout import PromptSet, sample_groups, token_logps
+    groups = sample_groups(model, prompt_ids, G, max_new_tokens, temperature, stop_ids, pad_id, seeds, autocast)
+    batch = groups.tensors(pad_id)             # input_ids, attention_mask, completion_mask, old_logps
+"""
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from inference.batching import Batch
+from inference.prompt import build_prompt
+from model.lora import unwrap_model
+
+
+class PromptSet(torch.utils.data.Dataset):
+    """Prompt records (a conversation whose last turn is the user's, with the fields the rewards read) and
+    their prompt ids (THE chat template, ending where the reply starts). Item i -> {"index", "ids", "record"}."""
+
+    def __init__(self, records, tokenizer, window, max_new_tokens, system_prompt=None):
+        self.records = records
+        self.samples = [build_prompt(tokenizer, r["conversations"], system_prompt or None, window=window,
+                                     max_new_tokens=max_new_tokens) for r in records]
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return {"index": i, "ids": self.samples[i], "record": self.records[i]}
+
+
+def collate_prompts(items):
+    """A micro-batch of prompts stays a list (each is sampled G times, then padded with its completions)."""
+    return list(items)
+
+
+@dataclass
+class Groups:
+    """G completions of each of a micro-batch's prompts, prompt i's at rows i*G .. i*G+G-1."""
+    prompt_ids: list                 # per row: the prompt's ids
+    completion_ids: list             # per row: the sampled ids (ending with the end token when it finished)
+    sampled_logps: list              # per row: each sampled token's log-probability at sampling time
+    finished: list                   # per row: ended with an end token (not cut at max_new_tokens)
+    seconds: float = 0.0
+
+    def tensors(self, pad_id):
+        """-> {input_ids (N, P+C), attention_mask (N, P+C), completion_mask (N, C), old_logps (N, C),
+        prompt_length P}: prompts padded on the left, completions on the right (TRL's layout)."""
+        n, P = len(self.prompt_ids), max(map(len, self.prompt_ids))
+        C = max(1, max(map(len, self.completion_ids)))
+        ids = torch.full((n, P + C), pad_id, dtype=torch.long)
+        attn = torch.zeros((n, P + C), dtype=torch.long)
+        old = torch.zeros((n, C), dtype=torch.float32)
+        for i, (p, c, lp) in enumerate(zip(self.prompt_ids, self.completion_ids, self.sampled_logps)):
+            ids[i, P - len(p):P] = torch.tensor(p)
+            ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+            attn[i, P - len(p):P + len(c)] = 1
+            old[i, :len(lp)] = torch.tensor(lp)
+        return {"input_ids": ids, "attention_mask": attn, "completion_mask": attn[:, P:].clone(),
+                "old_logps": old, "prompt_length": P}
+
+
+def sample_groups(model, prompts, G, max_new_tokens, temperature, stop_ids, pad_id, seeds,
+                  autocast=contextlib.nullcontext(), top_p=1.0, top_k=0):
+    """G completions of each prompt (token-id lists), row r sampled with seeds[r] (len(prompts) * G seeds),
+    the model in eval mode (no dropout) and restored after -> Groups."""
+    m = unwrap_model(model)
+    was, start = m.training, time.perf_counter()
+    m.eval()
+    try:
+        batch = Batch(m, pad_id=pad_id)
+        with autocast:
+            rows = batch.join(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                              top_p=top_p, stop_ids=stop_ids, seed=list(seeds), copies=G, keep_logps=True)
+            while batch.live():
+                batch.step()
+    finally:
+        m.train(was)
+    stop = set(stop_ids)
+    return Groups([p for p in prompts for _ in range(G)], [r.new for r in rows], [r.logps for r in rows],
+                  [bool(r.new) and r.new[-1] in stop for r in rows], time.perf_counter() - start)
+
+
+def token_logps(model, input_ids, attention_mask, completion_mask, temperature=1.0):
+    """The model's log-probability of each completion token (N, C) float32 (0 where the mask is 0), of the
+    temperature-scaled distribution as it was sampled from; gradients flow. The output layer runs on the
+    completion positions only."""
+    P = input_ids.shape[1] - completion_mask.shape[1]
+    labels = torch.full_like(input_ids, -100)
+    labels[:, P:] = torch.where(completion_mask.bool(), input_ids[:, P:], -100)
+    res = model(input_ids, labels=labels, attention_mask=attention_mask, loss_reduction="none", targets_only=True)
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+    targets = targets[targets != -100]
+    logits = res.logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    flat = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)     # (n_targets,)
+    out = torch.zeros(completion_mask.shape, dtype=torch.float32, device=flat.device)
+    return out.masked_scatter(completion_mask.bool(), flat), res.aux_loss

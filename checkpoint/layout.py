@@ -33,7 +33,8 @@ DEFAULT_HIDDEN = 512                  # MiniMind's default width: the name picke
 NAME_RE = re.compile(r"^(?P<stem>.+)_(?P<hidden>\d+)(?P<moe>_moe)?\.pth$")
 # how each kind of file is made (the "make it with ..." hint of every "not found" message)
 MAKERS = {"pretrain": "python trainer/train_pretrain.py", "full_sft": "python trainer/train_full_sft.py",
-          "lora": "python trainer/train_lora.py", "dpo": "python trainer/train_dpo.py"}
+          "lora": "python trainer/train_lora.py", "dpo": "python trainer/train_dpo.py",
+          "grpo": "python trainer/train_grpo.py"}
 # MiniMind's --model_mode numbers: the stage whose out/{stage}_{hidden}.pth each one loads
 MODEL_MODES = {0: "pretrain", 1: "full_sft", 2: "dpo", 3: "reason", 4: "ppo_actor", 5: "grpo"}
 # older names MiniMind gave a stage's files, found too (its RLHF model was rlhf_512.pth before dpo_512.pth)

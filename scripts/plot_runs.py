@@ -1,4 +1,5 @@
 """Overlay the loss curves (train, and validation dashed) of several training runs in one figure.
+A GRPO run's curve is its mean reward (--metric loss or reward picks).
 
     python scripts/plot_runs.py out/logs/lora_music_512.jsonl out/logs/lora_music_sys_512.jsonl -o out/logs/cmp.png
     python scripts/plot_runs.py out/logs/*.jsonl                       # writes out/logs/runs.png
@@ -59,6 +60,8 @@ def main(argv=None):
     ap.add_argument("logs", nargs="+", help="out/logs/{run}.jsonl files")
     ap.add_argument("-o", "--output", default=str(out_dir() / "logs" / "runs.png"), help="PNG to write")
     ap.add_argument("--labels", default="", help="comma list of legend names (default: file names)")
+    ap.add_argument("--metric", choices=("loss", "reward"), default=None,
+                    help="what to draw; default: reward for GRPO logs (they have it), else loss")
     ap.add_argument("--smooth", type=float, default=0.9,
                     help="weight in [0, 1) of the moving average drawn over the raw train loss (0 = off)")
     args = ap.parse_args(argv)
@@ -73,7 +76,7 @@ def main(argv=None):
     if labels and len(labels) != len(args.logs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.logs)} logs")
     try:
-        plot_curves(args.logs, args.output, labels, args.smooth)
+        plot_curves(args.logs, args.output, labels, args.smooth, args.metric)
     except (ValueError, KeyError) as e:
         raise UserError(f"a log file is not a TinyMind training log ({e}); pass out/logs/*.jsonl files")
     print(f"saved {args.output}")

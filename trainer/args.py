@@ -136,13 +136,13 @@ STAGE_DEFAULTS = {
     "dpo": dict(data_path="../dataset/music_pairs.jsonl", batch_size=8, learning_rate=0.0, epochs=2, lora_name="",
                 eval_interval=50),
     # batch_size: prompts per micro-batch (each sampled --num_generations times)
-    "grpo": dict(data_path="../dataset/arithmetic.jsonl", val_data="../dataset/arithmetic_test.jsonl", batch_size=4,
-                 learning_rate=0.0, epochs=1, lora_name="", loss_type="dapo", beta=0.04, max_seq_len=256,
-                 eval_interval=20, eval_batches=16, log_interval=1, save_interval=20),
+    "grpo": dict(data_path="../dataset/arithmetic.jsonl", val_data="../dataset/arithmetic_test.jsonl", batch_size=2,
+                 learning_rate=0.0, epochs=1, lora_name="", loss_type="dapo", beta=0.0, temperature=0.7,
+                 max_seq_len=256, eval_interval=20, eval_batches=16, log_interval=1, save_interval=10),
 }
 # what learning_rate 0 and beta 0 of a DPO run resolve to (docs/training.md, "Preference training")
 DPO_LR = {"full": 5e-6, "lora": 5e-5}
-GRPO_LR = {"full": 1e-6, "lora": 2e-5}          # a GRPO run's learning_rate 0 (docs/training.md, "GRPO")
+GRPO_LR = {"full": 1e-6, "lora": 1e-4}          # a GRPO run's learning_rate 0 (docs/training.md, "GRPO")
 DPO_BETA = {"sigmoid": 0.1, "ipo": 0.1, "simpo": 2.0}
 
 

@@ -42,8 +42,9 @@ class Settings:
 
 
 def row_seed(*parts):
-    """A sampling seed from (run seed, step, rank, micro-batch, row, try): the same rows sample the same
-    tokens in a resumed run, whatever the global generators hold."""
+    """A sampling seed from (run seed, step, the prompt's index in the data, its completion, try): a resumed
+    run samples what the uninterrupted one did, whatever the global generators hold, and a prompt's seeds do
+    not depend on which process or micro-batch it fell to."""
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "big")
 
 
@@ -84,11 +85,11 @@ class GRPOObjective:
                    for i, (c, f) in enumerate(zip(groups.completion_ids, groups.finished))]
         return groups, texts, records
 
-    def roll(self, model, items, dist, autocast, k):
+    def roll(self, model, items, autocast):
         """One micro-batch's rollout -> dict of its groups' tensors, rewards and counts (groups flat after
         --dynamic_sampling's tries are dropped)."""
         G = self.s.num_generations
-        seeds = [row_seed(self.s.seed, self.step, dist.rank, k, r, 0) for r in range(len(items) * G)]
+        seeds = [row_seed(self.s.seed, self.step, it["index"], g, 0) for it in items for g in range(G)]
         groups, texts, records = self.sample(model, items, seeds, autocast)
         total, each = self.score(texts, records)
         flat = (group_std(total, G) == 0).view(-1, G)[:, 0]
@@ -98,7 +99,7 @@ class GRPOObjective:
             redo = flat.nonzero()[:, 0].tolist()
             if not redo:
                 break
-            seeds = [row_seed(self.s.seed, self.step, dist.rank, k, i * G + g, attempt) for i in redo for g in range(G)]
+            seeds = [row_seed(self.s.seed, self.step, items[i]["index"], g, attempt) for i in redo for g in range(G)]
             again, t2, r2 = self.sample(model, [items[i] for i in redo], seeds, autocast)
             seconds += again.seconds
             tot2, each2 = self.score(t2, r2)
@@ -137,7 +138,7 @@ class GRPOObjective:
     def rollout(self, model, micro, dist, autocast):
         """The step's rollouts, advantages (over the whole step: scale "batch" takes every process's
         rewards) and reference log-probabilities -> a list of per-micro-batch dicts."""
-        parts = [self.roll(model, items, dist, autocast, k) for k, items in enumerate(micro)]
+        parts = [self.roll(model, items, autocast) for items in micro]
         G, batch_std = self.s.num_generations, None
         if self.s.scale_rewards == "batch":
             r = torch.cat([p["total"] for p in parts])
@@ -148,8 +149,10 @@ class GRPOObjective:
             p["advantages"], p["std"] = group_advantages(p["total"], G, self.s.scale_rewards, batch_std) \
                 if len(p["total"]) else (p["total"], p["total"])
             p["tensors"] = p["groups"].tensors(self.tok.pad_id) if len(p["total"]) else None
+            start, p["ref_seconds"] = time.perf_counter(), 0.0
             if p["tensors"] is not None and self.reference is not None:
                 p["tensors"]["ref_logps"] = self.reference_logps(model, p["tensors"], autocast).cpu()
+                p["ref_seconds"] = time.perf_counter() - start
         return parts
 
     # -- the optimizer step -----------------------------------------------------------------------------
@@ -188,17 +191,17 @@ class GRPOObjective:
         names = sorted(parts[0]["each"]) if parts else []
         local = [sum(p["total"].sum().item() for p in parts), sum(p["std"].sum().item() for p in parts),
                  sum(p["zero_share"] * p["n_prompts"] for p in parts), sum(p["n_prompts"] for p in parts),
-                 sum(p["seconds"] for p in parts), update_s,
+                 sum(p["seconds"] for p in parts), update_s, sum(p["ref_seconds"] for p in parts),
                  sum(float(p["tensors"]["attention_mask"].sum()) for p in live),
                  *[sum(p["each"][n].sum().item() for p in parts) for n in names]]
         g = all_reduce_sum(torch.cat([sums, torch.tensor(local, dtype=torch.float64, device=sums.device)]), dist).tolist()
-        loss, kl, clipped, reward, std, zero, prompts, roll_s, upd_s, tokens = g[:10]
+        loss, kl, clipped, reward, std, zero, prompts, roll_s, upd_s, ref_s, tokens = g[:11]
         n, w = max(n_seqs, 1), dist.world_size
         means = {"reward": reward / n, "reward_std": std / n, "zero_std_share": zero / max(prompts, 1),
-                 **{f"reward_{k}": v / n for k, v in zip(names, g[10:])}, "completion_length": n_tok / n,
+                 **{f"reward_{k}": v / n for k, v in zip(names, g[11:])}, "completion_length": n_tok / n,
                  "clip_ratio": clipped / max(n_tok, 1), "rollout_s": roll_s / w, "update_s": upd_s / w}
         if self.loss.beta:
-            means["kl"] = kl / max(n_tok, 1)
+            means.update(kl=kl / max(n_tok, 1), reference_s=ref_s / w)
         stats = torch.tensor([loss * n_seqs, tokens], dtype=torch.float64, device=sums.device)
         return stats, n_seqs, {k: v * n_seqs for k, v in means.items()}
 

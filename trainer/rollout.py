@@ -84,9 +84,19 @@ def sample_groups(model, prompts, G, max_new_tokens, temperature, stop_ids, pad_
                 batch.step()
     finally:
         m.train(was)
+        outside_inference_mode(m)
     stop = set(stop_ids)
     return Groups([p for p in prompts for _ in range(G)], [r.new for r in rows], [r.logps for r in rows],
                   [bool(r.new) and r.new[-1] in stop for r in rows], time.perf_counter() - start)
+
+
+def outside_inference_mode(module):
+    """Buffers made while sampling (the rotary tables grown for a longer sequence) are inference tensors,
+    which DDP's buffer broadcast before the next training forward cannot take: ordinary copies replace them."""
+    for mod in module.modules():
+        for name, b in list(mod.named_buffers(recurse=False)):
+            if b is not None and b.is_inference():
+                setattr(mod, name, b.clone())
 
 
 def token_logps(model, input_ids, attention_mask, completion_mask, temperature=1.0):

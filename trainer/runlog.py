@@ -25,8 +25,9 @@ def format_eta(seconds):
 
 
 # the objective's metrics a log line shows (all of them go into the jsonl row): a DPO run's reward
-# accuracy and margin (trainer/preference.py), a distillation run's KL (trainer/distill.py)
-SHOWN = {"accuracy": "acc", "margin": "margin", "kl": "kl"}
+# accuracy and margin (trainer/preference.py), a distillation run's KL (trainer/distill.py), a GRPO run's
+# mean reward and KL (trainer/grpo_objective.py)
+SHOWN = {"reward": "reward", "accuracy": "acc", "margin": "margin", "kl": "kl"}
 
 
 def log_line(step, total, loss=None, lr=None, tok_per_s=None, eta=None, val_loss=None, metrics=None, prefix=""):
@@ -65,20 +66,22 @@ def run_stats(path):
     return steps, loss, val
 
 
-def build_figure(jsonl_paths, labels=None, smooth=0.9):
+def build_figure(jsonl_paths, labels=None, smooth=0.9, metric=None):
     """The loss figure of out/logs/*.jsonl files: per run the train loss raw (thin, light) and, unless
     smooth is 0, its EMA with weight smooth (debiased), and the validation loss dashed with dots.
-    Titled with the run's name (or "N runs"). Returns the matplotlib Figure."""
+    Titled with the run's name (or "N runs"). metric: "loss", or "reward" (a GRPO run's mean reward and
+    its validation's greedy one); None = reward where the logs have it, else loss. Returns the Figure."""
     import matplotlib          # not at the top: start-up time of every command that imports this module
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
     names = labels or [Path(p).stem for p in jsonl_paths]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, path) in enumerate(zip(names, jsonl_paths)):
-        rows = read_rows(path)
-        train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    runs = [read_rows(path) for path in jsonl_paths]
+    metric = metric or ("reward" if any("reward" in r for rows in runs for r in rows) else "loss")
+    for i, (name, rows) in enumerate(zip(names, runs)):
+        train = [(r["step"], r[metric]) for r in rows if metric in r]
+        val = [(r["step"], r[f"val_{metric}"]) for r in rows if f"val_{metric}" in r]
         color = colors[i % len(colors)]
         if train:
             steps, losses = zip(*train)
@@ -88,18 +91,18 @@ def build_figure(jsonl_paths, labels=None, smooth=0.9):
             else:
                 ax.plot(steps, losses, color=color, lw=1.5, label=f"{name} train")
         if val:
-            ax.plot(*zip(*val), "o--", color=color, label=f"{name} val")
+            ax.plot(*zip(*val), "o--", color=color, label=f"{name} val" + (" (greedy)" if metric == "reward" else ""))
     ax.set(title=names[0] if len(names) == 1 else f"{len(names)} runs", xlabel="step",
-           ylabel="loss per target token")
+           ylabel="loss per target token" if metric == "loss" else "mean reward")
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
 
 
-def plot_curves(jsonl_paths, png_path, labels=None, smooth=0.9):
+def plot_curves(jsonl_paths, png_path, labels=None, smooth=0.9, metric=None):
     """build_figure of out/logs/*.jsonl files -> one PNG."""
     import matplotlib.pyplot as plt   # not at the top: start-up time (see build_figure)
-    fig = build_figure(jsonl_paths, labels, smooth)
+    fig = build_figure(jsonl_paths, labels, smooth, metric)
     # the temporary name has no .png suffix, so the format is given
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

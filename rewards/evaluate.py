@@ -9,7 +9,7 @@ Library module; scripts/eval_rewards.py runs it:
 import time
 
 from inference.prompt import build_prompt
-from trainer.rollout import sample_groups
+from trainer.rollout import sample_groups, scored
 
 SHOWN = 5                  # answers kept verbatim in the report
 
@@ -25,9 +25,8 @@ def evaluate_rewards(loaded, records, rewards, max_new_tokens=64, batch_size=32,
         prompts = [build_prompt(tok, r["conversations"], system_prompt, window=window, max_new_tokens=max_new_tokens)
                    for r in chunk]
         groups = sample_groups(model, prompts, 1, max_new_tokens, 0.0, tok.stop_ids, tok.pad_id, [0] * len(prompts))
-        for r, c, f in zip(chunk, groups.completion_ids, groups.finished):
-            texts.append(tok.decode(c[:-1] if f else c))
-            rows.append({**r, "_tokens": len(c), "_finished": f, "_max_tokens": max_new_tokens})
+        t, r = scored(groups, chunk, max_new_tokens, tok)
+        texts, rows = texts + t, rows + r
     total, each = rewards(texts, rows)
     n = max(len(texts), 1)
     return {"n": len(texts), "total": total.sum().item() / n, "mean": {k: v.sum().item() / n for k, v in each.items()},

@@ -49,7 +49,7 @@ def identity(completions, records):
     out = []
     for c, r in zip(completions, records):
         who = r["identity"]
-        out.append(float(identity_verdict(answer_part(c), r.get("ask", "name"), who["name"], who["creator"],
+        out.append(float(identity_verdict(answer_part(c), r.get("ask") or "name", who["name"], who["creator"],
                                           who.get("creator_zh"))[0]))
     return out
 
@@ -89,6 +89,24 @@ def length(completions, records):
 # name -> (function, the record fields it reads: every training record must have them)
 REWARDS = {"answer": (answer, ("answers",)), "identity": (identity, ("identity",)),
            "arithmetic": (arithmetic, ("answers",)), "format": (think_format, ()), "length": (length, ())}
+# what a field must hold for a shipped reward (checked as the data is read) -> the fix, or None
+FIELD_CHECKS = {
+    "answers": lambda v: None if (isinstance(v, str) and v.strip()) or (isinstance(v, list) and v and all(
+        isinstance(a, (str, int, float)) for a in v)) else "a non-empty list of gold answers (or one string)",
+    "identity": lambda v: None if isinstance(v, dict) and all(isinstance(v.get(k), str) and v[k].strip()
+                                                              for k in ("name", "creator")) else
+    'an object with non-empty "name" and "creator" strings'}
+
+
+def arithmetic_fields(record):
+    """The arithmetic reward's own check: its gold answer and operands are numbers."""
+    gold = record["answers"][0] if isinstance(record["answers"], list) else record["answers"]
+    try:
+        number_value(str(gold))
+        [number_value(str(o)) for o in record.get("operands", [])]
+    except ValueError:
+        return 'a number (and "operands" numbers)'
+    return None
 
 
 def import_user_module(module):
@@ -129,7 +147,7 @@ def parse_spec(spec):
     module, name = parts
     try:
         fn = getattr(import_user_module(module), name)
-    except (ImportError, AttributeError, SyntaxError) as e:
+    except Exception as e:                # whatever the module raises as it loads: one line
         raise UserError(f"--reward {spec}: cannot import {name} from {module} ({type(e).__name__}: {e}); give "
                         "a module on the Python path, or a .py file (a path, or a module name in the current folder)") from None
     if not callable(fn):
@@ -163,6 +181,11 @@ class RewardSet:
             if missing:
                 raise UserError(f"{where}: field {missing[0]!r} missing; --reward {name} reads it (add it, or "
                                 "choose rewards this data can be scored by)")
+            for f in needs:
+                wrong = FIELD_CHECKS[f](record[f]) if f in FIELD_CHECKS and name in REWARDS else None
+                wrong = wrong or (arithmetic_fields(record) if name == "arithmetic" else None)
+                if wrong:
+                    raise UserError(f"{where}: field {f!r} must be {wrong} for --reward {name}")
 
     def __call__(self, completions, records):
         total, each = torch.zeros(len(completions), dtype=torch.float64), {}

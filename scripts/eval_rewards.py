@@ -20,6 +20,7 @@ from inference.load import find_model, load_model_spec
 from inference.precision import PRECISIONS
 from rewards.evaluate import evaluate_rewards
 from rewards.functions import RewardSet
+from trainer.rollout import prompt_record
 
 
 def parse_args(argv=None):
@@ -52,8 +53,8 @@ def main(argv=None):
     data = layout.resolve_input(args.data)
     _, model_path = find_model(out, args.model)                       # a missing model: one line, before any work
     records = []
-    for where_line, rec in iter_jsonl(str(data), kind="prompt"):
-        rewards.check_record(rec, f"{data}:{where_line}")
+    for line, rec in iter_jsonl(str(data), normalize=prompt_record):     # a last assistant turn is left out
+        rewards.check_record(rec, f"{data}:{line}")
         records.append(rec)
     records = records[:args.limit or None]
     output = Path(args.output) if args.output else layout.report_path(out, f"rewards_{data.stem}", Path(model_path).stem)

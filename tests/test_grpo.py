@@ -183,3 +183,24 @@ def test_model_mode_5_loads_the_grpo_checkpoint(tmp_path, capsys):
     code, _, err = run_main(eval_model.main, ["--out_dir", str(out), "--model_mode", "5", "--prompt", "hi",
                                               "--max_new_tokens", "2"], capsys)
     assert code == 0 and "grpo_64.pth" in err, err
+
+
+def test_packed_log_probabilities_equal_padded_rows():
+    """The update's packed rows (a group's prompt once) give each completion token the log-probability a
+    plain padded forward of prompt + completion gives, at the sampling temperature; gradients flow."""
+    import torch.nn.functional as F
+    from trainer.rollout import token_logps
+    tok = default_tokenizer()
+    model = make_model(std=0.08).train()
+    prompts = [tok.encode("hello there")[:4], tok.encode("a b c d e f")[:6]]
+    groups = sample_groups(model, prompts, 3, 6, 1.0, (), tok.pad_id, list(range(6)))
+    got, _ = token_logps(model, groups, temperature=0.7, pad_id=tok.pad_id)
+    got.sum().backward()
+    assert model.lm_head.weight.grad is not None
+    t = groups.tensors(tok.pad_id)
+    P = t["input_ids"].shape[1] - t["completion_mask"].shape[1]
+    with torch.no_grad():
+        logits = model(t["input_ids"], attention_mask=t["attention_mask"]).logits[:, P - 1:-1].float() / 0.7
+        want = F.log_softmax(logits, -1).gather(-1, t["input_ids"][:, P:, None]).squeeze(-1) * t["completion_mask"]
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-5)

@@ -67,7 +67,7 @@ def test_grpo_on_two_gloo_processes_matches_one_process(tmp_path):
                             for i in range(16)))
     spy = tmp_path / "spy.py"
     args = ["--base", str(base), "--data_path", str(data), "--val_ratio", "0", "--max_steps", "3", "--batch_size", "2",
-            "--reward", f"{tmp_path / 'toy.py'}:ascii_share", "--max_new_tokens", "6", "--learning_rate", "3e-3",
+            "--reward", f"{tmp_path / 'toy.py'}:ascii_share", "--max_new_tokens", "6", "--learning_rate", "1e-3",
             "--scale_rewards", "batch", "--device", "cpu", "--dtype", "float32", "--log_interval", "1"]
     outs = {}
     for name, launcher, extra in (
@@ -87,5 +87,6 @@ def test_grpo_on_two_gloo_processes_matches_one_process(tmp_path):
     single = torch.load(outs["single"] / "rank0.pt", weights_only=True)
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"ranks differ at {k}"
-        # Adam's steps of 3e-3 on gradients summed in another order: differences of a few 1e-6
-        torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=2e-5, msg=k)
+        # Adam's steps of 1e-3 on gradients summed in another order (and rows packed with other
+        # prompts): differences of a few 1e-6
+        torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=3e-5, msg=k)

@@ -251,7 +251,7 @@ def check_flags(cfg, stage):
     if stage == "dpo" and cfg.from_lora and not cfg.lora_name:
         raise UserError(f"--from_lora {cfg.from_lora}: give --lora_name, the name the continued adapter is saved "
                         "under (another than the one it starts from)")
-    named = stage == "lora" or (stage == "dpo" and cfg.lora_name)
+    named = stage == "lora" or (stage in ("dpo", "grpo") and cfg.lora_name)
     if named and (not NAME_RE.match(cfg.lora_name) or ".." in cfg.lora_name):
         raise UserError(f"--lora_name {cfg.lora_name!r}: use letters, digits, '.', '_' and '-' only (it becomes "
                         "the file name out/lora/{lora_name}_{hidden}.pth)")

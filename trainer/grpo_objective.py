@@ -10,7 +10,7 @@ rollout is kept in the run's training state, so a run resumed between two of its
 seeds, up to RESAMPLE times) and dropped when it stays flat.
 
 Library module:
-    run.objective = GRPOObjective(score, settings, tokenizer)
+    run.objective = GRPOObjective(score, settings, loss, tokenizer)
 """
 import contextlib
 import hashlib
@@ -24,7 +24,7 @@ from model.lora import unwrap_model
 from trainer.distributed import all_reduce_sum
 from trainer.grpo import PolicyLoss, group_advantages, group_std
 from trainer.preference import Reference
-from trainer.rollout import Groups, sample_groups, token_logps
+from trainer.rollout import Groups, sample_groups, scored, token_logps
 
 RESAMPLE = 3                       # --dynamic_sampling: new tries of a prompt whose group is flat
 
@@ -79,11 +79,7 @@ class GRPOObjective:
         groups = sample_groups(model, [it["ids"] for it in items], G, self.s.max_new_tokens,
                                self.s.temperature if temperature is None else temperature, self.tok.stop_ids,
                                self.tok.pad_id, seeds, autocast)
-        texts = [self.tok.decode(c[:-1] if f else c) for c, f in zip(groups.completion_ids, groups.finished)]
-        records = [{**items[i // G]["record"], "_tokens": len(c), "_finished": f,
-                    "_max_tokens": self.s.max_new_tokens}
-                   for i, (c, f) in enumerate(zip(groups.completion_ids, groups.finished))]
-        return groups, texts, records
+        return (groups, *scored(groups, [it["record"] for it in items], self.s.max_new_tokens, self.tok))
 
     def roll(self, model, items, autocast):
         """One micro-batch's rollout -> dict of its groups' tensors, rewards and counts (groups flat after
@@ -93,7 +89,9 @@ class GRPOObjective:
         groups, texts, records = self.sample(model, items, seeds, autocast)
         total, each = self.score(texts, records)
         flat = (group_std(total, G) == 0).view(-1, G)[:, 0]
-        zero_share = flat.double().mean().item()
+        # what was sampled first (the metrics: an all-right group that --dynamic_sampling drops still counts)
+        seen = [len(total), total.sum().item(), group_std(total, G).sum().item(), flat.sum().item(), len(items),
+                *[each[k].sum().item() for k in sorted(each)]]
         seconds = groups.seconds
         for attempt in range(1, RESAMPLE + 1 if self.s.dynamic_sampling else 1):
             redo = flat.nonzero()[:, 0].tolist()
@@ -118,12 +116,11 @@ class GRPOObjective:
             setattr(groups, name, pick(getattr(groups, name)))
         idx = torch.tensor(keep, dtype=torch.long)
         return {"groups": groups, "total": total[idx], "each": {n: v[idx] for n, v in each.items()},
-                "zero_share": zero_share, "seconds": seconds, "n_prompts": len(items)}
+                "seen": seen, "names": sorted(each), "seconds": seconds}
 
     @torch.no_grad()
-    def reference_logps(self, model, t, autocast):
-        dev = next(unwrap_model(model).parameters()).device
-        args = (t["input_ids"].to(dev), t["attention_mask"].to(dev), t["completion_mask"].to(dev), self.s.temperature)
+    def reference_logps(self, model, groups, autocast):
+        args = (groups, self.s.temperature, self.tok.pad_id)
         if self.reference.model is not None:
             with autocast:
                 return token_logps(self.reference.model, *args)[0]
@@ -151,7 +148,7 @@ class GRPOObjective:
             p["tensors"] = p["groups"].tensors(self.tok.pad_id) if len(p["total"]) else None
             start, p["ref_seconds"] = time.perf_counter(), 0.0
             if p["tensors"] is not None and self.reference is not None:
-                p["tensors"]["ref_logps"] = self.reference_logps(model, p["tensors"], autocast).cpu()
+                p["tensors"]["ref_logps"] = self.reference_logps(model, p["groups"], autocast).cpu()
                 p["ref_seconds"] = time.perf_counter() - start
         return parts
 
@@ -159,21 +156,25 @@ class GRPOObjective:
     def accumulate(self, ddp_model, micro, dist, scaler, autocast):
         """-> (stats [loss x completions, tokens], the step's completion count, metric sums over completions)."""
         dev = dist.device
-        if self.cache is None or self.step % self.s.num_iterations == 0:
+        fresh = self.cache is None or self.step % self.s.num_iterations == 0
+        if fresh:
             self.cache = self.rollout(ddp_model, micro, dist, autocast)
         parts, start = self.cache, time.perf_counter()
         live = [p for p in parts if p["tensors"] is not None]
         local = torch.tensor([sum(len(p["total"]) for p in parts),
                               sum(float(p["tensors"]["completion_mask"].sum()) for p in live)], dtype=torch.float64)
         n_seqs, n_tok = all_reduce_sum(local.to(dev), dist).tolist()
-        sums = torch.zeros(3, dtype=torch.float64, device=dev)          # loss, KL over tokens, clipped tokens
+        sums = torch.zeros(4, dtype=torch.float64, device=dev)   # loss, KL, clipped tokens, |logp - sampled logp|
         for i, p in enumerate(live):
             t = {k: v.to(dev) for k, v in p["tensors"].items() if torch.is_tensor(v)}
             sync = i == len(live) - 1 or not dist.enabled
             with torch.enable_grad(), (contextlib.nullcontext() if sync else ddp_model.no_sync()):
                 with autocast:
-                    logps, aux = token_logps(ddp_model, t["input_ids"], t["attention_mask"], t["completion_mask"],
-                                             self.s.temperature)
+                    logps, aux = token_logps(ddp_model, p["groups"], self.s.temperature, self.tok.pad_id)
+                if fresh:       # the old policy is this one: its log-probabilities, detached, as TRL takes them
+                    sampled, t["old_logps"] = t["old_logps"], logps.detach()
+                    p["tensors"]["old_logps"] = t["old_logps"].cpu()    # for the window's later steps
+                    gap = ((logps.detach() - sampled).abs().double() * t["completion_mask"]).sum()
                 per_token, kl, clipped = self.loss.per_token(logps, t["old_logps"], p["advantages"].to(dev, torch.float32),
                                                              t.get("ref_logps"))
                 part = self.loss.aggregate(per_token, t["completion_mask"], n_seqs, n_tok)
@@ -181,29 +182,36 @@ class GRPOObjective:
                 scaler.scale(loss).backward()
             mask = t["completion_mask"].to(torch.float64)
             sums += torch.stack([part.detach().double(), (kl.detach().double() * mask).sum() if kl is not None
-                                 else mask.new_zeros(()), (clipped.double() * mask).sum()])
+                                 else mask.new_zeros(()), (clipped.double() * mask).sum(),
+                                 gap if fresh else mask.new_zeros(())])
         if not live and n_seqs > 0 and dist.enabled:      # the others' backward waits for this process's
-            (ddp_model(torch.zeros((1, 1), dtype=torch.long, device=dev)).logits.sum() * 0).backward()
+            with autocast:
+                (ddp_model(torch.zeros((1, 1), dtype=torch.long, device=dev)).logits.sum() * 0).backward()
         self.step += 1
-        return self.step_metrics(parts, live, sums, n_seqs, n_tok, time.perf_counter() - start, dist)
+        out = self.step_metrics(parts, live, sums, n_seqs, n_tok, time.perf_counter() - start, dist, fresh)
+        for p in parts:                  # a later step of the window samples nothing and asks no reference
+            p["seconds"] = p["ref_seconds"] = 0.0
+        return out
 
-    def step_metrics(self, parts, live, sums, n_seqs, n_tok, update_s, dist):
-        names = sorted(parts[0]["each"]) if parts else []
-        local = [sum(p["total"].sum().item() for p in parts), sum(p["std"].sum().item() for p in parts),
-                 sum(p["zero_share"] * p["n_prompts"] for p in parts), sum(p["n_prompts"] for p in parts),
-                 sum(p["seconds"] for p in parts), update_s, sum(p["ref_seconds"] for p in parts),
-                 sum(float(p["tensors"]["attention_mask"].sum()) for p in live),
-                 *[sum(p["each"][n].sum().item() for p in parts) for n in names]]
+    def step_metrics(self, parts, live, sums, n_seqs, n_tok, update_s, dist, fresh):
+        """-> (stats, weight, metric sums): every metric a mean over the completions sampled this step (all
+        processes; the rewards as first sampled, before --dynamic_sampling's tries), times their count."""
+        names = parts[0]["names"] if parts else []
+        seen = [sum(p["seen"][i] for p in parts) for i in range(5 + len(names))]
+        local = [sum(p["seconds"] for p in parts), update_s, sum(p["ref_seconds"] for p in parts),
+                 sum(float(p["tensors"]["attention_mask"].sum()) for p in live), *seen]
         g = all_reduce_sum(torch.cat([sums, torch.tensor(local, dtype=torch.float64, device=sums.device)]), dist).tolist()
-        loss, kl, clipped, reward, std, zero, prompts, roll_s, upd_s, ref_s, tokens = g[:11]
-        n, w = max(n_seqs, 1), dist.world_size
-        means = {"reward": reward / n, "reward_std": std / n, "zero_std_share": zero / max(prompts, 1),
-                 **{f"reward_{k}": v / n for k, v in zip(names, g[11:])}, "completion_length": n_tok / n,
+        loss, kl, clipped, gap, roll_s, upd_s, ref_s, tokens, rows, reward, std, flat, prompts = g[:13]
+        n, w = max(rows, 1), dist.world_size
+        means = {"reward": reward / n, "reward_std": std / n, "zero_std_share": flat / max(prompts, 1),
+                 **{f"reward_{k}": v / n for k, v in zip(names, g[13:])}, "completion_length": n_tok / max(n_seqs, 1),
                  "clip_ratio": clipped / max(n_tok, 1), "rollout_s": roll_s / w, "update_s": upd_s / w}
+        if fresh:
+            means["sampling_logp_gap"] = gap / max(n_tok, 1)
         if self.loss.beta:
             means.update(kl=kl / max(n_tok, 1), reference_s=ref_s / w)
-        stats = torch.tensor([loss * n_seqs, tokens], dtype=torch.float64, device=sums.device)
-        return stats, n_seqs, {k: v * n_seqs for k, v in means.items()}
+        stats = torch.tensor([loss * rows, tokens], dtype=torch.float64, device=sums.device)
+        return stats, rows, {k: v * rows for k, v in means.items()}
 
     @torch.no_grad()
     def validate(self, model, loader, dist, autocast, max_batches=0):

@@ -44,7 +44,9 @@ def train(run, model, train_set, collate, val_set=None):
     objective = run.objective or TokenObjective()
     objective.prepare(run, model, train_set, val_set, collate, dtype, autocast)   # before a resume's weights
     state = TrainState(layout.state_dir(run.out, run.name), cfg, dict(run.meta or {}), dist, objective).load(model)
-    ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if dist.enabled else model
+    # no buffer holds state (the rotary tables are a cache each process grows to what it has seen): none is broadcast
+    ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                    broadcast_buffers=False) if dist.enabled else model
     optimizer = make_optimizer(model, cfg, dev)
     state.load_optimizer(optimizer, scaler)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -2,23 +2,51 @@
 THE decoding batch (inference/batching.py; no second generation loop). A prompt's G rows share its one
 prefill, rows that finish leave the batch, and each sampled token's log-probability is kept, so the first
 update needs no extra forward for the old policy. Then the tensors the policy loss takes, and the policy's
-per-token log-probabilities of a completion (the one forward with gradients).
+per-token log-probabilities of the completions (the one forward with gradients: packed rows, a group's
+prompt computed once).
 
 Library module:
     from trainer.rollout import PromptSet, sample_groups, token_logps
     groups = sample_groups(model, prompt_ids, G, max_new_tokens, temperature, stop_ids, pad_id, seeds, autocast)
     batch = groups.tensors(pad_id)             # input_ids, attention_mask, completion_mask, old_logps
+    logps, aux = token_logps(model, groups, temperature, pad_id)          # (N, C), as completion_mask
 """
 import contextlib
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from core.errors import UserError
+from dataset.formats import normalize_record
 from inference.batching import Batch
+from inference.packing import make_rows, make_units, pack
 from inference.prompt import build_prompt
 from model.lora import unwrap_model
+
+
+def prompt_record(obj, where):
+    """A JSONL line as a prompt (dataset/formats.py's any canonical form): a conversation whose last turn
+    is the user's; a last assistant turn (the reference answer of SFT data) is left out. One line otherwise."""
+    record = normalize_record(obj, where, "any")
+    if "conversations" not in record:
+        raise UserError(f'{where}: a prompt is a conversation ({{"conversations": [{{"role": "user", '
+                        '"content": ...}]}), not a text record')
+    if record["conversations"][-1]["role"] == "assistant":
+        record["conversations"] = record["conversations"][:-1]
+    if not record["conversations"] or record["conversations"][-1]["role"] != "user":
+        raise UserError(f"{where}: the conversation has no user turn to answer")
+    return record
+
+
+def scored(groups, records, max_new_tokens, tokenizer):
+    """-> (each completion's text, its record for the rewards: its prompt's fields (records: one per prompt,
+    in group order) with "_tokens", "_finished" and "_max_tokens")."""
+    G = len(groups.completion_ids) // max(1, len(records))
+    texts = [tokenizer.decode(c[:-1] if f else c) for c, f in zip(groups.completion_ids, groups.finished)]
+    rows = [{**records[i // G], "_tokens": len(c), "_finished": f, "_max_tokens": max_new_tokens}
+            for i, (c, f) in enumerate(zip(groups.completion_ids, groups.finished))]
+    return texts, rows
 
 
 class PromptSet(torch.utils.data.Dataset):
@@ -99,19 +127,24 @@ def outside_inference_mode(module):
                 setattr(mod, name, b.clone())
 
 
-def token_logps(model, input_ids, attention_mask, completion_mask, temperature=1.0):
-    """The model's log-probability of each completion token (N, C) float32 (0 where the mask is 0), of the
-    temperature-scaled distribution as it was sampled from; gradients flow. The output layer runs on the
-    completion positions only."""
-    P = input_ids.shape[1] - completion_mask.shape[1]
-    labels = torch.full_like(input_ids, -100)
-    labels[:, P:] = torch.where(completion_mask.bool(), input_ids[:, P:], -100)
-    res = model(input_ids, labels=labels, attention_mask=attention_mask, loss_reduction="none", targets_only=True)
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-    targets = targets[targets != -100]
-    logits = res.logits.float()
+def token_logps(model, groups, temperature=1.0, pad_id=0, row_tokens=512):
+    """The model's log-probability of each completion token of groups (Groups) -> ((N, C) float32, 0 past a
+    completion's end, C its longest; the MoE aux loss or None), of the temperature-scaled distribution as it
+    was sampled from; gradients flow. The rows are packed (inference/packing.py): a group's prompt is
+    computed once, each completion after it sees the prompt and itself only, and the output layer runs only
+    where a completion token is predicted, so a step costs a prompt plus its completions, not G padded rows."""
+    requests = list(zip(groups.prompt_ids, groups.completion_ids))
+    window = model.config.max_position_embeddings if hasattr(model, "config") else unwrap_model(model).config.max_position_embeddings
+    device = next(unwrap_model(model).parameters()).device
+    rows = make_rows(make_units(requests, window), min(window, row_tokens))
+    ids, pos, mask, select, where, request, token = pack(rows, pad_id, device)
+    res = model(ids, packed=(pos, mask, select))
+    logits = res.logits.float()                                           # (n_selected, vocab)
     if temperature != 1.0:
         logits = logits / temperature
-    flat = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)     # (n_targets,)
-    out = torch.zeros(completion_mask.shape, dtype=torch.float32, device=flat.device)
-    return out.masked_scatter(completion_mask.bool(), flat), res.aux_loss
+    picked = torch.log_softmax(logits, dim=-1)[where, token]              # the k-th scored token's
+    first = {}
+    place = torch.tensor([k - first.setdefault(r, k) for k, r in enumerate(request.tolist())], dtype=torch.long)
+    C = max(map(len, groups.completion_ids))
+    out = picked.new_zeros((len(requests), C)).index_put((request.to(device), place.to(device)), picked)
+    return out, res.aux_loss

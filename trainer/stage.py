@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 
 from dataset.lm_dataset import ChatDataset, collate_chat, load_split
-from dataset.formats import normalize_record
 from dataset.preference import PreferenceDataset, collate_pairs, normalize_pair
 from checkpoint import layout
 from core.atomic import check_writable, clean_stale_temps, keep_aside
@@ -25,7 +24,7 @@ from trainer.args import find_base, format_config, parse_args, resolve_inputs
 from trainer.context import Run
 from trainer.distributed import cleanup_distributed, collective_timeout, seed_everything, setup_distributed
 from trainer.loop import train
-from trainer.rollout import PromptSet
+from trainer.rollout import PromptSet, prompt_record
 
 
 def start_run(stage, argv, description):
@@ -121,14 +120,7 @@ def load_prompt_sets(cfg, tokenizer, window, check, say):
     answer of SFT data, is left out of the prompt) -> (train PromptSet, val PromptSet or None, data path,
     split info). check(record, where) refuses a record a reward cannot score (one line file:line)."""
     def normalize(obj, where):
-        record = normalize_record(obj, where, "any")
-        if "conversations" not in record:
-            raise UserError(f"{where}: a prompt is a conversation ({{\"conversations\": [{{\"role\": \"user\", "
-                            "\"content\": ...}]}), not a text record")
-        if record["conversations"][-1]["role"] == "assistant":
-            record["conversations"] = record["conversations"][:-1]
-        if not record["conversations"] or record["conversations"][-1]["role"] != "user":
-            raise UserError(f"{where}: the conversation has no user turn to answer")
+        record = prompt_record(obj, where)
         check(record, where)
         return record
     data_path, val_path = resolve_inputs(cfg)

@@ -3,7 +3,7 @@ to each prompt, a program scores them, and each answer is pushed up or down by h
 
     python trainer/train_grpo.py --lora_name lora_math                   # the arithmetic task, a LoRA on the base
     python trainer/train_grpo.py --lora_name lora_math --base out/smollm2_135m.pth --max_minutes 20
-    python trainer/train_grpo.py --reward answer --reward format:0.2 --data_path ../dataset/music.jsonl
+    python trainer/train_grpo.py --reward answer --reward format:0.2 --data_path ../dataset/music_only.jsonl
     python trainer/train_grpo.py --reward mymodule:my_reward --loss_type cispo --beta 0
     torchrun --nproc_per_node 2 trainer/train_grpo.py --lora_name lora_math
 
@@ -33,6 +33,9 @@ def build(cfg, say, world_size=1):
     """Every input read and checked, the model built -> (model, base, config, tokenizer, rewards, sets,
     data path, split info, LoRA config or None)."""
     base, ckpt, config, tokenizer = load_base(cfg, "full_sft", say)
+    if cfg.max_new_tokens > config.max_position_embeddings // 2:
+        raise UserError(f"--max_new_tokens {cfg.max_new_tokens}: at most half of {base.name}'s "
+                        f"{config.max_position_embeddings}-token window ({config.max_position_embeddings // 2})")
     if cfg.lora_name:
         check_lora_flags(cfg, config)
     rewards = RewardSet(cfg.reward.split(","))

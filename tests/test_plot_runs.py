@@ -74,7 +74,7 @@ def test_smooth_reaches_the_figure(tmp_path, monkeypatch):
     log = tmp_path / "run.jsonl"
     log.write_text(GOOD)
     seen = []
-    monkeypatch.setattr(plot_runs, "plot_curves", lambda logs, png, labels, smooth: seen.append(smooth))
+    monkeypatch.setattr(plot_runs, "plot_curves", lambda logs, png, labels, smooth, metric=None: seen.append(smooth))
     plot_runs.main([str(log), "-o", str(tmp_path / "p.png"), "--smooth", "0"])
     plot_runs.main([str(log), "-o", str(tmp_path / "p.png")])
     assert seen == [0.0, 0.9]

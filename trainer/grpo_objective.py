@@ -91,7 +91,7 @@ class GRPOObjective:
         flat = (group_std(total, G) == 0).view(-1, G)[:, 0]
         # what was sampled first (the metrics: an all-right group that --dynamic_sampling drops still counts)
         seen = [len(total), total.sum().item(), group_std(total, G).sum().item(), flat.sum().item(), len(items),
-                *[each[k].sum().item() for k in sorted(each)]]
+                *[each[k].sum().item() for k in sorted(each)], *[group_std(each[k], G).sum().item() for k in sorted(each)]]
         seconds = groups.seconds
         for attempt in range(1, RESAMPLE + 1 if self.s.dynamic_sampling else 1):
             redo = flat.nonzero()[:, 0].tolist()
@@ -197,14 +197,16 @@ class GRPOObjective:
         """-> (stats, weight, metric sums): every metric a mean over the completions sampled this step (all
         processes; the rewards as first sampled, before --dynamic_sampling's tries), times their count."""
         names = parts[0]["names"] if parts else []
-        seen = [sum(p["seen"][i] for p in parts) for i in range(5 + len(names))]
+        seen = [sum(p["seen"][i] for p in parts) for i in range(5 + 2 * len(names))]
         local = [sum(p["seconds"] for p in parts), update_s, sum(p["ref_seconds"] for p in parts),
                  sum(float(p["tensors"]["attention_mask"].sum()) for p in live), *seen]
         g = all_reduce_sum(torch.cat([sums, torch.tensor(local, dtype=torch.float64, device=sums.device)]), dist).tolist()
         loss, kl, clipped, gap, roll_s, upd_s, ref_s, tokens, rows, reward, std, flat, prompts = g[:13]
         n, w = max(rows, 1), dist.world_size
         means = {"reward": reward / n, "reward_std": std / n, "zero_std_share": flat / max(prompts, 1),
-                 **{f"reward_{k}": v / n for k, v in zip(names, g[13:])}, "completion_length": n_tok / max(n_seqs, 1),
+                 **{f"reward_{k}": v / n for k, v in zip(names, g[13:])},
+                 **{f"reward_{k}_std": v / n for k, v in zip(names, g[13 + len(names):])},
+                 "completion_length": n_tok / max(n_seqs, 1),
                  "clip_ratio": clipped / max(n_tok, 1), "rollout_s": roll_s / w, "update_s": upd_s / w}
         if fresh:
             means["sampling_logp_gap"] = gap / max(n_tok, 1)

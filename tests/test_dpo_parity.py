@@ -85,12 +85,13 @@ def trl_step(s, loss_type, beta, label_smoothing=0.0, loss_weights=None, pairs=N
 
 
 def assert_same_grads(ours, theirs):
-    """Every weight's gradient, to 1e-5 of that gradient's largest entry (float32 sums over 6,400 vocabulary
-    rows in another order differ in the last bits)."""
+    """Every weight's gradient, to 5e-5 of that gradient's largest entry (float32 sums over 6,400 vocabulary
+    rows in another order differ in the last bits: with beta 0.5, 7 of the tied embedding's 409,600 entries
+    came out 3.6e-5 apart, against transformers 5.25)."""
     for name, g in ours.items():
         assert name in theirs, name
         scale = max(1.0, theirs[name].abs().max().item())
-        torch.testing.assert_close(g, theirs[name], rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g, theirs[name], rtol=1e-5, atol=5e-5 * scale, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("case", [

@@ -26,21 +26,27 @@ run_cli(ts.main, sys.argv[1:])
 """
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    base = make_checkpoint(tmp_path / "base.pth")
-    data = write_chat(tmp_path / "chat.jsonl", n=16)
-    spy = tmp_path / "spy.py"
-    args = ["--base", str(base), "--data_path", str(data), "--val_ratio", "0", "--max_steps", "4", *FAST,
-            "--batch_size", "2", "--learning_rate", "1e-3"]
-    outs = {}
+def ddp_and_single(tmp_path, module, args):
+    """The spy run twice: 2 gloo processes through torchrun, and one process with --accumulation_steps 2
+    -> {"ddp": folder, "single": folder} (each with out/ and rank*.pt)."""
+    spy, outs = tmp_path / "spy.py", {}
     for name, launcher, extra in (
             ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], []),
             ("single", [], ["--accumulation_steps", "2"])):
         dump = tmp_path / name
         dump.mkdir()
-        spy.write_text(SPY.format(repo=str(REPO), dump=str(dump), module="trainer.train_full_sft"))
+        spy.write_text(SPY.format(repo=str(REPO), dump=str(dump), module=module))
         run_python([*launcher, str(spy), *args, *extra, "--out_dir", str(dump / "out")], cwd=REPO)
         outs[name] = dump
+    return outs
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    base = make_checkpoint(tmp_path / "base.pth")
+    data = write_chat(tmp_path / "chat.jsonl", n=16)
+    args = ["--base", str(base), "--data_path", str(data), "--val_ratio", "0", "--max_steps", "4", *FAST,
+            "--batch_size", "2", "--learning_rate", "1e-3"]
+    outs = ddp_and_single(tmp_path, "trainer.train_full_sft", args)
     r0 = torch.load(outs["ddp"] / "rank0.pt", weights_only=True)
     r1 = torch.load(outs["ddp"] / "rank1.pt", weights_only=True)
     single = torch.load(outs["single"] / "rank0.pt", weights_only=True)
@@ -65,19 +71,10 @@ def test_grpo_on_two_gloo_processes_matches_one_process(tmp_path):
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps({"conversations": [{"role": "user", "content": f"tell me {i}"}]}) + "\n"
                             for i in range(16)))
-    spy = tmp_path / "spy.py"
     args = ["--base", str(base), "--data_path", str(data), "--val_ratio", "0", "--max_steps", "3", "--batch_size", "2",
             "--reward", f"{tmp_path / 'toy.py'}:ascii_share", "--max_new_tokens", "6", "--learning_rate", "1e-3",
             "--scale_rewards", "batch", "--device", "cpu", "--dtype", "float32", "--log_interval", "1"]
-    outs = {}
-    for name, launcher, extra in (
-            ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], []),
-            ("single", [], ["--accumulation_steps", "2"])):
-        dump = tmp_path / name
-        dump.mkdir()
-        spy.write_text(SPY.format(repo=str(REPO), dump=str(dump), module="trainer.train_grpo"))
-        run_python([*launcher, str(spy), *args, *extra, "--out_dir", str(dump / "out")], cwd=REPO)
-        outs[name] = dump
+    outs = ddp_and_single(tmp_path, "trainer.train_grpo", args)
     rows = {name: [json.loads(x) for x in (d / "out" / "logs" / "grpo_64.jsonl").read_text().splitlines()]
             for name, d in outs.items()}
     rewards = {name: [r["reward"] for r in rs if "reward" in r] for name, rs in rows.items()}

@@ -17,7 +17,8 @@ from dataset.preference import PreferenceDataset, collate_pairs, normalize_pair
 from checkpoint import layout
 from core.atomic import check_writable, clean_stale_temps, keep_aside
 from core.ownership import check_outputs, owning
-from checkpoint.pth import config_from_dict, file_sha256, load_checkpoint
+from checkpoint.adapter import save_adapter
+from checkpoint.pth import config_from_dict, file_sha256, load_checkpoint, save_checkpoint
 from core.errors import UserError
 from tokenizer.tokenizer import load_tokenizer_from_state
 from trainer.args import find_base, format_config, parse_args, resolve_inputs
@@ -168,6 +169,25 @@ def chat_collate(cfg, tokenizer, pairs=False):
     pairs: preference pairs, the chosen rows then the rejected ones."""
     return partial(collate_pairs if pairs else collate_chat, pad_id=tokenizer.pad_id,
                    pad_to=cfg.max_seq_len if cfg.padding == "max_length" else None)
+
+
+def artefact_writer(cfg, stage, config, tokenizer, base, base_sha, lora_cfg=None):
+    """-> (the run's artefact path, save_model(model, meta) -> path): with lora_cfg the adapter
+    out/lora/{lora_name}_{hidden}.pth (on the base it records), else the full checkpoint out/{stage}_{hidden}.pth
+    in float32."""
+    if lora_cfg is not None:
+        path = layout.adapter_path(cfg.out_dir, cfg.lora_name, config.hidden_size, config.use_moe)
+
+        def save_model(m, meta):
+            save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, meta)
+            return path
+    else:
+        path = layout.checkpoint_path(cfg.out_dir, stage, config.hidden_size, config.use_moe)
+
+        def save_model(m, meta):
+            save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
+            return path
+    return path, save_model
 
 
 def stage_meta(stage, data_path, info, base=None, base_sha=None):

@@ -17,13 +17,13 @@ out/logs/{run}.jsonl (loss, rewards, margin, reward accuracy, log-probabilities,
 
 
 from checkpoint import layout
-from checkpoint.adapter import attach_adapter, check_adapter, load_adapter, save_adapter
-from checkpoint.pth import build_model, file_sha256, save_checkpoint
+from checkpoint.adapter import attach_adapter, check_adapter, load_adapter
+from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
 from model.lora import LoRAConfig
 from trainer.args import LORA_FLAGS, apply_lora_flags, check_lora_flags
 from trainer.preference import PreferenceLoss, PreferenceObjective
-from trainer.stage import chat_collate, finish_run, load_base, load_pair_sets, stage_meta, start_run
+from trainer.stage import artefact_writer, chat_collate, finish_run, load_base, load_pair_sets, stage_meta, start_run
 
 
 def from_lora(cfg, say):
@@ -78,18 +78,7 @@ def main(argv=None):
                            "rpo_alpha": cfg.rpo_alpha, "reference": kind if loss.needs_reference else None}}
     if start:
         meta.update(from_lora=str(start), from_lora_sha256=file_sha256(start))
-    if lora_cfg:
-        path = layout.adapter_path(cfg.out_dir, cfg.lora_name, config.hidden_size, config.use_moe)
-
-        def save_model(m, info_):
-            save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, info_)
-            return path
-    else:
-        path = layout.checkpoint_path(cfg.out_dir, "dpo", config.hidden_size, config.use_moe)
-
-        def save_model(m, info_):
-            save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, info_)
-            return path
+    path, save_model = artefact_writer(cfg, "dpo", config, tokenizer, base, base_sha, lora_cfg)
     say(f"{cfg.loss_type} loss, beta {cfg.beta:g}" + (f", label smoothing {cfg.label_smoothing:g}" * bool(cfg.label_smoothing))
         + (f", gamma {cfg.simpo_gamma:g}" if cfg.loss_type == "simpo" else "")
         + (f", rpo_alpha {cfg.rpo_alpha:g}" * bool(cfg.rpo_alpha)) + f", learning rate {cfg.learning_rate:g}")

@@ -9,11 +9,10 @@ The model config and tokenizer come from the base checkpoint, never from flags. 
 """
 
 
-from checkpoint import layout
-from checkpoint.pth import build_model, save_checkpoint
+from checkpoint.pth import build_model
 from core.cli import run_cli
 from trainer.distill import teacher_objective
-from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
+from trainer.stage import artefact_writer, chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
 
 
 def main(argv=None):
@@ -25,11 +24,7 @@ def main(argv=None):
     model = build_model(config, ckpt["model"], where=str(base))
     say(f"base {base}: {model.num_parameters() / 1e6:.2f}M parameters, all trained")
 
-    path = layout.checkpoint_path(cfg.out_dir, "full_sft", config.hidden_size, config.use_moe)
-
-    def save_model(m, meta):
-        save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, meta)
-        return path
+    path, save_model = artefact_writer(cfg, "full_sft", config, tokenizer, base, None)
 
     run.objective = teacher_objective(cfg, tokenizer, config, run.dist.device, say)        # None without --teacher
     meta = stage_meta("full_sft", data_path, info, base)

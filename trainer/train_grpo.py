@@ -16,9 +16,7 @@ adapter out/lora/{lora_name}_{hidden}.pth; out/logs/{run}.jsonl has each step's 
 share of groups with equal rewards, KL, clip ratio, completion length, rollout and update seconds; and the
 validation's greedy rewards (val_loss is minus the mean reward). docs/training.md, "GRPO".
 """
-from checkpoint import layout
-from checkpoint.adapter import save_adapter
-from checkpoint.pth import build_model, file_sha256, save_checkpoint
+from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
 from core.errors import UserError
 from rewards.functions import RewardSet
@@ -26,7 +24,7 @@ from trainer.args import apply_lora_flags, check_lora_flags
 from trainer.grpo import PolicyLoss
 from trainer.grpo_objective import GRPOObjective, Settings
 from trainer.rollout import collate_prompts
-from trainer.stage import finish_run, load_base, load_prompt_sets, stage_meta, start_run
+from trainer.stage import artefact_writer, finish_run, load_base, load_prompt_sets, stage_meta, start_run
 
 
 def build(cfg, say, world_size=1):
@@ -66,18 +64,7 @@ def main(argv=None):
                    "num_generations": cfg.num_generations, "max_new_tokens": cfg.max_new_tokens,
                    "temperature": cfg.temperature, "scale_rewards": cfg.scale_rewards,
                    "reference": ("adapter_off" if lora_cfg else "copy") if cfg.beta else None}}
-    if lora_cfg:
-        path = layout.adapter_path(cfg.out_dir, cfg.lora_name, config.hidden_size, config.use_moe)
-
-        def save_model(m, info_):
-            save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, info_)
-            return path
-    else:
-        path = layout.checkpoint_path(cfg.out_dir, "grpo", config.hidden_size, config.use_moe)
-
-        def save_model(m, info_):
-            save_checkpoint(path, {k: v.float() for k, v in m.state_dict().items()}, config, tokenizer, info_)
-            return path
+    path, save_model = artefact_writer(cfg, "grpo", config, tokenizer, base, base_sha, lora_cfg)
     say(f"{cfg.loss_type} loss, beta {cfg.beta:g}" + (" (no reference)" if not cfg.beta else "")
         + f", {cfg.num_generations} completions per prompt of at most {cfg.max_new_tokens} tokens at temperature "
         f"{cfg.temperature:g}, rewards {cfg.reward}, learning rate {cfg.learning_rate:g}")

@@ -10,13 +10,11 @@ adapter, out/lora/{lora_name}_{hidden}.pth, which records its base's path and sh
 """
 
 
-from checkpoint import layout
 from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
-from checkpoint.adapter import save_adapter
 from trainer.args import apply_lora_flags, check_lora_flags
 from trainer.distill import teacher_objective
-from trainer.stage import chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
+from trainer.stage import artefact_writer, chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
 
 
 def main(argv=None):
@@ -32,12 +30,8 @@ def main(argv=None):
     say(f"base {base}: LoRA r={lora_cfg.r} on {len(wrapped)} layers ({', '.join(lora_cfg.targets)}); "
         f"trainable {n_train:,} / {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")
 
-    path = layout.adapter_path(cfg.out_dir, cfg.lora_name, config.hidden_size, config.use_moe)
     base_sha = file_sha256(base)
-
-    def save_model(m, meta):
-        save_adapter(path, m, lora_cfg, base, base_sha, config, tokenizer.sha256, meta)
-        return path
+    path, save_model = artefact_writer(cfg, "lora", config, tokenizer, base, base_sha, lora_cfg)
 
     run.objective = teacher_objective(cfg, tokenizer, config, run.dist.device, say)        # None without --teacher
     meta = stage_meta("lora", data_path, info, base, base_sha)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from checkpoint import layout
 from selection.select import cherry_paths
-from trainer.args import check_lora_flags, parse_args
+from trainer.args import parse_args
+from trainer.lora_flags import check_lora_flags
 from trainer.stage import check_model_flags
 
 LORA, FULL, DPO = "trainer/train_lora.py", "trainer/train_full_sft.py", "trainer/train_dpo.py"
@@ -149,7 +150,7 @@ def then_command(arm, first_output, pairs, arm_dir, minutes, seed, device="", ma
 def check_arm(arm, cmd, base, config):
     """The trainer's own checks of an arm's command (run from make_plan, before any arm trains, and so in a
     dry run too): its flags (trainer.args.parse_args), their fit to the base (trainer.stage.check_model_flags:
-    the window) and, for a LoRA arm, its LoRA settings against the base's layers (trainer.args.check_lora_flags:
+    the window) and, for a LoRA arm, its LoRA settings against the base's layers (trainer.lora_flags.check_lora_flags:
     a rank above a layer's width, an unknown target). config: the base's ModelConfig."""
     stage = {LORA: "lora", FULL: "full_sft", DPO: "dpo"}[cmd[1]]
     cfg = parse_args(stage, cmd[2:])

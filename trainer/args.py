@@ -19,16 +19,13 @@ import torch
 from core.cli import ArgumentParser, check_device, check_range
 from checkpoint import layout
 from core.errors import UserError
-from model.lora import DEFAULT_TARGETS, LoRAConfig, LoRAConfigError, apply_lora
-from model.model import TinyMindForCausalLM
+from model.lora import DEFAULT_TARGETS
 from inference.precision import PRECISIONS, cpu_has_bf16
 
 ALL = ("pretrain", "full_sft", "lora", "dpo", "grpo")
 CHAT = ("full_sft", "lora", "dpo", "grpo")
 LORA_STAGES = ("lora", "dpo", "grpo")      # dpo, grpo: a LoRA when --lora_name is given, else full fine-tuning
 LORA_TARGETS = ",".join(DEFAULT_TARGETS)
-# the flag of each LoRAConfig field
-LORA_FLAGS = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "lora_targets"}
 
 
 @dataclass
@@ -327,23 +324,3 @@ def find_base(cfg, parent):
 def resolve_inputs(cfg):
     """(training data path, validation data path or None) of a resolved config."""
     return Path(cfg.data_path), (Path(cfg.val_data) if cfg.val_data else None)
-
-
-def apply_lora_flags(model, cfg):
-    """apply_lora (model/lora.py) with the flags' LoRA settings -> (LoRAConfig, wrapped module names). A value
-    this model cannot take (a rank above a layer's width, an unknown target) is one line naming the flag."""
-    lora_cfg = LoRAConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                          targets=cfg.lora_targets, use_rslora=cfg.use_rslora)
-    try:
-        return lora_cfg, apply_lora(model, lora_cfg)             # freezes everything else
-    except LoRAConfigError as e:
-        flag = LORA_FLAGS[e.field]
-        raise UserError(f"--{flag} {getattr(cfg, flag)}: {e}") from None
-
-
-def check_lora_flags(cfg, config):
-    """The check of apply_lora_flags before any work, on the shape of a base (its ModelConfig) built on the
-    meta device: no memory, no weights. scripts/study.py checks every arm's flags this way first."""
-    with torch.device("meta"):
-        model = TinyMindForCausalLM(config)
-    apply_lora_flags(model, cfg)

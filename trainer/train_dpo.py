@@ -21,7 +21,7 @@ from checkpoint.adapter import attach_adapter, check_adapter, load_adapter
 from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
 from model.lora import LoRAConfig
-from trainer.args import LORA_FLAGS, apply_lora_flags, check_lora_flags
+from trainer.lora_flags import LORA_FLAGS, apply_lora_flags, check_lora_flags
 from trainer.preference import PreferenceLoss, PreferenceObjective
 from trainer.stage import artefact_writer, chat_collate, finish_run, load_base, load_pair_sets, stage_meta, start_run
 

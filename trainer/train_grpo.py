@@ -20,7 +20,7 @@ from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
 from core.errors import UserError
 from rewards.functions import RewardSet
-from trainer.args import apply_lora_flags, check_lora_flags
+from trainer.lora_flags import apply_lora_flags, check_lora_flags
 from trainer.grpo import PolicyLoss
 from trainer.grpo_objective import GRPOObjective, Settings
 from trainer.rollout import collate_prompts

@@ -12,7 +12,7 @@ adapter, out/lora/{lora_name}_{hidden}.pth, which records its base's path and sh
 
 from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
-from trainer.args import apply_lora_flags, check_lora_flags
+from trainer.lora_flags import apply_lora_flags, check_lora_flags
 from trainer.distill import teacher_objective
 from trainer.stage import artefact_writer, chat_collate, finish_run, load_base, load_chat_sets, stage_meta, start_run
 

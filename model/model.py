@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from model.config import ModelConfig
 from model.masks import positions_and_mask
@@ -221,6 +222,7 @@ class TinyMindModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.dropout = nn.Dropout(config.dropout)
+        self.gradient_checkpointing = False     # TinyMindForCausalLM.set_gradient_checkpointing
 
 
 @dataclass
@@ -258,6 +260,14 @@ class TinyMindForCausalLM(nn.Module):
             out = module.o_proj if isinstance(module, Attention) else module.down_proj
             nn.init.normal_(out.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
 
+    def set_gradient_checkpointing(self, on=True):
+        """Activation checkpointing (Chen et al. 2016): in training, keep only each block's input and
+        recompute the block in backward (non-reentrant torch.utils.checkpoint, the RNG and autocast state
+        restored), so a block's activations are held at a time instead of every block's; the same
+        gradients for about a third more compute. Decoding with a cache and no-grad passes are unaffected."""
+        self.model.gradient_checkpointing = bool(on)
+        return self
+
     def num_parameters(self, trainable_only=False):
         params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
         return sum(p.numel() for p in params.values())
@@ -283,8 +293,13 @@ class TinyMindForCausalLM(nn.Module):
         x = self.model.dropout(self.model.embed_tokens(input_ids))                  # (B, T, C)
         cos, sin = self.model.rotary(position_ids, x.dtype, n=past + T)
         aux_total = None
+        recompute = self.model.gradient_checkpointing and self.training and torch.is_grad_enabled() \
+            and kv_cache is None
         for layer in self.model.layers:
-            x, aux = layer(x, cos, sin, mask, kv_cache)
+            if recompute:
+                x, aux = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False)
+            else:
+                x, aux = layer(x, cos, sin, mask, kv_cache)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
         if kv_cache is not None:

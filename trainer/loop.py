@@ -16,6 +16,7 @@ from checkpoint import layout
 from trainer.components import (count_steps, get_lr, hold_frozen_in, make_loaders, make_optimizer,
                                 mixed_precision, remaining_steps, schedule_step, set_lr)
 from trainer.distributed import rank0_clock
+from trainer.memory import memory_line
 from trainer.runlog import RunLog
 from trainer.state import TrainState
 from trainer.step import TokenObjective, apply_gradients, check_loss
@@ -39,6 +40,7 @@ def train(run, model, train_set, collate, val_set=None):
     model.to(dev)                                  # float32 master weights; autocast computes in cfg.dtype
     dtype, autocast, scaler = mixed_precision(cfg.dtype, dev)
     hold_frozen_in(model, dtype)                   # a LoRA run's frozen base: in the compute dtype
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing)
     sampler, loader, val_loader = make_loaders(train_set, val_set, collate, cfg, dist)
     steps_per_epoch, total, warmup = count_steps(sampler, cfg)
     objective = run.objective or TokenObjective()
@@ -53,7 +55,8 @@ def train(run, model, train_set, collate, val_set=None):
     # the first output of the run: every input has been read and checked by now
     header = (f"run {run.name}: {len(train_set):,} training samples, {len(val_set or []):,} validation; "
               f"{steps_per_epoch:,} steps/epoch, {total:,} steps, {dist.world_size} process(es) on {dev}, "
-              f"{str(dtype)[6:]}" + (f", resumed at step {state.step}" if state.resumed else ""))
+              f"{str(dtype)[6:]}" + (f", resumed at step {state.step}" if state.resumed else "")
+              + memory_line(model, cfg, dtype, autocast, train_set, sampler))
     log = RunLog(run.out, run.name, cfg, total, (state.step, state.tokens_seen), dist.is_main,
                  resumed=state.resumed is not None, header=header)
     state.load_rng()   # last, so that nothing above draws from the restored generators

@@ -74,6 +74,8 @@ def child(case, rows, length, checkpointing, steps):
     from trainer.distributed import Dist
     from trainer.memory import estimate_memory, static_bytes
     from trainer.step import accumulate_gradients, apply_gradients
+    from core.malloc import return_freed_memory
+    return_freed_memory()                            # as every trainer does first
     model, dtype, autocast, scaler = build(*CASES[case])
     model.set_gradient_checkpointing(checkpointing)
     cfg = SimpleNamespace(weight_decay=0.1, learning_rate=1e-4)

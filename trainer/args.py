@@ -91,6 +91,7 @@ class TrainConfig:
     device: str = ""                     # cpu, cuda, cuda:1; empty = cuda when available (torchrun: LOCAL_RANK)
     dtype: str = "auto"                  # auto = bfloat16 where the CUDA device or the CPU (AVX512-BF16/AMX) has it, else float16 on CUDA, float32 on CPU
     num_workers: int = 0                 # DataLoader worker processes
+    threads: int = 0                     # torch threads; 0 = one per core other programs leave free, re-checked every 30 s (OMP_NUM_THREADS wins)
     gradient_checkpointing: bool = False  # recompute each block in backward instead of keeping its activations (less memory, ~1/3 more compute)
     ddp_timeout: int = 600               # seconds a DDP process waits for a stuck one before the job stops
     # outputs
@@ -208,14 +209,14 @@ AT_LEAST = {"batch_size": 1, "accumulation_steps": 1, "max_seq_len": 2, "log_int
             "num_workers": 0, "eval_batches": 0, "eval_interval": 0, "save_interval": 0, "max_steps": 0,
             "epochs": 0, "max_minutes": 0.0, "hidden_size": 0, "num_hidden_layers": 0, "warmup_iters": -1, "lora_rank": 1,
             "weight_decay": 0.0, "grad_clip": 0.0, "ddp_timeout": 1, "seed": 0, "simpo_gamma": 0.0, "rpo_alpha": 0.0,
-            "alpha": 0.0}
+            "alpha": 0.0, "threads": 0}
 ABOVE = {"learning_rate": 0.0, "lora_alpha": 0.0, "beta": 0.0, "temperature": 0.0}
 # the highest sensible value: past it a typo, not a plan (and an allocation that would take the machine down)
 AT_MOST = {"seed": 2**32 - 1, "hidden_size": 16384, "num_hidden_layers": 512, "batch_size": 65536,
            "accumulation_steps": 65536, "max_seq_len": 1 << 20, "num_workers": 256, "lora_rank": 8192,
            "epochs": 100000, "keep_last": 10000, "ddp_timeout": 7 * 24 * 3600, "eval_batches": 10**9,
            "lora_alpha": 1e6, "learning_rate": 1e3, "max_minutes": 1e6, "beta": 1e3, "simpo_gamma": 1e3,
-           "rpo_alpha": 1e3, "alpha": 1.0, "temperature": 100.0}
+           "rpo_alpha": 1e3, "alpha": 1.0, "temperature": 100.0, "threads": 4096}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

@@ -12,8 +12,9 @@ storages it keeps that are not parameters, so casts and copies under autocast co
 batch's tokens, times the number of blocks (with --gradient_checkpointing: each block's input, plus one
 block recomputed); the output layer's logits over the batch's target tokens with their float32 softmax
 and its gradient (14 bytes a logit under bfloat16, 16 in float32: measured) at the start of backward, when
-all of it is alive at once; times the allocator's overhead measured on a CPU (ALLOCATOR_OVERHEAD). The
-peak is the largest batch's. scripts/bench_memory.py checks it against the measured
+all of it is alive at once (with checkpointing the later recompute of one block may be the peak instead).
+The peak is the largest batch's; the trainers return freed memory to the system (core/malloc.py), without
+which glibc's malloc keeps a quarter more resident. scripts/bench_memory.py checks it against the measured
 peak resident memory.
 """
 from dataclasses import dataclass
@@ -25,10 +26,6 @@ from model.lora import unwrap_model
 GB, MB = 1 << 30, 1 << 20
 ADAM_STATES = 2                    # AdamW's exp_avg and exp_avg_sq, float32 like the parameters
 HEAD_BYTES = {torch.bfloat16: 14, torch.float16: 14, torch.float32: 16}   # a target's logit, at its peak
-# resident memory per byte of live activations: freed temporaries between kept tensors stay resident under
-# glibc's malloc (measured by scripts/bench_memory.py on a 2-core AMD EPYC: 1.11-1.45 across the small
-# preset and SmolLM2, float32 and bfloat16, checkpointing on and off; BENCHMARKS.md)
-ALLOCATOR_OVERHEAD = 1.25
 
 
 def size(n):
@@ -99,13 +96,16 @@ def estimate_memory(model, dtype, autocast, shapes):
     layers = config.num_hidden_layers
     head = HEAD_BYTES.get(dtype, 16) * config.vocab_size
 
+    held = torch.empty(0, dtype=dtype).element_size() * config.vocab_size     # the logits the output keeps
+
     def activations(rows, length, targets):
         tokens = rows * length
-        if getattr(inner.model, "gradient_checkpointing", False):
-            body = layers * tokens * config.hidden_size * 4 + per_token * tokens + fixed
-        else:
-            body = layers * (per_token * tokens + fixed)
-        return int(ALLOCATOR_OVERHEAD * (body + 3 * tokens * config.hidden_size * 4 + head * targets))
+        residual = 3 * tokens * config.hidden_size * 4            # embeddings, final norm, its gradient
+        if not getattr(inner.model, "gradient_checkpointing", False):
+            return int(layers * (per_token * tokens + fixed) + residual + head * targets)
+        # each block's input kept; the peak is the output layer's backward, or later one block recomputed
+        inputs = layers * tokens * config.hidden_size * 4
+        return int(inputs + residual + max(head * targets, held * targets + per_token * tokens + fixed))
 
     peak = max(shapes, key=lambda s: activations(*s))
     return MemoryEstimate(weights, grads, optimizer, activations(*peak), *peak)

@@ -16,6 +16,8 @@ from dataset.lm_dataset import ChatDataset, collate_chat, load_split
 from dataset.preference import PreferenceDataset, collate_pairs, normalize_pair
 from checkpoint import layout
 from core.atomic import check_writable, clean_stale_temps, keep_aside
+from core.malloc import return_freed_memory
+from core.threads import ThreadPolicy
 from core.ownership import check_outputs, owning
 from checkpoint.adapter import save_adapter
 from checkpoint.pth import config_from_dict, file_sha256, load_checkpoint, save_checkpoint
@@ -33,6 +35,7 @@ def start_run(stage, argv, description):
     -> the run context Run(cfg, dist, say), where say prints on rank 0 only; the stage entry point adds
     what the run writes (run.writes) before finish_run."""
     cfg = parse_args(stage, argv, description)
+    return_freed_memory()                                          # activations freed are given back
     check_writable(Path(cfg.out_dir) / "logs" / "run.jsonl")      # before any work: out/ can be written
     for folder in (Path(cfg.out_dir), Path(cfg.out_dir) / "lora"):   # what killed runs left (core/atomic.py)
         clean_stale_temps(folder)
@@ -40,8 +43,10 @@ def start_run(stage, argv, description):
     say = print if dist.is_main else (lambda *a, **k: None)
     say("train config (what differs from the defaults; all of it is in the run's log):\n"
         + format_config(cfg, stage))
+    threads = ThreadPolicy(cfg.threads)
+    say(threads.start())
     seed_everything(cfg.seed)
-    return Run(cfg, dist, say)
+    return Run(cfg, dist, say, threads=threads)
 
 
 def load_base(cfg, parent, say=print, chosen=None):

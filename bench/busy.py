@@ -1,0 +1,97 @@
+"""Benchmark: LoRA training on a busy machine: tokens/s idle and with busy neighbour processes, torch on every
+core (its default) against one thread per free core (core/threads.py, the trainers' default), through the
+real trainer (trainer/train_lora.py, one process per run).
+
+    python scripts/bench_busy.py                         # SmolLM2, the README's data, 0/1/2 neighbours
+    python scripts/bench_busy.py --model small --steps 8
+
+A neighbour is a Python process that spins (`while True: pass`), started before the run and killed after it,
+as a user's other program keeping a core busy. Each run trains the README's LoRA on dataset/music.jsonl
+for --steps steps, batch --batch_size, from the same base and seed; its rate is the trainer's own per-step
+tokens/s (real tokens), median over the steps after the first. "share" is the rate over the idle rate
+with torch's default threads; a fair share with k neighbours on n cores, each neighbour wanting one core
+and the run wanting all n, is n / (n + k) of the machine.
+"""
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.common import cpu_name
+from bench.train_dtype import base_for
+from checkpoint import layout
+from core.cli import ArgumentParser, run_cli
+from core.errors import UserError
+from trainer.runlog import read_rows
+
+SPIN = "while True: pass"
+# name: (--threads, extra environment)
+POLICIES = {"all cores (torch's default)": (str(os.cpu_count()), {}),
+            "all cores, OMP_WAIT_POLICY=PASSIVE": (str(os.cpu_count()), {"OMP_WAIT_POLICY": "PASSIVE"}),
+            "free cores (--threads 0, the default)": ("0", {})}
+
+
+@contextlib.contextmanager
+def neighbours(k):
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(k)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def run(base, threads, env, out, args):
+    data = layout.repo_root() / "dataset" / "music.jsonl"
+    cmd = [sys.executable, str(layout.repo_root() / "trainer" / "train_lora.py"), "--base", str(base),
+           "--data_path", str(data), "--out_dir", str(out), "--max_steps", str(args.steps),
+           "--batch_size", str(args.batch_size), "--log_interval", "1", "--eval_interval", "0", "--val_ratio", "0",
+           "--save_interval", "0", "--lora_name", "bench", "--device", "cpu", "--threads", threads]
+    full_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**full_env, **env})
+    if done.returncode:
+        raise UserError(f"the trainer failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    said = next((l for l in done.stdout.splitlines() if l.startswith("threads:")), "")
+    rows = read_rows(next((Path(out) / "logs").glob("bench_*.jsonl")))
+    rates = [r["tok_per_s"] for r in rows if "tok_per_s" in r][1:]
+    shutil.rmtree(out)
+    return statistics.median(rates), said
+
+
+def main(argv=None):
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2", help="a preset (random weights) or a .pth in out/")
+    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per run (the first is left out)")
+    ap.add_argument("--batch_size", type=int, default=8, help="the trainer's --batch_size")
+    ap.add_argument("--neighbours", default="0,1,2", help="comma list of busy neighbour counts")
+    args = ap.parse_args(argv)
+    if args.steps < 3:
+        raise UserError("--steps: at least 3 (the first step is left out of the rate)")
+    counts = [int(k) for k in args.neighbours.split(",")]
+    n = os.cpu_count()
+    print(f"machine: {cpu_name()}, {n} cores, torch {torch.__version__}; LoRA on {args.model}, batch "
+          f"{args.batch_size}, {args.steps} steps\n")
+    print("| busy neighbours | threads | tok/s | share of idle | fair share | what the run said |")
+    print("|---:|---|---:|---:|---:|---|")
+    with tempfile.TemporaryDirectory() as work:
+        base, _ = base_for(args.model, Path(work))
+        idle = None
+        for k in counts:
+            for name, (threads, env) in POLICIES.items():
+                if k == 0 and env:
+                    continue
+                with neighbours(k):
+                    rate, said = run(base, threads, env, Path(work) / "out", args)
+                idle = idle or rate
+                print(f"| {k} | {name} | {rate:,.0f} | {rate / idle:.0%} | {n / (n + k):.0%} | {said} |", flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)

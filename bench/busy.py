@@ -1,6 +1,6 @@
-"""Benchmark: LoRA training on a busy machine: tokens/s idle and with busy neighbour processes, torch on every
-core (its default) against one thread per free core (core/threads.py, the trainers' default), through the
-real trainer (trainer/train_lora.py, one process per run).
+"""Benchmark: LoRA training on a busy machine: tokens/s idle and with busy neighbour processes, OpenMP's
+spinning waits (torch's default) against passive ones (core/openmp.py, the trainers' default), on every core
+and on one, through the real trainer (trainer/train_lora.py, one process per run).
 
     python scripts/bench_busy.py                         # SmolLM2, the README's data, 0/1/2 neighbours
     python scripts/bench_busy.py --model small --steps 8
@@ -9,8 +9,10 @@ A neighbour is a Python process that spins (`while True: pass`), started before 
 as a user's other program keeping a core busy. Each run trains the README's LoRA on dataset/music.jsonl
 for --steps steps, batch --batch_size, from the same base and seed; its rate is the trainer's own per-step
 tokens/s (real tokens), median over the steps after the first. "share" is the rate over the idle rate
-with torch's default threads; a fair share with k neighbours on n cores, each neighbour wanting one core
-and the run wanting all n, is n / (n + k) of the machine.
+with spinning waits on every core; a fair share with k neighbours on n cores, each neighbour wanting one
+core and the run wanting all n, is n / (n + k) of the machine. The spinning run starts the trainer after
+torch is loaded (`python -c "import torch; ..."`), so that core/openmp.py comes too late to change the
+policy, as before it existed.
 """
 import contextlib
 import os
@@ -31,10 +33,11 @@ from core.errors import UserError
 from trainer.runlog import read_rows
 
 SPIN = "while True: pass"
-# name: (--threads, extra environment)
-POLICIES = {"all cores (torch's default)": (str(os.cpu_count()), {}),
-            "all cores, OMP_WAIT_POLICY=PASSIVE": (str(os.cpu_count()), {"OMP_WAIT_POLICY": "PASSIVE"}),
-            "free cores (--threads 0, the default)": ("0", {})}
+# name: (--threads, torch loaded before the trainer: OpenMP's default spinning waits)
+POLICIES = {"every core, spinning waits (torch's default)": ("0", True),
+            "every core, passive waits (the trainers' default)": ("0", False),
+            "one thread (--threads 1)": ("1", False)}
+START_AFTER_TORCH = "import sys, runpy, torch; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 @contextlib.contextmanager
@@ -48,14 +51,15 @@ def neighbours(k):
             p.wait()
 
 
-def run(base, threads, env, out, args):
+def run(base, threads, spinning, out, args):
     data = layout.repo_root() / "dataset" / "music.jsonl"
-    cmd = [sys.executable, str(layout.repo_root() / "trainer" / "train_lora.py"), "--base", str(base),
+    cmd = [sys.executable] + (["-c", START_AFTER_TORCH] if spinning else []) + [
+           str(layout.repo_root() / "trainer" / "train_lora.py"), "--base", str(base),
            "--data_path", str(data), "--out_dir", str(out), "--max_steps", str(args.steps),
            "--batch_size", str(args.batch_size), "--log_interval", "1", "--eval_interval", "0", "--val_ratio", "0",
            "--save_interval", "0", "--lora_name", "bench", "--device", "cpu", "--threads", threads]
-    full_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**full_env, **env})
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         raise UserError(f"the trainer failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     said = next((l for l in done.stdout.splitlines() if l.startswith("threads:")), "")
@@ -78,17 +82,15 @@ def main(argv=None):
     n = os.cpu_count()
     print(f"machine: {cpu_name()}, {n} cores, torch {torch.__version__}; LoRA on {args.model}, batch "
           f"{args.batch_size}, {args.steps} steps\n")
-    print("| busy neighbours | threads | tok/s | share of idle | fair share | what the run said |")
+    print("| busy neighbours | threads and waits | tok/s | share of idle | fair share | what the run said |")
     print("|---:|---|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as work:
         base, _ = base_for(args.model, Path(work))
         idle = None
         for k in counts:
-            for name, (threads, env) in POLICIES.items():
-                if k == 0 and env:
-                    continue
+            for name, (threads, spinning) in POLICIES.items():
                 with neighbours(k):
-                    rate, said = run(base, threads, env, Path(work) / "out", args)
+                    rate, said = run(base, threads, spinning, Path(work) / "out", args)
                 idle = idle or rate
                 print(f"| {k} | {name} | {rate:,.0f} | {rate / idle:.0%} | {n / (n + k):.0%} | {said} |", flush=True)
 

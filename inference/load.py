@@ -20,7 +20,7 @@ from model.config import ModelConfig
 from model.lora import merge_lora
 from checkpoint import layout
 from core.errors import UserError
-from inference.precision import FLOAT_DTYPES, PRECISIONS, apply_precision
+from inference.precision import FLOAT_DTYPES, PRECISIONS, QUANTIZED, apply_precision
 
 
 @dataclass
@@ -78,16 +78,16 @@ def load_for_inference(ckpt=None, adapter=None, hf_path=None, base=None, merge=T
     base file other than the recorded one (config and tokenizer must still fit). merge folds the adapter
     into the weights: the same outputs, no extra matmuls per token.
 
-    dtype: a precision name (inference.precision.PRECISIONS: float32, bfloat16, float16, int8), applied after
-    loading the float weights (int8: quantised from them, the adapter merged first); None keeps the
+    dtype: a precision name (inference.precision.PRECISIONS: float32, bfloat16, float16, int8, int4), applied after
+    loading the float weights (int8, int4: quantised from them, the adapter merged first); None keeps the
     weights' own. A precision other than float32 is part of the label (smollm2_135m_int8), so its reports
     never replace float32's."""
     if sum(x is not None for x in (ckpt, adapter, hf_path, gguf_path)) != 1:
         raise ValueError("load_for_inference: give exactly one of ckpt, adapter, hf_path, gguf_path")
     if dtype is not None and dtype not in PRECISIONS:
         raise ValueError(f"load_for_inference: dtype {dtype!r}: use one of {', '.join(PRECISIONS)}")
-    if dtype == "int8" and not merge:
-        raise ValueError("load_for_inference: int8 needs merge=True (the adapter folded into the weights)")
+    if dtype in QUANTIZED and not merge:
+        raise ValueError(f"load_for_inference: {dtype} needs merge=True (the adapter folded into the weights)")
     float_dtype = FLOAT_DTYPES.get(dtype)            # int8: build in the weights' float dtype, quantise after
     if gguf_path is not None:
         from interop.gguf_import import import_gguf      # imported only when asked for (start-up time)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from model.lora import LoRALinear
 
-PRECISIONS = ("float32", "bfloat16", "float16", "int8")          # the --dtype choices, float32 first
+PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int4")  # the --dtype choices, float32 first
+QUANTIZED = ("int8", "int4")
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KERNEL_ROWS = 16      # up to this many rows take the int8 kernel (faster up to ~24 here); more: a dense matmul
 
@@ -52,6 +53,8 @@ def precision_hint(name, device):
     if name == "int8" and device.type != "cpu":
         return (f"--dtype int8: on {device.type} there is no int8 kernel here, so each layer runs a dequantised "
                 "matmul (slower than bfloat16, no memory saved); use --dtype bfloat16")
+    if name == "int4" and device.type != "cpu":
+        return f"--dtype int4: TinyMind's int4 runs on a CPU only (torch's CPU int4 kernel); use --dtype bfloat16"
     return None
 
 
@@ -105,16 +108,78 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
 
-def quantize_int8(model, dtype):
-    """Replace every nn.Linear of model (in place) by an Int8Linear computing in dtype; the rest of the
-    model is cast to dtype. A tied lm_head gets its own int8 copy; the embedding keeps its float rows."""
+INT4_GROUP = 32      # input weights per scale and zero of int4 (docs/precision: 32 against 64, measured)
+
+
+def int4_fits(linear, group=INT4_GROUP):
+    """Whether torch's CPU int4 kernel takes this layer: whole groups along the input."""
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and linear.in_features % group == 0
+
+
+def quantize_int4(weight, group=INT4_GROUP):
+    """(out, in) float -> (int32 codes 0..15 (out, in), scales_and_zeros (in / group, out, 2) float32):
+    asymmetric per group of `group` inputs, w ~ (q - 8) * scale + zero (the layout of torch's int4 kernel)."""
+    out, width = weight.shape
+    w = weight.detach().float().reshape(out, width // group, group)
+    low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    scale = (high - low).clamp(min=1e-9) / 15
+    q = ((w - low) / scale).round().clamp(0, 15).to(torch.int32).reshape(out, width)
+    zero = low + 8 * scale
+    return q, torch.cat([scale, zero], -1).transpose(0, 1).contiguous()
+
+
+class Int4Linear(nn.Module):
+    """An nn.Linear held as 4-bit codes, a scale and a zero per group of INT4_GROUP inputs (inference only),
+    packed once for torch's CPU int4 kernel (torch._weight_int4pack_mm_for_cpu, bfloat16 activations),
+    which every row count takes: half the bytes of int8 for decoding to stream."""
+
+    def __init__(self, linear: nn.Linear, dtype=torch.float32, group=INT4_GROUP):
+        super().__init__()
+        q, scales_and_zeros = quantize_int4(linear.weight, group)
+        self.in_features, self.out_features, self.group = linear.in_features, linear.out_features, group
+        self.register_buffer("weight_int4", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        # bfloat16 whatever the model's dtype: the kernel's (so model.to(dtype) must not cast it: kept apart)
+        self.scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        moved = fn(self.scales_and_zeros.float())          # device moves follow; dtype stays bfloat16
+        self.scales_and_zeros = moved.to(device=moved.device, dtype=torch.bfloat16)
+        return self
+
+    def dequantized(self):
+        """The (out, in) float32 weight the codes give (the kernel on the identity: its own arithmetic)."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.weight_int4.device)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight_int4, self.group,
+                                                          self.scales_and_zeros).float().t()
+
+    def forward(self, x):
+        shape = x.shape
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous(),
+                                                       self.weight_int4, self.group, self.scales_and_zeros)
+        y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group}"
+
+
+def quantize_linears(model, dtype, bits=8):
+    """Replace every nn.Linear of model (in place) by an Int8Linear (bits 8) or an Int4Linear (bits 4, where
+    its input width takes whole groups; else Int8Linear) computing in dtype; the rest of the model is cast
+    to dtype. A tied lm_head gets its own quantised copy; the embedding keeps its float rows."""
     if any(isinstance(m, LoRALinear) and not m.merged for m in model.modules()):
-        raise ValueError("int8 needs the adapter merged into the weights (load with merge=True)")
+        raise ValueError(f"int{bits} needs the adapter merged into the weights (load with merge=True)")
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, linear in linears:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(linear, dtype))
+        four = bits == 4 and int4_fits(linear)
+        setattr(parent, child, Int4Linear(linear, dtype) if four else Int8Linear(linear, dtype))
     model.to(dtype=dtype)           # embeddings and norms; int8 buffers stay int8 (to(dtype) casts floats only)
     return model
 
@@ -127,11 +192,13 @@ def apply_precision(model, name, device=None):
     if name in FLOAT_DTYPES:
         return model.to(dtype=FLOAT_DTYPES[name])
     device = device or next(model.parameters()).device
-    return quantize_int8(model, torch.bfloat16 if native_bf16(device) else torch.float32)
+    return quantize_linears(model, torch.bfloat16 if native_bf16(device) else torch.float32, int(name[3:]))
 
 
 def precision_of(model):
-    """The precision name of a model apply_precision made (int8 when it has Int8Linear layers)."""
+    """The precision name of a model apply_precision made (int4 or int8 when it has such layers)."""
+    if any(isinstance(m, Int4Linear) for m in model.modules()):
+        return "int4"
     if any(isinstance(m, Int8Linear) for m in model.modules()):
         return "int8"
     dtype = next(model.parameters()).dtype

@@ -16,7 +16,7 @@ from factories import REPO, make_adapter, make_checkpoint, make_model, train_mem
 from inference import precision
 from inference.generate import generate
 from inference.load import load_for_inference
-from inference.precision import Int8Linear, apply_precision, precision_of, quantize_weight
+from inference.precision import Int4Linear, Int8Linear, apply_precision, precision_of, quantize_int4, quantize_weight
 
 PROMPT = [5, 100, 200, 300, 400, 500, 600, 700]
 
@@ -57,6 +57,45 @@ def test_int8_linear_is_the_matmul_with_its_dequantised_weight(rows, width, dtyp
     assert torch.nn.functional.cosine_similarity(y.float().flatten(), full.flatten(), dim=0) > 0.999
 
 
+def test_int4_codes_are_within_half_a_step_of_each_group():
+    w = torch.randn(48, 96) * torch.linspace(0.01, 3, 48)[:, None]
+    q, sz = quantize_int4(w, 32)
+    assert q.dtype == torch.int32 and int(q.min()) == 0 and int(q.max()) == 15 and sz.shape == (3, 48, 2)
+    scale, zero = sz[..., 0].t(), sz[..., 1].t()                         # (out, groups)
+    deq = ((q.float().reshape(48, 3, 32) - 8) * scale[..., None] + zero[..., None]).reshape(48, 96)
+    assert ((deq - w).abs().reshape(48, 3, 32) <= scale[..., None] / 2 + 1e-6).all()
+
+
+@pytest.mark.parametrize("rows", [1, 16, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_linear_is_the_matmul_with_its_dequantised_weight(rows, dtype):
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96)
+    layer = Int4Linear(linear, dtype)
+    x = torch.randn(1, rows, 64).to(dtype)
+    w = layer.dequantized()
+    q, sz = quantize_int4(linear.weight, 32)                            # the kernel's weights are the codes'
+    ref_w = ((q.float().reshape(96, 2, 32) - 8) * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]).reshape(96, 64)
+    assert torch.allclose(w, ref_w, atol=0.02 * ref_w.abs().max().item())
+    y = layer(x)
+    assert y.dtype == dtype and y.shape == (1, rows, 96)
+    ref = x.float() @ w.t() + linear.bias.detach().float()
+    assert torch.allclose(y.float(), ref, atol=0.05, rtol=0.02)
+    full = linear(x.float())
+    assert torch.nn.functional.cosine_similarity(y.float().flatten(), full.flatten(), dim=0) > 0.99
+
+
+def test_int4_model_takes_every_linear_whose_width_takes_whole_groups():
+    model = make_model(seed=0)
+    apply_precision(model, "int4", "cpu")
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    assert len(layers) == 7 * model.config.num_hidden_layers + 1 and precision_of(model) == "int4"
+    odd = make_model(seed=0, hidden_size=48, num_attention_heads=4, num_key_value_heads=2)   # 48: not whole groups
+    apply_precision(odd, "int4", "cpu")
+    assert not any(isinstance(m, nn.Linear) for m in odd.modules())
+    assert any(isinstance(m, Int8Linear) for m in odd.modules())         # those layers fall back to int8
+
+
 def test_int8_model_replaces_every_linear_and_keeps_the_embedding():
     model = make_model(seed=0)
     assert model.config.tie_word_embeddings
@@ -71,7 +110,7 @@ def test_int8_model_replaces_every_linear_and_keeps_the_embedding():
     assert model.model.embed_tokens.weight.dtype == want == layers[0].scale.dtype
 
 
-@pytest.mark.parametrize("name", ["bfloat16", "int8"])
+@pytest.mark.parametrize("name", ["bfloat16", "int8", "int4"])
 def test_greedy_output_agrees_with_float32(memorizer, name):
     model, continuation = memorizer
     ref = generate(model, [PROMPT], max_new_tokens=24)[0]
@@ -115,8 +154,12 @@ def test_load_for_inference_applies_the_precision_and_names_it(tmp_path):
     assert load_for_inference(ckpt=ckpt, dtype="bfloat16").model.lm_head.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="int8 needs merge=True"):
         load_for_inference(adapter=adapter, dtype="int8", merge=False)
-    with pytest.raises(ValueError, match="use one of float32, bfloat16, float16, int8"):
-        load_for_inference(ckpt=ckpt, dtype="int4")
+    with pytest.raises(ValueError, match="use one of float32, bfloat16, float16, int8, int4"):
+        load_for_inference(ckpt=ckpt, dtype="int3")
+    i4 = load_for_inference(ckpt=ckpt, dtype="int4")
+    assert (i4.label, precision_of(i4.model)) == ("full_sft_64_int4", "int4")
+    with pytest.raises(ValueError, match="int4 needs merge=True"):
+        load_for_inference(adapter=adapter, dtype="int4", merge=False)
 
 
 def test_eval_model_answers_in_int8_and_refuses_an_unknown_dtype(tmp_path):
@@ -126,8 +169,8 @@ def test_eval_model_answers_in_int8_and_refuses_an_unknown_dtype(tmp_path):
     ok = subprocess.run(cmd + ["--dtype", "int8"], capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "full_sft_64.pth (full_sft, 0.51M parameters, int8)" in ok.stderr
-    bad = subprocess.run(cmd + ["--dtype", "int4"], capture_output=True, text=True, cwd=tmp_path)
-    assert bad.returncode == 2 and "--dtype: invalid choice: 'int4'" in bad.stderr
+    bad = subprocess.run(cmd + ["--dtype", "int3"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "--dtype: invalid choice: 'int3'" in bad.stderr
     assert not (tmp_path / "out" / "eval").exists()
 
 
@@ -146,8 +189,8 @@ def test_eval_bench_puts_each_precision_in_its_own_column(tmp_path, bench_cache)
     assert report["agreement"]["with"] == "full_sft_64" and "agreement" not in ref
     assert report["agreement"]["acc"] == sum(same) / len(same)
     assert "same prediction as full_sft_64: acc " in run.stdout
-    bad = subprocess.run(cmd[:-3] + ["--dtype", "float32,int4"], capture_output=True, text=True, cwd=tmp_path)
+    bad = subprocess.run(cmd[:-3] + ["--dtype", "float32,int3"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().endswith(
-        "--dtype int4: use one of float32, bfloat16, float16, int8 (or several, comma-separated)")
+        "--dtype int3: use one of float32, bfloat16, float16, int8, int4 (or several, comma-separated)")
     twice = subprocess.run(cmd[:-3] + ["--dtype", "int8,int8"], capture_output=True, text=True, cwd=tmp_path)
     assert twice.returncode == 2 and twice.stderr.strip().endswith("--dtype int8,int8: each precision once")

@@ -1,5 +1,6 @@
-"""core/threads.py: torch's thread count follows the cores other programs leave free; the other programs'
-load is measured from /proc (this process's own CPU time left out), --threads N and OMP_NUM_THREADS fix it."""
+"""core/threads.py and core/openmp.py: the thread count a run takes (--threads, OMP_NUM_THREADS, else every
+core), the other programs' load it reports (from /proc, this process's own CPU time left out), and passive
+OpenMP waits in a trainer process (set before torch loads; a user's own policy kept)."""
 import subprocess
 import sys
 import threading
@@ -9,6 +10,10 @@ import pytest
 import torch
 
 import core.threads as ct
+from factories import REPO
+
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+SPIN = "import time\nt = time.time() + {s}\nwhile time.time() < t: pass"
 
 
 @pytest.fixture
@@ -19,13 +24,7 @@ def restore_threads(monkeypatch):
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("busy,cores,threads", [(0.0, 2, 2), (0.2, 2, 2), (0.5, 2, 1), (1.0, 2, 1), (2.0, 2, 1),
-                                                (1.0, 8, 7), (3.4, 8, 4), (0.0, 1, 1)])
-def test_one_thread_per_free_core(busy, cores, threads):
-    assert ct.threads_for(busy, cores) == threads
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@LINUX
 def test_a_busy_neighbour_is_seen_and_this_process_is_not():
     stop = time.monotonic() + 1.0
 
@@ -36,7 +35,7 @@ def test_a_busy_neighbour_is_seen_and_this_process_is_not():
     t.start()
     own = ct.others_busy(0.5)
     t.join()
-    neighbour = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 3\nwhile time.time() < t: pass"])
+    neighbour = subprocess.Popen([sys.executable, "-c", SPIN.format(s=3)])
     try:
         time.sleep(0.5)
         other = ct.others_busy(1.0)
@@ -45,20 +44,31 @@ def test_a_busy_neighbour_is_seen_and_this_process_is_not():
     assert other >= 0.7 and other - own >= 0.5
 
 
-def test_the_policy_follows_the_load_unless_fixed(monkeypatch, restore_threads):
-    loads = iter([0.0, 1.0, 1.0, 0.1])
-    monkeypatch.setattr(ct, "others_busy", lambda *a, **k: next(loads))
-    monkeypatch.setattr(ct, "cores", lambda: 2)
-    policy = ct.ThreadPolicy(0)
-    assert "threads: 2 of 2 cores" in policy.start() and torch.get_num_threads() == 2
-    assert policy.adapt() is None                                  # not yet: 30 s between looks
-    policy.since = (policy.since[0] - ct.ADAPT_EVERY_S, policy.since[1])
-    assert policy.adapt() == 1 and torch.get_num_threads() == 1   # a neighbour took a core
-    policy.since = (policy.since[0] - ct.ADAPT_EVERY_S, policy.since[1])
-    assert policy.adapt() is None                                  # still there
-    policy.since = (policy.since[0] - ct.ADAPT_EVERY_S, policy.since[1])
-    assert policy.adapt() == 2                                     # gone
-    fixed = ct.ThreadPolicy(1)
-    assert fixed.start().startswith("threads: 1") and fixed.adapt() is None
+@LINUX
+def test_the_start_line_names_the_threads_and_a_busy_machine(monkeypatch, restore_threads):
+    monkeypatch.setattr(ct, "others_busy", lambda *a: 0.1)
+    assert ct.set_threads(1) == f"threads: 1 of {ct.cores()} cores" and torch.get_num_threads() == 1
+    monkeypatch.setattr(ct, "others_busy", lambda *a: 1.0)
+    line = ct.set_threads(2)
+    assert line.startswith(f"threads: 2 of {ct.cores()} cores; other programs keep 1.0 of them busy")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert ct.ThreadPolicy(0).start().startswith("threads: 1")
+    assert ct.set_threads(0).startswith("threads: 1 ")
+
+
+@pytest.mark.parametrize("env,policy", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
+def test_trainers_set_passive_waits_before_torch_loads(env, policy):
+    """The trainers import core.openmp first; it sets the policy only where torch is not loaded yet."""
+    import os
+    code = ("import core.openmp, os, sys; a = os.environ.get('OMP_WAIT_POLICY'); import torch; "
+            "print(a, 'torch' in sys.modules)")
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout.split()
+    assert out == [policy, "True"]
+    late = subprocess.run([sys.executable, "-c", "import torch, core.openmp, os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                          env=base, capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+    assert late == "None"
+    for trainer in ("train_pretrain", "train_full_sft", "train_lora", "train_dpo"):
+        first = next(line for line in (REPO / "trainer" / f"{trainer}.py").read_text().splitlines()
+                     if line.startswith(("import ", "from ")))
+        assert first.startswith("import core.openmp"), trainer

@@ -91,7 +91,7 @@ class TrainConfig:
     device: str = ""                     # cpu, cuda, cuda:1; empty = cuda when available (torchrun: LOCAL_RANK)
     dtype: str = "auto"                  # auto = bfloat16 where the CUDA device or the CPU (AVX512-BF16/AMX) has it, else float16 on CUDA, float32 on CPU
     num_workers: int = 0                 # DataLoader worker processes
-    threads: int = 0                     # torch threads; 0 = one per core other programs leave free, re-checked every 30 s (OMP_NUM_THREADS wins)
+    threads: int = 0                     # torch threads; 0 = OMP_NUM_THREADS, else every core
     gradient_checkpointing: bool = False  # recompute each block in backward instead of keeping its activations (less memory, ~1/3 more compute)
     ddp_timeout: int = 600               # seconds a DDP process waits for a stuck one before the job stops
     # outputs

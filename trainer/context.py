@@ -23,7 +23,6 @@ class Run:
     save_model: Optional[Callable] = None    # save_model(model, meta) writes it (rank 0 only), returns path
     meta: dict = field(default_factory=dict)  # stage, parent, parent_sha256, ...: recorded in every save
     objective: Optional[object] = None       # what a step optimises; None = cross-entropy (trainer/step.py)
-    threads: Optional[object] = None         # core.threads.ThreadPolicy: torch's thread count, kept to the free cores
 
     def writes(self, path, save_model, meta):
         """What the run produces: the artefact at `path`, written by save_model(model, meta), with `meta`

@@ -74,9 +74,6 @@ def train(run, model, train_set, collate, val_set=None):
         apply_gradients(optimizer, scaler, trainable, cfg.grad_clip, n_targets)
         state.step, state.tokens_seen = state.step + 1, state.tokens_seen + int(stats[1].item())
         log.step_done(state.step, epoch, stats[0].item(), n_targets, step_loss, lr, state.tokens_seen, metrics)
-        threads = run.threads.adapt() if run.threads else None        # other programs' load changed
-        if threads:
-            log.threads_changed(state.step, threads)
         if val_loader is not None and due(cfg.eval_interval, state.step, total):
             log.record_val(state.step, *objective.validate(model, val_loader, dist, autocast, cfg.eval_batches))
         if due(cfg.save_interval, state.step, total):

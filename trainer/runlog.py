@@ -203,11 +203,6 @@ class RunLog:
         if self.main:
             self.record({"step": step, "stopped": self.stopped}, f"stopped: {self.stopped}")
 
-    def threads_changed(self, step, threads):
-        """torch's thread count followed the other programs' load (core/threads.py): a line and a row."""
-        self.record({"step": step, "threads": threads},
-                    f"threads: {threads} from step {step + 1} (other programs' load changed; --threads N fixes it)")
-
     def record_val(self, step, val_loss, metrics=None):
         """A validation result: the loss and the objective's metrics (val_accuracy, ... in the row)."""
         self.val_loss, self.val_metrics = val_loss, {f"val_{k}": v for k, v in (metrics or {}).items()}

@@ -17,7 +17,7 @@ from dataset.preference import PreferenceDataset, collate_pairs, normalize_pair
 from checkpoint import layout
 from core.atomic import check_writable, clean_stale_temps, keep_aside
 from core.malloc import return_freed_memory
-from core.threads import ThreadPolicy
+from core.threads import set_threads
 from core.ownership import check_outputs, owning
 from checkpoint.adapter import save_adapter
 from checkpoint.pth import config_from_dict, file_sha256, load_checkpoint, save_checkpoint
@@ -43,10 +43,9 @@ def start_run(stage, argv, description):
     say = print if dist.is_main else (lambda *a, **k: None)
     say("train config (what differs from the defaults; all of it is in the run's log):\n"
         + format_config(cfg, stage))
-    threads = ThreadPolicy(cfg.threads)
-    say(threads.start())
+    say(set_threads(cfg.threads))
     seed_everything(cfg.seed)
-    return Run(cfg, dist, say, threads=threads)
+    return Run(cfg, dist, say)
 
 
 def load_base(cfg, parent, say=print, chosen=None):

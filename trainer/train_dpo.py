@@ -16,6 +16,7 @@ out/logs/{run}.jsonl (loss, rewards, margin, reward accuracy, log-probabilities,
 """
 
 
+import core.openmp  # noqa: F401  (first: OpenMP threads wait passively, set before torch loads)
 from checkpoint import layout
 from checkpoint.adapter import attach_adapter, check_adapter, load_adapter
 from checkpoint.pth import build_model, file_sha256

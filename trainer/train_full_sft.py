@@ -9,6 +9,7 @@ The model config and tokenizer come from the base checkpoint, never from flags. 
 """
 
 
+import core.openmp  # noqa: F401  (first: OpenMP threads wait passively, set before torch loads)
 from checkpoint.pth import build_model
 from core.cli import run_cli
 from trainer.distill import teacher_objective

@@ -10,6 +10,7 @@ adapter, out/lora/{lora_name}_{hidden}.pth, which records its base's path and sh
 """
 
 
+import core.openmp  # noqa: F401  (first: OpenMP threads wait passively, set before torch loads)
 from checkpoint.pth import build_model, file_sha256
 from core.cli import run_cli
 from trainer.lora_flags import apply_lora_flags, check_lora_flags

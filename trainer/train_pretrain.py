@@ -7,6 +7,7 @@
 Writes out/pretrain_{hidden}.pth (the start of trainer/train_full_sft.py), out/logs/pretrain_{hidden}.jsonl
 and .png, and resumable states in out/state/pretrain_{hidden}/.
 """
+import core.openmp  # noqa: F401  (first: OpenMP threads wait passively, set before torch loads)
 import os
 
 import torch

@@ -89,7 +89,8 @@ def test_int4_model_takes_every_linear_whose_width_takes_whole_groups():
     model = make_model(seed=0)
     apply_precision(model, "int4", "cpu")
     layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
-    assert len(layers) == 7 * model.config.num_hidden_layers + 1 and precision_of(model) == "int4"
+    assert len(layers) == 7 * model.config.num_hidden_layers and precision_of(model) == "int4"
+    assert isinstance(model.lm_head, Int8Linear)                       # the output layer keeps 8 bits
     odd = make_model(seed=0, hidden_size=48, num_attention_heads=4, num_key_value_heads=2)   # 48: not whole groups
     apply_precision(odd, "int4", "cpu")
     assert not any(isinstance(m, nn.Linear) for m in odd.modules())

@@ -16,7 +16,6 @@ policy, as before it existed.
 """
 import contextlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,10 @@ from pathlib import Path
 
 import torch
 
-from bench.common import cpu_name
+from bench.common import cpu_name, train_lora_run
 from bench.train_dtype import base_for
-from checkpoint import layout
 from core.cli import ArgumentParser, run_cli
 from core.errors import UserError
-from trainer.runlog import read_rows
 
 SPIN = "while True: pass"
 # name: (--threads, torch loaded before the trainer: OpenMP's default spinning waits)
@@ -52,21 +49,11 @@ def neighbours(k):
 
 
 def run(base, threads, spinning, out, args):
-    data = layout.repo_root() / "dataset" / "music.jsonl"
-    cmd = [sys.executable] + (["-c", START_AFTER_TORCH] if spinning else []) + [
-           str(layout.repo_root() / "trainer" / "train_lora.py"), "--base", str(base),
-           "--data_path", str(data), "--out_dir", str(out), "--max_steps", str(args.steps),
-           "--batch_size", str(args.batch_size), "--log_interval", "1", "--eval_interval", "0", "--val_ratio", "0",
-           "--save_interval", "0", "--lora_name", "bench", "--device", "cpu", "--threads", threads]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise UserError(f"the trainer failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    said = next((l for l in done.stdout.splitlines() if l.startswith("threads:")), "")
-    rows = read_rows(next((Path(out) / "logs").glob("bench_*.jsonl")))
-    rates = [r["tok_per_s"] for r in rows if "tok_per_s" in r][1:]
-    shutil.rmtree(out)
-    return statistics.median(rates), said
+    rows, printed = train_lora_run(base, out, args.steps, args.batch_size, ["--val_ratio", "0", "--threads", threads],
+                                   prefix=["-c", START_AFTER_TORCH] if spinning else [], env=env)
+    said = next((l for l in printed.splitlines() if l.startswith("threads:")), "")
+    return statistics.median([r["tok_per_s"] for r in rows if "tok_per_s" in r][1:]), said
 
 
 def main(argv=None):

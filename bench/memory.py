@@ -13,6 +13,7 @@ reset through /proc/self/clear_refs once the weights are in) over --steps optimi
 trainer.step's own forward/backward and update on such a batch. "measured" is that peak less the
 process's memory that is not the model's tensors (resident set before the steps less the weights).
 """
+import argparse
 import gc
 import json
 import subprocess
@@ -104,16 +105,16 @@ def measure(case, rows, length, checkpointing, steps):
 
 def largest_fits(budget, lengths, checkpointing):
     """{length: the largest rows whose estimate (Qwen2.5-0.5B shape, LoRA, bfloat16) is within budget}."""
-    from trainer.memory import estimate_memory
+    from trainer.memory import Estimator
     model, dtype, autocast, _ = build("qwen05b", True, "bfloat16")
     model.set_gradient_checkpointing(checkpointing)
     fits = {}
     for length in lengths:
+        est = Estimator(model, dtype, autocast, length)             # the block probed once a length
         lo, hi = 0, 4096                     # the largest rows within budget: lo fits, hi + 1 does not
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            shape = [(mid, length, mid * (length - 1))]
-            if estimate_memory(model, dtype, autocast, shape).total <= budget:
+            if est.at([(mid, length, mid * (length - 1))]).total <= budget:
                 lo = mid
             else:
                 hi = mid - 1
@@ -130,8 +131,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps measured")
     ap.add_argument("--budget_gb", type=float, default=8.0, help="the memory budget of the Qwen2.5-0.5B search")
     ap.add_argument("--fit_lengths", default="512,1024,2048,4096", help="row lengths of the search ('' = skip)")
-    ap.add_argument("--child", default="", help=argparse_hidden())
-    ap.add_argument("--gradient_checkpointing", action="store_true", help=argparse_hidden())
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--gradient_checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.rows, args.length, args.gradient_checkpointing, args.steps)))
@@ -159,11 +160,6 @@ def main(argv=None):
         print("|---:|---:|---:|")
         for length in lengths:
             print(f"| {length} | {off[length]} | {on[length]} |")
-
-
-def argparse_hidden():
-    import argparse
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

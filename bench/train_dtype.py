@@ -12,9 +12,7 @@ the trainer's own per-step tokens/s (real tokens, no padding), median over the s
 runs alternate float32/bfloat16 --repeats times and the best median counts. The loss columns compare the
 two curves step by step, and the validation loss (5% of the data held out) after the last step.
 """
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,8 +29,7 @@ from inference.load import find_model
 from model.model import TinyMindForCausalLM
 from inference.precision import cpu_has_bf16
 from tokenizer.tokenizer import load_default_tokenizer
-from trainer.runlog import read_rows
-from bench.common import cpu_name
+from bench.common import cpu_name, train_lora_run
 
 DTYPES = ("float32", "bfloat16")
 
@@ -53,17 +50,7 @@ def base_for(spec, work):
 
 
 def run(base, dtype, out, args):
-    data = layout.repo_root() / "dataset" / "music.jsonl"
-    cmd = [sys.executable, str(layout.repo_root() / "trainer" / "train_lora.py"), "--base", str(base),
-           "--data_path", str(data), "--out_dir", str(out), "--dtype", dtype, "--max_steps", str(args.steps),
-           "--batch_size", str(args.batch_size), "--log_interval", "1", "--eval_interval", "0",
-           "--val_ratio", "0.05", "--save_interval", "0", "--lora_name", "bench", "--device", "cpu"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise UserError(f"the trainer failed ({dtype}): {done.stderr.strip().splitlines()[-1]}")
-    log = next((Path(out) / "logs").glob("bench_*.jsonl"))
-    rows = read_rows(log)
-    shutil.rmtree(out)
+    rows, _ = train_lora_run(base, out, args.steps, args.batch_size, ["--dtype", dtype, "--val_ratio", "0.05"])
     train = [r for r in rows if "loss" in r]
     val = [r["val_loss"] for r in rows if "val_loss" in r][-1]            # after the last step
     return [r["loss"] for r in train], val, statistics.median(r["tok_per_s"] for r in train[1:])

@@ -3,10 +3,9 @@
 torch computes on every core by default. Beside another busy program a run gets its share of the cores;
 what made a busy machine cost far more than that share was OpenMP's threads spinning while they wait
 (core/openmp.py sets them to sleep in the trainers). Measured on this 2-core box (`python
-scripts/bench_busy.py`, docs/training.md "Busy machines"), the README's LoRA with passive waits kept 61% of
-its idle tokens/s beside one busy neighbour process on both cores, 66% on one thread, and 62% against 40%
-beside two: fewer threads than cores gains little with one neighbour and loses with two, so the count stays
-at every core unless --threads (or OMP_NUM_THREADS) says otherwise. The start line says how many cores other
+scripts/bench_busy.py`, docs/training.md "Busy machines"), the README's LoRA with passive waits kept 62% of
+its idle tokens/s beside one busy neighbour process on both cores, 61% on one thread, and 44% against 39%
+beside two: fewer threads than cores gains nothing, so the count stays at every core unless --threads (or OMP_NUM_THREADS) says otherwise. The start line says how many cores other
 programs keep busy, read from /proc/stat over a short window with this process's own CPU time taken out,
 so that a slow run on a busy machine says why.
 

@@ -10,10 +10,11 @@ dequantised matrix in the model's dtype for many (a prompt, a scoring batch), wh
 faster. The rest of the model (embeddings, norms, the KV cache) runs in bfloat16 where the hardware computes
 it natively (cpu_has_bf16, or a CUDA device with bf16), else in float32.
 
-    from inference.precision import apply_precision
 int4 (Int4Linear) is 4-bit codes with a scale and a zero per group of 32 inputs, through torch's CPU int4
-kernel at every row count; the output layer stays int8 (quantize_linears says why).
+kernel at every row count; the output layer stays int8 (quantize_linears says why), and so does a layer the
+kernel cannot take (not on a CPU, or a width of no whole groups).
 
+    from inference.precision import apply_precision
     apply_precision(model, "int8")                      # in place; returns the model
 """
 import torch
@@ -57,7 +58,8 @@ def precision_hint(name, device):
         return (f"--dtype int8: on {device.type} there is no int8 kernel here, so each layer runs a dequantised "
                 "matmul (slower than bfloat16, no memory saved); use --dtype bfloat16")
     if name == "int4" and device.type != "cpu":
-        return f"--dtype int4: TinyMind's int4 runs on a CPU only (torch's CPU int4 kernel); use --dtype bfloat16"
+        return (f"--dtype int4: on {device.type} there is no int4 kernel here, so every layer is int8 with a "
+                "dequantised matmul (slower than bfloat16); use --dtype bfloat16")
     return None
 
 
@@ -111,7 +113,7 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
 
-INT4_GROUP = 32      # input weights per scale and zero of int4 (docs/precision: 32 against 64, measured)
+INT4_GROUP = 32      # input weights per scale and zero of int4: the blocks of the Q4_1 file SmolLM2 comes from
 
 
 def int4_fits(linear, group=INT4_GROUP):
@@ -141,27 +143,23 @@ class Int4Linear(nn.Module):
         q, scales_and_zeros = quantize_int4(linear.weight, group)
         self.in_features, self.out_features, self.group = linear.in_features, linear.out_features, group
         self.register_buffer("weight_int4", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        # bfloat16 whatever the model's dtype: the kernel's (so model.to(dtype) must not cast it: kept apart)
-        self.scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
+        # cast with the model, as Int8Linear's scales are; the kernel takes them in bfloat16
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(dtype))
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
 
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        moved = fn(self.scales_and_zeros.float())          # device moves follow; dtype stays bfloat16
-        self.scales_and_zeros = moved.to(device=moved.device, dtype=torch.bfloat16)
-        return self
+    def _matmul(self, x2):
+        """(rows, in) -> (rows, out) bfloat16 through the kernel."""
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), self.weight_int4,
+                                                          self.group, self.scales_and_zeros.to(torch.bfloat16))
 
     def dequantized(self):
         """The (out, in) float32 weight the codes give (the kernel on the identity: its own arithmetic)."""
-        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.weight_int4.device)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight_int4, self.group,
-                                                          self.scales_and_zeros).float().t()
+        return self._matmul(torch.eye(self.in_features, device=self.weight_int4.device)).float().t()
 
     def forward(self, x):
         shape = x.shape
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous(),
-                                                       self.weight_int4, self.group, self.scales_and_zeros)
+        y = self._matmul(x.reshape(-1, shape[-1]))
         y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
@@ -197,7 +195,8 @@ def apply_precision(model, name, device=None):
     if name in FLOAT_DTYPES:
         return model.to(dtype=FLOAT_DTYPES[name])
     device = device or next(model.parameters()).device
-    return quantize_linears(model, torch.bfloat16 if native_bf16(device) else torch.float32, int(name[3:]))
+    bits = int(name[3:]) if torch.device(device).type == "cpu" else 8      # the int4 kernel is the CPU's
+    return quantize_linears(model, torch.bfloat16 if native_bf16(device) else torch.float32, bits)
 
 
 def precision_of(model):

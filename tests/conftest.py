@@ -4,7 +4,6 @@ fixture items as the fetched tasks).
 
     python -m pytest -q tests/
 """
-import os
 import shutil
 
 import pytest
@@ -12,11 +11,6 @@ import torch
 
 from factories import REPO, default_tokenizer, make_adapter, make_checkpoint, write_chat
 from model.config import get_preset
-
-
-# in-process trainer runs keep this session's thread count (core/threads.py would follow the machine's load;
-# tests/test_threads.py tests that)
-os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 def pytest_configure(config):

@@ -56,7 +56,7 @@ def train(run, model, train_set, collate, val_set=None):
     header = (f"run {run.name}: {len(train_set):,} training samples, {len(val_set or []):,} validation; "
               f"{steps_per_epoch:,} steps/epoch, {total:,} steps, {dist.world_size} process(es) on {dev}, "
               f"{str(dtype)[6:]}" + (f", resumed at step {state.step}" if state.resumed else "")
-              + memory_line(model, cfg, dtype, autocast, train_set, sampler))
+              + (memory_line(model, cfg, dtype, autocast, train_set, sampler) if dist.is_main else ""))
     log = RunLog(run.out, run.name, cfg, total, (state.step, state.tokens_seen), dist.is_main,
                  resumed=state.resumed is not None, header=header)
     state.load_rng()   # last, so that nothing above draws from the restored generators

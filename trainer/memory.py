@@ -84,31 +84,39 @@ def block_bytes(model, length, rows, autocast):
     return sum(kept.values())
 
 
+class Estimator:
+    """The memory of a model as it will train (LoRA applied, frozen base held) at any batch shape up to
+    `length` tokens a row: the first block probed once, each shape then costs arithmetic only."""
+
+    def __init__(self, model, dtype, autocast, length):
+        inner = unwrap_model(model)
+        self.config, self.checkpointing = inner.config, getattr(inner.model, "gradient_checkpointing", False)
+        self.static = static_bytes(inner)
+        one, two = block_bytes(inner, length, 1, autocast), block_bytes(inner, length, 2, autocast)
+        self.per_token, self.fixed = (two - one) / length, 2 * one - two   # a block: weight casts + per token
+        self.head = HEAD_BYTES.get(dtype, 16) * self.config.vocab_size
+        self.held = torch.empty(0, dtype=dtype).element_size() * self.config.vocab_size  # logits the output keeps
+
+    def activations(self, rows, length, targets):
+        c, tokens = self.config, rows * length
+        residual = 3 * tokens * c.hidden_size * 4                 # embeddings, final norm, its gradient
+        block = self.per_token * tokens + self.fixed
+        if not self.checkpointing:
+            return int(c.num_hidden_layers * block + residual + self.head * targets)
+        # each block's input kept; the peak is the output layer's backward, or later one block recomputed
+        inputs = c.num_hidden_layers * tokens * c.hidden_size * 4
+        return int(inputs + residual + max(self.head * targets, self.held * targets + block))
+
+    def at(self, shapes):
+        """-> MemoryEstimate at the shape of `shapes` ((rows, padded length, target tokens)) needing most."""
+        peak = max(shapes, key=lambda s: self.activations(*s))
+        return MemoryEstimate(*self.static, self.activations(*peak), *peak)
+
+
 def estimate_memory(model, dtype, autocast, shapes):
     """-> MemoryEstimate at the batch of `shapes` ((rows, padded length, target tokens) of each batch the
     run takes) that needs the most. The model as it will train (LoRA applied, frozen base held)."""
-    inner = unwrap_model(model)
-    weights, grads, optimizer = static_bytes(inner)
-    config = inner.config
-    probe_len = max(length for _, length, _ in shapes)
-    one, two = block_bytes(inner, probe_len, 1, autocast), block_bytes(inner, probe_len, 2, autocast)
-    per_token, fixed = (two - one) / probe_len, 2 * one - two      # a block: fixed (weight casts) + per token
-    layers = config.num_hidden_layers
-    head = HEAD_BYTES.get(dtype, 16) * config.vocab_size
-
-    held = torch.empty(0, dtype=dtype).element_size() * config.vocab_size     # the logits the output keeps
-
-    def activations(rows, length, targets):
-        tokens = rows * length
-        residual = 3 * tokens * config.hidden_size * 4            # embeddings, final norm, its gradient
-        if not getattr(inner.model, "gradient_checkpointing", False):
-            return int(layers * (per_token * tokens + fixed) + residual + head * targets)
-        # each block's input kept; the peak is the output layer's backward, or later one block recomputed
-        inputs = layers * tokens * config.hidden_size * 4
-        return int(inputs + residual + max(head * targets, held * targets + per_token * tokens + fixed))
-
-    peak = max(shapes, key=lambda s: activations(*s))
-    return MemoryEstimate(weights, grads, optimizer, activations(*peak), *peak)
+    return Estimator(model, dtype, autocast, max(length for _, length, _ in shapes)).at(shapes)
 
 
 def sample_shape(sample, cfg):

@@ -76,6 +76,13 @@ class HeldLoRAFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):          # the base weight and bias are frozen: no gradient for them
+        # autocast off as in forward: torch.compile traces this backward under the forward's autocast,
+        # which would turn gh into bfloat16 and break the float32 addmm_ below
+        with torch.autocast(grad_y.device.type, enabled=False):
+            return HeldLoRAFunction.gradients(ctx, grad_y)
+
+    @staticmethod
+    def gradients(ctx, grad_y):
         x2, h, weight, lora_a, lora_b = ctx.saved_tensors
         s = ctx.scaling
         g = grad_y.reshape(-1, grad_y.shape[-1]).float()                         # (N, out)

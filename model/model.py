@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import guard_or_false   # T > 1 without a guard under torch.compile
 from torch.utils.checkpoint import checkpoint
 
 from model.config import ModelConfig
@@ -138,7 +139,7 @@ class Attention(nn.Module):
         # mask None: plain causal when q and k have the same length; otherwise a boolean (B, 1, T, S)
         # mask (model/masks.py).
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
+            q, k, v, attn_mask=mask, is_causal=mask is None and guard_or_false(T > 1),
             dropout_p=self.dropout if self.training else 0.0, **gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)              # (B, T, C)
         return self.o_proj(y)
@@ -225,6 +226,12 @@ class TinyMindModel(nn.Module):
         self.gradient_checkpointing = False     # TinyMindForCausalLM.set_gradient_checkpointing
 
 
+def token_loss(logits, targets, reduction):
+    """Cross-entropy of each target (-100: none) in float32, "sum" or "none" (each target's, flattened)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=-100, reduction=reduction)
+
+
 @dataclass
 class CausalLMOutput:
     logits: torch.Tensor
@@ -242,6 +249,7 @@ class TinyMindForCausalLM(nn.Module):
         self.apply(self._init_weights)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.token_loss = token_loss              # compile_parts swaps in its compiled twin
 
     def _init_weights(self, module):
         """How each tensor starts: linear and embedding weights N(0, 0.02), biases 0, norm weights 1;
@@ -266,6 +274,14 @@ class TinyMindForCausalLM(nn.Module):
         restored), so a block's activations are held at a time instead of every block's; the same
         gradients for about a third more compute. Decoding with a cache and no-grad passes are unaffected."""
         self.model.gradient_checkpointing = bool(on)
+        return self
+
+    def compile_parts(self, mode):
+        """torch.compile each block in place (state_dict keys kept) and the loss (its cast, log-softmax and
+        pick fused); passes with a kv_cache stay eager. core/compiling.py checks that compiling works."""
+        for block in self.model.layers:
+            block.compile(mode=mode)
+        self.token_loss = torch.compile(token_loss, mode=mode, dynamic=True)
         return self
 
     def num_parameters(self, trainable_only=False):
@@ -298,6 +314,8 @@ class TinyMindForCausalLM(nn.Module):
         for layer in self.model.layers:
             if recompute:
                 x, aux = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False)
+            elif kv_cache is not None:   # with a cache: eager forward (compiled, a graph per cache length)
+                x, aux = layer.forward(x, cos, sin, mask, kv_cache)
             else:
                 x, aux = layer(x, cos, sin, mask, kv_cache)
             if aux is not None:
@@ -323,8 +341,7 @@ class TinyMindForCausalLM(nn.Module):
         loss, n_targets = None, 0
         if targets is not None:
             n_targets = int((targets != -100).sum())
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=-100, reduction="none" if loss_reduction == "none" else "sum")
+            loss = self.token_loss(logits, targets, "none" if loss_reduction == "none" else "sum")
             if loss_reduction == "mean":
                 loss = loss / max(n_targets, 1)      # a batch with no target gives 0, not NaN
                 if aux_loss is not None:

@@ -93,6 +93,7 @@ class TrainConfig:
     num_workers: int = 0                 # DataLoader worker processes
     threads: int = 0                     # torch threads; 0 = OMP_NUM_THREADS, else every core
     gradient_checkpointing: bool = False  # recompute each block in backward instead of keeping its activations (less memory, ~1/3 more compute)
+    compile: bool = False                # compile each block with torch.compile (first steps slower while it compiles; eager with a warning where it cannot)
     ddp_timeout: int = 600               # seconds a DDP process waits for a stuck one before the job stops
     # outputs
     out_dir: str = ""                    # output folder; empty = $TINYMIND_OUT_DIR, else <repo>/out

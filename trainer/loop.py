@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import time
 
 from checkpoint import layout
+from core.compiling import compile_model
 from trainer.components import (count_steps, get_lr, hold_frozen_in, make_loaders, make_optimizer,
                                 mixed_precision, remaining_steps, schedule_step, set_lr)
 from trainer.distributed import rank0_clock
@@ -41,6 +42,8 @@ def train(run, model, train_set, collate, val_set=None):
     dtype, autocast, scaler = mixed_precision(cfg.dtype, dev)
     hold_frozen_in(model, dtype)                   # a LoRA run's frozen base: in the compute dtype
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)
+    if cfg.compile:
+        run.say(compile_model(model))
     sampler, loader, val_loader = make_loaders(train_set, val_set, collate, cfg, dist)
     steps_per_epoch, total, warmup = count_steps(sampler, cfg)
     objective = run.objective or TokenObjective()

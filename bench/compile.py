@@ -49,7 +49,7 @@ def child(case, modes, rows, lengths, rounds):
         m = model if name == "eager" else copy.deepcopy(model)
         if name != "eager":
             line = compile_model(m, name)
-            if not line.startswith("compile: ") or "off" in line:
+            if line.startswith("compile: off"):
                 raise UserError(f"torch.compile does not work here: {line}")
         opt = make_optimizer(m, SimpleNamespace(weight_decay=0.1, learning_rate=1e-5), torch.device("cpu"))
         copies[name] = (m.train(), opt, [p for p in m.parameters() if p.requires_grad])
@@ -91,9 +91,12 @@ def main(argv=None):
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
-    lengths = [int(x) for x in args.lengths.split(",") if x]
-    if args.rows < 1 or args.rounds < 1 or not lengths or min(lengths) < 2 or not modes:
-        raise UserError("--rows and --rounds must be >= 1, --lengths numbers >= 2, --modes not empty")
+    try:
+        lengths = [int(x) for x in args.lengths.split(",") if x]
+    except ValueError:
+        raise UserError(f"--lengths {args.lengths}: give whole numbers, comma-separated") from None
+    if min(args.rows, args.rounds, args.trainer_batch) < 1 or not lengths or min(lengths) < 2 or not modes:
+        raise UserError("--rows, --rounds and --trainer_batch must be >= 1, --lengths numbers >= 2, --modes not empty")
     if args.child:
         print(json.dumps(child(args.child, modes, args.rows, lengths, args.rounds)))
         return
@@ -132,14 +135,16 @@ def trainer_rows(steps, batch):
     skip = 4
     if steps <= skip:
         raise UserError(f"--trainer_steps must be above {skip} (the first {skip} are compile warm-up)")
-    print(f"\ntrain_lora.py on SmolLM2, dataset/music.jsonl, --batch_size {batch}, {steps} steps (bfloat16, the "
-          f"default); tokens/s over steps {skip + 1}-{steps}\n")
+    print(f"\ntrain_lora.py on SmolLM2, dataset/music.jsonl, --batch_size {batch}, {steps} steps (--dtype auto: "
+          f"bfloat16 where the CPU has it); tokens/s over steps {skip + 1}-{steps}\n")
     print("| run | tokens/s | vs eager | the process, s |")
     print("|---|---:|---:|---:|")
     eager = None
     for flags in ([], ["--compile"]):
         t = time.perf_counter()
-        rows, _ = train_lora_run(base, layout.out_dir() / ".bench_compile", steps, batch, ["--val_ratio", "0", *flags])
+        rows, said = train_lora_run(base, layout.out_dir() / ".bench_compile", steps, batch, ["--val_ratio", "0", *flags])
+        if "compile: off" in said:
+            raise UserError("torch.compile does not work here: the --compile run went eager")
         wall = time.perf_counter() - t
         logged = [r for r in rows if "tok_per_s" in r]
         # "tokens" counts the run's tokens so far: a step's own are the difference

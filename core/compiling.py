@@ -1,17 +1,22 @@
-"""--compile: the model's blocks through torch.compile, and eager with one warning where that cannot work.
+"""--compile: the model's blocks and its loss through torch.compile, and eager with one warning where
+torch.compile cannot build code on this machine.
 
 Each block is compiled in place (nn.Module.compile), so state_dict keys, DDP, checkpoint saving and
-activation checkpointing see the same modules as in eager mode; the blocks are alike, so the first one's
-graph serves the rest. The embedding, the output layer and the loss stay eager: their work is one matrix
-multiply each, and the loss picks its targets by a data-dependent mask (targets_only) that would break the
-graph at every batch.
+activation checkpointing see the same modules; the blocks run the same code, so one graph serves them all.
+The loss over the logits is compiled too (TinyMindForCausalLM.compile_parts); the embedding and the output
+layer stay eager (one matrix multiply each; the targets are picked by a data-dependent mask).
 
     from core.compiling import compile_model
-    print(compile_model(model.model.layers))      # "compile: 30 blocks through torch.compile (inductor)"
+    print(compile_model(model))    # "compile: 30 blocks and the loss through torch.compile (inductor, mode default)"
 """
 import warnings
 
 import torch
+
+try:            # torch >= 2.8: a condition on a symbolic size decided without a guard (no graph break)
+    from torch.fx.experimental.symbolic_shapes import guard_or_false as known_true
+except ImportError:                             # older torch: a graph break under --compile, the same answer
+    known_true = bool
 
 MODE = "default"        # inductor's default mode (measured against the others in docs/training.md)
 _checked = {}
@@ -32,15 +37,14 @@ def compiler_works():
 
 
 def compile_model(model, mode=MODE):
-    """model.compile_parts(mode) (TinyMindForCausalLM: its blocks and its loss) -> the line to print. Where torch.compile cannot build code,
-    one warning and the blocks stay eager; a later failure on one graph falls back to eager for that graph
-    (torch._dynamo's suppress_errors) instead of stopping the run."""
+    """model.compile_parts(mode) (TinyMindForCausalLM: its blocks and its loss) -> the line to print. Where
+    torch.compile cannot build code, one warning and the model stays eager; a failure later is an error."""
     ok, why = compiler_works()
     if not ok:
         warnings.warn(f"--compile: torch.compile does not work here ({why}); running eager", stacklevel=2)
         return "compile: off (torch.compile failed here; eager)"
-    torch._dynamo.config.suppress_errors = True
-    # every block is a new module object with the same code: allow a graph per block, not the default 8
+    # headroom for the graphs one block's code gets (training and no-grad validation, static then dynamic
+    # lengths, a DPO reference's adapters_disabled): past the limit dynamo runs that code eager
     blocks = len(model.model.layers)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 + blocks)
     model.compile_parts(mode)

@@ -16,9 +16,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.experimental.symbolic_shapes import guard_or_false   # T > 1 without a guard under torch.compile
 from torch.utils.checkpoint import checkpoint
 
+from core.compiling import known_true
 from model.config import ModelConfig
 from model.masks import positions_and_mask
 
@@ -137,9 +137,9 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)                                       # (B, n_head, S, hd)
             v = v.repeat_interleave(rep, dim=1)
         # mask None: plain causal when q and k have the same length; otherwise a boolean (B, 1, T, S)
-        # mask (model/masks.py).
+        # mask (model/masks.py). known_true: a Python bool even where torch.compile's T is symbolic.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and guard_or_false(T > 1),
+            q, k, v, attn_mask=mask, is_causal=mask is None and known_true(T > 1),
             dropout_p=self.dropout if self.training else 0.0, **gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)              # (B, T, C)
         return self.o_proj(y)

@@ -42,12 +42,12 @@ def train(run, model, train_set, collate, val_set=None):
     dtype, autocast, scaler = mixed_precision(cfg.dtype, dev)
     hold_frozen_in(model, dtype)                   # a LoRA run's frozen base: in the compute dtype
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)
-    if cfg.compile:
-        run.say(compile_model(model))
     sampler, loader, val_loader = make_loaders(train_set, val_set, collate, cfg, dist)
     steps_per_epoch, total, warmup = count_steps(sampler, cfg)
     objective = run.objective or TokenObjective()
     objective.prepare(run, model, train_set, val_set, collate, dtype, autocast)   # before a resume's weights
+    if cfg.compile:     # after prepare: a reference it copies (DPO, GRPO) stays eager
+        run.say(compile_model(model))
     state = TrainState(layout.state_dir(run.out, run.name), cfg, dict(run.meta or {}), dist, objective).load(model)
     # no buffer holds state (the rotary tables are a cache each process grows to what it has seen): none is broadcast
     ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None,

@@ -9,6 +9,7 @@ layer stay eager (one matrix multiply each; the targets are picked by a data-dep
     from core.compiling import compile_model
     print(compile_model(model))    # "compile: 30 blocks and the loss through torch.compile (inductor, mode default)"
 """
+import functools
 import warnings
 
 import torch
@@ -18,22 +19,19 @@ try:            # torch >= 2.8: a condition on a symbolic size decided without a
 except ImportError:                             # older torch: a graph break under --compile, the same answer
     known_true = bool
 
-MODE = "default"        # inductor's default mode (measured against the others in docs/training.md)
-_checked = {}
+MODE = "default"        # inductor's default mode (measured against max-autotune: BENCHMARKS.md)
 
 
+@functools.cache
 def compiler_works():
     """(True, "") when torch.compile can build code on this machine (inductor needs a C++ compiler on a CPU),
     else (False, why). Tried once per process on a two-line function."""
-    if "ok" not in _checked:
-        try:
-            fn = torch.compile(lambda x: torch.sin(x) * 2 + 1, backend="inductor", mode=MODE)
-            fn(torch.ones(3))
-            _checked["ok"] = (True, "")
-        except Exception as e:                       # any failure to build: stay eager, say why once
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            _checked["ok"] = (False, f"{type(e).__name__}: {first[:200]}")
-    return _checked["ok"]
+    try:
+        torch.compile(lambda x: torch.sin(x) * 2 + 1, backend="inductor", mode=MODE)(torch.ones(3))
+        return True, ""
+    except Exception as e:                           # any failure to build: stay eager, say why once
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return False, f"{type(e).__name__}: {first[:200]}"
 
 
 def compile_model(model, mode=MODE):

@@ -79,20 +79,16 @@ class HeldLoRAFunction(torch.autograd.Function):
         # autocast off as in forward: torch.compile traces this backward under the forward's autocast,
         # which would turn gh into bfloat16 and break the float32 addmm_ below
         with torch.autocast(grad_y.device.type, enabled=False):
-            return HeldLoRAFunction.gradients(ctx, grad_y)
-
-    @staticmethod
-    def gradients(ctx, grad_y):
-        x2, h, weight, lora_a, lora_b = ctx.saved_tensors
-        s = ctx.scaling
-        g = grad_y.reshape(-1, grad_y.shape[-1]).float()                         # (N, out)
-        gh = g @ lora_b                                                          # (N, r)
-        grad_x = grad_a = grad_lb = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g.to(weight.dtype) @ weight).float().addmm_(gh, lora_a, alpha=s)
-            grad_x = grad_x.to(x2.dtype).view(ctx.shape)
-        if ctx.needs_input_grad[3]:
-            grad_a = torch.mm(gh.t(), x2.float()).mul_(s)
-        if ctx.needs_input_grad[4]:
-            grad_lb = torch.mm(g.t(), h).mul_(s)
-        return grad_x, None, None, grad_a, grad_lb, None
+            x2, h, weight, lora_a, lora_b = ctx.saved_tensors
+            s = ctx.scaling
+            g = grad_y.reshape(-1, grad_y.shape[-1]).float()                         # (N, out)
+            gh = g @ lora_b                                                          # (N, r)
+            grad_x = grad_a = grad_lb = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (g.to(weight.dtype) @ weight).float().addmm_(gh, lora_a, alpha=s)
+                grad_x = grad_x.to(x2.dtype).view(ctx.shape)
+            if ctx.needs_input_grad[3]:
+                grad_a = torch.mm(gh.t(), x2.float()).mul_(s)
+            if ctx.needs_input_grad[4]:
+                grad_lb = torch.mm(g.t(), h).mul_(s)
+            return grad_x, None, None, grad_a, grad_lb, None

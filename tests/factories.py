@@ -161,6 +161,21 @@ def run_main(main, argv, capsys, stdin=None, monkeypatch=None):
     return code, cap.out, cap.err
 
 
+def losses_with_and_without(main, argv, flag, out_root, run):
+    """A trainer's main run twice in this process, without and with `flag`, each into its own out_dir under
+    out_root -> {False: (losses, config), True: (losses, config)}: the logged step losses of run `run`
+    (full_sft_64, dpo_64, ...) and the config its log records."""
+    from core.cli import run_cli
+    from trainer.runlog import read_rows
+    result = {}
+    for on in (False, True):
+        out = Path(out_root) / f"out_{on}"
+        run_cli(main, [*argv, "--out_dir", str(out)] + ([flag] if on else []))
+        rows = read_rows(out / "logs" / f"{run}.jsonl")
+        result[on] = ([r["loss"] for r in rows if "loss" in r], rows[0]["config"])
+    return result
+
+
 def run_argv(main, argv, capsys, monkeypatch):
     """run_main for a command whose main() reads sys.argv itself (convert_model.py, lm_eval_run.py)."""
     monkeypatch.setattr(sys, "argv", ["command", *map(str, argv)])

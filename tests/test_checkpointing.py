@@ -1,12 +1,10 @@
 """--gradient_checkpointing: each block recomputed in backward gives exactly the gradients of keeping its
 activations (float32 with dropout, a LoRA over a base held in bfloat16 under autocast, a mixture of
 experts, packed rows), and a trainer run with the flag logs the same losses as one without."""
-import json
 
-import pytest
 import torch
 
-from factories import make_checkpoint, make_model, write_chat
+from factories import losses_with_and_without, make_checkpoint, make_model, write_chat
 from model.lora import LoRAConfig, apply_lora
 from trainer.components import hold_frozen_in
 
@@ -79,19 +77,12 @@ def test_no_recompute_when_decoding_or_without_grad():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("stage", ["full_sft"])
-def test_trainer_flag_logs_the_same_losses(tmp_path, stage):
-    from core.cli import run_cli
+def test_trainer_flag_logs_the_same_losses(tmp_path):
     import trainer.train_full_sft as ts
     base = make_checkpoint(tmp_path / "base.pth")
     data = write_chat(tmp_path / "chat.jsonl", n=40)
-    losses = {}
-    for on in (False, True):
-        out = tmp_path / f"out_{on}"
-        run_cli(ts.main, ["--base", str(base), "--data_path", str(data), "--out_dir", str(out), "--max_steps", "3",
-                          "--batch_size", "4", "--log_interval", "1", "--dtype", "float32", "--device", "cpu"]
-                + (["--gradient_checkpointing"] if on else []))
-        rows = [json.loads(l) for l in (out / "logs" / f"{stage}_64.jsonl").read_text().splitlines()]
-        losses[on] = [r["loss"] for r in rows if "loss" in r]
-        assert rows[0]["config"]["gradient_checkpointing"] is on
-    assert losses[True] == losses[False] and len(losses[True]) == 3
+    runs = losses_with_and_without(ts.main, ["--base", str(base), "--data_path", str(data), "--max_steps", "3",
+                                             "--batch_size", "4", "--log_interval", "1", "--dtype", "float32",
+                                             "--device", "cpu"], "--gradient_checkpointing", tmp_path, "full_sft_64")
+    assert runs[False][1]["gradient_checkpointing"] is False and runs[True][1]["gradient_checkpointing"] is True
+    assert runs[True][0] == runs[False][0] and len(runs[True][0]) == 3

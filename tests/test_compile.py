@@ -3,7 +3,6 @@ over a base held in bfloat16 under autocast, at two lengths so the shapes go dyn
 --gradient_checkpointing); decoding with a cache stays eager and builds no graph; a trainer run with the
 flag logs eager's losses, DPO's copied reference included; where no C++ compiler works, one warning and the run goes on eager."""
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from core.compiling import compile_model
-from factories import FAST, make_checkpoint, make_model, write_chat
+from factories import FAST, losses_with_and_without, make_checkpoint, make_model, write_chat
 from inference.generate import generate
 from model.lora import LoRAConfig, apply_lora
 from trainer.components import hold_frozen_in
@@ -90,41 +89,31 @@ def test_decoding_with_a_cache_stays_eager():
 
 
 def test_trainer_flag_logs_eager_losses(tmp_path, capsys):
-    from core.cli import run_cli
     import trainer.train_full_sft as ts
     base = make_checkpoint(tmp_path / "base.pth")
     data = write_chat(tmp_path / "chat.jsonl", n=40)
-    losses = {}
-    for on in (False, True):
-        out = tmp_path / f"out_{on}"
-        run_cli(ts.main, ["--base", str(base), "--data_path", str(data), "--out_dir", str(out), "--max_steps", "3",
-                          "--batch_size", "4", "--log_interval", "1", "--dtype", "float32", "--device", "cpu"]
-                + (["--compile"] if on else []))
-        rows = [json.loads(l) for l in (out / "logs" / "full_sft_64.jsonl").read_text().splitlines()]
-        losses[on] = [r["loss"] for r in rows if "loss" in r]
-        assert rows[0]["config"]["compile"] is on
+    runs = losses_with_and_without(ts.main, ["--base", str(base), "--data_path", str(data), "--max_steps", "3",
+                                             "--batch_size", "4", "--log_interval", "1", "--dtype", "float32",
+                                             "--device", "cpu"], "--compile", tmp_path, "full_sft_64")
+    assert runs[False][1]["compile"] is False and runs[True][1]["compile"] is True
     assert "compile: 2 blocks and the loss through torch.compile" in capsys.readouterr().out
-    assert len(losses[True]) == 3
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert len(runs[True][0]) == 3
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
 
 
 def test_dpo_reference_copied_before_compiling(tmp_path):
-    """DPO's reference is a copy of the starting model; copied from a compiled one, its blocks would call the
-    policy's and every margin would stay 0 (loss log 2)."""
-    from core.cli import run_cli
+    """DPO's reference is a copy of the starting model; it must stay the starting model, not follow the
+    compiled policy (every margin would then stay 0, loss log 2)."""
     import trainer.train_dpo as td
     from test_dpo import write_random_pairs
     base = make_checkpoint(tmp_path / "base.pth")
     data = write_random_pairs(tmp_path / "pairs.jsonl", n=16)
-    losses = {}
-    for on in (False, True):
-        out = tmp_path / f"out_{on}"
-        run_cli(td.main, ["--base", str(base), "--data_path", str(data), "--out_dir", str(out), "--max_steps", "4",
-                          "--val_ratio", "0", "--learning_rate", "1e-3", *FAST] + (["--compile"] if on else []))
-        rows = [json.loads(l) for l in (out / "logs" / "dpo_64.jsonl").read_text().splitlines()]
-        losses[on] = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses[True]) == 4 and abs(losses[False][-1] - 0.6931) > 1e-3     # the policy moved
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+    runs = losses_with_and_without(td.main, ["--base", str(base), "--data_path", str(data), "--max_steps", "4",
+                                             "--val_ratio", "0", "--learning_rate", "1e-3", *FAST],
+                                   "--compile", tmp_path, "dpo_64")
+    eager, compiled = runs[False][0], runs[True][0]
+    assert len(compiled) == 4 and abs(eager[-1] - 0.6931) > 1e-3     # the policy moved
+    assert compiled == pytest.approx(eager, rel=1e-3)
 
 
 def test_without_a_compiler_one_warning_and_eager(tmp_path):
